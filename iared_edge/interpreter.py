@@ -1,0 +1,58 @@
+"""The multi-head interpreter of IA-RED²: one per group of blocks, scoring every surviving token.
+
+score_h(j) = sigmoid(scale * q_h(cls) . k_h(x_j)),  keep probability = mean over heads,
+with q, k from one Linear over a LayerNorm without affine. Inference folds the class-token query
+into per-head vectors so scoring a token costs O(C·H), not O(C²) (see `fold`).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Interpreter(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Interpreter: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+        self.qk = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unfolded form (training, masked execution): x [B, L, C], class token at 0 -> probs [B, L]."""
+        B, L, C = x.shape
+        q, k = self.qk(self.norm(x)).view(B, L, 2, self.num_heads, self.head_dim).unbind(2)
+        logits = torch.einsum("bhd,blhd->bhl", q[:, 0] * self.scale, k)
+        return torch.sigmoid(logits).mean(1)
+
+    def fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32),
+        so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h]."""
+        C, H, D = cls.shape[-1], self.num_heads, self.head_dim
+        w_q, w_k = self.qk.weight.float().split(C, 0)
+        b_q, b_k = self.qk.bias.float().split(C, 0)
+        q = F.linear(self.norm(cls.float()), w_q, b_q).view(-1, H, D) * self.scale
+        vecs = torch.einsum("bhd,hdc->bhc", q, w_k.view(H, D, C))
+        biases = torch.einsum("bhd,hd->bh", q, b_k.view(H, D))
+        return vecs.contiguous(), biases.contiguous()
+
+    @torch.no_grad()
+    def init_from_attention(self, norm: nn.LayerNorm, qkv: nn.Linear) -> None:
+        """Training-free start: become a block's class-token attention logits through a sigmoid.
+
+        The block's norm affine (gamma, beta) folds into the Linear: W' = W diag(gamma), b' = b + W beta.
+        """
+        C = self.qk.in_features
+        w = qkv.weight[: 2 * C].float()
+        b = qkv.bias[: 2 * C].float() if qkv.bias is not None else torch.zeros(2 * C, device=w.device)
+        gamma = norm.weight.float() if norm.weight is not None else torch.ones(C, device=w.device)
+        beta = norm.bias.float() if norm.bias is not None else torch.zeros(C, device=w.device)
+        self.qk.weight.copy_(w * gamma[None, :])
+        self.qk.bias.copy_(b + w @ beta)
+        self.norm.eps = norm.eps

@@ -1,0 +1,327 @@
+"""IARedViT: IA-RED² on a timm VisionTransformer, wrapped, not copied.
+
+The timm model lives at `self.vit` under its own parameter names, so any timm/DeiT state dict loads
+into it; the only new parameters are one `Interpreter` per group of blocks (`self.interpreters`).
+
+Two executions of the same network:
+  "packed"  inference: dropped tokens are really removed; the batch is one contiguous buffer of
+            kept tokens plus offsets (`Packed`), attention per sequence; ops from `iared_edge.ops`.
+  "masked"  training (the paper's formulation): every token stays, decisions enter as attention
+            masks over keys, so sampled decisions have simple log-probabilities and gradients.
+For the same decisions both give the same logits (tested).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from . import ops
+from .interpreter import Interpreter
+from .packed import Packed, packed_block
+
+POLICIES = ("all", "threshold", "ratio", "sample", "given")
+EXECUTIONS = ("packed", "masked")
+PerStage = Union[float, Sequence[float]]
+
+
+@dataclass
+class IARedOutput:
+    """What one forward gives. S = number of stages (groups), N = patch tokens, grid gh x gw = N."""
+    logits: torch.Tensor          # [B, num_classes]
+    keep_masks: torch.Tensor      # [B, S, N] bool: patch still present after stage s's decision
+    scores: torch.Tensor          # [B, S, N] float32: stage s's keep probability (0 if already dropped)
+    kept_counts: torch.Tensor     # [B, S] int64: patch tokens kept by stage s
+    heatmap: torch.Tensor         # [B, gh, gw] float32 in [0, 1]: mean over stages of `scores`
+    flops: torch.Tensor           # [B] float64: estimated FLOPs of this forward, from real token counts
+    log_probs: Optional[torch.Tensor] = None  # [B, S]: log-probability of sampled decisions (policy "sample")
+
+    @property
+    def keep_ratio(self) -> torch.Tensor:
+        """[B, S] fraction of patch tokens kept by each stage."""
+        return self.kept_counts.float() / self.keep_masks.shape[-1]
+
+
+def _check_supported(vit: nn.Module) -> None:
+    if not isinstance(vit, VisionTransformer):
+        raise TypeError(f"IARedViT wraps a timm VisionTransformer, got {type(vit).__name__}")
+    problems = []
+    if vit.cls_token is None:
+        problems.append("it has no class token")
+    if vit.global_pool != "token" or getattr(vit, "attn_pool", None) is not None:
+        problems.append(f"it pools with {vit.global_pool!r}, not the class token")
+    if getattr(vit, "dynamic_img_size", False):
+        problems.append("dynamic_img_size is on")
+    if vit.pos_embed is None:
+        problems.append("it has no absolute position embedding")
+    for i, blk in enumerate(vit.blocks):
+        if type(blk) is not Block or type(blk.attn) is not Attention or getattr(blk.attn, "gate", None) is not None:
+            problems.append(f"block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}, "
+                            "not timm's plain Block/Attention")
+            break
+    if problems:
+        raise ValueError("IARedViT cannot wrap this model: " + "; ".join(problems))
+
+
+def _per_stage(value: PerStage, stages: int, name: str) -> List[float]:
+    values = [float(value)] * stages if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != stages:
+        raise ValueError(f"{name}: expected one value or {stages} (one per stage), got {len(values)}")
+    return values
+
+
+class IARedViT(nn.Module):
+    def __init__(self, vit: VisionTransformer, groups: Sequence[int] = (4, 4, 4),
+                 thresholds: PerStage = 0.5, labels: Optional[Sequence[str]] = None,
+                 timm_name: Optional[str] = None, timm_kwargs: Optional[Dict[str, Any]] = None,
+                 init_interpreters: bool = True):
+        super().__init__()
+        _check_supported(vit)
+        groups = tuple(int(g) for g in groups)
+        if any(g <= 0 for g in groups) or sum(groups) != len(vit.blocks):
+            raise ValueError(f"groups {groups} must be positive and sum to the model's {len(vit.blocks)} blocks")
+        self.vit = vit
+        self.groups = groups
+        dim, heads = vit.embed_dim, vit.blocks[0].attn.num_heads
+        self.interpreters = nn.ModuleList(Interpreter(dim, heads) for _ in groups)
+        self.thresholds = _per_stage(thresholds, len(groups), "thresholds")
+        if labels is not None and len(labels) != vit.num_classes:
+            raise ValueError(f"labels: {len(labels)} given for {vit.num_classes} classes")
+        self.labels = list(labels) if labels is not None else None
+        self.timm_name = timm_name
+        self.timm_kwargs = dict(timm_kwargs or {})
+        if init_interpreters:
+            self.init_interpreters_from_attention()
+
+    @classmethod
+    def from_timm(cls, name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
+                  groups: Sequence[int] = (4, 4, 4), thresholds: PerStage = 0.5,
+                  labels: Optional[Sequence[str]] = None, **timm_kwargs: Any) -> "IARedViT":
+        """Build from a timm model name. `checkpoint`: a timm/DeiT state dict (.pth/.pt loaded with
+        weights_only=True, or .safetensors) for the backbone. `pretrained=True` downloads (online only)."""
+        import timm
+        from .checkpoint import load_backbone_state_dict
+        vit = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+        if checkpoint is not None:
+            load_backbone_state_dict(vit, checkpoint)
+        kwargs = dict(timm_kwargs, num_classes=vit.num_classes)
+        return cls(vit, groups=groups, thresholds=thresholds, labels=labels, timm_name=name, timm_kwargs=kwargs)
+
+    # -- geometry ------------------------------------------------------------------------------
+    @property
+    def num_prefix(self) -> int:
+        """Class token plus distillation/register tokens: never dropped."""
+        return self.vit.num_prefix_tokens
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        return tuple(self.vit.patch_embed.grid_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.vit.patch_embed.num_patches
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.groups)
+
+    @property
+    def input_size(self) -> Tuple[int, int, int]:
+        return (self.vit.patch_embed.proj.in_channels, *self.vit.patch_embed.img_size)
+
+    def stage_blocks(self, stage: int) -> nn.ModuleList:
+        start = sum(self.groups[:stage])
+        return self.vit.blocks[start:start + self.groups[stage]]
+
+    @torch.no_grad()
+    def init_interpreters_from_attention(self) -> None:
+        """Training-free start: each interpreter becomes the first block of its group's class-token
+        attention logits through a sigmoid (norm1 affine and q/k of qkv folded in)."""
+        for s, interp in enumerate(self.interpreters):
+            blk = self.stage_blocks(s)[0]
+            interp.init_from_attention(blk.norm1, blk.attn.qkv)
+
+    # -- forward -------------------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor [B, C, H, W], got {type(images).__name__}")
+        c, h, w = self.input_size
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W] (rank 4), got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("images: empty batch (B = 0)")
+        if images.shape[1] != c:
+            raise ValueError(f"images: expected {c} channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+        if tuple(images.shape[2:]) != (h, w):
+            raise ValueError(f"images: expected {h}x{w} pixels, got {images.shape[2]}x{images.shape[3]}")
+        if not images.is_floating_point():
+            raise ValueError(f"images: expected a floating dtype (normalised pixels), got {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images: contains NaN or Inf")
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.patch_embed(images.to(vit.pos_embed.dtype))
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+
+    def _head(self, prefix: torch.Tensor) -> torch.Tensor:
+        """prefix tokens [B, P, C] -> logits, through timm's own norm and head."""
+        return self.vit.forward_head(self.vit.norm(prefix))
+
+    def forward(self, images: torch.Tensor, policy: str = "threshold", execution: str = "packed",
+                thresholds: Optional[PerStage] = None, ratio: Optional[PerStage] = None,
+                decisions: Optional[Sequence[torch.Tensor]] = None) -> IARedOutput:
+        """Run the network.
+
+        policy: "all" (drop nothing), "threshold" (keep p > t; `thresholds` per stage, default the
+        model's), "ratio" (keep the top ceil(rho * n) surviving patches per stage; `ratio` one value
+        or per stage), "sample" (Bernoulli(p) decisions with log-probabilities, for REINFORCE),
+        "given" (`decisions`: per stage a [B, N] bool tensor in patch-grid order; a token dropped
+        earlier stays dropped). execution: "packed" (inference) or "masked" (training).
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+        self._check_images(images)
+        S, B = self.num_stages, images.shape[0]
+        params: List[Optional[float]] = [None] * S
+        if policy == "threshold":
+            params = _per_stage(self.thresholds if thresholds is None else thresholds, S, "thresholds")
+        elif policy == "ratio":
+            if ratio is None:
+                raise ValueError('policy "ratio" needs ratio= (one value or one per stage)')
+            params = _per_stage(ratio, S, "ratio")
+            if not all(0.0 <= r <= 1.0 for r in params):
+                raise ValueError(f"ratio must be in [0, 1], got {params}")
+        if policy == "given":
+            if decisions is None or len(decisions) != S:
+                raise ValueError(f'policy "given" needs decisions: {S} bool tensors [B, N]')
+            for d in decisions:
+                if d.shape != (B, self.num_patches) or d.dtype != torch.bool:
+                    raise ValueError(f"decisions must be bool [B={B}, N={self.num_patches}], got {d.dtype} {tuple(d.shape)}")
+        elif decisions is not None:
+            raise ValueError(f'decisions are only used with policy "given", not {policy!r}')
+        x = self._embed(images)
+        run = self._forward_packed if execution == "packed" else self._forward_masked
+        return run(x, policy, params, decisions)
+
+    def _finish(self, logits, keep_masks, scores, log_probs) -> IARedOutput:
+        keep_masks = torch.stack(keep_masks, 1)
+        scores = torch.stack(scores, 1)
+        counts = keep_masks.sum(-1)
+        heatmap = scores.mean(1).view(-1, *self.grid_size)
+        return IARedOutput(logits, keep_masks, scores, counts, heatmap, self.flops(counts),
+                           torch.stack(log_probs, 1) if log_probs is not None else None)
+
+    def _forward_masked(self, x, policy, params, decisions) -> IARedOutput:
+        B, L, _ = x.shape
+        P = self.num_prefix
+        alive = torch.ones(B, L, dtype=torch.bool, device=x.device)
+        keep_masks, scores, log_probs = [], [], ([] if policy == "sample" else None)
+        for s, interp in enumerate(self.interpreters):
+            probs = interp(x).float()
+            cand = alive.clone()
+            cand[:, :P] = False
+            if policy == "all":
+                keep = cand
+            elif policy == "threshold":
+                keep = cand & (probs > params[s])
+            elif policy == "ratio":
+                keep = _topk_dense(probs, cand, params[s])
+            elif policy == "given":
+                keep = cand.clone()
+                keep[:, P:] &= decisions[s].to(x.device)
+            else:  # sample
+                keep = cand & torch.bernoulli(probs.detach()).bool()
+                lp = torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
+                log_probs.append((lp * cand).sum(1))
+            scores.append(torch.where(cand, probs, 0.0)[:, P:])
+            keep_masks.append(keep[:, P:])
+            alive = keep.clone()
+            alive[:, :P] = True
+            mask = alive[:, None, None, :]
+            for blk in self.stage_blocks(s):
+                x = blk(x, attn_mask=mask)
+        return self._finish(self._head(x[:, :P]), keep_masks, scores, log_probs)
+
+    def _forward_packed(self, x, policy, params, decisions) -> IARedOutput:
+        B, L, _ = x.shape
+        P, N = self.num_prefix, self.num_patches
+        pk = Packed.from_dense(x)
+        keep_masks, scores, log_probs = [], [], ([] if policy == "sample" else None)
+        for s, interp in enumerate(self.interpreters):
+            starts = pk.offsets[:-1].long()
+            vecs, biases = interp.fold(pk.tokens[starts])
+            probs, keep = ops.interpreter_scores(pk.tokens, pk.offsets, vecs, biases, params[s] if policy == "threshold" else None,
+                                                 pk.positions, P, interp.norm.eps)
+            seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
+            patch = pk.positions >= P
+            if policy == "all":
+                keep = torch.ones_like(patch)
+            elif policy == "ratio":
+                keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
+            elif policy == "given":
+                keep = ~patch
+                keep[patch] = decisions[s].to(x.device)[seq[patch], pk.positions[patch].long() - P]
+            elif policy == "sample":
+                keep = torch.bernoulli(probs.detach()).bool() | ~patch
+                lp = torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
+                log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
+            dense = torch.zeros(B, L, device=x.device)
+            dense[seq[patch], pk.positions[patch].long()] = probs[patch]
+            scores.append(dense[:, P:])
+            if policy != "all":
+                pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
+                seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
+            kept = torch.zeros(B, L, dtype=torch.bool, device=x.device)
+            kept[seq, pk.positions.long()] = True
+            keep_masks.append(kept[:, P:])
+            lengths = pk.lengths()
+            for blk in self.stage_blocks(s):
+                pk.tokens = packed_block(blk, pk.tokens, lengths)
+        prefix_rows = pk.offsets[:-1].long()[:, None] + torch.arange(P, device=x.device)
+        return self._finish(self._head(pk.tokens[prefix_rows]), keep_masks, scores, log_probs)
+
+    # -- cost ----------------------------------------------------------------------------------
+    def flops(self, kept_counts: Optional[torch.Tensor] = None, interpreters: bool = True) -> torch.Tensor:
+        """Estimated FLOPs per image (multiply-add = 2) from patch tokens kept per stage [B, S];
+        None = the plain backbone with every token (no interpreters). Counts patch embedding, every
+        block's qkv, attention (quadratic term), projection and MLP, the interpreters, the head."""
+        vit, P, N = self.vit, self.num_prefix, self.num_patches
+        C = vit.embed_dim
+        hidden = vit.blocks[0].mlp.fc1.out_features
+        in_ch, ph, pw = self.input_size[0], *vit.patch_embed.patch_size
+        if kept_counts is None:
+            kept_counts = torch.full((1, self.num_stages), N)
+            interpreters = False
+        n_in = torch.cat([torch.full_like(kept_counts[:, :1], N), kept_counts[:, :-1]], 1).double() + P
+        n = kept_counts.double() + P
+        block = 2 * n * C * 3 * C + 4 * n * n * C + 2 * n * C * C + 4 * n * C * hidden
+        total = (block * torch.tensor(self.groups, dtype=torch.float64, device=n.device)).sum(1)
+        total += 2 * N * C * in_ch * ph * pw + 2 * C * vit.num_classes * (2 if P > 1 and hasattr(vit, "head_dist") else 1)
+        if interpreters:  # class-token query 2C², folding 2C², then 2·C·H per token
+            heads = self.interpreters[0].num_heads
+            total += (4 * C * C + 2 * n_in * C * heads).sum(1)
+        return total
+
+    def config(self) -> Dict[str, Any]:
+        """What `save_model` stores beside the weights to rebuild this model."""
+        return {"timm_name": self.timm_name, "timm_kwargs": self.timm_kwargs, "groups": list(self.groups),
+                "thresholds": self.thresholds, "labels": self.labels}
+
+
+def _topk_dense(probs: torch.Tensor, cand: torch.Tensor, rho: float) -> torch.Tensor:
+    """Dense form of `ops.topk_keep`: per row the top ceil(rho * n) candidates, earlier wins ties."""
+    n = cand.sum(1)
+    k = torch.tensor([ops.ratio_keep_count(int(v), rho) for v in n.tolist()], device=probs.device)
+    masked = torch.where(cand, probs, -math.inf)
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=probs.device).expand_as(order))
+    return cand & (rank < k[:, None])

@@ -1,0 +1,141 @@
+"""Packed-token ops: the compiled kernels of `iared_edge._C` when built, else the PyTorch reference.
+
+`backend()` says which runs. Inputs are validated here, once, with errors that name the problem;
+the kernels never copy silently (a non-contiguous or wrong-dtype input is an error, not a copy).
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from . import reference
+from .reference import ratio_keep_count, sequence_ids
+
+try:  # importing registers torch.ops.iared.*
+    _C = importlib.import_module("iared_edge._C")
+    _IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # the package works without it, slower
+    _C = None
+    _IMPORT_ERROR = exc
+
+_warned = False
+_forced_reference = False
+TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+__all__ = ["backend", "interpreter_scores", "topk_keep", "compact", "use_reference",
+           "ratio_keep_count", "sequence_ids", "reference"]
+
+
+def _warn_missing() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"iared_edge._C is not built ({_IMPORT_ERROR}); using the pure-PyTorch "
+                      "reference ops (slower). Reinstall with `pip install --no-build-isolation .`",
+                      RuntimeWarning, stacklevel=3)
+
+
+def use_reference(flag: bool = True) -> None:
+    """Force the pure-PyTorch ops (for comparisons and debugging)."""
+    global _forced_reference
+    _forced_reference = flag
+
+
+def backend(device: torch.device | str | None = None) -> str:
+    """The backend the ops run on for `device` (default: CUDA if available): "cuda", "cpu" or "torch"."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if _C is None:
+        _warn_missing()
+        return "torch"
+    if _forced_reference:
+        return "torch"
+    if device.type == "cuda":
+        return "cuda" if _C.built_with_cuda() else "torch"
+    return "cpu" if device.type == "cpu" else "torch"
+
+
+def _check_packed(name: str, tokens: torch.Tensor, offsets: torch.Tensor,
+                  positions: Optional[torch.Tensor] = None) -> None:
+    if tokens.dim() != 2:
+        raise ValueError(f"{name}: tokens must be [T, C], got shape {tuple(tokens.shape)}")
+    if tokens.dtype not in TOKEN_DTYPES:
+        raise TypeError(f"{name}: tokens dtype {tokens.dtype} not supported (float32, float16, bfloat16)")
+    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int32:
+        raise ValueError(f"{name}: offsets must be a 1-D int32 tensor [B+1], got "
+                         f"{offsets.dtype} {tuple(offsets.shape)}")
+    tensors = [("tokens", tokens), ("offsets", offsets)]
+    if positions is not None:
+        if positions.shape != (tokens.shape[0],) or positions.dtype != torch.int32:
+            raise ValueError(f"{name}: positions must be int32 [T={tokens.shape[0]}], got "
+                             f"{positions.dtype} {tuple(positions.shape)}")
+        tensors.append(("positions", positions))
+    for label, t in tensors:
+        if t.device != tokens.device:
+            raise ValueError(f"{name}: {label} is on {t.device} but tokens are on {tokens.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: {label} must be contiguous (call .contiguous() once, outside the hot path)")
+
+
+def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.Tensor,
+                       biases: torch.Tensor, threshold: Optional[float] = None,
+                       positions: Optional[torch.Tensor] = None, num_prefix: int = 1,
+                       eps: float = 1e-6) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Fused interpreter scoring. Returns (keep probability [T] float32, keep flags [T] bool or None).
+
+    vecs [B, H, C] and biases [B, H] (float32) are each image's folded per-head query (see
+    `Interpreter.fold`); with `threshold`, keep = prob > threshold, prefix tokens forced kept
+    (needs `positions`).
+    """
+    _check_packed("interpreter_scores", tokens, offsets, positions)
+    B = offsets.numel() - 1
+    if vecs.dim() != 3 or vecs.shape[0] != B or vecs.shape[2] != tokens.shape[1]:
+        raise ValueError(f"interpreter_scores: vecs must be [B={B}, H, C={tokens.shape[1]}], got {tuple(vecs.shape)}")
+    if biases.shape != vecs.shape[:2]:
+        raise ValueError(f"interpreter_scores: biases must be [B, H]={tuple(vecs.shape[:2])}, got {tuple(biases.shape)}")
+    for label, t in (("vecs", vecs), ("biases", biases)):
+        if t.dtype != torch.float32 or t.device != tokens.device or not t.is_contiguous():
+            raise ValueError(f"interpreter_scores: {label} must be contiguous float32 on {tokens.device}, "
+                             f"got {t.dtype} on {t.device}")
+    if threshold is not None and positions is None:
+        raise ValueError("interpreter_scores: a threshold needs positions (prefix tokens are forced kept)")
+    if backend(tokens.device) == "torch":
+        return reference.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
+    if positions is None:
+        positions = torch.empty(0, dtype=torch.int32, device=tokens.device)
+    probs, keep = torch.ops.iared.interpreter_scores(
+        tokens, offsets, positions, vecs, biases,
+        float(threshold) if threshold is not None else 0.0, num_prefix, eps, threshold is not None)
+    return probs, (keep if threshold is not None else None)
+
+
+def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, rho: float,
+              num_prefix: int = 1) -> torch.Tensor:
+    """Keep flags [T] bool: per image the top ceil(rho * n) of its n patch tokens (ties: earlier
+    token wins); prefix tokens always kept."""
+    _check_packed("topk_keep", scores.view(-1, 1), offsets, positions)
+    if scores.dtype != torch.float32:
+        raise TypeError(f"topk_keep: scores must be float32, got {scores.dtype}")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"topk_keep: rho must be in [0, 1], got {rho}")
+    if backend(scores.device) == "torch":
+        return reference.topk_keep(scores, offsets, positions, rho, num_prefix)
+    return torch.ops.iared.topk_keep(scores, offsets, positions, float(rho), num_prefix)
+
+
+def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor,
+            keep: torch.Tensor, num_prefix: int = 1
+            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop the tokens whose flag is False into one new contiguous buffer, order kept, prefix
+    tokens forced kept. Returns (tokens [T', C], offsets [B+1] int32, positions [T'] int32)."""
+    _check_packed("compact", tokens, offsets, positions)
+    if keep.shape != (tokens.shape[0],) or keep.dtype != torch.bool or keep.device != tokens.device:
+        raise ValueError(f"compact: keep must be bool [T={tokens.shape[0]}] on {tokens.device}, got "
+                         f"{keep.dtype} {tuple(keep.shape)} on {keep.device}")
+    if backend(tokens.device) == "torch":
+        return reference.compact(tokens, offsets, positions, keep, num_prefix)
+    return tuple(torch.ops.iared.compact(tokens, offsets, positions, keep.contiguous(), num_prefix))

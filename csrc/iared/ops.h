@@ -1,0 +1,63 @@
+// iared: the public C++ API of the packed-token kernels (no libtorch, no Python).
+//
+// Layout: tokens [T, C] row-major (all kept tokens of all images back to back), offsets [B+1]
+// int32 cumulative counts, positions [T] int32 (0 = class token, < num_prefix = prefix tokens that
+// are never dropped, then the patch grid). CUDA functions take device pointers and a cudaStream_t
+// passed as void*, and never synchronise; the caller owns every buffer.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "common.h"
+
+namespace iared {
+
+// ---- CPU (OpenMP over tokens) ----------------------------------------------------------------
+
+// probs[t] = mean_h sigmoid(vecs[b,h] . LN(tokens[t]) + biases[b,h]) for the image b owning row t;
+// vec_sums[b,h] = sum_c vecs[b,h,c]. If keep != nullptr: keep[t] = probs[t] > threshold, or 1 for
+// prefix tokens (positions required then). H <= kMaxHeads (16).
+void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t C,
+                            const int32_t* offsets, int64_t B, const int32_t* positions,
+                            const float* vecs, const float* vec_sums, const float* biases, int H,
+                            float eps, float threshold, int num_prefix, float* probs, uint8_t* keep);
+
+// keep[t] = 1 for the top ceil(rho * n_b) patch tokens of each image by score (earlier wins ties)
+// and for prefix tokens, else 0.
+void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
+                   const int32_t* positions, double rho, int num_prefix, uint8_t* keep);
+
+// Compaction, two calls so the caller can allocate the output in between.
+// plan: scan[t] = survivors before t (dest row), new_offsets[B+1]; returns T'.
+int64_t compact_plan_cpu(const uint8_t* keep, const int32_t* positions, int64_t T,
+                         const int32_t* offsets, int64_t B, int num_prefix, int32_t* scan,
+                         int32_t* new_offsets);
+// gather: surviving rows (row_bytes each) and their positions into out_tokens [T'] / out_positions.
+void compact_gather_cpu(const void* tokens, size_t row_bytes, const int32_t* positions,
+                        const uint8_t* keep, const int32_t* scan, int64_t T, int num_prefix,
+                        void* out_tokens, int32_t* out_positions);
+
+// ---- CUDA (compiled when the library is built with CUDA) -------------------------------------
+
+void interpreter_scores_cuda(const void* tokens, DType dtype, int64_t T, int64_t C,
+                             const int32_t* offsets, int64_t B, const int32_t* positions,
+                             const float* vecs, const float* vec_sums, const float* biases, int H,
+                             float eps, float threshold, int num_prefix, float* probs,
+                             uint8_t* keep, void* stream);
+
+void topk_keep_cuda(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
+                    const int32_t* positions, double rho, int num_prefix, uint8_t* keep,
+                    void* stream);
+
+// Bytes of device workspace compact_plan_cuda needs for T rows.
+size_t compact_plan_workspace_cuda(int64_t T);
+// Writes scan [T] and new_offsets [B+1] on the device; T' = new_offsets[B] (read it back, then
+// allocate and gather; this is the one host synchronisation of a compaction).
+void compact_plan_cuda(const uint8_t* keep, const int32_t* positions, int64_t T,
+                       const int32_t* offsets, int64_t B, int num_prefix, int32_t* scan,
+                       int32_t* new_offsets, void* workspace, size_t workspace_bytes, void* stream);
+void compact_gather_cuda(const void* tokens, size_t row_bytes, const int32_t* positions,
+                         const uint8_t* keep, const int32_t* scan, int64_t T, int num_prefix,
+                         void* out_tokens, int32_t* out_positions, void* stream);
+
+}  // namespace iared

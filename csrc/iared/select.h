@@ -1,0 +1,74 @@
+// Keep decisions and compaction, per token.
+#pragma once
+#include <cmath>
+
+#include "common.h"
+
+namespace iared {
+
+// Patch tokens kept by policy "ratio" out of n: ceil(rho * n), robust to float error.
+IARED_HD int ratio_keep_count(int64_t n, double rho) {
+  double k = ceil(rho * double(n) - 1e-6);
+  if (k < 0) k = 0;
+  if (k > double(n)) k = double(n);
+  return int(k);
+}
+
+IARED_HD int64_t count_patches(const int32_t* positions, int64_t begin, int64_t end, int num_prefix) {
+  int64_t n = 0;
+  for (int64_t j = begin; j < end; ++j) n += positions[j] >= num_prefix;
+  return n;
+}
+
+// Top-k by rank counting: token t is kept when fewer than k patch tokens of its sequence beat it
+// (higher score, or equal score and earlier). Deterministic, equal to a stable descending sort;
+// O(n) per token, so O(sum n_b^2) per call: n is a few hundred tokens per image here.
+IARED_HD bool topk_keep_token(const float* scores, const int32_t* positions, int64_t begin,
+                              int64_t end, int64_t t, int64_t k, int num_prefix) {
+  if (positions[t] < num_prefix) return true;
+  const float st = scores[t];
+  int64_t rank = 0;
+  for (int64_t j = begin; j < end && rank < k; ++j) {
+    if (positions[j] < num_prefix || j == t) continue;
+    const float sj = scores[j];
+    rank += (sj > st) || (sj == st && j < t);
+  }
+  return rank < k;
+}
+
+// A token survives compaction when flagged or when it is a prefix token.
+IARED_HD int32_t survives(const uint8_t* keep, const int32_t* positions, int64_t t, int num_prefix) {
+  return (keep[t] != 0 || positions[t] < num_prefix) ? 1 : 0;
+}
+
+// New offset of a sequence starting at old row o, from the exclusive scan of survival flags.
+IARED_HD int32_t compacted_offset(const int32_t* scan, int64_t T, int32_t total, int32_t o) {
+  return o < T ? scan[o] : total;
+}
+
+// Copy one row of `bytes` bytes; on the device the lanes of a warp share it in 16-, 4- or 1-byte
+// words, whichever the row's size and alignment allow.
+IARED_HD void copy_row(void* dst, const void* src, size_t bytes, int lane, int lanes) {
+#if defined(__CUDA_ARCH__)
+  const uintptr_t align = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | bytes;
+  if ((align & 15) == 0) {
+    const int4* s = static_cast<const int4*>(src);
+    int4* d = static_cast<int4*>(dst);
+    for (size_t i = lane; i < bytes / 16; i += lanes) d[i] = s[i];
+  } else if ((align & 3) == 0) {
+    const int* s = static_cast<const int*>(src);
+    int* d = static_cast<int*>(dst);
+    for (size_t i = lane; i < bytes / 4; i += lanes) d[i] = s[i];
+  } else {
+    const char* s = static_cast<const char*>(src);
+    char* d = static_cast<char*>(dst);
+    for (size_t i = lane; i < bytes; i += lanes) d[i] = s[i];
+  }
+#else
+  (void)lane;
+  (void)lanes;
+  memcpy(dst, src, bytes);
+#endif
+}
+
+}  // namespace iared

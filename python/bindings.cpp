@@ -1,0 +1,180 @@
+// iared_edge._C: torch tensors in, checks, then the raw-pointer kernels of csrc/.
+// Registered with torch.library as torch.ops.iared.*, so PyTorch sees ordinary ops.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+#include "iared/ops.h"
+#include "iared/scoring.h"
+
+namespace {
+
+iared::DType token_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return iared::DType::kFloat32;
+    case at::kHalf: return iared::DType::kFloat16;
+    case at::kBFloat16: return iared::DType::kBFloat16;
+    default: TORCH_CHECK(false, "iared: tokens dtype ", t.scalar_type(), " not supported (float32, float16, bfloat16)");
+  }
+}
+
+void check(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
+  TORCH_CHECK(t.scalar_type() == dtype, "iared: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == device, "iared: ", name, " is on ", t.device(), ", expected ", device);
+  TORCH_CHECK(t.is_contiguous(), "iared: ", name, " must be contiguous");
+}
+
+void check_packed(const at::Tensor& tokens, const at::Tensor& offsets, const at::Tensor& positions) {
+  TORCH_CHECK(tokens.dim() == 2, "iared: tokens must be [T, C], got ", tokens.sizes());
+  TORCH_CHECK(tokens.is_contiguous(), "iared: tokens must be contiguous");
+  token_dtype(tokens);
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1, "iared: offsets must be [B+1]");
+  check(offsets, "offsets", at::kInt, tokens.device());
+  TORCH_CHECK(tokens.size(0) <= INT32_MAX, "iared: more than 2^31 tokens");
+  if (positions.numel() > 0 || tokens.size(0) == 0) {
+    TORCH_CHECK(positions.dim() == 1 && positions.size(0) == tokens.size(0),
+                "iared: positions must be [T=", tokens.size(0), "], got ", positions.sizes());
+    check(positions, "positions", at::kInt, tokens.device());
+  }
+}
+
+#ifdef WITH_CUDA
+void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+#endif
+
+std::tuple<at::Tensor, at::Tensor> interpreter_scores(const at::Tensor& tokens, const at::Tensor& offsets,
+                                                      const at::Tensor& positions, const at::Tensor& vecs,
+                                                      const at::Tensor& biases, double threshold,
+                                                      int64_t num_prefix, double eps, bool emit_keep) {
+  check_packed(tokens, offsets, positions);
+  const int64_t B = offsets.numel() - 1, T = tokens.size(0), C = tokens.size(1);
+  TORCH_CHECK(vecs.dim() == 3 && vecs.size(0) == B && vecs.size(2) == C,
+              "iared: vecs must be [B=", B, ", H, C=", C, "], got ", vecs.sizes());
+  const int64_t H = vecs.size(1);
+  TORCH_CHECK(H >= 1 && H <= iared::kMaxHeads, "iared: 1..", iared::kMaxHeads, " heads supported, got ", H);
+  TORCH_CHECK(biases.dim() == 2 && biases.size(0) == B && biases.size(1) == H, "iared: biases must be [B, H]");
+  check(vecs, "vecs", at::kFloat, tokens.device());
+  check(biases, "biases", at::kFloat, tokens.device());
+  TORCH_CHECK(!emit_keep || positions.numel() == T, "iared: emitting keep flags needs positions");
+  TORCH_CHECK(C > 0 || T == 0, "iared: C must be positive");
+  auto probs = at::empty({T}, tokens.options().dtype(at::kFloat));
+  auto keep = at::empty({emit_keep ? T : 0}, tokens.options().dtype(at::kBool));
+  auto vec_sums = vecs.sum(-1).contiguous();
+  const int32_t* pos = positions.numel() ? positions.data_ptr<int32_t>() : nullptr;
+  uint8_t* keep_ptr = emit_keep ? reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()) : nullptr;
+  if (tokens.is_cuda()) {
+#ifdef WITH_CUDA
+    c10::cuda::CUDAGuard guard(tokens.device());
+    iared::interpreter_scores_cuda(tokens.data_ptr(), token_dtype(tokens), T, C, offsets.data_ptr<int32_t>(), B, pos,
+                                   vecs.data_ptr<float>(), vec_sums.data_ptr<float>(), biases.data_ptr<float>(),
+                                   int(H), float(eps), float(threshold), int(num_prefix), probs.data_ptr<float>(),
+                                   keep_ptr, stream_of(tokens));
+#endif
+  } else {
+    iared::interpreter_scores_cpu(tokens.data_ptr(), token_dtype(tokens), T, C, offsets.data_ptr<int32_t>(), B, pos,
+                                  vecs.data_ptr<float>(), vec_sums.data_ptr<float>(), biases.data_ptr<float>(),
+                                  int(H), float(eps), float(threshold), int(num_prefix), probs.data_ptr<float>(),
+                                  keep_ptr);
+  }
+  return {probs, keep};
+}
+
+at::Tensor topk_keep(const at::Tensor& scores, const at::Tensor& offsets, const at::Tensor& positions,
+                     double rho, int64_t num_prefix) {
+  TORCH_CHECK(scores.dim() == 1, "iared: scores must be [T]");
+  check(scores, "scores", at::kFloat, scores.device());
+  check_packed(scores.view({-1, 1}), offsets, positions);
+  TORCH_CHECK(positions.numel() == scores.numel(), "iared: topk_keep needs positions [T]");
+  TORCH_CHECK(rho >= 0.0 && rho <= 1.0, "iared: rho must be in [0, 1], got ", rho);
+  const int64_t T = scores.numel(), B = offsets.numel() - 1;
+  auto keep = at::empty({T}, scores.options().dtype(at::kBool));
+  auto* keep_ptr = reinterpret_cast<uint8_t*>(keep.data_ptr<bool>());
+  if (scores.is_cuda()) {
+#ifdef WITH_CUDA
+    c10::cuda::CUDAGuard guard(scores.device());
+    iared::topk_keep_cuda(scores.data_ptr<float>(), T, offsets.data_ptr<int32_t>(), B, positions.data_ptr<int32_t>(),
+                          rho, int(num_prefix), keep_ptr, stream_of(scores));
+#endif
+  } else {
+    iared::topk_keep_cpu(scores.data_ptr<float>(), T, offsets.data_ptr<int32_t>(), B, positions.data_ptr<int32_t>(),
+                         rho, int(num_prefix), keep_ptr);
+  }
+  return keep;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens, const at::Tensor& offsets,
+                                                       const at::Tensor& positions, const at::Tensor& keep,
+                                                       int64_t num_prefix) {
+  check_packed(tokens, offsets, positions);
+  TORCH_CHECK(positions.numel() == tokens.size(0), "iared: compact needs positions [T]");
+  check(keep, "keep", at::kBool, tokens.device());
+  TORCH_CHECK(keep.dim() == 1 && keep.size(0) == tokens.size(0), "iared: keep must be [T]");
+  const int64_t T = tokens.size(0), C = tokens.size(1), B = offsets.numel() - 1;
+  const size_t row_bytes = size_t(C) * tokens.element_size();
+  const auto* keep_ptr = reinterpret_cast<const uint8_t*>(keep.data_ptr<bool>());
+  auto scan = at::empty({T}, offsets.options());
+  auto new_offsets = at::empty({B + 1}, offsets.options());
+  if (tokens.is_cuda()) {
+#ifdef WITH_CUDA
+    c10::cuda::CUDAGuard guard(tokens.device());
+    void* stream = stream_of(tokens);
+    const size_t ws_bytes = iared::compact_plan_workspace_cuda(T);
+    auto ws = at::empty({int64_t(ws_bytes)}, tokens.options().dtype(at::kByte));
+    iared::compact_plan_cuda(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(), B,
+                             int(num_prefix), scan.data_ptr<int32_t>(), new_offsets.data_ptr<int32_t>(),
+                             ws.data_ptr(), ws_bytes, stream);
+    const int64_t kept = new_offsets[B].item<int32_t>();  // the one sync: the output's size
+    auto out = at::empty({kept, C}, tokens.options());
+    auto out_pos = at::empty({kept}, positions.options());
+    iared::compact_gather_cuda(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
+                               scan.data_ptr<int32_t>(), T, int(num_prefix), out.data_ptr(),
+                               out_pos.data_ptr<int32_t>(), stream);
+    return {out, new_offsets, out_pos};
+#endif
+  }
+  const int64_t kept = iared::compact_plan_cpu(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(),
+                                               B, int(num_prefix), scan.data_ptr<int32_t>(),
+                                               new_offsets.data_ptr<int32_t>());
+  auto out = at::empty({kept, C}, tokens.options());
+  auto out_pos = at::empty({kept}, positions.options());
+  iared::compact_gather_cpu(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
+                            scan.data_ptr<int32_t>(), T, int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
+  return {out, new_offsets, out_pos};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(iared, m) {
+  m.def("interpreter_scores(Tensor tokens, Tensor offsets, Tensor positions, Tensor vecs, Tensor biases, "
+        "float threshold, int num_prefix, float eps, bool emit_keep) -> (Tensor, Tensor)");
+  m.def("topk_keep(Tensor scores, Tensor offsets, Tensor positions, float rho, int num_prefix) -> Tensor");
+  m.def("compact(Tensor tokens, Tensor offsets, Tensor positions, Tensor keep, int num_prefix) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(iared, CPU, m) {
+  m.impl("interpreter_scores", &interpreter_scores);
+  m.impl("topk_keep", &topk_keep);
+  m.impl("compact", &compact);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(iared, CUDA, m) {
+  m.impl("interpreter_scores", &interpreter_scores);
+  m.impl("topk_keep", &topk_keep);
+  m.impl("compact", &compact);
+}
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "iared-edge kernels: fused interpreter scoring, top-k selection, token compaction";
+#ifdef WITH_CUDA
+  m.def("built_with_cuda", [] { return true; });
+#else
+  m.def("built_with_cuda", [] { return false; });
+#endif
+}

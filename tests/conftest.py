@@ -1,0 +1,21 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+warnings.filterwarnings("ignore", message="iared_edge._C is not built")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from iared_edge import IARedViT
+    torch.manual_seed(0)
+    return IARedViT.from_timm("deit_tiny_patch16_224").eval()
+
+
+@pytest.fixture(scope="session")
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, 224, 224, generator=g)

@@ -1,0 +1,185 @@
+"""IARedViT against independent references: timm's own forward, naive float64 loops, and the
+other execution."""
+import math
+
+import pytest
+import timm
+import torch
+
+from iared_edge import IARedViT
+from iared_edge.interpreter import Interpreter
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_patch16_224",
+                                  "deit_base_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_policy_all_packed_equals_timm(name):
+    torch.manual_seed(0)
+    model = IARedViT.from_timm(name).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ours = model(x, policy="all").logits
+        ref = model.vit(x)
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+def test_other_input_size_and_groups():
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("vit_tiny_patch16_224", img_size=160, groups=(2, 4, 6), num_classes=7).eval()
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert (model(x, policy="all").logits - model.vit(x)).abs().max() <= 1e-5
+        out = model(x, policy="ratio", ratio=0.5)
+    assert out.keep_masks.shape == (2, 3, 100) and out.heatmap.shape == (2, 10, 10)
+
+
+@pytest.mark.parametrize("policy,kwargs", [("all", {}), ("threshold", {}), ("threshold", {"thresholds": (0.45, 0.5, 0.55)}),
+                                           ("ratio", {"ratio": 0.5}), ("ratio", {"ratio": (0.9, 0.6, 0.3)})])
+def test_packed_equals_masked(tiny, images, policy, kwargs):
+    with torch.no_grad():
+        p = tiny(images, policy=policy, execution="packed", **kwargs)
+        m = tiny(images, policy=policy, execution="masked", **kwargs)
+    assert torch.equal(p.keep_masks, m.keep_masks)
+    rel = (p.logits - m.logits).norm() / m.logits.norm()
+    assert rel <= 1e-4
+    assert torch.allclose(p.scores, m.scores, atol=1e-5)
+
+
+def test_sampled_decisions_replay_in_packed(tiny, images):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m = tiny(images, policy="sample", execution="masked")
+        decisions = [m.keep_masks[:, s] for s in range(tiny.num_stages)]
+        p = tiny(images, policy="given", decisions=decisions, execution="packed")
+    assert torch.equal(p.keep_masks, m.keep_masks)
+    assert (p.logits - m.logits).norm() / m.logits.norm() <= 1e-4
+    # log-probability of the sample, recomputed naively from the recorded scores
+    alive = torch.ones(images.shape[0], tiny.num_patches, dtype=torch.bool)
+    for s in range(tiny.num_stages):
+        keep, prob = m.keep_masks[:, s], m.scores[:, s].double()
+        lp = torch.where(keep, prob.log(), (1 - prob).log())
+        assert torch.allclose(m.log_probs[:, s].double(), (lp * alive).sum(1), rtol=1e-4)
+        alive = keep
+
+
+def test_sample_gradients_reach_interpreters_only_through_log_probs(tiny, images):
+    model = IARedViT.from_timm("deit_tiny_patch16_224")
+    out = model(images[:2], policy="sample", execution="masked")
+    out.log_probs.sum().backward()
+    for interp in model.interpreters:
+        assert interp.qk.weight.grad is not None and interp.qk.weight.grad.abs().sum() > 0
+
+
+def test_packed_batch_equals_each_image_alone(tiny, images):
+    with torch.no_grad():
+        batch = tiny(images, policy="threshold")
+        assert len(set(map(tuple, batch.kept_counts.tolist()))) > 1, "want different keep counts"
+        for i in range(images.shape[0]):
+            alone = tiny(images[i:i + 1], policy="threshold")
+            assert torch.equal(alone.keep_masks[0], batch.keep_masks[i])
+            assert torch.allclose(alone.logits[0], batch.logits[i], atol=1e-5, rtol=1e-5)
+
+
+def test_ratio_gives_exact_counts(tiny, images):
+    rho = (0.7, 0.55, 0.3)
+    with torch.no_grad():
+        out = tiny(images, policy="ratio", ratio=rho)
+    n, expected = tiny.num_patches, []
+    for r in rho:
+        n = math.ceil(round(r * n, 9))
+        expected.append(n)
+    assert out.kept_counts.tolist() == [expected] * images.shape[0]
+
+
+def test_ratio_zero_keeps_only_class_token(tiny, images):
+    with torch.no_grad():
+        p = tiny(images, policy="ratio", ratio=0.0)
+        m = tiny(images, policy="ratio", ratio=0.0, execution="masked")
+    assert p.kept_counts.sum() == 0 and torch.isfinite(p.logits).all()
+    assert torch.allclose(p.logits, m.logits, atol=1e-5)
+
+
+def _naive_scores(interp: Interpreter, x: torch.Tensor) -> torch.Tensor:
+    """Float64 loop over images, heads and tokens: the paper's definition."""
+    x = x.double()
+    w, b = interp.qk.weight.double(), interp.qk.bias.double()
+    C, H, D = x.shape[-1], interp.num_heads, interp.head_dim
+    out = torch.zeros(x.shape[:2], dtype=torch.float64)
+    for i in range(x.shape[0]):
+        xn = torch.nn.functional.layer_norm(x[i], (C,), eps=interp.norm.eps)
+        qk = xn @ w.t() + b
+        q, k = qk[0, :C], qk[:, C:]
+        for h in range(H):
+            sl = slice(h * D, (h + 1) * D)
+            out[i] += torch.sigmoid((k[:, sl] @ q[sl]) * D ** -0.5) / H
+    return out
+
+
+def test_threshold_drops_exactly_tokens_under_threshold(tiny, images):
+    with torch.no_grad():
+        out = tiny(images, policy="threshold")
+        first = _naive_scores(tiny.interpreters[0], tiny._embed(images))[:, tiny.num_prefix:]
+    assert torch.allclose(out.scores[:, 0].double(), first, atol=1e-5)
+    alive = torch.ones_like(out.keep_masks[:, 0])
+    for s, t in enumerate(tiny.thresholds):
+        assert torch.equal(out.keep_masks[:, s], alive & (out.scores[:, s] > t))
+        assert not (out.keep_masks[:, s] & ~alive).any(), "a dropped token came back"
+        assert (out.scores[:, s][~alive] == 0).all()
+        alive = out.keep_masks[:, s]
+    assert torch.equal(out.kept_counts, out.keep_masks.sum(-1))
+
+
+def test_folded_scores_equal_unfolded(tiny):
+    torch.manual_seed(5)
+    interp = tiny.interpreters[1]
+    x = torch.randn(4, 197, tiny.vit.embed_dim)
+    vecs, biases = interp.fold(x[:, 0])
+    xn = interp.norm(x)
+    folded = torch.sigmoid(torch.einsum("blc,bhc->bhl", xn, vecs) + biases[..., None]).mean(1)
+    assert torch.allclose(folded.double(), _naive_scores(interp, x), atol=1e-5)
+    assert torch.allclose(interp(x).double(), _naive_scores(interp, x), atol=1e-5)
+
+
+def test_heatmap_and_flops(tiny, images):
+    with torch.no_grad():
+        full = tiny(images, policy="all")
+        half = tiny(images, policy="ratio", ratio=0.5)
+    assert half.heatmap.shape == (3, 14, 14)
+    assert 0 <= half.heatmap.min() and half.heatmap.max() <= 1
+    assert torch.allclose(half.heatmap, half.scores.mean(1).view(3, 14, 14))
+    assert (half.flops < full.flops).all()
+
+
+def test_flops_match_published_deit_small():
+    # DeiT paper: DeiT-S 4.6 G multiply-adds; we count a multiply-add as 2 FLOPs.
+    model = IARedViT.from_timm("deit_small_patch16_224")
+    assert abs(model.flops().item() / 2 / 4.6e9 - 1) < 0.03
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.randn(3, 224, 224), "rank 4"),
+    (torch.randn(1, 1, 224, 224), "channels"),
+    (torch.randn(1, 3, 200, 224), "224x224"),
+    (torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "floating"),
+    (torch.full((1, 3, 224, 224), float("nan")), "NaN"),
+    (torch.randn(0, 3, 224, 224), "empty batch"),
+])
+def test_bad_images_raise_clear_errors(tiny, bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(bad)
+
+
+def test_bad_arguments(tiny, images):
+    with pytest.raises(ValueError, match="policy"):
+        tiny(images, policy="nope")
+    with pytest.raises(ValueError, match="execution"):
+        tiny(images, execution="nope")
+    with pytest.raises(ValueError, match="needs ratio"):
+        tiny(images, policy="ratio")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tiny(images, policy="ratio", ratio=1.5)
+    with pytest.raises(ValueError, match="one per stage"):
+        tiny(images, thresholds=(0.5, 0.5))
+    with pytest.raises(ValueError, match="sum to"):
+        IARedViT.from_timm("deit_tiny_patch16_224", groups=(4, 4))
+    with pytest.raises(ValueError, match="class token"):
+        IARedViT(timm.create_model("vit_tiny_patch16_224", global_pool="avg", class_token=False))

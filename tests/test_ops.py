@@ -1,0 +1,210 @@
+"""The compiled ops against the pure-PyTorch reference (and the reference against float64 loops),
+on random packed batches and on the edge cases."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from iared_edge import ops
+from iared_edge.ops import reference as ref
+
+compiled = pytest.mark.skipif(ops.backend("cpu") != "cpu", reason="iared_edge._C not built")
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make_batch(lengths, C, H, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    offsets = torch.zeros(B + 1, dtype=torch.int32)
+    offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0) if B else offsets[1:]
+    T = int(offsets[-1])
+    # positions: class token then an increasing subset of a 196-patch grid, as after dropping
+    positions = torch.cat([torch.cat([torch.zeros(1, dtype=torch.int64),
+                                      torch.randperm(196, generator=g)[: n - 1].sort().values + 1])
+                           for n in lengths]).int() if T else torch.zeros(0, dtype=torch.int32)
+    tokens = (torch.randn(T, C, generator=g) * 3 + torch.randn(T, 1, generator=g) * 2).to(dtype)
+    vecs = torch.randn(B, H, C, generator=g) * C ** -0.5
+    biases = torch.randn(B, H, generator=g)
+    return [t.to(device) for t in (tokens, offsets, positions, vecs, biases)]
+
+
+batches = st.tuples(st.lists(st.integers(1, 197), min_size=1, max_size=9), st.integers(1, 80),
+                    st.integers(1, 16), st.sampled_from(DTYPES), st.integers(0, 2 ** 16))
+
+
+@compiled
+@settings(max_examples=60, deadline=None)
+@given(batches, st.floats(0.2, 0.8))
+def test_scores_match_reference(batch, threshold):
+    lengths, C, H, dtype, seed = batch
+    tokens, offsets, positions, vecs, biases = make_batch(lengths, C, H, dtype, seed)
+    p, k = ops.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions)
+    pr, kr = ref.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions)
+    assert torch.allclose(p, pr, atol=2e-6, rtol=1e-5)
+    near = (pr - threshold).abs() < 1e-5  # a decision on the threshold's edge may flip
+    assert torch.equal(k[~near], kr[~near])
+    assert k[positions == 0].all()
+
+
+@compiled
+@settings(max_examples=60, deadline=None)
+@given(batches, st.floats(0.0, 1.0), st.booleans())
+def test_topk_and_compact_match_reference(batch, rho, ties):
+    lengths, C, H, dtype, seed = batch
+    tokens, offsets, positions, _, _ = make_batch(lengths, C, H, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    scores = torch.rand(tokens.shape[0], generator=g)
+    if ties:
+        scores = (scores * 4).round() / 4
+    keep = ops.topk_keep(scores, offsets, positions, rho)
+    assert torch.equal(keep, ref.topk_keep(scores, offsets, positions, rho))
+    random_keep = torch.rand(tokens.shape[0], generator=g) < 0.5
+    for flags in (keep, random_keep):
+        out = ops.compact(tokens, offsets, positions, flags)
+        expect = ref.compact(tokens, offsets, positions, flags)
+        for a, b in zip(out, expect):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        assert out[0].is_contiguous()
+
+
+def test_reference_scores_match_float64_loop():
+    tokens, offsets, positions, vecs, biases = make_batch([5, 1, 9], 24, 3, torch.float32, 7)
+    probs, _ = ref.interpreter_scores(tokens, offsets, vecs, biases)
+    for b in range(3):
+        for t in range(int(offsets[b]), int(offsets[b + 1])):
+            x = tokens[t].double()
+            xn = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-6)
+            p = sum(torch.sigmoid(vecs[b, h].double() @ xn + biases[b, h]) for h in range(3)) / 3
+            assert abs(probs[t].item() - p.item()) < 1e-6
+
+
+def test_reference_topk_and_compact_match_naive_loop():
+    tokens, offsets, positions, _, _ = make_batch([6, 1, 8], 5, 1, torch.float32, 3)
+    scores = torch.tensor([0.1, 0.9, 0.3, 0.3, 0.8, 0.2, 0.5, 0.7, 0.7, 0.1, 0.6, 0.6, 0.6, 0.0, 0.4])
+    keep = ref.topk_keep(scores, offsets, positions, 0.5)
+    # image 0: class .1, patches .9 .3 .3 .8 .2 -> k=ceil(2.5)=3: .9, .8, the first .3
+    # image 1: class only; image 2: class .7, patches .7 .1 .6 .6 .6 .0 .4 -> k=4: .7, .6, .6, .6
+    assert keep.tolist() == [1, 1, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0]
+    toks, offs, pos = ref.compact(tokens, offsets, positions, keep)
+    rows = [t for t in range(15) if keep[t]]
+    assert torch.equal(toks, tokens[rows]) and pos.tolist() == positions[rows].tolist()
+    assert offs.tolist() == [0, 4, 5, 10]
+
+
+@compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_cases(dtype):
+    # empty batch
+    tokens, offsets, positions, vecs, biases = make_batch([], 8, 2, dtype)
+    p, k = ops.interpreter_scores(tokens, offsets, vecs, biases, 0.5, positions)
+    assert p.shape == (0,) and k.shape == (0,)
+    out = ops.compact(tokens, offsets, positions, k)
+    assert out[0].shape == (0, 8) and out[1].tolist() == [0]
+    # B = 1, an image keeping only its class token, C not a multiple of the vector width
+    tokens, offsets, positions, vecs, biases = make_batch([7], 13, 3, dtype)
+    none = torch.zeros(7, dtype=torch.bool)
+    toks, offs, pos = ops.compact(tokens, offsets, positions, none)
+    assert offs.tolist() == [0, 1] and pos.tolist() == [0] and torch.equal(toks, tokens[:1])
+    assert ops.topk_keep(torch.rand(7), offsets, positions, 0.0).tolist() == [True] + [False] * 6
+    # empty sequences inside a batch
+    offsets = torch.tensor([0, 0, 7, 7], dtype=torch.int32)
+    vecs, biases = torch.randn(3, 3, 13), torch.randn(3, 3)
+    p, _ = ops.interpreter_scores(tokens, offsets, vecs, biases)
+    pr, _ = ref.interpreter_scores(tokens, offsets, vecs, biases)
+    assert torch.allclose(p, pr, atol=2e-6)
+    toks, offs, _ = ops.compact(tokens, offsets, positions, torch.ones(7, dtype=torch.bool))
+    assert offs.tolist() == [0, 0, 7, 7] and torch.equal(toks, tokens)
+
+
+@compiled
+def test_millions_of_tokens():
+    T, C, B = 2_000_000, 4, 4
+    offsets = torch.tensor([0, 1, T // 2, T - 5, T], dtype=torch.int32)
+    positions = torch.cat([torch.arange(int(offsets[b + 1] - offsets[b])) for b in range(B)]).int()
+    tokens = torch.randn(T, C)
+    keep = torch.rand(T) < 0.3
+    out = ops.compact(tokens, offsets, positions, keep)
+    expect = ref.compact(tokens, offsets, positions, keep)
+    assert all(torch.equal(a, b) for a, b in zip(out, expect))
+    vecs, biases = torch.randn(B, 2, C), torch.randn(B, 2)
+    p, _ = ops.interpreter_scores(tokens, offsets, vecs, biases)
+    pr, _ = ref.interpreter_scores(tokens, offsets, vecs, biases)
+    assert torch.allclose(p, pr, atol=2e-6)
+
+
+@compiled
+def test_ops_are_registered_with_torch():
+    tokens, offsets, positions, vecs, biases = make_batch([4, 3], 6, 2, torch.float32)
+    p, k = torch.ops.iared.interpreter_scores(tokens, offsets, positions, vecs, biases, 0.5, 1, 1e-6, True)
+    assert torch.allclose(p, ref.interpreter_scores(tokens, offsets, vecs, biases)[0], atol=1e-6)
+
+
+def test_bad_inputs_get_clear_errors():
+    tokens, offsets, positions, vecs, biases = make_batch([4, 3], 6, 2, torch.float32)
+    keep = torch.ones(7, dtype=torch.bool)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.compact(tokens.t().contiguous().t(), offsets, positions, keep)
+    with pytest.raises(TypeError, match="float64"):
+        ops.compact(tokens.double(), offsets, positions, keep)
+    with pytest.raises(ValueError, match="int32"):
+        ops.compact(tokens, offsets.long(), positions, keep)
+    with pytest.raises(ValueError, match="keep must be bool"):
+        ops.compact(tokens, offsets, positions, keep.int())
+    with pytest.raises(ValueError, match="vecs must be"):
+        ops.interpreter_scores(tokens, offsets, vecs[:1], biases)
+    with pytest.raises(ValueError, match="vecs must be contiguous float32"):
+        ops.interpreter_scores(tokens, offsets, vecs.half(), biases)
+    with pytest.raises(ValueError, match="rho"):
+        ops.topk_keep(torch.rand(7), offsets, positions, 1.5)
+    with pytest.raises(ValueError, match="on meta"):
+        ops.compact(tokens, offsets.to("meta"), positions, keep)
+
+
+@compiled
+def test_compiled_ops_check_inputs_too():
+    tokens, offsets, positions, vecs, biases = make_batch([4, 3], 6, 2, torch.float32)
+    with pytest.raises(RuntimeError, match="heads supported"):
+        torch.ops.iared.interpreter_scores(tokens, offsets, positions, torch.zeros(2, 17, 6),
+                                           torch.zeros(2, 17), 0.5, 1, 1e-6, False)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.iared.compact(tokens.t().contiguous().t(), offsets, positions,
+                                torch.ones(7, dtype=torch.bool), 1)
+
+
+def test_backend_reports_and_reference_switch():
+    assert ops.backend("cpu") in ("cpu", "torch")
+    ops.use_reference(True)
+    try:
+        assert ops.backend("cpu") == "torch"
+    finally:
+        ops.use_reference(False)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or ops.backend("cuda") != "cuda",
+                          reason="needs a CUDA GPU and the CUDA build of iared_edge._C")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_ops_match_cpu(dtype):
+    lengths = [197, 1, 50, 120, 197, 3]
+    cpu = make_batch(lengths, 384, 6, dtype, 11)
+    gpu = [t.cuda() for t in cpu]
+    p, k = ops.interpreter_scores(*gpu[:2], *gpu[3:], 0.5, gpu[2])
+    pc, kc = ops.interpreter_scores(*cpu[:2], *cpu[3:], 0.5, cpu[2])
+    assert torch.allclose(p.cpu(), pc, atol=2e-6)
+    keep = ops.topk_keep(pc.cuda(), gpu[1], gpu[2], 0.6)
+    assert torch.equal(keep.cpu(), ops.topk_keep(pc, cpu[1], cpu[2], 0.6))
+    out = ops.compact(gpu[0], gpu[1], gpu[2], keep)
+    expect = ops.compact(cpu[0], cpu[1], cpu[2], keep.cpu())
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(out, expect))
+
+
+@cuda
+def test_cuda_model_packed_equals_masked():
+    from iared_edge import IARedViT
+    model = IARedViT.from_timm("deit_tiny_patch16_224").cuda().eval()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        p, m = model(x), model(x, execution="masked")
+    assert torch.equal(p.keep_masks, m.keep_masks)
+    assert torch.allclose(p.logits, m.logits, atol=1e-4)

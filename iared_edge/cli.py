@@ -1,0 +1,100 @@
+"""The `iared-edge` command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+
+def _load(model: str, checkpoint: Optional[str]):
+    from .checkpoint import load_model
+    from .model import IARedViT
+    if model.endswith(".safetensors") and os.path.exists(model):
+        return load_model(model)
+    return IARedViT.from_timm(model, checkpoint=checkpoint).eval()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from . import ops
+    from .preprocess import ASSETS, load_rgb, overlay, to_tensor
+
+    torch.manual_seed(args.seed)
+    model = _load(args.model, args.checkpoint)
+    if args.checkpoint is None and not args.model.endswith(".safetensors"):
+        print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
+              "meaningless, the token dropping and timings are real")
+    image = args.image or os.path.join(ASSETS, "squirrel_cls.jpg")
+    rgb = load_rgb(image)
+    cfg = model.vit.pretrained_cfg
+    x = to_tensor(rgb, model.input_size[1:], cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
+                  cfg.get("crop_pct", 0.875))
+    kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
+    with torch.inference_mode():
+        out = model(x, policy=args.policy, **kwargs)
+        full = model.flops()[0].item()
+    probs = out.logits.softmax(-1)[0]
+    top = probs.topk(min(5, probs.numel()))
+    labels = model.labels
+    if labels is None and model.vit.num_classes == 1000:
+        from timm.data import ImageNetInfo
+        info = ImageNetInfo()
+        labels = [info.index_to_description(i) for i in range(1000)]
+    print(f"image: {image}  model: {args.model}  policy: {args.policy}  ops backend: {ops.backend('cpu')}")
+    for p, i in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"  {p:6.2%}  {labels[i] if labels else i}")
+    ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[0].tolist())
+    print(f"patch tokens kept per stage: {ratios}; FLOPs {out.flops[0].item() / 1e9:.2f} G "
+          f"vs {full / 1e9:.2f} G for the plain backbone ({full / out.flops[0].item():.2f}x fewer)")
+    crop = ((x[0] * torch.tensor(cfg.get("std", (0.5,) * 3)).view(3, 1, 1)
+             + torch.tensor(cfg.get("mean", (0.5,) * 3)).view(3, 1, 1)).clamp(0, 1) * 255)
+    crop = crop.permute(1, 2, 0).byte().numpy()
+    final_kept = out.keep_masks[0, -1].view(model.grid_size).numpy()
+    pic = overlay(crop, out.heatmap[0].numpy(), final_kept)
+    Image.fromarray(np.concatenate([crop, pic], 1)).save(args.out)
+    print(f"heatmap written to {args.out} (left: input, right: interpreter heatmap, dropped patches dimmed)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__, ops
+    try:
+        from ._build_info import BUILT
+    except ImportError:
+        BUILT = "unknown (not installed with setup.py)"
+    print(f"iared-edge {__version__}; torch {torch.__version__}; built: {BUILT}")
+    print(f"ops backend: cpu -> {ops.backend('cpu')}, cuda -> {ops.backend('cuda')} "
+          f"(CUDA device {'present' if torch.cuda.is_available() else 'absent'})")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="iared-edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="classify one image, print top-5, write the heatmap PNG")
+    p.add_argument("image", nargs="?", help="image file (default: a bundled photo)")
+    p.add_argument("--model", default="deit_small_patch16_224", help="timm name or a saved .safetensors")
+    p.add_argument("--checkpoint", help="timm/DeiT weights for a timm name (.pth or .safetensors)")
+    p.add_argument("--policy", default="threshold", choices=["all", "threshold", "ratio"])
+    p.add_argument("--ratio", type=float, default=0.7, help='keep ratio per stage for --policy ratio')
+    p.add_argument("--out", default="heatmap.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
+    p.set_defaults(func=cmd_predict)
+    i = sub.add_parser("info", help="version, build and active ops backend")
+    i.set_defaults(func=cmd_info)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"iared-edge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Images in (files, RGB arrays), normalised tensors out; heatmaps back onto images."""
+from __future__ import annotations
+
+import os
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such image file: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+
+
+def to_tensor(rgb: np.ndarray, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
+              crop_pct: float = 0.875) -> torch.Tensor:
+    """H x W x 3 uint8 RGB -> [1, 3, h, w] float32: resize the short side to size / crop_pct,
+    centre crop, normalise (timm's eval transform)."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 image, got "
+                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
+    if min(rgb.shape[:2]) < 2:
+        raise ValueError(f"image too small: {rgb.shape[1]}x{rgb.shape[0]} pixels")
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    h, w = x.shape[2:]
+    scale = max(size[0], size[1]) / crop_pct / min(h, w)
+    x = F.interpolate(x, size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
+                      mode="bilinear", antialias=True, align_corners=False)
+    top, left = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
+    x = x[:, :, top:top + size[0], left:left + size[1]]
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 RGB, a blue-cyan-yellow-red ramp (no plotting library needed)."""
+    v = np.clip(values, 0, 1)[..., None]
+    stops = np.array([[0, 0, 0.5], [0, 0.6, 1], [1, 1, 0], [1, 0, 0]])
+    pos = v * (len(stops) - 1)
+    i = np.minimum(pos.astype(int), len(stops) - 2)
+    t = pos - i
+    rgb = stops[i[..., 0]] * (1 - t) + stops[i[..., 0] + 1] * t
+    return (rgb * 255).astype(np.uint8)
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, kept: np.ndarray | None = None,
+            alpha: float = 0.5, dim: float = 0.35) -> np.ndarray:
+    """Blend a patch-grid heatmap [gh, gw] in [0, 1] over an RGB image; patches not kept
+    (`kept` [gh, gw] bool) are dimmed."""
+    h, w = rgb.shape[:2]
+    hm = F.interpolate(torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None],
+                       size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    out = rgb.astype(np.float32) * (1 - alpha) + colormap(hm).astype(np.float32) * alpha
+    if kept is not None:
+        k = F.interpolate(torch.from_numpy(kept.astype(np.float32))[None, None], size=(h, w),
+                          mode="nearest")[0, 0].numpy()
+        out *= (dim + (1 - dim) * k)[..., None]
+    return out.clip(0, 255).astype(np.uint8)

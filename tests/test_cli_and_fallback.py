@@ -1,0 +1,72 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from iared_edge.cli import main
+from iared_edge.preprocess import ASSETS, load_rgb, overlay, to_tensor
+
+
+def test_predict_writes_heatmap(tmp_path, capsys):
+    out = tmp_path / "h.png"
+    assert main(["predict", "--model", "deit_tiny_patch16_224", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("%  ") == 5 and "kept per stage" in text
+    from PIL import Image
+    im = np.asarray(Image.open(out))
+    assert im.shape == (224, 448, 3) and im[:, 224:].std() > 0
+
+
+def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00" * 100)
+    assert main(["predict", str(bad), "--model", "deit_tiny_patch16_224"]) == 2
+    assert "bad.jpg: not a readable image" in capsys.readouterr().err
+    assert main(["predict", "missing.jpg", "--model", "deit_tiny_patch16_224"]) == 2
+
+
+def test_preprocess_matches_timm_eval_transform():
+    from PIL import Image
+    from timm.data import create_transform
+    rgb = load_rgb(os.path.join(ASSETS, "squirrel_cls.jpg"))
+    ours = to_tensor(rgb, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875)
+    ref = create_transform(224, interpolation="bilinear", crop_pct=0.875)(Image.fromarray(rgb))[None]
+    assert ours.shape == ref.shape
+    # resampling kernels differ (torch antialias vs PIL, which also rounds to uint8): a few grey
+    # levels apart; a wrong crop or scale would break the correlation
+    assert (ours - ref).abs().mean() * 0.226 < 6 / 255
+    assert torch.corrcoef(torch.stack([ours.flatten(), ref.flatten()]))[0, 1] > 0.99
+
+
+def test_preprocess_and_overlay_reject_bad_arrays():
+    with pytest.raises(ValueError, match="uint8"):
+        to_tensor(np.zeros((10, 10, 3), np.float32), (224, 224), (0,) * 3, (1,) * 3)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        to_tensor(np.zeros((10, 10), np.uint8), (224, 224), (0,) * 3, (1,) * 3)
+    img = overlay(np.full((32, 32, 3), 200, np.uint8), np.ones((2, 2)), np.array([[1, 0], [1, 1]], bool))
+    assert img[:16, 16:].mean() < img[:16, :16].mean()  # the dropped patch is dimmed
+
+
+def test_package_works_without_the_extension():
+    code = (
+        "import sys, warnings, torch\n"
+        "sys.modules['iared_edge._C'] = None\n"  # makes `import iared_edge._C` fail
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from iared_edge import IARedViT, ops\n"
+        "    assert ops.backend('cpu') == 'torch'\n"
+        "    m = IARedViT.from_timm('deit_tiny_patch16_224').eval()\n"
+        "    x = torch.randn(2, 3, 224, 224)\n"
+        "    with torch.no_grad():\n"
+        "        assert (m(x, policy='all').logits - m.vit(x)).abs().max() < 1e-5\n"
+        "        o = m(x, policy='ratio', ratio=0.5)\n"
+        "        m(x)\n"
+        "    assert o.kept_counts.tolist() == [[98, 49, 25]] * 2\n"
+        "n = sum('not built' in str(x.message) for x in w)\n"
+        "assert n == 1, n\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr

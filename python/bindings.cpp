@@ -3,6 +3,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -116,9 +118,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
   const int64_t T = tokens.size(0), C = tokens.size(1), B = offsets.numel() - 1;
   const size_t row_bytes = size_t(C) * tokens.element_size();
   const auto* keep_ptr = reinterpret_cast<const uint8_t*>(keep.data_ptr<bool>());
-  auto scan = at::empty({T}, offsets.options());
   auto new_offsets = at::empty({B + 1}, offsets.options());
   if (tokens.is_cuda()) {
+    auto scan = at::empty({T}, offsets.options());
 #ifdef WITH_CUDA
     c10::cuda::CUDAGuard guard(tokens.device());
     void* stream = stream_of(tokens);
@@ -136,13 +138,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
     return {out, new_offsets, out_pos};
 #endif
   }
+  // The scan is host scratch: a per-thread buffer that grows, not an allocation per call.
+  thread_local std::vector<int32_t> scan;
+  scan.resize(size_t(T));
   const int64_t kept = iared::compact_plan_cpu(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(),
-                                               B, int(num_prefix), scan.data_ptr<int32_t>(),
-                                               new_offsets.data_ptr<int32_t>());
+                                               B, int(num_prefix), scan.data(), new_offsets.data_ptr<int32_t>());
   auto out = at::empty({kept, C}, tokens.options());
   auto out_pos = at::empty({kept}, positions.options());
   iared::compact_gather_cpu(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
-                            scan.data_ptr<int32_t>(), T, int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
+                            scan.data(), T, int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
   return {out, new_offsets, out_pos};
 }
 

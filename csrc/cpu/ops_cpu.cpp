@@ -15,25 +15,78 @@ namespace {
 
 // Below this many rows the threads cost more than they save.
 constexpr int64_t kParallelRows = 2048;
+// Lanes of the scoring accumulators: one AVX2 vector (H + 2 of them fit in the registers).
+constexpr int kCpuWidth = 8;
 
-template <typename T>
-void scores_impl(const T* tokens, int64_t T_, int64_t C, const int32_t* offsets, int64_t B,
-                 const int32_t* positions, const float* vecs, const float* vec_sums,
-                 const float* biases, int H, float eps, float threshold, int num_prefix,
-                 float* probs, uint8_t* keep) {
-  // Parallel over rows; the image of each row comes from its offsets (rows of one image are
-  // contiguous, so the static schedule keeps each thread mostly on one image's vectors).
-#pragma omp parallel for schedule(static) if (T_ * C >= kParallelRows * 64)
-  for (int64_t t = 0; t < T_; ++t) {
-    const int64_t b = find_sequence(offsets, B, t);
-    const T* x = tokens + t * C;
+struct ScoreArgs {
+  int64_t C, B;
+  const int32_t* offsets;
+  const int32_t* positions;
+  const float* vecs;
+  const float* vec_sums;
+  const float* biases;
+  int H;
+  float eps, threshold;
+  int num_prefix;
+  float* probs;
+  uint8_t* keep;
+};
+
+template <int kHeads, typename T>
+IARED_HD void score_rows(const T* tokens, const ScoreArgs& a, int64_t t0, int64_t t1) {
+  int64_t b = t0 < t1 ? find_sequence(a.offsets, a.B, t0) : 0;
+  for (int64_t t = t0; t < t1; ++t) {
+    while (t >= a.offsets[b + 1]) ++b;  // rows of one image are contiguous
+    const T* x = tokens + t * a.C;
     ScoreAcc acc;
-    score_acc_init(acc, H);
-    score_acc_row<1>(acc, x, to_float(x[0]), vecs + b * H * C, C, H, 0);
-    const float p = score_finalize(acc, C, H, vec_sums + b * H, biases + b * H, eps);
-    probs[t] = p;
-    if (keep) keep[t] = (p > threshold || is_prefix(positions, t, num_prefix)) ? 1 : 0;
+    score_acc_init(acc, a.H);
+    score_acc_row<1, kCpuWidth, kHeads>(acc, x, to_float(x[0]), a.vecs + b * a.H * a.C, a.C, a.H, 0);
+    const float p = score_finalize(acc, a.C, a.H, a.vec_sums + b * a.H, a.biases + b * a.H, a.eps);
+    a.probs[t] = p;
+    if (a.keep) a.keep[t] = (p > a.threshold || is_prefix(a.positions, t, a.num_prefix)) ? 1 : 0;
   }
+}
+
+// The head counts of common ViTs get their own instantiation (accumulators in registers).
+template <typename T>
+IARED_HD void score_rows_any_heads(const T* x, const ScoreArgs& a, int64_t t0, int64_t t1) {
+  switch (a.H) {
+    case 3: return score_rows<3>(x, a, t0, t1);
+    case 4: return score_rows<4>(x, a, t0, t1);
+    case 6: return score_rows<6>(x, a, t0, t1);
+    case 8: return score_rows<8>(x, a, t0, t1);
+    case 12: return score_rows<12>(x, a, t0, t1);
+    case 16: return score_rows<16>(x, a, t0, t1);
+    default: return score_rows<0>(x, a, t0, t1);
+  }
+}
+
+// One clone set per dtype; each thread runs a contiguous range of rows.
+IARED_CPU_CLONES void score_rows_f32(const void* x, const ScoreArgs& a, int64_t t0, int64_t t1) {
+  score_rows_any_heads(static_cast<const float*>(x), a, t0, t1);
+}
+IARED_CPU_CLONES void score_rows_f16(const void* x, const ScoreArgs& a, int64_t t0, int64_t t1) {
+  score_rows_any_heads(static_cast<const half_bits*>(x), a, t0, t1);
+}
+IARED_CPU_CLONES void score_rows_bf16(const void* x, const ScoreArgs& a, int64_t t0, int64_t t1) {
+  score_rows_any_heads(static_cast<const bf16_bits*>(x), a, t0, t1);
+}
+
+// Split [0, n) into contiguous ranges, one per thread, when the work is worth the threads.
+template <typename F>
+void parallel_ranges(int64_t n, bool parallel, F&& fn) {
+#ifdef _OPENMP
+  if (parallel && omp_get_max_threads() > 1) {
+#pragma omp parallel
+    {
+      const int64_t nt = omp_get_num_threads(), i = omp_get_thread_num();
+      fn(n * i / nt, n * (i + 1) / nt);
+    }
+    return;
+  }
+#endif
+  (void)parallel;
+  fn(int64_t(0), n);
 }
 
 }  // namespace
@@ -43,17 +96,9 @@ void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t 
                             const float* vecs, const float* vec_sums, const float* biases, int H,
                             float eps, float threshold, int num_prefix, float* probs,
                             uint8_t* keep) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return scores_impl(static_cast<const float*>(tokens), T, C, offsets, B, positions, vecs,
-                         vec_sums, biases, H, eps, threshold, num_prefix, probs, keep);
-    case DType::kFloat16:
-      return scores_impl(static_cast<const half_bits*>(tokens), T, C, offsets, B, positions, vecs,
-                         vec_sums, biases, H, eps, threshold, num_prefix, probs, keep);
-    case DType::kBFloat16:
-      return scores_impl(static_cast<const bf16_bits*>(tokens), T, C, offsets, B, positions, vecs,
-                         vec_sums, biases, H, eps, threshold, num_prefix, probs, keep);
-  }
+  const ScoreArgs args{C, B, offsets, positions, vecs, vec_sums, biases, H, eps, threshold, num_prefix, probs, keep};
+  auto* rows = dtype == DType::kFloat32 ? score_rows_f32 : dtype == DType::kFloat16 ? score_rows_f16 : score_rows_bf16;
+  parallel_ranges(T, T * C * H >= (int64_t(1) << 17), [&](int64_t t0, int64_t t1) { rows(tokens, args, t0, t1); });
 }
 
 void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
@@ -104,12 +149,17 @@ void compact_gather_cpu(const void* tokens, size_t row_bytes, const int32_t* pos
                         void* out_tokens, int32_t* out_positions) {
   const char* src = static_cast<const char*>(tokens);
   char* dst = static_cast<char*>(out_tokens);
-#pragma omp parallel for schedule(static) if (T * int64_t(row_bytes) >= (int64_t(1) << 20))
-  for (int64_t t = 0; t < T; ++t) {
-    if (!survives(keep, positions, t, num_prefix)) continue;
-    copy_row(dst + size_t(scan[t]) * row_bytes, src + size_t(t) * row_bytes, row_bytes, 0, 1);
-    out_positions[scan[t]] = positions[t];
-  }
+  // Runs of consecutive survivors are contiguous in the output too: one copy per run.
+  parallel_ranges(T, T * int64_t(row_bytes) >= (int64_t(1) << 18), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1;) {
+      if (!survives(keep, positions, t, num_prefix)) { ++t; continue; }
+      int64_t end = t + 1;
+      while (end < t1 && survives(keep, positions, end, num_prefix)) ++end;
+      copy_row(dst + size_t(scan[t]) * row_bytes, src + size_t(t) * row_bytes, size_t(end - t) * row_bytes, 0, 1);
+      copy_row(out_positions + scan[t], positions + t, size_t(end - t) * sizeof(int32_t), 0, 1);
+      t = end;
+    }
+  });
 }
 
 }  // namespace iared

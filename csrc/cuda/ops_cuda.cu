@@ -30,7 +30,7 @@ __global__ void scores_kernel(const T* tokens, int64_t T_, int64_t C, const int3
   const T* x = tokens + t * C;
   ScoreAcc acc;
   score_acc_init(acc, H);
-  score_acc_row<kWarp>(acc, x, to_float(x[0]), vecs + b * H * C, C, H, lane);
+  score_acc_row<kWarp, 1>(acc, x, to_float(x[0]), vecs + b * H * C, C, H, lane);
   for (int off = kWarp / 2; off > 0; off /= 2) {
     ScoreAcc other;
     other.sum = __shfl_down_sync(0xffffffffu, acc.sum, off);

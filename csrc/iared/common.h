@@ -6,20 +6,39 @@
 
 #if defined(__CUDACC__)
 #define IARED_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: so the host ISA clones (IARED_CPU_CLONES) compile these for their own ISA
+#define IARED_HD inline __attribute__((always_inline))
 #else
 #define IARED_HD inline
 #endif
 
 // Vectorise a float reduction on the host compiler (needs -fopenmp or -fopenmp-simd); the device
 // compiler ignores it.
-#if !defined(__CUDA_ARCH__) && defined(_OPENMP)
 #define IARED_PRAGMA(x) _Pragma(#x)
-#define IARED_SIMD_SUM(var) IARED_PRAGMA(omp simd reduction(+ : var))
+#if !defined(__CUDA_ARCH__) && defined(__GNUC__) && !defined(__clang__)
+#define IARED_SIMD_SUM(...) IARED_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
 #else
-#define IARED_SIMD_SUM(var)
+#define IARED_SIMD_SUM(...)
+#endif
+
+// Host kernels are compiled for AVX-512 and AVX2+FMA besides the baseline, picked at run time
+// (GCC/Clang function multi-versioning); portable builds stay portable.
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(IARED_NO_CLONES)
+#define IARED_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define IARED_CPU_CLONES
 #endif
 
 namespace iared {
+
+// A pack of W floats: a GCC vector on the host (so the accumulators live in SIMD registers
+// whatever the compiler's loop analysis makes of them), a plain float where W == 1 (the device).
+template <int W> struct FloatPack { typedef float type __attribute__((vector_size(sizeof(float) * W))); };
+template <> struct FloatPack<1> { typedef float type; };
+
+IARED_HD float pack_lane(float v, int) { return v; }
+template <typename V> IARED_HD float pack_lane(const V& v, int l) { return v[l]; }
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 

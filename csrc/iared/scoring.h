@@ -26,26 +26,45 @@ IARED_HD void score_acc_init(ScoreAcc& a, int H) {
   for (int h = 0; h < H; ++h) a.dot[h] = 0.f;
 }
 
-// Accumulate elements c = c_begin, c_begin + kStep, ... of row x ([C]) against vecs v ([H, C]).
-template <int kStep, typename T>
-IARED_HD void score_acc_row(ScoreAcc& a, const T* x, float x0, const float* v, int64_t C, int H,
-                            int64_t c_begin) {
-  float s = 0.f, ss = 0.f;
-  IARED_SIMD_SUM(s)
-  for (int64_t c = c_begin; c < C; c += kStep) s += to_float(x[c]) - x0;
-  IARED_SIMD_SUM(ss)
-  for (int64_t c = c_begin; c < C; c += kStep) {
-    const float xc = to_float(x[c]) - x0;
+// Accumulate a slice of row x ([C]) against vecs v ([H, C]) in one pass: groups of kWidth
+// consecutive elements, group g = g_begin, g_begin + kStep, ... Each of the kWidth lanes keeps
+// its own partial sums, so the H + 2 reductions are independent chains the host compiler turns into
+// vector FMAs; the device uses kWidth = 1 and strides its 32 lanes (kStep = 32) for coalescing.
+// kHeads > 0 fixes H at compile time so the accumulators stay in registers (0 = use H).
+template <int kStep, int kWidth, int kHeads = 0, typename T>
+IARED_HD void score_acc_row(ScoreAcc& a, const T* x, float x0, const float* v, int64_t C, int H_,
+                            int64_t g_begin) {
+  using V = typename FloatPack<kWidth>::type;
+  const int H = kHeads > 0 ? kHeads : H_;
+  V s = V(), ss = V(), d[kMaxHeads];
+  for (int h = 0; h < H; ++h) d[h] = V();
+  const int64_t full = C / kWidth;
+  for (int64_t g = g_begin; g < full; g += kStep) {
+    const int64_t c = g * kWidth;
+    float xs[kWidth];
+    for (int l = 0; l < kWidth; ++l) xs[l] = to_float(x[c + l]) - x0;
+    V xc;
+    memcpy(&xc, xs, sizeof(V));
+    s += xc;
     ss += xc * xc;
+    for (int h = 0; h < H; ++h) {
+      V vh;
+      memcpy(&vh, v + int64_t(h) * C + c, sizeof(V));
+      d[h] += vh * xc;
+    }
   }
-  a.sum += s;
-  a.sumsq += ss;
-  for (int h = 0; h < H; ++h) {
-    const float* vh = v + int64_t(h) * C;
-    float d = 0.f;
-    IARED_SIMD_SUM(d)
-    for (int64_t c = c_begin; c < C; c += kStep) d += vh[c] * (to_float(x[c]) - x0);
-    a.dot[h] += d;
+  for (int l = 0; l < kWidth; ++l) {
+    a.sum += pack_lane(s, l);
+    a.sumsq += pack_lane(ss, l);
+    for (int h = 0; h < H; ++h) a.dot[h] += pack_lane(d[h], l);
+  }
+  if (g_begin == 0) {  // the tail (C not a multiple of kWidth) goes to the first lane
+    for (int64_t c = full * kWidth; c < C; ++c) {
+      const float xc = to_float(x[c]) - x0;
+      a.sum += xc;
+      a.sumsq += xc * xc;
+      for (int h = 0; h < H; ++h) a.dot[h] += v[int64_t(h) * C + c] * xc;
+    }
   }
 }
 

@@ -85,7 +85,7 @@ static void test_scoring_row_and_split() {
     const double expect = naive_score(x, v, bias, H, 1e-6);
     iared::ScoreAcc acc;
     iared::score_acc_init(acc, H);
-    iared::score_acc_row<1>(acc, x.data(), x[0], v.data(), C, H, 0);
+    iared::score_acc_row<1, 16>(acc, x.data(), x[0], v.data(), C, H, 0);
     const float whole = iared::score_finalize(acc, C, H, vsum.data(), bias.data(), 1e-6f);
     CHECK(std::fabs(whole - expect) < 1e-5 || C == 1);
     // the device's split: 32 lanes over strided elements, then merged, must agree
@@ -94,7 +94,7 @@ static void test_scoring_row_and_split() {
     for (int lane = 0; lane < 32; ++lane) {
       iared::ScoreAcc part;
       iared::score_acc_init(part, H);
-      iared::score_acc_row<32>(part, x.data(), x[0], v.data(), C, H, lane);
+      iared::score_acc_row<32, 1>(part, x.data(), x[0], v.data(), C, H, lane);
       iared::score_acc_merge(merged, part, H);
     }
     const float split = iared::score_finalize(merged, C, H, vsum.data(), bias.data(), 1e-6f);

@@ -1,0 +1,84 @@
+"""The packed-token ops against the plain PyTorch way, side by side in one run, DeiT-S sized
+(N = 197 tokens, C = 384, H = 6), float32.
+
+Compaction: ours vs boolean-mask indexing (tokens[keep], with cumsum offsets) and vs
+cumsum + index_select, bounded by a contiguous copy of the kept bytes (memcpy bandwidth).
+Scoring: the fused kernel vs the unfused torch composition layer_norm + bmm + sigmoid + mean.
+
+    .venv/bin/python benchmarks/bench_ops.py [--threads 2]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from iared_edge import ops
+from iared_edge.ops import reference
+
+
+def median_us(fn, repeats=200):
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def torch_mask_compact(tokens, offsets, positions, keep):
+    keep = keep | (positions == 0)
+    seq = ops.sequence_ids(offsets, tokens.shape[0])
+    counts = torch.bincount(seq[keep], minlength=offsets.numel() - 1)
+    new_offsets = torch.cat([offsets.new_zeros(1), counts.cumsum(0).int()])
+    return tokens[keep], new_offsets, positions[keep]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    N, C, H = 197, 384, 6
+    print(f"# torch {torch.__version__}, {args.threads} threads, float32, N={N}, C={C}, H={H}; medians; ops backend {ops.backend('cpu')}")
+    print("\n## Compaction\n")
+    print("| B | keep | ours µs | bool-mask µs | cumsum+index_select µs | memcpy of kept bytes µs | vs bool-mask | vs index_select | % of memcpy bandwidth |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    for B in (1, 8, 64):
+        tokens = torch.randn(B * N, C, generator=g)
+        offsets = torch.arange(0, (B + 1) * N, N, dtype=torch.int32)
+        positions = torch.arange(N, dtype=torch.int32).repeat(B)
+        for frac in (0.3, 0.6, 0.9):
+            keep = torch.rand(B * N, generator=g) < frac
+            kept = int((keep | (positions == 0)).sum())
+            dst = torch.empty(kept, C)
+            src = tokens[:kept].clone()
+            t_ours = median_us(lambda: ops.compact(tokens, offsets, positions, keep))
+            t_mask = median_us(lambda: torch_mask_compact(tokens, offsets, positions, keep))
+            t_sel = median_us(lambda: reference.compact(tokens, offsets, positions, keep))
+            t_copy = median_us(lambda: dst.copy_(src))
+            print(f"| {B} | {frac:.0%} | {t_ours:.1f} | {t_mask:.1f} | {t_sel:.1f} | {t_copy:.1f} | "
+                  f"{t_mask / t_ours:.2f}x | {t_sel / t_ours:.2f}x | {100 * t_copy / t_ours:.0f}% |", flush=True)
+    print("\n## Interpreter scoring\n")
+    print("| B | dtype | fused µs | unfused torch µs | speedup |")
+    print("|---|---|---|---|---|")
+    for B in (1, 8, 64):
+        for dtype in (torch.float32, torch.bfloat16):
+            tokens = torch.randn(B * N, C, generator=g).to(dtype)
+            offsets = torch.arange(0, (B + 1) * N, N, dtype=torch.int32)
+            vecs, biases = torch.randn(B, H, C, generator=g) * 0.05, torch.randn(B, H, generator=g)
+            def unfused():
+                xn = F.layer_norm(tokens.view(B, N, C).float(), (C,), eps=1e-6)
+                return torch.sigmoid(torch.baddbmm(biases[:, None, :], xn, vecs.transpose(1, 2))).mean(-1)
+            fused = lambda: ops.interpreter_scores(tokens, offsets, vecs, biases)
+            assert torch.allclose(fused()[0], unfused().flatten(), atol=1e-5)
+            t_f, t_u = median_us(fused), median_us(unfused)
+            print(f"| {B} | {str(dtype).split('.')[1]} | {t_f:.1f} | {t_u:.1f} | {t_u / t_f:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
 Prints, per batch size and keep ratio, the median latencies, the speedup over timm and the exact
 FLOPs-ratio bound (timm FLOPs / ours, counted with the real token counts, attention's quadratic
 term and the interpreters included), and speedup / bound. Runs with the compiled ops and with the
-pure-PyTorch reference ops to show the extension's end-to-end effect.
+pure-PyTorch reference ops to show the extension's end-to-end effect, and the effective
+GFLOP/s of both (where it falls with fewer tokens, the CPU's GEMMs are less efficient on fewer rows).
 
     .venv/bin/python benchmarks/bench_model.py [--repeats 15] [--threads 2]
 """
@@ -17,20 +18,16 @@ import torch
 from iared_edge import IARedViT, ops
 
 
-def median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def once_ms(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="deit_small_patch16_224")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ratios", default="1.0,0.7,0.5")
@@ -40,29 +37,33 @@ def main():
     model = IARedViT.from_timm(args.model).eval()
     print(f"# {args.model}, torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"median of {args.repeats}; ops backend {ops.backend('cpu')}")
-    print("| batch | keep ρ | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | speedup (_C) | FLOPs bound | speedup / bound |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| batch | keep ρ | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | speedup (_C) | FLOPs bound | speedup / bound | GFLOP/s timm / ours |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     full_flops = model.flops().item()
+    ratios = [float(r) for r in args.ratios.split(",")]
     for B in [int(b) for b in args.batches.split(",")]:
         x = torch.randn(B, 3, 224, 224)
+        runs = {"timm": lambda: model.vit(x)}
+        for rho in ratios:
+            runs[("ours", rho)] = lambda rho=rho: model(x, policy="ratio", ratio=rho)
+            runs[("ref", rho)] = lambda rho=rho: model(x, policy="ratio", ratio=rho)
+        times = {k: [] for k in runs}
         with torch.inference_mode():
-            for rho in [float(r) for r in args.ratios.split(",")]:
+            for k, fn in runs.items():  # warm-up
+                fn()
+            for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
+                for k, fn in runs.items():
+                    ops.use_reference(k[0] == "ref" if isinstance(k, tuple) else False)
+                    times[k].append(once_ms(fn))
+            ops.use_reference(False)
+            t = statistics.median(times["timm"])
+            for rho in ratios:
                 out = model(x, policy="ratio", ratio=rho)
                 bound = full_flops / out.flops[0].item()
-                # interleave the three so drift in machine load hits them alike
-                runs = {"timm": lambda: model.vit(x), "ours": lambda: model(x, policy="ratio", ratio=rho)}
-                res = {"timm": [], "ours": [], "ref": []}
-                for _ in range(3):
-                    res["timm"].append(median_ms(runs["timm"], args.repeats // 3 or 1))
-                    ops.use_reference(False)
-                    res["ours"].append(median_ms(runs["ours"], args.repeats // 3 or 1))
-                    ops.use_reference(True)
-                    res["ref"].append(median_ms(runs["ours"], args.repeats // 3 or 1))
-                    ops.use_reference(False)
-                t, o, r = (statistics.median(res[k]) for k in ("timm", "ours", "ref"))
+                o, r = statistics.median(times[("ours", rho)]), statistics.median(times[("ref", rho)])
                 counts = "/".join(str(c) for c in out.kept_counts[0].tolist())
-                print(f"| {B} | {rho} | {counts} | {t:.1f} | {o:.1f} | {r:.1f} | {t / o:.2f}x | {bound:.2f}x | {t / o / bound:.2f} |",
-                      flush=True)
+                print(f"| {B} | {rho} | {counts} | {t:.1f} | {o:.1f} | {r:.1f} | {t / o:.2f}x | {bound:.2f}x | "
+                      f"{t / o / bound:.2f} | {B * full_flops / t / 1e6:.0f} / {out.flops.sum().item() / o / 1e6:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

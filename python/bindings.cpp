@@ -108,9 +108,19 @@ at::Tensor topk_keep(const at::Tensor& scores, const at::Tensor& offsets, const 
   return keep;
 }
 
+// The kept rows go to `out` (rows 0..T'-1) when given, else to a new tensor.
+at::Tensor output_rows(const at::Tensor& tokens, const std::optional<at::Tensor>& out, int64_t kept) {
+  if (!out.has_value()) return at::empty({kept, tokens.size(1)}, tokens.options());
+  const at::Tensor& o = *out;
+  TORCH_CHECK(o.dim() == 2 && o.size(1) == tokens.size(1) && o.size(0) >= kept,
+              "iared: out must be [>= ", kept, ", ", tokens.size(1), "], got ", o.sizes());
+  check(o, "out", tokens.scalar_type(), tokens.device());
+  return o.narrow(0, 0, kept);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens, const at::Tensor& offsets,
                                                        const at::Tensor& positions, const at::Tensor& keep,
-                                                       int64_t num_prefix) {
+                                                       int64_t num_prefix, const std::optional<at::Tensor>& out_buffer) {
   check_packed(tokens, offsets, positions);
   TORCH_CHECK(positions.numel() == tokens.size(0), "iared: compact needs positions [T]");
   check(keep, "keep", at::kBool, tokens.device());
@@ -130,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
                              int(num_prefix), scan.data_ptr<int32_t>(), new_offsets.data_ptr<int32_t>(),
                              ws.data_ptr(), ws_bytes, stream);
     const int64_t kept = new_offsets[B].item<int32_t>();  // the one sync: the output's size
-    auto out = at::empty({kept, C}, tokens.options());
+    auto out = output_rows(tokens, out_buffer, kept);
     auto out_pos = at::empty({kept}, positions.options());
     iared::compact_gather_cuda(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
                                scan.data_ptr<int32_t>(), T, int(num_prefix), out.data_ptr(),
@@ -143,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
   scan.resize(size_t(T));
   const int64_t kept = iared::compact_plan_cpu(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(),
                                                B, int(num_prefix), scan.data(), new_offsets.data_ptr<int32_t>());
-  auto out = at::empty({kept, C}, tokens.options());
+  auto out = output_rows(tokens, out_buffer, kept);
   auto out_pos = at::empty({kept}, positions.options());
   iared::compact_gather_cpu(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
                             scan.data(), T, int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
@@ -156,7 +166,7 @@ TORCH_LIBRARY(iared, m) {
   m.def("interpreter_scores(Tensor tokens, Tensor offsets, Tensor positions, Tensor vecs, Tensor biases, "
         "float threshold, int num_prefix, float eps, bool emit_keep) -> (Tensor, Tensor)");
   m.def("topk_keep(Tensor scores, Tensor offsets, Tensor positions, float rho, int num_prefix) -> Tensor");
-  m.def("compact(Tensor tokens, Tensor offsets, Tensor positions, Tensor keep, int num_prefix) "
+  m.def("compact(Tensor tokens, Tensor offsets, Tensor positions, Tensor keep, int num_prefix, Tensor? out=None) "
         "-> (Tensor, Tensor, Tensor)");
 }
 

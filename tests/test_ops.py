@@ -66,6 +66,25 @@ def test_topk_and_compact_match_reference(batch, rho, ties):
         assert out[0].is_contiguous()
 
 
+@pytest.mark.parametrize("force_reference", [False, True])
+def test_compact_into_a_reused_buffer(force_reference):
+    tokens, offsets, positions, _, _ = make_batch([9, 4, 12], 10, 1, torch.float32, 5)
+    keep = torch.rand(25, generator=torch.Generator().manual_seed(2)) < 0.5
+    buf = torch.full((25, 10), float("nan"))
+    ops.use_reference(force_reference)
+    try:
+        toks, offs, pos = ops.compact(tokens, offsets, positions, keep, out=buf)
+        with pytest.raises((ValueError, RuntimeError), match="out"):
+            ops.compact(tokens, offsets, positions, torch.ones(25, dtype=torch.bool), out=buf[:3])
+    finally:
+        ops.use_reference(False)
+    expect = ref.compact(tokens, offsets, positions, keep)
+    assert toks.data_ptr() == buf.data_ptr() and torch.equal(toks, expect[0])
+    assert torch.equal(offs, expect[1]) and torch.equal(pos, expect[2])
+    with pytest.raises(ValueError, match="out must be"):
+        ops.compact(tokens, offsets, positions, keep, out=buf.double())
+
+
 def test_reference_scores_match_float64_loop():
     tokens, offsets, positions, vecs, biases = make_batch([5, 1, 9], 24, 3, torch.float32, 7)
     probs, _ = ref.interpreter_scores(tokens, offsets, vecs, biases)

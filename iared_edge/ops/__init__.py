@@ -17,6 +17,10 @@ from .reference import ratio_keep_count, sequence_ids
 try:  # importing registers torch.ops.iared.*
     _C = importlib.import_module("iared_edge._C")
     _IMPORT_ERROR: Optional[BaseException] = None
+    # resolved once: looking an op up through torch.ops costs microseconds per call
+    _scores_op = torch.ops.iared.interpreter_scores.default
+    _topk_op = torch.ops.iared.topk_keep.default
+    _compact_op = torch.ops.iared.compact.default
 except ImportError as exc:  # the package works without it, slower
     _C = None
     _IMPORT_ERROR = exc
@@ -107,7 +111,7 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
         return reference.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
     if positions is None:
         positions = torch.empty(0, dtype=torch.int32, device=tokens.device)
-    probs, keep = torch.ops.iared.interpreter_scores(
+    probs, keep = _scores_op(
         tokens, offsets, positions, vecs, biases,
         float(threshold) if threshold is not None else 0.0, num_prefix, eps, threshold is not None)
     return probs, (keep if threshold is not None else None)
@@ -124,18 +128,31 @@ def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tens
         raise ValueError(f"topk_keep: rho must be in [0, 1], got {rho}")
     if backend(scores.device) == "torch":
         return reference.topk_keep(scores, offsets, positions, rho, num_prefix)
-    return torch.ops.iared.topk_keep(scores, offsets, positions, float(rho), num_prefix)
+    return _topk_op(scores, offsets, positions, float(rho), num_prefix)
 
 
 def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor,
-            keep: torch.Tensor, num_prefix: int = 1
+            keep: torch.Tensor, num_prefix: int = 1, out: Optional[torch.Tensor] = None
             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop the tokens whose flag is False into one new contiguous buffer, order kept, prefix
-    tokens forced kept. Returns (tokens [T', C], offsets [B+1] int32, positions [T'] int32)."""
+    """Drop the tokens whose flag is False into one contiguous buffer, order kept, prefix tokens
+    forced kept. Returns (tokens [T', C], offsets [B+1] int32, positions [T'] int32).
+
+    `out`: a reusable [>= T', C] buffer (same dtype and device) the kept rows are written to; the
+    tokens returned are then its first T' rows. Reusing one spares fresh pages on every call.
+    """
     _check_packed("compact", tokens, offsets, positions)
     if keep.shape != (tokens.shape[0],) or keep.dtype != torch.bool or keep.device != tokens.device:
         raise ValueError(f"compact: keep must be bool [T={tokens.shape[0]}] on {tokens.device}, got "
                          f"{keep.dtype} {tuple(keep.shape)} on {keep.device}")
+    if out is not None and (out.dim() != 2 or out.shape[1] != tokens.shape[1] or out.dtype != tokens.dtype
+                            or out.device != tokens.device or not out.is_contiguous()):
+        raise ValueError(f"compact: out must be a contiguous [>= T', {tokens.shape[1]}] {tokens.dtype} tensor "
+                         f"on {tokens.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     if backend(tokens.device) == "torch":
-        return reference.compact(tokens, offsets, positions, keep, num_prefix)
-    return tuple(torch.ops.iared.compact(tokens, offsets, positions, keep.contiguous(), num_prefix))
+        new_tokens, new_offsets, new_positions = reference.compact(tokens, offsets, positions, keep, num_prefix)
+        if out is not None:
+            if out.shape[0] < new_tokens.shape[0]:
+                raise ValueError(f"compact: out has {out.shape[0]} rows, {new_tokens.shape[0]} are kept")
+            new_tokens = out[: new_tokens.shape[0]].copy_(new_tokens)
+        return new_tokens, new_offsets, new_positions
+    return tuple(_compact_op(tokens, offsets, positions, keep.contiguous(), num_prefix, out))

@@ -263,7 +263,8 @@ class IARedViT(nn.Module):
                                                  pk.positions, P, interp.norm.eps)
             seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
             patch = pk.positions >= P
-            if policy == "all":
+            keep_all = policy == "all" or (policy == "ratio" and params[s] >= 1.0)
+            if keep_all:
                 keep = torch.ones_like(patch)
             elif policy == "ratio":
                 keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
@@ -277,7 +278,7 @@ class IARedViT(nn.Module):
             dense = torch.zeros(B, L, device=x.device)
             dense[seq[patch], pk.positions[patch].long()] = probs[patch]
             scores.append(dense[:, P:])
-            if policy != "all":
+            if not keep_all:
                 pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
                 seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
             kept = torch.zeros(B, L, dtype=torch.bool, device=x.device)

@@ -1,0 +1,100 @@
+"""Latency-budget control: pick, per frame, the most tokens whose predicted latency fits.
+
+Latency is close to linear in the work done, so the model is
+    predicted(level) = scale * (a + b * cost(level)) + overhead
+with cost the FLOPs of that keep level relative to keeping everything, (a, b) fitted by a start-up
+calibration on the real device, `scale` tracking load changes from every measured frame (an
+exponential average of measured / predicted), and `overhead` the pre/post-processing time.
+Accuracy first: the highest level that fits wins; the level drops at once when it would miss, and
+rises one step at a time only after several frames with room to spare (hysteresis).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+
+@dataclass
+class BudgetController:
+    levels: Sequence[float]           # keep ratios, highest first (e.g. 1.0 ... 0.3)
+    costs: Sequence[float]            # relative cost of each level (FLOPs / full FLOPs)
+    budget_ms: float
+    margin: float = 0.1               # plan for budget * (1 - margin)
+    alpha: float = 0.3                # weight of the newest frame in the load estimate
+    up_after: int = 5                 # frames with room to spare before stepping up
+    a: float = 0.0                    # fitted intercept, ms
+    b: float = 1.0                    # fitted slope, ms per unit cost
+    scale: float = 1.0
+    overhead_ms: float = 0.0
+    level: int = 0
+    unmet_frames: int = 0
+    _room: int = 0
+    _warned: bool = field(default=False, repr=False)
+
+    def __post_init__(self):
+        if len(self.levels) != len(self.costs) or not self.levels:
+            raise ValueError("BudgetController: one cost per level, at least one level")
+        if list(self.levels) != sorted(self.levels, reverse=True):
+            raise ValueError(f"BudgetController: levels must be sorted highest first, got {list(self.levels)}")
+        self.set_budget(self.budget_ms)
+
+    def set_budget(self, budget_ms: float) -> None:
+        if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
+            raise ValueError(f"budget_ms must be a positive number of milliseconds, got {budget_ms!r}")
+        self.budget_ms = float(budget_ms)
+        self._room = 0
+
+    def calibrate(self, costs: Sequence[float], latencies_ms: Sequence[float]) -> None:
+        """Least-squares line latency = a + b * cost from start-up measurements."""
+        n = len(costs)
+        if n < 2 or n != len(latencies_ms):
+            raise ValueError("calibrate: at least two (cost, latency) pairs")
+        mc, ml = sum(costs) / n, sum(latencies_ms) / n
+        var = sum((c - mc) ** 2 for c in costs)
+        self.b = max(1e-6, sum((c - mc) * (l - ml) for c, l in zip(costs, latencies_ms)) / var) if var > 0 else max(ml, 1e-6)
+        self.a = max(0.0, ml - self.b * mc)
+        self.scale = 1.0
+
+    def predict(self, level: int) -> float:
+        return self.scale * (self.a + self.b * self.costs[level]) + self.overhead_ms
+
+    def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0) -> None:
+        """Feed one frame's measured model latency (and pre/post-processing time)."""
+        base = self.a + self.b * self.costs[level]
+        if base > 0 and model_ms > 0:
+            self.scale = (1 - self.alpha) * self.scale + self.alpha * (model_ms / base)
+        self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
+
+    def choose(self) -> int:
+        """The level for the next frame."""
+        target = self.budget_ms * (1 - self.margin)
+        fits = [i for i in range(len(self.levels)) if self.predict(i) <= target]
+        if not fits:
+            self.unmet_frames += 1
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"latency budget {self.budget_ms:.1f} ms cannot be met even at the lowest keep "
+                              f"level ({self.predict(len(self.levels) - 1):.1f} ms predicted); running at the minimum",
+                              RuntimeWarning, stacklevel=3)
+            self.level, self._room = len(self.levels) - 1, 0
+            return self.level
+        best = fits[0]
+        if best > self.level:          # must drop: at once
+            self.level, self._room = best, 0
+        elif best < self.level:        # may rise: one step, after several frames of room
+            self._room += 1
+            if self._room >= self.up_after:
+                self.level, self._room = self.level - 1, 0
+        else:
+            self._room = 0
+        return self.level
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.levels[self.level]
+
+
+def default_levels() -> List[float]:
+    return [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]

@@ -2,6 +2,7 @@
 from .checkpoint import load_model, save_model
 from .model import IARedOutput, IARedViT
 from .packed import Packed
+from .runtime import Result, Runtime
 
 __version__ = "0.1.0"
-__all__ = ["IARedViT", "IARedOutput", "Packed", "load_model", "save_model", "__version__"]
+__all__ = ["IARedViT", "IARedOutput", "Packed", "Runtime", "Result", "load_model", "save_model", "__version__"]

@@ -1,0 +1,322 @@
+"""Runtime: frames in, label + heatmap + timings out, within a latency budget if one is set.
+
+    from iared_edge.runtime import Runtime
+    with Runtime("model.safetensors", budget_ms=30) as rt:
+        for frame, res in rt.stream(0):
+            print(res.label, res.score, res.keep_ratio, res.latency_ms["total"])
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import warnings
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .controller import BudgetController, default_levels
+from .sources import LIVE, open_source
+
+_END = object()
+
+
+@dataclass
+class Result:
+    """One frame's answer."""
+    labels: List[str]              # top-k class names, best first
+    probs: List[float]             # their probabilities
+    indices: List[int]             # their class indices
+    heatmap: np.ndarray            # H x W float32 in [0, 1], the frame's size
+    stage_masks: np.ndarray        # [S, gh, gw] bool: patches kept by each stage
+    stage_keep: List[float]        # fraction of patch tokens kept by each stage
+    keep_ratio: float              # fraction of patch tokens kept, averaged over the stages
+    latency_ms: Dict[str, float]   # preprocess, model, postprocess, total
+    frame_index: int
+    timestamp: float               # time.time() when the frame was taken in
+    keep_level: Optional[float] = None  # the budget controller's keep ratio, when a budget is set
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def score(self) -> float:
+        return self.probs[0]
+
+
+def _resolve_model(model: Any):
+    from ..checkpoint import load_model
+    from ..model import IARedViT
+    if isinstance(model, IARedViT):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if path.endswith(".safetensors"):
+            return load_model(path)
+        return IARedViT.from_timm(path)
+    raise TypeError(f"model must be an IARedViT, a .safetensors path or a timm model name, got {type(model).__name__}")
+
+
+class Runtime:
+    def __init__(self, model: Any, device: str = "auto", budget_ms: Optional[float] = None,
+                 policy: str = "threshold", ratio: Optional[float] = None,
+                 input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
+                 topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
+                 queue_size: int = 4, calibrate_runs: int = 3):
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.model = _resolve_model(model).to(self.device).eval()
+        if policy not in ("all", "threshold", "ratio"):
+            raise ValueError(f'policy must be "all", "threshold" or "ratio", got {policy!r}')
+        if policy == "ratio" and ratio is None:
+            raise ValueError('policy "ratio" needs ratio=')
+        if color not in ("bgr", "rgb"):
+            raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
+        self.policy, self.ratio, self.color = policy, ratio, color
+        self.topk = max(1, min(int(topk), self.model.vit.num_classes))
+        expected = tuple(self.model.input_size[1:])
+        if input_size is not None and tuple(input_size) != expected:
+            raise ValueError(f"input_size {tuple(input_size)} does not match the model's {expected}")
+        self.input_size = expected
+        cfg = self.model.vit.pretrained_cfg or {}
+        self._mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
+        self.labels = self._labels(labels)
+        self.queue_size = queue_size
+        self._lock = threading.Lock()
+        self._frames = 0
+        self._records: deque = deque(maxlen=10000)
+        self._dropped: Counter = Counter()
+        self._skipped: List[str] = []
+        self._end_reason: Optional[str] = None
+        self._t_first: Optional[float] = None
+        self._t_last: Optional[float] = None
+        self._streams: List[threading.Event] = []
+        self.controller: Optional[BudgetController] = None
+        if budget_ms is not None:
+            self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _labels(self, labels: Optional[Sequence[str]]) -> List[str]:
+        n = self.model.vit.num_classes
+        if labels is not None:
+            if len(labels) != n:
+                raise ValueError(f"labels: {len(labels)} given for {n} classes")
+            return list(labels)
+        if self.model.labels is not None:
+            return list(self.model.labels)
+        if n == 1000:
+            from timm.data import ImageNetInfo
+            info = ImageNetInfo()
+            return [info.index_to_description(i) for i in range(n)]
+        return [str(i) for i in range(n)]
+
+    def _start_controller(self, budget_ms: float, levels: Sequence[float], runs: int) -> None:
+        levels = sorted((float(l) for l in levels), reverse=True)
+        if not all(0.0 <= l <= 1.0 for l in levels):
+            raise ValueError(f"levels are keep ratios in [0, 1], got {levels}")
+        x = torch.zeros(1, *self.model.input_size, device=self.device)
+        with torch.inference_mode():
+            full = self.model(x, policy="ratio", ratio=1.0).flops[0].item()
+            costs = [self.model(x, policy="ratio", ratio=l).flops[0].item() / full for l in levels]
+            lat = []
+            for l in levels:  # warm-up, then the median of `runs`
+                self.model(x, policy="ratio", ratio=l)
+                lat.append(float(np.median([self._time_model(x, l)[1] for _ in range(max(1, runs))])))
+        self.controller = BudgetController(levels, costs, budget_ms)
+        self.controller.calibrate(costs, lat)
+        self.calibration = {"levels": levels, "costs": costs, "latency_ms": lat}
+
+    # -- one frame -------------------------------------------------------------------------------
+    @property
+    def budget_ms(self) -> Optional[float]:
+        return self.controller.budget_ms if self.controller else None
+
+    @budget_ms.setter
+    def budget_ms(self, value: float) -> None:
+        if self.controller is None:
+            raise ValueError("this Runtime has no budget controller: create it with budget_ms=")
+        with self._lock:
+            self.controller.set_budget(value)
+
+    def _to_rgb(self, frame: Any, color: Optional[str]) -> np.ndarray:
+        color = color or self.color
+        if hasattr(frame, "convert") and hasattr(frame, "size"):  # PIL image
+            return np.array(frame.convert("RGB"))
+        if isinstance(frame, torch.Tensor):
+            frame = frame.detach().cpu().numpy()
+        if not isinstance(frame, np.ndarray):
+            raise ValueError(f"frame must be an H x W x 3 uint8 array, a PIL image or a tensor, got {type(frame).__name__}")
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be H x W x 3 uint8, got {frame.dtype} {frame.shape}")
+        if frame.shape[0] < 2 or frame.shape[1] < 2:
+            raise ValueError(f"frame too small: {frame.shape[1]}x{frame.shape[0]}")
+        return frame[..., ::-1] if color == "bgr" else frame
+
+    def preprocess(self, frame: Any, color: Optional[str] = None) -> torch.Tensor:
+        """Frame -> normalised [1, 3, h, w]. The whole frame is resized (no crop), so the heatmap
+        maps back onto all of it."""
+        import cv2
+        rgb = self._to_rgb(frame, color)
+        small = cv2.resize(np.ascontiguousarray(rgb), self.input_size[::-1], interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(small).permute(2, 0, 1)[None].float().div_(255)
+        return (x - self._mean) / self._std
+
+    def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if ratio is not None:
+                out = self.model(x, policy="ratio", ratio=ratio)
+            elif self.policy == "ratio":
+                out = self.model(x, policy="ratio", ratio=self.ratio)
+            else:
+                out = self.model(x, policy=self.policy)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+        return out, (time.perf_counter() - t0) * 1e3
+
+    def _infer(self, frame: np.ndarray, x: torch.Tensor, pre_ms: float, timestamp: float) -> Result:
+        import cv2
+        with self._lock:
+            level = self.controller.choose() if self.controller else None
+            ratio = self.controller.keep_ratio if self.controller else None
+            x = x.to(self.device, non_blocking=True)
+            out, model_ms = self._time_model(x, ratio)
+            t0 = time.perf_counter()
+            probs = out.logits[0].float().softmax(-1)
+            top = probs.topk(self.topk)
+            h, w = frame.shape[:2]
+            heat = cv2.resize(out.heatmap[0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+            masks = out.keep_masks[0].view(-1, *self.model.grid_size).cpu().numpy()
+            stage_keep = out.keep_ratio[0].tolist()
+            post_ms = (time.perf_counter() - t0) * 1e3
+            total = pre_ms + model_ms + post_ms
+            if self.controller:
+                self.controller.observe(level, model_ms, pre_ms + post_ms)
+            index = self._frames
+            self._frames += 1
+            now = time.perf_counter()
+            self._t_first = self._t_first or now
+            self._t_last = now
+            keep = float(np.mean(stage_keep))
+            self._records.append((total, keep, self.budget_ms))
+        return Result([self.labels[i] for i in top.indices.tolist()], top.values.tolist(), top.indices.tolist(),
+                      np.clip(heat, 0, 1).astype(np.float32), masks, stage_keep, keep,
+                      {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total},
+                      index, timestamp, ratio)
+
+    def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
+        """One frame (H x W x 3 uint8, BGR unless color="rgb"; a PIL image; an H x W x 3 tensor)."""
+        timestamp = time.time()
+        t0 = time.perf_counter()
+        x = self.preprocess(frame, color)
+        pre_ms = (time.perf_counter() - t0) * 1e3
+        return self._infer(np.asarray(frame) if not isinstance(frame, np.ndarray) else frame, x, pre_ms, timestamp)
+
+    # -- streams ---------------------------------------------------------------------------------
+    def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None
+               ) -> Iterator[Tuple[np.ndarray, Result]]:
+        """Yield (frame, result) for a camera index, a video file, an RTSP/HTTP URL or an iterable
+        of frames. Capture and preprocessing run on a background thread; the queue is bounded.
+        Live sources drop the oldest frame under overload, files and iterables drop none unless
+        `drop=True`. A bad frame is skipped and recorded; the end of the source, a lost camera or a
+        source that raises ends the stream with the reason in `stats()["end_reason"]`."""
+        src = open_source(source)
+        drop = src.kind == LIVE if drop is None else drop
+        q: queue.Queue = queue.Queue(maxsize=self.queue_size)
+        stop = threading.Event()
+        self._streams.append(stop)
+        self._end_reason = None
+
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    if drop:
+                        try:
+                            q.get_nowait()
+                            self._dropped["overload"] += 1
+                        except queue.Empty:
+                            pass
+
+        def produce() -> None:
+            reason = "end of source"
+            index = 0
+            try:
+                for ok, frame in src.frames():
+                    if stop.is_set():
+                        reason = "stopped"
+                        break
+                    if not ok:
+                        reason = "end of source" if src.kind != LIVE or index else f"{src.name}: no frame could be read"
+                        break
+                    timestamp = time.time()
+                    t0 = time.perf_counter()
+                    try:
+                        x = self.preprocess(frame, color)
+                    except (ValueError, TypeError) as exc:
+                        self._skipped.append(f"frame {index}: {exc}")
+                        index += 1
+                        continue
+                    put((frame, x, (time.perf_counter() - t0) * 1e3, timestamp))
+                    index += 1
+            except Exception as exc:  # a source that raises ends the stream, recorded
+                reason = f"source raised {type(exc).__name__}: {exc}"
+            finally:
+                put((_END, reason, None, None))
+
+        thread = threading.Thread(target=produce, name="iared-capture", daemon=True)
+        thread.start()
+        try:
+            while True:
+                frame, x, pre_ms, timestamp = q.get()
+                if frame is _END:
+                    self._end_reason = x
+                    return
+                yield frame, self._infer(frame, x, pre_ms, timestamp)
+        finally:
+            stop.set()
+            while True:  # unblock the producer, then wait for it
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+            thread.join(timeout=5)
+            src.release()
+            if stop in self._streams:
+                self._streams.remove(stop)
+
+    # -- reporting and lifetime -------------------------------------------------------------------
+    def stats(self) -> Dict[str, Any]:
+        with self._lock:
+            records = list(self._records)
+            total = np.array([r[0] for r in records]) if records else np.zeros(0)
+            budgets = [(r[0], r[2]) for r in records if r[2] is not None]
+            span = (self._t_last - self._t_first) if self._t_first and self._t_last else 0.0
+            return {
+                "frames": self._frames,
+                "fps": (len(records) - 1) / span if span > 0 else 0.0,
+                "latency_ms": {f"p{p}": float(np.percentile(total, p)) if total.size else None for p in (50, 95, 99)},
+                "deadline_hit_rate": (sum(t <= b for t, b in budgets) / len(budgets)) if budgets else None,
+                "mean_keep_ratio": float(np.mean([r[1] for r in records])) if records else None,
+                "dropped": dict(self._dropped),
+                "skipped": list(self._skipped),
+                "budget_unmet_frames": self.controller.unmet_frames if self.controller else 0,
+                "end_reason": self._end_reason,
+            }
+
+    def close(self) -> None:
+        for stop in list(self._streams):
+            stop.set()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,202 @@
+"""Runtime on real street footage (tests/data/vtest_short.avi, 30 frames), sources that fail,
+thread safety, and the budget controller under a simulated load change."""
+import os
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2")
+
+from iared_edge import IARedViT, Runtime
+from iared_edge.runtime import BudgetController
+
+CLIP = os.path.join(os.path.dirname(__file__), "data", "vtest_short.avi")
+
+
+@pytest.fixture(scope="module")
+def rt():
+    torch.manual_seed(0)
+    with Runtime(IARedViT.from_timm("deit_tiny_patch16_224"), topk=3) as runtime:
+        yield runtime
+
+
+def clip_frames(n=30):
+    cap = cv2.VideoCapture(CLIP)
+    frames = [cap.read()[1] for _ in range(n)]
+    cap.release()
+    return frames
+
+
+def test_one_frame_result_matches_the_model(rt):
+    frame = clip_frames(1)[0]
+    res = rt(frame)
+    with torch.inference_mode():
+        out = rt.model(rt.preprocess(frame))
+    assert res.indices == out.logits[0].topk(3).indices.tolist()
+    assert np.allclose(res.probs, out.logits[0].softmax(-1).topk(3).values.numpy(), atol=1e-6)
+    assert res.heatmap.shape == frame.shape[:2] and res.heatmap.dtype == np.float32
+    assert 0 <= res.heatmap.min() and res.heatmap.max() <= 1
+    assert res.stage_masks.shape == (3, 14, 14)
+    assert np.allclose(res.stage_keep, res.stage_masks.reshape(3, -1).mean(1))
+    assert res.keep_ratio == pytest.approx(np.mean(res.stage_keep))
+    assert set(res.latency_ms) == {"preprocess", "model", "postprocess", "total"}
+    assert res.latency_ms["total"] == pytest.approx(sum(v for k, v in res.latency_ms.items() if k != "total"))
+    # RGB input of the same frame gives the same answer
+    assert rt(frame[..., ::-1].copy(), color="rgb").indices == res.indices
+
+
+def test_stream_real_footage_every_frame(rt):
+    before = rt.stats()["frames"]
+    seen = [(f.shape, r.frame_index, r.heatmap.shape) for f, r in rt.stream(CLIP)]
+    assert len(seen) == 30
+    assert all(s == (288, 384, 3) and h == (288, 384) for s, _, h in seen)
+    assert [i for _, i, _ in seen] == list(range(before, before + 30))
+    st = rt.stats()
+    assert st["end_reason"] == "end of source" and st["dropped"] == {} and st["frames"] == before + 30
+    assert st["fps"] > 0 and st["latency_ms"]["p50"] <= st["latency_ms"]["p95"] <= st["latency_ms"]["p99"]
+    assert 0 < st["mean_keep_ratio"] <= 1
+
+
+def test_sources_that_fail(rt, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such video file"):
+        next(rt.stream(str(tmp_path / "missing.avi")))
+    corrupt = tmp_path / "corrupt.avi"
+    corrupt.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match="corrupt.avi"):
+        next(rt.stream(str(corrupt)))
+    with pytest.raises(RuntimeError, match="camera 97 could not be opened"):
+        next(rt.stream(97))
+    with pytest.raises(TypeError, match="source"):
+        next(rt.stream(3.5))
+
+
+def test_truncated_file_ends_cleanly(rt, tmp_path):
+    data = open(CLIP, "rb").read()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 3])
+    try:
+        results = list(rt.stream(str(cut)))
+    except ValueError as exc:  # a header cut away: refused up front, also fine
+        assert "cut.avi" in str(exc)
+        return
+    assert len(results) < 30 and rt.stats()["end_reason"] is not None
+
+
+def test_bad_frames_are_skipped_and_raising_source_ends(rt):
+    frames = clip_frames(4)
+
+    def source():
+        yield frames[0]
+        yield np.zeros((10, 10), np.uint8)        # wrong shape
+        yield frames[1].astype(np.float32)       # wrong dtype
+        yield frames[2]
+        raise IOError("camera unplugged")
+
+    results = list(rt.stream(source()))
+    assert len(results) == 2
+    st = rt.stats()
+    assert len(st["skipped"]) >= 2 and "H x W x 3 uint8" in st["skipped"][-1]
+    assert "camera unplugged" in st["end_reason"]
+
+
+def test_leaving_a_stream_early_releases_the_thread(rt):
+    with Runtime(rt.model) as runtime:
+        for i, _ in enumerate(runtime.stream(CLIP)):
+            if i == 2:
+                break
+    assert not any(t.name == "iared-capture" and t.is_alive() for t in threading.enumerate())
+
+
+def test_thread_safe_calls(rt):
+    frames = clip_frames(6)
+    out = []
+    threads = [threading.Thread(target=lambda f=f: out.append(rt(f))) for f in frames]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(out) == 6 and len({r.frame_index for r in out}) == 6
+
+
+def test_bad_frame_in_a_direct_call_is_a_clear_error(rt):
+    with pytest.raises(ValueError, match="uint8"):
+        rt(np.zeros((224, 224, 3), np.float32))
+    with pytest.raises(ValueError, match="H x W x 3"):
+        rt(np.zeros((224, 224), np.uint8))
+
+
+def test_budget_runtime_streams_and_reports(rt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runtime = Runtime(rt.model, budget_ms=1000.0, calibrate_runs=1)
+    lat = runtime.calibration["latency_ms"]
+    assert len(lat) == len(runtime.calibration["levels"])
+    results = [r for _, r in runtime.stream(CLIP)]
+    assert all(r.keep_level == 1.0 for r in results[5:])  # a generous budget keeps every token
+    assert runtime.stats()["deadline_hit_rate"] == 1.0
+    runtime.budget_ms = 50
+    assert runtime.budget_ms == 50
+    with pytest.raises(ValueError, match="budget_ms"):
+        runtime.budget_ms = -1
+
+
+# -- the controller, on a simulated device whose latency is a line in cost times a load factor ---
+
+def simulate(ctrl, frames, load, noise=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    hits, keeps = [], []
+    for i in range(frames):
+        level = ctrl.choose()
+        ms = (2.0 + 20.0 * ctrl.costs[level]) * load(i) * (1 + noise * rng.standard_normal())
+        ctrl.observe(level, ms, 0.5)
+        hits.append(ms + 0.5 <= ctrl.budget_ms)
+        keeps.append(ctrl.levels[level])
+    return np.array(hits), np.array(keeps)
+
+
+def make_controller(budget):
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    costs = [l ** 1.6 for l in levels]
+    ctrl = BudgetController(levels, costs, budget)
+    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+    return ctrl
+
+
+def test_controller_follows_a_load_change_and_comes_back():
+    ctrl = make_controller(15.0)
+    load = lambda i: 1.6 if 200 <= i < 400 else 1.0  # a competing load from frame 200 to 400
+    hits, keeps = simulate(ctrl, 600, load)
+    settle = 3  # frames the load estimate needs to follow a step
+    phases = [slice(0, 200), slice(200 + settle, 400), slice(400 + settle + 40, 600)]
+    for ph in phases:
+        assert hits[ph].mean() >= 0.99
+    assert keeps[phases[1]].mean() < keeps[phases[0]].mean()  # it gave up tokens under load
+    assert abs(keeps[phases[2]].mean() - keeps[phases[0]].mean()) <= 0.1 * keeps[phases[0]].mean()
+    # the best fixed level for 15 ms fits before the load and fails under it
+    fixed = max(l for l, c in zip(ctrl.levels, ctrl.costs) if 2 + 20 * c + 0.5 <= 15)
+    c = ctrl.costs[ctrl.levels.index(fixed)]
+    assert (2 + 20 * c) * 1.6 + 0.5 > 15
+
+
+def test_controller_does_not_oscillate():
+    ctrl = make_controller(12.0)
+    _, keeps = simulate(ctrl, 300, lambda i: 1.0, noise=0.05)
+    changes = np.count_nonzero(np.diff(keeps[20:]))
+    assert changes <= 10
+
+
+def test_controller_unmet_budget_warns_once_and_runs_at_minimum():
+    ctrl = make_controller(1.0)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        _, keeps = simulate(ctrl, 20, lambda i: 1.0)
+    assert sum("cannot be met" in str(x.message) for x in w) == 1
+    assert (keeps == 0.2).all() and ctrl.unmet_frames == 20
+
+
+def test_controller_rejects_bad_settings():
+    with pytest.raises(ValueError, match="highest first"):
+        BudgetController([0.5, 1.0], [0.3, 1.0], 10)
+    with pytest.raises(ValueError, match="positive"):
+        BudgetController([1.0], [1.0], 0)

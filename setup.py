@@ -73,7 +73,7 @@ setup(
     package_data={"iared_edge": ["assets/*"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.1", "timm>=1.0", "safetensors>=0.4", "numpy", "pillow"],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"video": ["opencv-python-headless"], "test": ["pytest", "hypothesis", "opencv-python-headless"]},
     entry_points={"console_scripts": ["iared-edge=iared_edge.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

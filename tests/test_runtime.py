@@ -73,6 +73,24 @@ def test_sources_that_fail(rt, tmp_path):
         next(rt.stream(3.5))
 
 
+def test_http_url_source(rt):
+    import functools
+    import http.server
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.dirname(CLIP))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/vtest_short.avi"
+        try:
+            results = [r for _, r in rt.stream(url, drop=False)]
+        except ValueError as exc:
+            pytest.skip(f"this OpenCV build cannot read HTTP: {exc}")
+        assert len(results) == 30 and rt.stats()["end_reason"] == "end of source"
+    finally:
+        server.shutdown()
+
+
 def test_truncated_file_ends_cleanly(rt, tmp_path):
     data = open(CLIP, "rb").read()
     cut = tmp_path / "cut.avi"

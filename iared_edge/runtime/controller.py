@@ -4,14 +4,17 @@ Latency is close to linear in the work done, so the model is
     predicted(level) = scale * (a + b * cost(level)) + overhead
 with cost the FLOPs of that keep level relative to keeping everything, (a, b) fitted by a start-up
 calibration on the real device, `scale` tracking load changes from every measured frame (an
-exponential average of measured / predicted), and `overhead` the pre/post-processing time.
-Accuracy first: the highest level that fits wins; the level drops at once when it would miss, and
-rises one step at a time only after several frames with room to spare (hysteresis).
+exponential average of measured / predicted that follows a slow-down at once and a speed-up
+gradually), and `overhead` the pre/post-processing time. The safety margin widens to the recent
+jitter (95th percentile of the relative prediction error). Accuracy first: the highest level that
+fits wins; the level drops at once when it would miss, and rises one step at a time only after
+several frames with room to spare (hysteresis).
 """
 from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -22,8 +25,9 @@ class BudgetController:
     costs: Sequence[float]            # relative cost of each level (FLOPs / full FLOPs)
     budget_ms: float
     margin: float = 0.1               # plan for budget * (1 - margin)
-    alpha: float = 0.3                # weight of the newest frame in the load estimate
-    up_after: int = 5                 # frames with room to spare before stepping up
+    alpha: float = 0.3                # weight of the newest frame when the load eases
+    alpha_up: float = 0.8             # ... and when it grows (react at once, relax slowly)
+    up_after: int = 3                 # frames with room to spare before stepping up
     a: float = 0.0                    # fitted intercept, ms
     b: float = 1.0                    # fitted slope, ms per unit cost
     scale: float = 1.0
@@ -32,6 +36,7 @@ class BudgetController:
     unmet_frames: int = 0
     _room: int = 0
     _warned: bool = field(default=False, repr=False)
+    _errors: deque = field(default_factory=lambda: deque(maxlen=50), repr=False)
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
@@ -64,12 +69,15 @@ class BudgetController:
         """Feed one frame's measured model latency (and pre/post-processing time)."""
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
-            self.scale = (1 - self.alpha) * self.scale + self.alpha * (model_ms / base)
+            self._errors.append(model_ms / (self.scale * base) - 1)
+            ratio = model_ms / base
+            alpha = self.alpha_up if ratio > self.scale else self.alpha
+            self.scale += alpha * (ratio - self.scale)
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
 
     def choose(self) -> int:
         """The level for the next frame."""
-        target = self.budget_ms * (1 - self.margin)
+        target = self.budget_ms / (1 + self.effective_margin)
         fits = [i for i in range(len(self.levels)) if self.predict(i) <= target]
         if not fits:
             self.unmet_frames += 1
@@ -90,6 +98,14 @@ class BudgetController:
         else:
             self._room = 0
         return self.level
+
+    @property
+    def effective_margin(self) -> float:
+        """The configured margin, or the recent 95th-percentile prediction error if larger."""
+        if len(self._errors) < 10:
+            return self.margin
+        errs = sorted(self._errors)
+        return max(self.margin, errs[int(0.95 * (len(errs) - 1))])
 
     @property
     def keep_ratio(self) -> float:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from contextlib import nullcontext as _nullcontext
 import time
-import warnings
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .controller import BudgetController, default_levels
-from .sources import LIVE, open_source
+from .sources import LIVE, import_cv2, open_source
 
 _END = object()
 
@@ -97,6 +97,9 @@ class Runtime:
         self._t_last: Optional[float] = None
         self._streams: List[threading.Event] = []
         self.controller: Optional[BudgetController] = None
+        # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._warm_up()
         if budget_ms is not None:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
 
@@ -115,11 +118,22 @@ class Runtime:
             return [info.index_to_description(i) for i in range(n)]
         return [str(i) for i in range(n)]
 
+    def _warm_up(self) -> None:
+        x = torch.zeros(1, *self.model.input_size)
+        for _ in range(2):
+            self._time_model(self._to_device(x), None)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self._stream is None:
+            return x.to(self.device)
+        with torch.cuda.stream(self._stream):
+            return x.pin_memory().to(self.device, non_blocking=True)
+
     def _start_controller(self, budget_ms: float, levels: Sequence[float], runs: int) -> None:
         levels = sorted((float(l) for l in levels), reverse=True)
         if not all(0.0 <= l <= 1.0 for l in levels):
             raise ValueError(f"levels are keep ratios in [0, 1], got {levels}")
-        x = torch.zeros(1, *self.model.input_size, device=self.device)
+        x = self._to_device(torch.zeros(1, *self.model.input_size))
         with torch.inference_mode():
             full = self.model(x, policy="ratio", ratio=1.0).flops[0].item()
             costs = [self.model(x, policy="ratio", ratio=l).flops[0].item() / full for l in levels]
@@ -160,7 +174,7 @@ class Runtime:
     def preprocess(self, frame: Any, color: Optional[str] = None) -> torch.Tensor:
         """Frame -> normalised [1, 3, h, w]. The whole frame is resized (no crop), so the heatmap
         maps back onto all of it."""
-        import cv2
+        cv2 = import_cv2()
         rgb = self._to_rgb(frame, color)
         small = cv2.resize(np.ascontiguousarray(rgb), self.input_size[::-1], interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(small).permute(2, 0, 1)[None].float().div_(255)
@@ -168,23 +182,23 @@ class Runtime:
 
     def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:
                 out = self.model(x, policy="ratio", ratio=ratio)
             elif self.policy == "ratio":
                 out = self.model(x, policy="ratio", ratio=self.ratio)
             else:
                 out = self.model(x, policy=self.policy)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
+            if self._stream is not None:
+                self._stream.synchronize()
         return out, (time.perf_counter() - t0) * 1e3
 
     def _infer(self, frame: np.ndarray, x: torch.Tensor, pre_ms: float, timestamp: float) -> Result:
-        import cv2
+        cv2 = import_cv2()
         with self._lock:
             level = self.controller.choose() if self.controller else None
             ratio = self.controller.keep_ratio if self.controller else None
-            x = x.to(self.device, non_blocking=True)
+            x = self._to_device(x)
             out, model_ms = self._time_model(x, ratio)
             t0 = time.perf_counter()
             probs = out.logits[0].float().softmax(-1)

@@ -8,7 +8,7 @@ LIVE = "live"   # camera or network stream: under overload, drop the oldest fram
 FILE = "file"   # a file or an iterable: drop nothing unless asked
 
 
-def _cv2():
+def import_cv2():
     try:
         import cv2
     except ImportError as exc:
@@ -21,7 +21,7 @@ class CaptureSource:
     """cv2.VideoCapture over a camera index, a file or a URL, opened with clear errors."""
 
     def __init__(self, source: Any):
-        cv2 = _cv2()
+        cv2 = import_cv2()
         if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
             raise TypeError(f"unsupported source {source!r}")
         self.name = str(source)

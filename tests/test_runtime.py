@@ -161,16 +161,35 @@ def test_budget_runtime_streams_and_reports(rt):
 
 # -- the controller, on a simulated device whose latency is a line in cost times a load factor ---
 
-def simulate(ctrl, frames, load, noise=0.02, seed=0):
+def simulate(ctrl, frames, load, noise=0.02, seed=0, modes=None):
     rng = np.random.default_rng(seed)
-    hits, keeps = [], []
+    hits, keeps, used = [], [], []
     for i in range(frames):
         level = ctrl.choose()
-        ms = (2.0 + 20.0 * ctrl.costs[level]) * load(i) * (1 + noise * rng.standard_normal())
+        factor = load(i) if modes is None else modes(i, ctrl.mode)
+        ms = (2.0 + 20.0 * ctrl.costs[level]) * factor * (1 + noise * rng.standard_normal())
         ctrl.observe(level, ms, 0.5)
         hits.append(ms + 0.5 <= ctrl.budget_ms)
         keeps.append(ctrl.levels[level])
+        used.append(ctrl.mode)
     return np.array(hits), np.array(keeps)
+
+
+def test_controller_switches_to_the_mode_that_suffers_less_from_load():
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    costs = [l ** 1.6 for l in levels]
+    ctrl = BudgetController(levels, costs, 15.0, modes=2)
+    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+    ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+    # mode 0 (two threads) is faster idle but 2.5x slower under load; mode 1 (one thread) 1.3x / 1.4x
+    under_load = lambda i: 200 <= i < 400
+    factor = lambda i, m: (2.5 if under_load(i) else 1.0) if m == 0 else (1.4 if under_load(i) else 1.3)
+    hits, keeps = simulate(ctrl, 600, None, modes=factor)
+    assert ctrl.mode == 0  # back on the faster mode once the load is gone
+    for ph in (slice(0, 200), slice(203, 400), slice(403, 600)):
+        assert hits[ph].mean() >= 0.99
+    assert keeps[203:400].mean() > 0.3  # one thread kept tokens that two threads under load could not
+    assert abs(keeps[500:].mean() - keeps[100:200].mean()) <= 0.1 * keeps[100:200].mean()
 
 
 def make_controller(budget):

@@ -9,6 +9,12 @@ gradually), and `overhead` the pre/post-processing time. The safety margin widen
 jitter (95th percentile of the relative prediction error). Accuracy first: the highest level that
 fits wins; the level drops at once when it would miss, and rises one step at a time only after
 several frames with room to spare (hysteresis).
+
+Modes are other ways to run the same levels (on a CPU: fewer threads, which stall less when another
+process competes for the cores). Each mode has its own load estimate; the controller switches mode
+when another lets it keep more tokens. An estimate not refreshed by frames relaxes toward its
+calibrated value, so a mode that was slow under a load that has gone is tried again; the trial
+runs at a level that would fit even at the mode's last measured speed, so it does not miss.
 """
 from __future__ import annotations
 
@@ -30,19 +36,27 @@ class BudgetController:
     up_after: int = 3                 # frames with room to spare before stepping up
     a: float = 0.0                    # fitted intercept, ms
     b: float = 1.0                    # fitted slope, ms per unit cost
-    scale: float = 1.0
+    modes: int = 1
+    relax: float = 0.03               # per frame, how far an unused mode's estimate relaxes back
     overhead_ms: float = 0.0
     level: int = 0
+    mode: int = 0
     unmet_frames: int = 0
     _room: int = 0
     _warned: bool = field(default=False, repr=False)
     _errors: deque = field(default_factory=lambda: deque(maxlen=50), repr=False)
+    _scales: List[float] = field(default_factory=list, repr=False)
+    _base: List[float] = field(default_factory=list, repr=False)
+    _seen: List[float] = field(default_factory=list, repr=False)  # each mode's last measured estimate
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
             raise ValueError("BudgetController: one cost per level, at least one level")
         if list(self.levels) != sorted(self.levels, reverse=True):
             raise ValueError(f"BudgetController: levels must be sorted highest first, got {list(self.levels)}")
+        self._scales = [1.0] * self.modes
+        self._base = [1.0] * self.modes
+        self._seen = [1.0] * self.modes
         self.set_budget(self.budget_ms)
 
     def set_budget(self, budget_ms: float) -> None:
@@ -60,26 +74,58 @@ class BudgetController:
         var = sum((c - mc) ** 2 for c in costs)
         self.b = max(1e-6, sum((c - mc) * (l - ml) for c, l in zip(costs, latencies_ms)) / var) if var > 0 else max(ml, 1e-6)
         self.a = max(0.0, ml - self.b * mc)
-        self.scale = 1.0
+        self._scales = [1.0] * self.modes
+        self._base = [1.0] * self.modes
+        self._seen = [1.0] * self.modes
 
-    def predict(self, level: int) -> float:
-        return self.scale * (self.a + self.b * self.costs[level]) + self.overhead_ms
+    def calibrate_mode(self, mode: int, level: int, latency_ms: float) -> None:
+        """A mode's starting load estimate, from one measured latency at `level`."""
+        self._base[mode] = self._scales[mode] = self._seen[mode] = \
+            latency_ms / max(self.a + self.b * self.costs[level], 1e-6)
 
-    def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0) -> None:
+    @property
+    def scale(self) -> float:
+        return self._scales[self.mode] if self._scales else 1.0
+
+    def predict(self, level: int, mode: Optional[int] = None) -> float:
+        mode = self.mode if mode is None else mode
+        return self._scales[mode] * (self.a + self.b * self.costs[level]) + self.overhead_ms
+
+    def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0, mode: Optional[int] = None) -> None:
         """Feed one frame's measured model latency (and pre/post-processing time)."""
+        mode = self.mode if mode is None else mode
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
-            self._errors.append(model_ms / (self.scale * base) - 1)
+            self._errors.append(model_ms / (self._scales[mode] * base) - 1)
             ratio = model_ms / base
-            alpha = self.alpha_up if ratio > self.scale else self.alpha
-            self.scale += alpha * (ratio - self.scale)
+            alpha = self.alpha_up if ratio > self._scales[mode] else self.alpha
+            self._scales[mode] += alpha * (ratio - self._scales[mode])
+            self._seen[mode] = self._scales[mode]
+        for m in range(self.modes):
+            if m != mode:
+                self._scales[m] += self.relax * (self._base[m] - self._scales[m])
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
 
+    def _best(self, mode: int, target: float) -> Optional[int]:
+        return next((i for i in range(len(self.levels)) if self.predict(i, mode) <= target), None)
+
     def choose(self) -> int:
-        """The level for the next frame."""
+        """The level for the next frame (and `self.mode`, the mode to run it in)."""
         target = self.budget_ms / (1 + self.effective_margin)
-        fits = [i for i in range(len(self.levels)) if self.predict(i) <= target]
-        if not fits:
+        best = {m: self._best(m, target) for m in range(self.modes)}
+        fitting = [m for m in best if best[m] is not None]
+        if fitting:  # change mode only for strictly more tokens, or when this one fits no level
+            other = min(fitting, key=lambda m: (best[m], self.predict(best[m], m)))
+            if best[self.mode] is None or best[other] < best[self.mode]:
+                self.mode = other
+                # a trial of a mode last seen slower: at a level that fits its last measured speed
+                relaxed, self._scales[other] = self._scales[other], max(self._scales[other], self._seen[other])
+                cautious = self._best(other, target)
+                self._scales[other] = relaxed
+                self.level = max(best[other], cautious if cautious is not None else len(self.levels) - 1)
+                self._room = 0
+                return self.level
+        if best[self.mode] is None:
             self.unmet_frames += 1
             if not self._warned:
                 self._warned = True
@@ -88,10 +134,10 @@ class BudgetController:
                               RuntimeWarning, stacklevel=3)
             self.level, self._room = len(self.levels) - 1, 0
             return self.level
-        best = fits[0]
-        if best > self.level:          # must drop: at once
-            self.level, self._room = best, 0
-        elif best < self.level:        # may rise: one step, after several frames of room
+        fit = best[self.mode]
+        if fit > self.level:           # must drop: at once
+            self.level, self._room = fit, 0
+        elif fit < self.level:         # may rise: one step, after several frames of room
             self._room += 1
             if self._room >= self.up_after:
                 self.level, self._room = self.level - 1, 0

@@ -39,6 +39,7 @@ class Result:
     frame_index: int
     timestamp: float               # time.time() when the frame was taken in
     keep_level: Optional[float] = None  # the budget controller's keep ratio, when a budget is set
+    threads: Optional[int] = None       # CPU threads the controller ran this frame with
 
     @property
     def label(self) -> str:
@@ -67,7 +68,7 @@ class Runtime:
                  policy: str = "threshold", ratio: Optional[float] = None,
                  input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
-                 queue_size: int = 4, calibrate_runs: int = 3):
+                 queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto"):
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.model = _resolve_model(model).to(self.device).eval()
         if policy not in ("all", "threshold", "ratio"):
@@ -97,6 +98,14 @@ class Runtime:
         self._t_last: Optional[float] = None
         self._streams: List[threading.Event] = []
         self.controller: Optional[BudgetController] = None
+        # CPU thread counts the controller may choose between: fewer threads stall less when
+        # another process competes for the cores ("auto": torch's current count, and 1)
+        n = torch.get_num_threads()
+        if threads == "auto":
+            threads = [n, 1] if self.device.type == "cpu" and n > 1 else [n]
+        self.thread_modes = [int(t) for t in ([threads] if isinstance(threads, int) else threads)]
+        if not self.thread_modes or min(self.thread_modes) < 1:
+            raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._warm_up()
@@ -141,9 +150,29 @@ class Runtime:
             for l in levels:  # warm-up, then the median of `runs`
                 self.model(x, policy="ratio", ratio=l)
                 lat.append(float(np.median([self._time_model(x, l)[1] for _ in range(max(1, runs))])))
-        self.controller = BudgetController(levels, costs, budget_ms)
+        self.controller = BudgetController(levels, costs, budget_ms, modes=len(self.thread_modes))
         self.controller.calibrate(costs, lat)
-        self.calibration = {"levels": levels, "costs": costs, "latency_ms": lat}
+        self.calibration = {"levels": levels, "costs": costs, "latency_ms": lat, "threads": self.thread_modes}
+        mid = len(levels) // 2
+        for m, n in enumerate(self.thread_modes[1:], 1):
+            with self._threads(n), torch.inference_mode():
+                t = float(np.median([self._time_model(x, levels[mid])[1] for _ in range(max(1, runs))]))
+            self.controller.calibrate_mode(m, mid, t)
+
+    def _threads(self, n: Optional[int]):
+        """Run a block with torch's CPU thread count set to n (restored after)."""
+        runtime = self
+
+        class _Scope:
+            def __enter__(self):
+                self.old = torch.get_num_threads()
+                if n is not None and n != self.old and runtime.device.type == "cpu":
+                    torch.set_num_threads(n)
+
+            def __exit__(self, *exc):
+                if torch.get_num_threads() != self.old:
+                    torch.set_num_threads(self.old)
+        return _Scope()
 
     # -- one frame -------------------------------------------------------------------------------
     @property
@@ -198,8 +227,10 @@ class Runtime:
         with self._lock:
             level = self.controller.choose() if self.controller else None
             ratio = self.controller.keep_ratio if self.controller else None
+            mode = self.controller.mode if self.controller else 0
             x = self._to_device(x)
-            out, model_ms = self._time_model(x, ratio)
+            with self._threads(self.thread_modes[mode] if self.controller else None):
+                out, model_ms = self._time_model(x, ratio)
             t0 = time.perf_counter()
             probs = out.logits[0].float().softmax(-1)
             top = probs.topk(self.topk)
@@ -210,7 +241,7 @@ class Runtime:
             post_ms = (time.perf_counter() - t0) * 1e3
             total = pre_ms + model_ms + post_ms
             if self.controller:
-                self.controller.observe(level, model_ms, pre_ms + post_ms)
+                self.controller.observe(level, model_ms, pre_ms + post_ms, mode)
             index = self._frames
             self._frames += 1
             now = time.perf_counter()
@@ -221,7 +252,7 @@ class Runtime:
         return Result([self.labels[i] for i in top.indices.tolist()], top.values.tolist(), top.indices.tolist(),
                       np.clip(heat, 0, 1).astype(np.float32), masks, stage_keep, keep,
                       {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total},
-                      index, timestamp, ratio)
+                      index, timestamp, ratio, self.thread_modes[mode] if self.controller else None)
 
     def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
         """One frame (H x W x 3 uint8, BGR unless color="rgb"; a PIL image; an H x W x 3 tensor)."""

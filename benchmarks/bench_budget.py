@@ -75,14 +75,15 @@ def main():
             frame = clip[i % len(clip)]
             for name, rt in (("controller", ctrl_rt), ("fixed", fixed_rt)):
                 r = rt(frame)
-                rows[name].append((r.latency_ms["total"], r.keep_ratio, r.keep_level if r.keep_level is not None else fixed))
+                rows[name].append((r.latency_ms["total"], r.keep_ratio, r.keep_level if r.keep_level is not None else fixed,
+                                   r.threads or args.threads))
     finally:
         for p in load:
             p.kill()
     phases = {"before": slice(0, args.load_start), "during load": slice(args.load_start, args.load_stop),
               "after": slice(args.load_stop, args.frames)}
-    print("\n| runtime | phase | deadline hit rate | mean keep level (ρ) | mean patch tokens kept | median latency ms |")
-    print("|---|---|---|---|---|---|")
+    print("\n| runtime | phase | deadline hit rate | mean keep level (ρ) | mean patch tokens kept | median latency ms | frames on 1 thread |")
+    print("|---|---|---|---|---|---|---|")
     summary = {}
     for name, data in rows.items():
         data = np.array(data)
@@ -90,7 +91,8 @@ def main():
             d = data[sl]
             hit = float((d[:, 0] <= budget).mean())
             summary[(name, ph)] = (hit, d[:, 2].mean())
-            print(f"| {name} | {ph} | {hit:.1%} | {d[:, 2].mean():.3f} | {d[:, 1].mean():.3f} | {np.median(d[:, 0]):.1f} |")
+            print(f"| {name} | {ph} | {hit:.1%} | {d[:, 2].mean():.3f} | {d[:, 1].mean():.3f} | {np.median(d[:, 0]):.1f} | "
+                  f"{(d[:, 3] == 1).mean():.0%} |")
     before, after = summary[("controller", "before")][1], summary[("controller", "after")][1]
     worst = min(summary[("controller", ph)][0] for ph in phases)
     settled = np.array(rows["controller"])[args.load_stop + (args.frames - args.load_stop) // 2:, 2].mean()

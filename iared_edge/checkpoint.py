@@ -114,3 +114,17 @@ def load_backbone_state_dict(vit: nn.Module, path: str) -> None:
     if set(state) != set(vit.state_dict()):
         state = checkpoint_filter_fn(state, vit)
     _load_strict(vit, state, path)
+
+
+def resolve_model(model, checkpoint: Optional[str] = None):
+    """An IARedViT from an IARedViT, a path saved by `save_model`, or a timm model name (with
+    `checkpoint`, its timm/DeiT weights)."""
+    from .model import IARedViT
+    if isinstance(model, IARedViT):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if path.endswith(".safetensors"):
+            return load_model(path)
+        return IARedViT.from_timm(path, checkpoint=checkpoint).eval()
+    raise TypeError(f"model must be an IARedViT, a .safetensors path or a timm model name, got {type(model).__name__}")

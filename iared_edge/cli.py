@@ -6,13 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
-
-def _load(model: str, checkpoint: Optional[str]):
-    from .checkpoint import load_model
-    from .model import IARedViT
-    if model.endswith(".safetensors") and os.path.exists(model):
-        return load_model(model)
-    return IARedViT.from_timm(model, checkpoint=checkpoint).eval()
+from .checkpoint import resolve_model
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -24,7 +18,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .preprocess import ASSETS, load_rgb, overlay, to_tensor
 
     torch.manual_seed(args.seed)
-    model = _load(args.model, args.checkpoint)
+    model = resolve_model(args.model, args.checkpoint)
     if args.checkpoint is None and not args.model.endswith(".safetensors"):
         print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
               "meaningless, the token dropping and timings are real")

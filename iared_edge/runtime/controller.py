@@ -30,14 +30,15 @@ class BudgetController:
     levels: Sequence[float]           # keep ratios, highest first (e.g. 1.0 ... 0.3)
     costs: Sequence[float]            # relative cost of each level (FLOPs / full FLOPs)
     budget_ms: float
-    margin: float = 0.1               # plan for budget * (1 - margin)
+    margin: float = 0.1               # plan for budget / (1 + margin) at least
+    max_margin: float = 0.35          # ... and at most, however jittery the recent frames
     alpha: float = 0.3                # weight of the newest frame when the load eases
     alpha_up: float = 0.8             # ... and when it grows (react at once, relax slowly)
     up_after: int = 3                 # frames with room to spare before stepping up
     a: float = 0.0                    # fitted intercept, ms
     b: float = 1.0                    # fitted slope, ms per unit cost
     modes: int = 1
-    relax: float = 0.03               # per frame, how far an unused mode's estimate relaxes back
+    relax: float = 0.05               # per frame, how far an unused mode's estimate relaxes back
     overhead_ms: float = 0.0
     level: int = 0
     mode: int = 0
@@ -126,6 +127,8 @@ class BudgetController:
                 self._room = 0
                 return self.level
         if best[self.mode] is None:
+            lowest = len(self.levels) - 1
+            self.mode = min(range(self.modes), key=lambda m: self.predict(lowest, m))
             self.unmet_frames += 1
             if not self._warned:
                 self._warned = True
@@ -147,11 +150,11 @@ class BudgetController:
 
     @property
     def effective_margin(self) -> float:
-        """The configured margin, or the recent 95th-percentile prediction error if larger."""
+        """The recent 95th-percentile prediction error, within [margin, max_margin]."""
         if len(self._errors) < 10:
             return self.margin
         errs = sorted(self._errors)
-        return max(self.margin, errs[int(0.95 * (len(errs) - 1))])
+        return min(self.max_margin, max(self.margin, errs[int(0.95 * (len(errs) - 1))]))
 
     @property
     def keep_ratio(self) -> float:

@@ -7,10 +7,9 @@
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
-from contextlib import nullcontext as _nullcontext
+from contextlib import contextmanager, nullcontext as _nullcontext
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..checkpoint import resolve_model
 from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
 
@@ -50,19 +50,6 @@ class Result:
         return self.probs[0]
 
 
-def _resolve_model(model: Any):
-    from ..checkpoint import load_model
-    from ..model import IARedViT
-    if isinstance(model, IARedViT):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if path.endswith(".safetensors"):
-            return load_model(path)
-        return IARedViT.from_timm(path)
-    raise TypeError(f"model must be an IARedViT, a .safetensors path or a timm model name, got {type(model).__name__}")
-
-
 class Runtime:
     def __init__(self, model: Any, device: str = "auto", budget_ms: Optional[float] = None,
                  policy: str = "threshold", ratio: Optional[float] = None,
@@ -70,7 +57,7 @@ class Runtime:
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto"):
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        self.model = _resolve_model(model).to(self.device).eval()
+        self.model = resolve_model(model).to(self.device).eval()
         if policy not in ("all", "threshold", "ratio"):
             raise ValueError(f'policy must be "all", "threshold" or "ratio", got {policy!r}')
         if policy == "ratio" and ratio is None:
@@ -159,20 +146,17 @@ class Runtime:
                 t = float(np.median([self._time_model(x, levels[mid])[1] for _ in range(max(1, runs))]))
             self.controller.calibrate_mode(m, mid, t)
 
+    @contextmanager
     def _threads(self, n: Optional[int]):
         """Run a block with torch's CPU thread count set to n (restored after)."""
-        runtime = self
-
-        class _Scope:
-            def __enter__(self):
-                self.old = torch.get_num_threads()
-                if n is not None and n != self.old and runtime.device.type == "cpu":
-                    torch.set_num_threads(n)
-
-            def __exit__(self, *exc):
-                if torch.get_num_threads() != self.old:
-                    torch.set_num_threads(self.old)
-        return _Scope()
+        old = torch.get_num_threads()
+        if n is not None and n != old and self.device.type == "cpu":
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != old:
+                torch.set_num_threads(old)
 
     # -- one frame -------------------------------------------------------------------------------
     @property

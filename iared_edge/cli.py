@@ -54,6 +54,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import glob
+
+    import torch
+
+    from .checkpoint import save_model
+    from .preprocess import load_rgb, to_tensor
+    from .train import calibrate_thresholds
+
+    model = resolve_model(args.model, args.checkpoint)
+    paths = sorted(p for ext in ("jpg", "jpeg", "png", "bmp") for p in glob.glob(os.path.join(args.images, f"**/*.{ext}"), recursive=True))
+    if not paths:
+        raise ValueError(f"{args.images}: no .jpg/.png/.bmp images found")
+    paths = paths[: args.limit]
+    cfg = model.vit.pretrained_cfg
+    tensors = [to_tensor(load_rgb(p), model.input_size[1:], cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
+                         cfg.get("crop_pct", 0.875)) for p in paths]
+    batches = [torch.cat(tensors[i:i + args.batch]) for i in range(0, len(tensors), args.batch)]
+    thresholds = calibrate_thresholds(model, batches, args.keep)
+    out = args.out or (args.model if args.model.endswith(".safetensors") else "calibrated.safetensors")
+    save_model(model, out)
+    print(f"thresholds per stage: {', '.join(f'{t:.4f}' for t in thresholds)} (target keep {args.keep:.0%} "
+          f"over {len(paths)} images); saved to {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -80,6 +106,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default="heatmap.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     p.set_defaults(func=cmd_predict)
+    c = sub.add_parser("calibrate", help="set per-stage thresholds so that a target share of tokens is kept")
+    c.add_argument("--model", required=True, help="timm name or a saved .safetensors")
+    c.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
+    c.add_argument("--images", required=True, help="a folder of unlabelled images (searched recursively)")
+    c.add_argument("--keep", type=float, default=0.6, help="target mean fraction of patch tokens kept")
+    c.add_argument("--limit", type=int, default=500, help="at most this many images")
+    c.add_argument("--batch", type=int, default=16)
+    c.add_argument("--out", help="where to save (default: the model file itself, or calibrated.safetensors)")
+    c.set_defaults(func=cmd_calibrate)
     i = sub.add_parser("info", help="version, build and active ops backend")
     i.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)

@@ -1,0 +1,57 @@
+"""Per-stage thresholds from unlabelled images so that a target fraction of patch tokens is kept.
+
+The overall keep is the mean over stages of the fraction of patch tokens each stage keeps. Stages
+keep a geometric schedule rho, rho², rho³, ... (a token dropped stays dropped, so each stage keeps
+a share of what survived), with rho solved so that their mean is the target. Stage by stage, with
+the earlier thresholds fixed, the threshold is the score quantile that keeps that stage's share.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List
+
+import torch
+
+
+def geometric_keep_targets(keep: float, stages: int) -> List[float]:
+    """Fractions of patch tokens kept after each stage, rho^(s+1), whose mean is `keep`."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(mid ** (s + 1) for s in range(stages)) / stages < keep:
+            lo = mid
+        else:
+            hi = mid
+    return [hi ** (s + 1) for s in range(stages)]
+
+
+@torch.no_grad()
+def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: float) -> List[float]:
+    """Set and return `model.thresholds` so that policy "threshold" keeps on average `keep` of the
+    patch tokens over the network on images like `batches` (normalised [B, 3, H, W] tensors)."""
+    batches = [b for b in batches]
+    if not batches:
+        raise ValueError("calibrate_thresholds: no images")
+    model.eval()
+    S, N = model.num_stages, model.num_patches
+    targets = geometric_keep_targets(keep, S)
+    thresholds = [0.0] * S  # a score is a sigmoid mean, > 0: stages not yet calibrated keep all
+    images = sum(b.shape[0] for b in batches)
+    for s in range(S):
+        alive_scores = []
+        for b in batches:
+            out = model(b, policy="threshold", thresholds=thresholds)
+            alive = out.keep_masks[:, s - 1] if s > 0 else torch.ones_like(out.keep_masks[:, 0])
+            alive_scores.append(out.scores[:, s][alive])
+        scores = torch.cat(alive_scores)
+        want = int(round(targets[s] * N * images))
+        if want >= scores.numel():
+            thresholds[s] = 0.0
+        elif want <= 0:
+            thresholds[s] = 1.0
+        else:  # keep the `want` highest: the threshold sits between the want-th and the next score
+            top = torch.topk(scores, want + 1).values
+            thresholds[s] = float((top[-1] + top[-2]) / 2)
+    model.thresholds = thresholds
+    return thresholds

@@ -174,7 +174,7 @@ class IARedViT(nn.Module):
         """prefix tokens [B, P, C] -> logits, through timm's own norm and head."""
         return self.vit.forward_head(self.vit.norm(prefix))
 
-    def forward(self, images: torch.Tensor, policy: str = "threshold", execution: str = "packed",
+    def forward(self, images: torch.Tensor, policy: Union[str, Sequence[str]] = "threshold", execution: str = "packed",
                 thresholds: Optional[PerStage] = None, ratio: Optional[PerStage] = None,
                 decisions: Optional[Sequence[torch.Tensor]] = None) -> IARedOutput:
         """Run the network.
@@ -183,34 +183,40 @@ class IARedViT(nn.Module):
         model's), "ratio" (keep the top ceil(rho * n) surviving patches per stage; `ratio` one value
         or per stage), "sample" (Bernoulli(p) decisions with log-probabilities, for REINFORCE),
         "given" (`decisions`: per stage a [B, N] bool tensor in patch-grid order; a token dropped
-        earlier stays dropped). execution: "packed" (inference) or "masked" (training).
+        earlier stays dropped). One policy, or one per stage (a curriculum trains stage 1 with
+        ("sample", "all", "all")). execution: "packed" (inference) or "masked" (training).
         """
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        S = self.num_stages
+        policies = [policy] * S if isinstance(policy, str) else list(policy)
+        if len(policies) != S or not all(p in POLICIES for p in policies):
+            raise ValueError(f"policy must be one of {POLICIES}, or one of them per stage ({S}), got {policy!r}")
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         self._check_images(images)
-        S, B = self.num_stages, images.shape[0]
+        B = images.shape[0]
         params: List[Optional[float]] = [None] * S
-        if policy == "threshold":
-            params = _per_stage(self.thresholds if thresholds is None else thresholds, S, "thresholds")
-        elif policy == "ratio":
+        if "threshold" in policies:
+            t = _per_stage(self.thresholds if thresholds is None else thresholds, S, "thresholds")
+            params = [t[s] if p == "threshold" else params[s] for s, p in enumerate(policies)]
+        if "ratio" in policies:
             if ratio is None:
                 raise ValueError('policy "ratio" needs ratio= (one value or one per stage)')
-            params = _per_stage(ratio, S, "ratio")
-            if not all(0.0 <= r <= 1.0 for r in params):
-                raise ValueError(f"ratio must be in [0, 1], got {params}")
-        if policy == "given":
+            r = _per_stage(ratio, S, "ratio")
+            if not all(0.0 <= v <= 1.0 for v in r):
+                raise ValueError(f"ratio must be in [0, 1], got {r}")
+            params = [r[s] if p == "ratio" else params[s] for s, p in enumerate(policies)]
+        if "given" in policies:
             if decisions is None or len(decisions) != S:
-                raise ValueError(f'policy "given" needs decisions: {S} bool tensors [B, N]')
-            for d in decisions:
-                if d.shape != (B, self.num_patches) or d.dtype != torch.bool:
-                    raise ValueError(f"decisions must be bool [B={B}, N={self.num_patches}], got {d.dtype} {tuple(d.shape)}")
+                raise ValueError(f'policy "given" needs decisions: {S} bool tensors [B, N] (None for other stages)')
+            for s, d in enumerate(decisions):
+                if policies[s] == "given" and (d is None or d.shape != (B, self.num_patches) or d.dtype != torch.bool):
+                    raise ValueError(f"decisions must be bool [B={B}, N={self.num_patches}], got "
+                                     f"{getattr(d, 'dtype', None)} {tuple(getattr(d, 'shape', ()))}")
         elif decisions is not None:
             raise ValueError(f'decisions are only used with policy "given", not {policy!r}')
         x = self._embed(images)
         run = self._forward_packed if execution == "packed" else self._forward_masked
-        return run(x, policy, params, decisions)
+        return run(x, policies, params, decisions)
 
     def _finish(self, logits, keep_masks, scores, log_probs) -> IARedOutput:
         keep_masks = torch.stack(keep_masks, 1)
@@ -220,12 +226,13 @@ class IARedViT(nn.Module):
         return IARedOutput(logits, keep_masks, scores, counts, heatmap, self.flops(counts),
                            torch.stack(log_probs, 1) if log_probs is not None else None)
 
-    def _forward_masked(self, x, policy, params, decisions) -> IARedOutput:
+    def _forward_masked(self, x, policies, params, decisions) -> IARedOutput:
         B, L, _ = x.shape
         P = self.num_prefix
         alive = torch.ones(B, L, dtype=torch.bool, device=x.device)
-        keep_masks, scores, log_probs = [], [], ([] if policy == "sample" else None)
+        keep_masks, scores, log_probs = [], [], ([] if "sample" in policies else None)
         for s, interp in enumerate(self.interpreters):
+            policy = policies[s]
             probs = interp(x).float()
             cand = alive.clone()
             cand[:, :P] = False
@@ -242,6 +249,8 @@ class IARedViT(nn.Module):
                 keep = cand & torch.bernoulli(probs.detach()).bool()
                 lp = torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
                 log_probs.append((lp * cand).sum(1))
+            if log_probs is not None and policy != "sample":
+                log_probs.append(torch.zeros(B, device=x.device))
             scores.append(torch.where(cand, probs, 0.0)[:, P:])
             keep_masks.append(keep[:, P:])
             alive = keep.clone()
@@ -251,12 +260,13 @@ class IARedViT(nn.Module):
                 x = blk(x, attn_mask=mask)
         return self._finish(self._head(x[:, :P]), keep_masks, scores, log_probs)
 
-    def _forward_packed(self, x, policy, params, decisions) -> IARedOutput:
+    def _forward_packed(self, x, policies, params, decisions) -> IARedOutput:
         B, L, _ = x.shape
         P, N = self.num_prefix, self.num_patches
         pk = Packed.from_dense(x)
-        keep_masks, scores, log_probs = [], [], ([] if policy == "sample" else None)
+        keep_masks, scores, log_probs = [], [], ([] if "sample" in policies else None)
         for s, interp in enumerate(self.interpreters):
+            policy = policies[s]
             starts = pk.offsets[:-1].long()
             vecs, biases = interp.fold(pk.tokens[starts])
             probs, keep = ops.interpreter_scores(pk.tokens, pk.offsets, vecs, biases, params[s] if policy == "threshold" else None,
@@ -275,6 +285,8 @@ class IARedViT(nn.Module):
                 keep = torch.bernoulli(probs.detach()).bool() | ~patch
                 lp = torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
                 log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
+            if log_probs is not None and policy != "sample":
+                log_probs.append(torch.zeros(B, device=x.device))
             dense = torch.zeros(B, L, device=x.device)
             dense[seq[patch], pk.positions[patch].long()] = probs[patch]
             scores.append(dense[:, P:])

@@ -84,3 +84,70 @@ def test_calibrate_cli_saves_thresholds(tmp_path, capsys):
     assert "thresholds per stage" in capsys.readouterr().out
     assert load_model(str(out)).thresholds != [0.5, 0.5, 0.5]
     assert main(["calibrate", "--model", "deit_tiny_patch16_224", "--images", str(tmp_path / "none")]) == 2
+
+
+def tiny_vit(seed=0):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(seed)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=4)
+    return IARedViT(vit, groups=(1, 1, 1)).eval()
+
+
+def test_rewards_by_hand():
+    from iared_edge.train import rewards
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    labels = torch.tensor([0, 0, 0])
+    keep = torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 1.0], [1.0, 0.5, 0.0]])
+    w = torch.tensor([0.25, 0.25, 0.5])
+    r = rewards(logits, labels, keep, w, penalty=2.0)
+    assert r.tolist() == pytest.approx([0.5, -2.0, 0.25 * 0 + 0.25 * 0.5 + 0.5 * 1.0])
+
+
+def test_per_stage_policies_agree_across_executions():
+    model = tiny_vit()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        p = model(x, policy=("threshold", "all", "ratio"), ratio=0.5)
+        m = model(x, policy=("threshold", "all", "ratio"), ratio=0.5, execution="masked")
+    assert torch.equal(p.keep_masks, m.keep_masks) and torch.allclose(p.logits, m.logits, atol=1e-5)
+    assert torch.equal(p.keep_masks[:, 1], p.keep_masks[:, 0])  # "all" drops nothing more
+    with pytest.raises(ValueError, match="per stage"):
+        model(x, policy=("threshold", "all"))
+
+
+def test_reinforce_short_run_trains_only_the_interpreters_and_drops_tokens():
+    from iared_edge.train import ReinforceConfig, freeze_backbone, reinforce_step
+    model = tiny_vit(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        labels = model(x, policy="all").logits.argmax(-1)  # right with every token
+    backbone = {k: v.clone() for k, v in model.vit.state_dict().items()}
+    interp = {k: v.clone() for k, v in model.interpreters.state_dict().items()}
+    opt = torch.optim.Adam(freeze_backbone(model), lr=3e-2)
+    torch.manual_seed(0)
+    logs = [reinforce_step(model, x, labels, opt, stages=1, config=ReinforceConfig(penalty=0.0)) for _ in range(40)]
+    assert all(torch.equal(v, model.vit.state_dict()[k]) for k, v in backbone.items())
+    assert not all(torch.equal(v, model.interpreters.state_dict()[k]) for k, v in interp.items())
+    # stages 2 and 3 untouched by the stage-1 curriculum step
+    assert all(torch.equal(v, model.interpreters.state_dict()[k]) for k, v in interp.items() if not k.startswith("0."))
+    assert logs[-1]["keep2"] == logs[-1]["keep1"]  # later stages kept everything left
+    # with no penalty for mistakes the policy learns to drop: fewer tokens, higher reward
+    assert logs[-1]["keep1"] < logs[0]["keep1"] - 0.1
+    assert np.mean([l["greedy_reward"] for l in logs[-5:]]) > np.mean([l["greedy_reward"] for l in logs[:5]])
+    with pytest.raises(ValueError, match="stages"):
+        reinforce_step(model, x, labels, opt, stages=4)
+
+
+def test_reinforce_with_a_penalty_learns_which_tokens_matter():
+    from iared_edge.train import ReinforceConfig, freeze_backbone, reinforce_step
+    model = tiny_vit(1)
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        labels = model(x, policy="all").logits.argmax(-1)
+    opt = torch.optim.Adam(freeze_backbone(model), lr=3e-2)
+    torch.manual_seed(0)
+    logs = [reinforce_step(model, x, labels, opt, stages=1, config=ReinforceConfig(penalty=1.0)) for _ in range(40)]
+    # at about the same keep ratio, the greedy decisions got more predictions right
+    assert abs(logs[-1]["keep1"] - logs[0]["keep1"]) < 0.08
+    assert logs[-1]["accuracy"] >= logs[0]["accuracy"] + 0.08

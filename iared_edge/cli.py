@@ -80,6 +80,44 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+
+    from .checkpoint import save_model
+    from .train import ReinforceConfig, train_interpreters
+
+    model = resolve_model(args.model, args.checkpoint)
+    cfg = dict(resolve_data_config({}, model=model.vit), input_size=model.input_size)
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(args.data, split)):
+            raise ValueError(f"{args.data}: expected ImageFolder splits train/ and val/ (missing {split}/)")
+    train = ImageFolder(os.path.join(args.data, "train"), create_transform(**cfg, is_training=True))
+    val = ImageFolder(os.path.join(args.data, "val"), create_transform(**cfg))
+    if model.vit.num_classes != len(train.classes):
+        raise ValueError(f"the model has {model.vit.num_classes} classes, {args.data}/train has {len(train.classes)}")
+    model.labels = list(train.classes)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=args.batch, num_workers=args.workers)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
+    history = train_interpreters(model, loader, val_loader, steps_per_stage=args.steps, lr=args.lr,
+                                 config=ReinforceConfig(penalty=args.penalty),
+                                 checkpoint=os.path.join(args.out_dir, "interpreters.pt"),
+                                 val_every=args.val_every, device=device, amp=amp, seed=args.seed)
+    save_model(model.cpu(), os.path.join(args.out_dir, "model.safetensors"))
+    with open(os.path.join(args.out_dir, "history.json"), "w") as f:
+        json.dump(history, f)
+    last = [h for h in history if "val_accuracy" in h][-1]
+    print(f"done: val accuracy {last['val_accuracy']:.2%}, keep per stage "
+          + "/".join(f"{last[f'val_keep{s + 1}']:.2f}" for s in range(model.num_stages))
+          + f"; saved {args.out_dir}/model.safetensors")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -115,6 +153,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--batch", type=int, default=16)
     c.add_argument("--out", help="where to save (default: the model file itself, or calibrated.safetensors)")
     c.set_defaults(func=cmd_calibrate)
+    t = sub.add_parser("train", help="train the interpreters with REINFORCE on ImageFolder data (backbone frozen)")
+    t.add_argument("--model", required=True, help="timm name or a saved .safetensors")
+    t.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
+    t.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
+    t.add_argument("--out-dir", default="runs/interpreters", help="checkpoints, history.json, model.safetensors")
+    t.add_argument("--steps", type=int, default=500, help="steps per stage of the curriculum")
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--penalty", type=float, default=1.0, help="reward of a wrong prediction is -penalty")
+    t.add_argument("--val-every", type=int, default=200)
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
     i = sub.add_parser("info", help="version, build and active ops backend")
     i.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)

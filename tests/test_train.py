@@ -151,3 +151,54 @@ def test_reinforce_with_a_penalty_learns_which_tokens_matter():
     # at about the same keep ratio, the greedy decisions got more predictions right
     assert abs(logs[-1]["keep1"] - logs[0]["keep1"]) < 0.08
     assert logs[-1]["accuracy"] >= logs[0]["accuracy"] + 0.08
+
+
+def test_training_loop_resumes_exactly(tmp_path):
+    from iared_edge.train import train_interpreters
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(4))
+    val = [(x[:8], y[:8])]
+
+    class CutAfter:  # a loader whose run is interrupted after n batches
+        def __init__(self, n):
+            self.n = n
+
+        def __iter__(self):
+            for _ in range(self.n):
+                yield x, y
+            raise KeyboardInterrupt
+
+    whole = tiny_vit(2)
+    h1 = train_interpreters(whole, [(x, y)], val, steps_per_stage=2, lr=1e-2, val_every=3, progress=False)
+    assert [h["stages"] for h in h1] == [1, 1, 2, 2, 3, 3] and "val_accuracy" in h1[2] and "val_keep3" in h1[-1]
+    ckpt = str(tmp_path / "run" / "interp.pt")
+    with pytest.raises(KeyboardInterrupt):
+        train_interpreters(tiny_vit(2), CutAfter(3), val, steps_per_stage=2, lr=1e-2, val_every=3,
+                           checkpoint=ckpt, save_every=1, progress=False)
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
+    resumed = tiny_vit(2)  # fresh interpreters: everything must come from the checkpoint
+    h2 = train_interpreters(resumed, [(x, y)], val, steps_per_stage=2, lr=1e-2, val_every=3,
+                            checkpoint=ckpt, progress=False)
+    assert [h["step"] for h in h2] == [1, 2, 3, 4, 5, 6]
+    for k, v in whole.interpreters.state_dict().items():
+        assert torch.equal(v, resumed.interpreters.state_dict()[k]), k
+
+
+def test_train_cli_on_image_folders(tmp_path, capsys):
+    from iared_edge import save_model
+    model = IARedViT.from_timm("deit_tiny_patch16_224", img_size=64, num_classes=2, groups=(4, 4, 4))
+    path = str(tmp_path / "tiny.safetensors")
+    save_model(model, path)
+    cap = cv2.VideoCapture(CLIP)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / cls)
+            for i in range(4):
+                cv2.imwrite(str(tmp_path / "data" / split / cls / f"{i}.png"), cap.read()[1][:96, :96])
+    out = tmp_path / "run"
+    assert main(["train", "--model", path, "--data", str(tmp_path / "data"), "--out-dir", str(out), "--steps", "1",
+                 "--batch", "4", "--workers", "0", "--val-every", "1"]) == 0
+    assert "val accuracy" in capsys.readouterr().out
+    trained = load_model(str(out / "model.safetensors"))
+    assert trained.labels == ["a", "b"] and (out / "history.json").exists() and (out / "interpreters.pt").exists()
+    assert main(["train", "--model", path, "--data", str(tmp_path / "nothing")]) == 2

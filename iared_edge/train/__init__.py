@@ -1,6 +1,7 @@
 """Training the interpreters: threshold calibration and REINFORCE."""
 from .calibrate import calibrate_thresholds, geometric_keep_targets
+from .loop import evaluate, seed_everything, train_interpreters
 from .reinforce import ReinforceConfig, freeze_backbone, reinforce_step, rewards
 
 __all__ = ["calibrate_thresholds", "geometric_keep_targets", "ReinforceConfig", "freeze_backbone",
-           "reinforce_step", "rewards"]
+           "reinforce_step", "rewards", "train_interpreters", "evaluate", "seed_everything"]

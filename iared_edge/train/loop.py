@@ -1,0 +1,110 @@
+"""The interpreter training loop: REINFORCE stage by stage, validation, resumable checkpoints.
+
+    from iared_edge.train import train_interpreters
+    history = train_interpreters(model, train_loader, val_loader, steps_per_stage=500,
+                                 checkpoint="run/interp.pt")
+
+`checkpoint` is written every `save_every` steps (the interpreters, the optimiser, the position
+in the curriculum, the history) and resumed from when it exists, so an interrupted run goes on
+where it stopped. Loading uses torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Dict, Iterable, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from .reinforce import ReinforceConfig, freeze_backbone, reinforce_step
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batches(loader: Iterable) -> Iterator:
+    while True:  # cycle over epochs
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("train loader yields no batches")
+
+
+@torch.no_grad()
+def evaluate(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
+             max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Top-1 accuracy and mean keep ratio per stage over `loader` ((images, labels) batches)."""
+    model.eval()
+    correct = total = 0
+    keep = torch.zeros(model.num_stages)
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        out = model(x.to(device), policy=policy)
+        correct += (out.logits.argmax(-1).cpu() == y).sum().item()
+        total += y.numel()
+        keep += out.keep_ratio.sum(0).cpu()
+    if total == 0:
+        raise ValueError("validation loader yields no images")
+    return {"accuracy": correct / total, **{f"keep{s + 1}": (keep[s] / total).item() for s in range(model.num_stages)}}
+
+
+def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Iterable] = None,
+                       steps_per_stage: int = 500, lr: float = 1e-3, config: ReinforceConfig = ReinforceConfig(),
+                       checkpoint: Optional[str] = None, save_every: int = 100, val_every: int = 200,
+                       device: torch.device | str = "cpu", amp: Optional[torch.dtype] = None, seed: int = 0,
+                       progress: bool = True) -> List[Dict[str, float]]:
+    """REINFORCE on the interpreters with the backbone frozen: stage 1 for `steps_per_stage`
+    steps, then stages 1-2, ... Returns the history (one dict per step, validations included)."""
+    seed_everything(seed)
+    model.to(device)
+    params = freeze_backbone(model)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    S = model.num_stages
+    start, history = 0, []
+    if checkpoint and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.interpreters.load_state_dict(state["interpreters"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), list(state["history"])
+        torch.set_rng_state(state["rng"])
+
+    def save(step: int) -> None:
+        if checkpoint:
+            os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
+            tmp = checkpoint + ".tmp"
+            torch.save({"interpreters": model.interpreters.state_dict(), "optimizer": optimizer.state_dict(),
+                        "step": step, "history": history, "rng": torch.get_rng_state()}, tmp)
+            os.replace(tmp, checkpoint)
+
+    total = steps_per_stage * S
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=start, desc="interpreters", dynamic_ncols=True)
+    batches = _batches(train_loader)
+    for step in range(start, total):
+        stages = step // steps_per_stage + 1
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device_type=torch.device(device).type, dtype=amp, enabled=amp is not None):
+            log = reinforce_step(model, x, y, optimizer, stages, config)
+        log.update(step=step + 1, stages=stages)
+        if val_loader is not None and ((step + 1) % val_every == 0 or step + 1 == total):
+            log.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+        history.append(log)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(stages=stages, reward=f"{log['reward']:.3f}", acc=f"{log['accuracy']:.2f}",
+                            keep="/".join(f"{log[f'keep{s + 1}']:.2f}" for s in range(S)))
+        if (step + 1) % save_every == 0 or step + 1 == total:
+            save(step + 1)
+    if bar is not None:
+        bar.close()
+    return history

@@ -118,6 +118,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    model = resolve_model(args.model, args.checkpoint).eval()
+    levels = [float(v) for v in args.keep_levels.split(",")]
+    os.makedirs(args.out_dir, exist_ok=True)
+    for rho in levels:
+        path = os.path.join(args.out_dir, f"keep{rho:.2f}.onnx")
+        export_onnx(model, path, rho, opset=args.opset)
+        print(f"wrote {path} (policy ratio {rho}, dynamic batch)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -168,6 +181,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
+    e = sub.add_parser("export", help="export ONNX graphs of policy ratio, one file per keep level")
+    e.add_argument("--model", required=True, help="timm name or a saved .safetensors")
+    e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
+    e.add_argument("--format", choices=["onnx"], default="onnx")
+    e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep ratios")
+    e.add_argument("--out-dir", default="export")
+    e.add_argument("--opset", type=int, default=17)
+    e.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="version, build and active ops backend")
     i.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)

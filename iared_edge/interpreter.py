@@ -28,7 +28,8 @@ class Interpreter(nn.Module):
         """Unfolded form (training, masked execution): x [B, L, C], class token at 0 -> probs [B, L]."""
         B, L, C = x.shape
         q, k = self.qk(self.norm(x)).view(B, L, 2, self.num_heads, self.head_dim).unbind(2)
-        logits = torch.einsum("bhd,blhd->bhl", q[:, 0] * self.scale, k)
+        # [B, H, L, D] @ [B, H, D, 1]: plain MatMul (exports to ONNX/TensorRT without Einsum)
+        logits = (k.transpose(1, 2) @ (q[:, 0] * self.scale).unsqueeze(-1)).squeeze(-1)
         return torch.sigmoid(logits).mean(1)
 
     def fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

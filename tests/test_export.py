@@ -1,0 +1,55 @@
+"""ONNX export of policy "ratio", checked by onnx's checker and run by onnxruntime against PyTorch."""
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from iared_edge import IARedViT
+from iared_edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return IARedViT.from_timm("deit_tiny_patch16_224").eval()
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.6, (0.9, 0.5, 0.4)])
+def test_onnxruntime_matches_pytorch(model, tmp_path, rho):
+    from iared_edge.export import export_onnx
+    path = str(tmp_path / "m.onnx")
+    names = export_onnx(model, path, rho)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "TopK" in ops and "Einsum" not in ops
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # the batch axis is dynamic
+        x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+        outs = dict(zip(names, sess.run(None, {"images": x.numpy()})))
+        with torch.no_grad():
+            ref = model(x, policy="ratio", ratio=rho)  # the packed execution, compiled ops
+        assert np.abs(outs["logits"] - ref.logits.numpy()).max() <= 1e-4
+        assert np.abs(outs["heatmap"] - ref.heatmap.numpy()).max() <= 1e-5
+        for s in range(3):
+            kept = np.zeros((batch, model.num_patches), bool)
+            np.put_along_axis(kept, outs[f"kept_stage{s + 1}"], True, 1)
+            assert (kept == ref.keep_masks[:, s].numpy()).all()
+
+
+def test_export_cli_one_file_per_level(tmp_path, capsys):
+    assert main(["export", "--model", "deit_tiny_patch16_224", "--keep-levels", "1.0,0.5", "--out-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep0.50.onnx", "keep1.00.onnx"]
+    g = onnx.load(str(tmp_path / "keep0.50.onnx"))
+    assert [o.name for o in g.graph.output][1:4] == ["kept_stage1", "kept_stage2", "kept_stage3"]
+    sess = ort.InferenceSession(str(tmp_path / "keep0.50.onnx"), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"images": np.zeros((1, 3, 224, 224), np.float32)})
+    assert [o.shape for o in outs] == [(1, 1000), (1, 98), (1, 49), (1, 25), (1, 14, 14)]
+
+
+def test_export_rejects_bad_levels(model, tmp_path):
+    from iared_edge.export import export_onnx
+    with pytest.raises(ValueError, match="ratio"):
+        export_onnx(model, str(tmp_path / "x.onnx"), 0.0)

@@ -53,3 +53,31 @@ def test_export_rejects_bad_levels(model, tmp_path):
     from iared_edge.export import export_onnx
     with pytest.raises(ValueError, match="ratio"):
         export_onnx(model, str(tmp_path / "x.onnx"), 0.0)
+
+
+def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path):
+    import cv2
+    from iared_edge import Runtime
+    from test_runtime import CLIP
+    frame = cv2.VideoCapture(CLIP).read()[1]
+    with Runtime(model, policy="ratio", ratio=0.6, topk=3) as rt_torch, \
+            Runtime(model, policy="ratio", ratio=0.6, topk=3, backend="onnxruntime", onnx_cache=str(tmp_path)) as rt_ort:
+        a, b = rt_torch(frame), rt_ort(frame)
+    assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-5)
+    assert np.array_equal(a.stage_masks, b.stage_masks) and np.allclose(a.heatmap, b.heatmap, atol=1e-5)
+    assert a.stage_keep == pytest.approx(b.stage_keep)
+    with pytest.raises(ValueError, match="policy"):
+        Runtime(model, backend="onnxruntime")
+
+
+def test_runtime_onnxruntime_backend_under_a_budget(model, tmp_path):
+    import warnings
+    from iared_edge import Runtime
+    from test_runtime import CLIP
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = Runtime(model, budget_ms=1000.0, backend="onnxruntime", levels=(1.0, 0.5), onnx_cache=str(tmp_path),
+                     calibrate_runs=1)
+    results = [r for _, r in rt.stream(CLIP)]
+    assert len(results) == 30 and all(r.keep_level == 1.0 for r in results[5:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep0.5000.onnx", "keep1.0000.onnx"]

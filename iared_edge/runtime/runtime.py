@@ -55,7 +55,8 @@ class Runtime:
                  policy: str = "threshold", ratio: Optional[float] = None,
                  input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
-                 queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto"):
+                 queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
+                 backend: str = "torch", onnx_cache: Optional[str] = None):
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.model = resolve_model(model).to(self.device).eval()
         if policy not in ("all", "threshold", "ratio"):
@@ -64,7 +65,11 @@ class Runtime:
             raise ValueError('policy "ratio" needs ratio=')
         if color not in ("bgr", "rgb"):
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
-        self.policy, self.ratio, self.color = policy, ratio, color
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f'backend must be "torch" or "onnxruntime" (TensorRT: not yet), got {backend!r}')
+        if backend == "onnxruntime" and budget_ms is None and policy != "ratio":
+            raise ValueError('backend "onnxruntime" runs policy "ratio" graphs: give policy="ratio", ratio= or budget_ms=')
+        self.policy, self.ratio, self.color, self.backend = policy, ratio, color, backend
         self.topk = max(1, min(int(topk), self.model.vit.num_classes))
         expected = tuple(self.model.input_size[1:])
         if input_size is not None and tuple(input_size) != expected:
@@ -89,12 +94,18 @@ class Runtime:
         # another process competes for the cores ("auto": torch's current count, and 1)
         n = torch.get_num_threads()
         if threads == "auto":
-            threads = [n, 1] if self.device.type == "cpu" and n > 1 else [n]
+            threads = [n, 1] if self.device.type == "cpu" and n > 1 and backend == "torch" else [n]
         self.thread_modes = [int(t) for t in ([threads] if isinstance(threads, int) else threads)]
         if not self.thread_modes or min(self.thread_modes) < 1:
             raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._onnx = None
+        if backend == "onnxruntime":
+            from ..export.onnxruntime_backend import OnnxRuntimeBackend
+            graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
+                                  else {float(ratio)}, reverse=True)
+            self._onnx = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n)
         self._warm_up()
         if budget_ms is not None:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
@@ -195,6 +206,10 @@ class Runtime:
 
     def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
         t0 = time.perf_counter()
+        if self._onnx is not None:
+            out = self._onnx(x, ratio if ratio is not None else self.ratio if self.ratio is not None
+                             else max(self._onnx.sessions))
+            return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:
                 out = self.model(x, policy="ratio", ratio=ratio)

@@ -8,7 +8,7 @@ Attention is permutation-equivariant, so kept tokens need not be re-sorted.
 """
 from __future__ import annotations
 
-import math
+import warnings
 from typing import List, Sequence, Union
 
 import torch
@@ -59,7 +59,8 @@ def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: i
     graph = RatioGraph(model, ratio).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
     x = torch.zeros(2, *model.input_size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are static by design here
         torch.onnx.export(graph, (x,), path, input_names=["images"], output_names=names, opset_version=opset,
                           dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
     return names

@@ -247,7 +247,7 @@ class IARedViT(nn.Module):
                 keep[:, P:] &= decisions[s].to(x.device)
             else:  # sample
                 keep = cand & torch.bernoulli(probs.detach()).bool()
-                lp = torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
+                lp = _bernoulli_log_prob(keep, probs)
                 log_probs.append((lp * cand).sum(1))
             if log_probs is not None and policy != "sample":
                 log_probs.append(torch.zeros(B, device=x.device))
@@ -283,7 +283,7 @@ class IARedViT(nn.Module):
                 keep[patch] = decisions[s].to(x.device)[seq[patch], pk.positions[patch].long() - P]
             elif policy == "sample":
                 keep = torch.bernoulli(probs.detach()).bool() | ~patch
-                lp = torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
+                lp = _bernoulli_log_prob(keep, probs)
                 log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
             if log_probs is not None and policy != "sample":
                 log_probs.append(torch.zeros(B, device=x.device))
@@ -328,6 +328,11 @@ class IARedViT(nn.Module):
         """What `save_model` stores beside the weights to rebuild this model."""
         return {"timm_name": self.timm_name, "timm_kwargs": self.timm_kwargs, "groups": list(self.groups),
                 "thresholds": self.thresholds, "labels": self.labels}
+
+
+def _bernoulli_log_prob(keep: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probability of the decisions `keep` under Bernoulli(probs)."""
+    return torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
 
 
 def _topk_dense(probs: torch.Tensor, cand: torch.Tensor, rho: float) -> torch.Tensor:

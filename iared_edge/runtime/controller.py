@@ -55,10 +55,11 @@ class BudgetController:
             raise ValueError("BudgetController: one cost per level, at least one level")
         if list(self.levels) != sorted(self.levels, reverse=True):
             raise ValueError(f"BudgetController: levels must be sorted highest first, got {list(self.levels)}")
-        self._scales = [1.0] * self.modes
-        self._base = [1.0] * self.modes
-        self._seen = [1.0] * self.modes
+        self._reset_modes()
         self.set_budget(self.budget_ms)
+
+    def _reset_modes(self) -> None:
+        self._scales, self._base, self._seen = [1.0] * self.modes, [1.0] * self.modes, [1.0] * self.modes
 
     def set_budget(self, budget_ms: float) -> None:
         if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
@@ -75,22 +76,19 @@ class BudgetController:
         var = sum((c - mc) ** 2 for c in costs)
         self.b = max(1e-6, sum((c - mc) * (l - ml) for c, l in zip(costs, latencies_ms)) / var) if var > 0 else max(ml, 1e-6)
         self.a = max(0.0, ml - self.b * mc)
-        self._scales = [1.0] * self.modes
-        self._base = [1.0] * self.modes
-        self._seen = [1.0] * self.modes
+        self._reset_modes()
 
     def calibrate_mode(self, mode: int, level: int, latency_ms: float) -> None:
         """A mode's starting load estimate, from one measured latency at `level`."""
         self._base[mode] = self._scales[mode] = self._seen[mode] = \
             latency_ms / max(self.a + self.b * self.costs[level], 1e-6)
 
-    @property
-    def scale(self) -> float:
-        return self._scales[self.mode] if self._scales else 1.0
-
-    def predict(self, level: int, mode: Optional[int] = None) -> float:
+    def predict(self, level: int, mode: Optional[int] = None, scale: Optional[float] = None) -> float:
+        """Predicted latency at `level` in `mode` (default: the current one), with that mode's load
+        estimate unless `scale` is given."""
         mode = self.mode if mode is None else mode
-        return self._scales[mode] * (self.a + self.b * self.costs[level]) + self.overhead_ms
+        scale = self._scales[mode] if scale is None else scale
+        return scale * (self.a + self.b * self.costs[level]) + self.overhead_ms
 
     def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0, mode: Optional[int] = None) -> None:
         """Feed one frame's measured model latency (and pre/post-processing time)."""
@@ -107,12 +105,13 @@ class BudgetController:
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
 
-    def _best(self, mode: int, target: float) -> Optional[int]:
-        return next((i for i in range(len(self.levels)) if self.predict(i, mode) <= target), None)
+    def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:
+        return next((i for i in range(len(self.levels)) if self.predict(i, mode, scale) <= target), None)
 
     def choose(self) -> int:
         """The level for the next frame (and `self.mode`, the mode to run it in)."""
         target = self.budget_ms / (1 + self.effective_margin)
+        lowest = len(self.levels) - 1
         best = {m: self._best(m, target) for m in range(self.modes)}
         fitting = [m for m in best if best[m] is not None]
         if fitting:  # change mode only for strictly more tokens, or when this one fits no level
@@ -120,22 +119,19 @@ class BudgetController:
             if best[self.mode] is None or best[other] < best[self.mode]:
                 self.mode = other
                 # a trial of a mode last seen slower: at a level that fits its last measured speed
-                relaxed, self._scales[other] = self._scales[other], max(self._scales[other], self._seen[other])
-                cautious = self._best(other, target)
-                self._scales[other] = relaxed
-                self.level = max(best[other], cautious if cautious is not None else len(self.levels) - 1)
+                cautious = self._best(other, target, max(self._scales[other], self._seen[other]))
+                self.level = max(best[other], lowest if cautious is None else cautious)
                 self._room = 0
                 return self.level
         if best[self.mode] is None:
-            lowest = len(self.levels) - 1
             self.mode = min(range(self.modes), key=lambda m: self.predict(lowest, m))
             self.unmet_frames += 1
             if not self._warned:
                 self._warned = True
                 warnings.warn(f"latency budget {self.budget_ms:.1f} ms cannot be met even at the lowest keep "
-                              f"level ({self.predict(len(self.levels) - 1):.1f} ms predicted); running at the minimum",
+                              f"level ({self.predict(lowest):.1f} ms predicted); running at the minimum",
                               RuntimeWarning, stacklevel=3)
-            self.level, self._room = len(self.levels) - 1, 0
+            self.level, self._room = lowest, 0
             return self.level
         fit = best[self.mode]
         if fit > self.level:           # must drop: at once

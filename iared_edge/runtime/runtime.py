@@ -146,7 +146,7 @@ class Runtime:
             costs = [self.model(x, policy="ratio", ratio=l).flops[0].item() / full for l in levels]
             lat = []
             for l in levels:  # warm-up, then the median of `runs`
-                self.model(x, policy="ratio", ratio=l)
+                self._time_model(x, l)
                 lat.append(float(np.median([self._time_model(x, l)[1] for _ in range(max(1, runs))])))
         self.controller = BudgetController(levels, costs, budget_ms, modes=len(self.thread_modes))
         self.controller.calibrate(costs, lat)
@@ -205,16 +205,16 @@ class Runtime:
         return (x - self._mean) / self._std
 
     def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
+        """One forward at keep level `ratio` (None: the Runtime's own policy), timed."""
+        if ratio is None and self.policy == "ratio":
+            ratio = self.ratio
         t0 = time.perf_counter()
         if self._onnx is not None:
-            out = self._onnx(x, ratio if ratio is not None else self.ratio if self.ratio is not None
-                             else max(self._onnx.sessions))
+            out = self._onnx(x, max(self._onnx.sessions) if ratio is None else ratio)
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:
                 out = self.model(x, policy="ratio", ratio=ratio)
-            elif self.policy == "ratio":
-                out = self.model(x, policy="ratio", ratio=self.ratio)
             else:
                 out = self.model(x, policy=self.policy)
             if self._stream is not None:

@@ -15,7 +15,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from . import ops
-    from .preprocess import ASSETS, load_rgb, overlay, to_tensor
+    from .preprocess import ASSETS, load_rgb, model_input, model_normalization, overlay
 
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint)
@@ -23,29 +23,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
               "meaningless, the token dropping and timings are real")
     image = args.image or os.path.join(ASSETS, "squirrel_cls.jpg")
-    rgb = load_rgb(image)
-    cfg = model.vit.pretrained_cfg
-    x = to_tensor(rgb, model.input_size[1:], cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
-                  cfg.get("crop_pct", 0.875))
+    x = model_input(model, load_rgb(image))
     kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
     with torch.inference_mode():
         out = model(x, policy=args.policy, **kwargs)
         full = model.flops()[0].item()
     probs = out.logits.softmax(-1)[0]
     top = probs.topk(min(5, probs.numel()))
-    labels = model.labels
-    if labels is None and model.vit.num_classes == 1000:
-        from timm.data import ImageNetInfo
-        info = ImageNetInfo()
-        labels = [info.index_to_description(i) for i in range(1000)]
+    labels = model.class_names()
     print(f"image: {image}  model: {args.model}  policy: {args.policy}  ops backend: {ops.backend('cpu')}")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"  {p:6.2%}  {labels[i] if labels else i}")
+        print(f"  {p:6.2%}  {labels[i]}")
     ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[0].tolist())
     print(f"patch tokens kept per stage: {ratios}; FLOPs {out.flops[0].item() / 1e9:.2f} G "
           f"vs {full / 1e9:.2f} G for the plain backbone ({full / out.flops[0].item():.2f}x fewer)")
-    crop = ((x[0] * torch.tensor(cfg.get("std", (0.5,) * 3)).view(3, 1, 1)
-             + torch.tensor(cfg.get("mean", (0.5,) * 3)).view(3, 1, 1)).clamp(0, 1) * 255)
+    mean, std, _ = model_normalization(model)
+    crop = ((x[0] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1) * 255)
     crop = crop.permute(1, 2, 0).byte().numpy()
     final_kept = out.keep_masks[0, -1].view(model.grid_size).numpy()
     pic = overlay(crop, out.heatmap[0].numpy(), final_kept)
@@ -60,7 +53,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import save_model
-    from .preprocess import load_rgb, to_tensor
+    from .preprocess import load_rgb, model_input
     from .train import calibrate_thresholds
 
     model = resolve_model(args.model, args.checkpoint)
@@ -68,9 +61,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError(f"{args.images}: no .jpg/.png/.bmp images found")
     paths = paths[: args.limit]
-    cfg = model.vit.pretrained_cfg
-    tensors = [to_tensor(load_rgb(p), model.input_size[1:], cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
-                         cfg.get("crop_pct", 0.875)) for p in paths]
+    tensors = [model_input(model, load_rgb(p)) for p in paths]
     batches = [torch.cat(tensors[i:i + args.batch]) for i in range(0, len(tensors), args.batch)]
     thresholds = calibrate_thresholds(model, batches, args.keep)
     out = args.out or (args.model if args.model.endswith(".safetensors") else "calibrated.safetensors")

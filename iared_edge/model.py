@@ -134,6 +134,18 @@ class IARedViT(nn.Module):
     def input_size(self) -> Tuple[int, int, int]:
         return (self.vit.patch_embed.proj.in_channels, *self.vit.patch_embed.img_size)
 
+    def class_names(self) -> List[str]:
+        """The model's labels; ImageNet's class names for a 1000-class model without labels; else
+        the class indices as strings."""
+        n = self.vit.num_classes
+        if self.labels is not None:
+            return list(self.labels)
+        if n == 1000:
+            from timm.data import ImageNetInfo
+            info = ImageNetInfo()
+            return [info.index_to_description(i) for i in range(n)]
+        return [str(i) for i in range(n)]
+
     def stage_blocks(self, stage: int) -> nn.ModuleList:
         start = sum(self.groups[:stage])
         return self.vit.blocks[start:start + self.groups[stage]]

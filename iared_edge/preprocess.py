@@ -42,6 +42,19 @@ def to_tensor(rgb: np.ndarray, size: Tuple[int, int], mean: Sequence[float], std
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+def model_normalization(model) -> Tuple[Tuple[float, ...], Tuple[float, ...], float]:
+    """(mean, std, crop_pct) of a model's eval transform, from its timm config (ImageNet's when absent)."""
+    cfg = model.vit.pretrained_cfg or {}
+    return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            float(cfg.get("crop_pct", 0.875)))
+
+
+def model_input(model, rgb: np.ndarray) -> torch.Tensor:
+    """An RGB image as the model's [1, 3, h, w] input (timm's eval transform, centre crop)."""
+    mean, std, crop_pct = model_normalization(model)
+    return to_tensor(rgb, model.input_size[1:], mean, std, crop_pct)
+
+
 def colormap(values: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> uint8 RGB, a blue-cyan-yellow-red ramp (no plotting library needed)."""
     v = np.clip(values, 0, 1)[..., None]

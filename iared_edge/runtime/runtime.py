@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import resolve_model
+from ..preprocess import model_normalization
 from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
 
@@ -75,10 +76,12 @@ class Runtime:
         if input_size is not None and tuple(input_size) != expected:
             raise ValueError(f"input_size {tuple(input_size)} does not match the model's {expected}")
         self.input_size = expected
-        cfg = self.model.vit.pretrained_cfg or {}
-        self._mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
-        self.labels = self._labels(labels)
+        mean, std, _ = model_normalization(self.model)
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        if labels is not None and len(labels) != self.model.vit.num_classes:
+            raise ValueError(f"labels: {len(labels)} given for {self.model.vit.num_classes} classes")
+        self.labels = list(labels) if labels is not None else self.model.class_names()
         self.queue_size = queue_size
         self._lock = threading.Lock()
         self._frames = 0
@@ -111,20 +114,6 @@ class Runtime:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _labels(self, labels: Optional[Sequence[str]]) -> List[str]:
-        n = self.model.vit.num_classes
-        if labels is not None:
-            if len(labels) != n:
-                raise ValueError(f"labels: {len(labels)} given for {n} classes")
-            return list(labels)
-        if self.model.labels is not None:
-            return list(self.model.labels)
-        if n == 1000:
-            from timm.data import ImageNetInfo
-            info = ImageNetInfo()
-            return [info.index_to_description(i) for i in range(n)]
-        return [str(i) for i in range(n)]
-
     def _warm_up(self) -> None:
         x = torch.zeros(1, *self.model.input_size)
         for _ in range(2):

@@ -70,7 +70,7 @@ setup(
     version="0.1.0",
     description="IA-RED² Vision Transformers for the edge: fewer tokens, built-in explanations",
     packages=find_packages(include=["iared_edge", "iared_edge.*"]),
-    package_data={"iared_edge": ["assets/*"]},
+    package_data={"iared_edge": ["assets/*", "assets/demo/*", "assets/demo/backgrounds/*"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.1", "timm>=1.0", "safetensors>=0.4", "numpy", "pillow"],
     extras_require={"video": ["opencv-python-headless"], "test": ["pytest", "hypothesis", "opencv-python-headless"]},

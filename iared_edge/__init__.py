@@ -1,4 +1,5 @@
 """iared-edge: IA-RED² Vision Transformers that drop redundant tokens and explain themselves."""
+from . import demo as _demo  # registers the demo backbone with timm before any model is loaded
 from .checkpoint import load_model, save_model
 from .model import IARedOutput, IARedViT
 from .packed import Packed

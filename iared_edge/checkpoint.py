@@ -117,13 +117,19 @@ def load_backbone_state_dict(vit: nn.Module, path: str) -> None:
 
 
 def resolve_model(model, checkpoint: Optional[str] = None):
-    """An IARedViT from an IARedViT, a path saved by `save_model`, or a timm model name (with
-    `checkpoint`, its timm/DeiT weights)."""
+    """An IARedViT from an IARedViT, "demo" (the bundled demo model), a path saved by
+    `save_model`, or a timm model name (with `checkpoint`, its timm/DeiT weights)."""
     from .model import IARedViT
     if isinstance(model, IARedViT):
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        if path == "demo":
+            from .demo import DEMO_MODEL
+            if not os.path.isfile(DEMO_MODEL):
+                raise FileNotFoundError(f"the bundled demo model is missing ({DEMO_MODEL}): reinstall the "
+                                        "package, or train it with `python -m iared_edge.demo.train`")
+            return load_model(DEMO_MODEL)
         if path.endswith(".safetensors"):
             return load_model(path)
         return IARedViT.from_timm(path, checkpoint=checkpoint).eval()

@@ -323,6 +323,7 @@ class IARedViT(nn.Module):
         C = vit.embed_dim
         hidden = vit.blocks[0].mlp.fc1.out_features
         in_ch, ph, pw = self.input_size[0], *vit.patch_embed.patch_size
+        proj = vit.patch_embed.proj
         if kept_counts is None:
             kept_counts = torch.full((1, self.num_stages), N)
             interpreters = False
@@ -330,7 +331,9 @@ class IARedViT(nn.Module):
         n = kept_counts.double() + P
         block = 2 * n * C * 3 * C + 4 * n * n * C + 2 * n * C * C + 4 * n * C * hidden
         total = (block * torch.tensor(self.groups, dtype=torch.float64, device=n.device)).sum(1)
-        total += 2 * N * C * in_ch * ph * pw + 2 * C * vit.num_classes * (2 if P > 1 and hasattr(vit, "head_dist") else 1)
+        # A plain patch projection, or a convolutional stem that counts its own cost.
+        embed = proj.flops(*self.input_size[1:]) if hasattr(proj, "flops") else 2 * N * C * in_ch * ph * pw
+        total += embed + 2 * C * vit.num_classes * (2 if P > 1 and hasattr(vit, "head_dist") else 1)
         if interpreters:  # class-token query 2C², folding 2C², then 2·C·H per token
             heads = self.interpreters[0].num_heads
             total += (4 * C * C + 2 * n_in * C * heads).sum(1)

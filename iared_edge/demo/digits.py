@@ -1,0 +1,198 @@
+"""Digits in clutter: the demo task.
+
+Real handwritten digits (OpenCV's 5,000-digit sheet) composited onto real photos at random scale,
+rotation, position, colour and contrast, so that most 16x16 patches of a 224x224 image are
+background — the redundancy IA-RED² removes — with the digit's exact box known for every image.
+
+Digits and backgrounds are split between train / val / test (columns of the digit sheet, whole
+photos), so test images show writing and scenes the model never saw. Every image is a pure
+function of (split, index, clutter, seed): the generator is deterministic and training can draw
+fresh images forever without storing them.
+
+    from iared_edge.demo.digits import DigitsInClutter
+    gen = DigitsInClutter("train")
+    image_rgb, label, box = gen.sample(7)          # box = (x0, y0, x1, y1), pixels, exclusive
+    write_dataset("data/digits", sizes={"train": 5000, "val": 500, "test": 1000})
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
+SPLITS = ("train", "val", "test")
+CLASSES = [str(d) for d in range(10)]
+# Photos held out of training: seen only by val / test.
+VAL_BACKGROUNDS = ("aero3", "orange", "pic3")
+TEST_BACKGROUNDS = ("board", "building", "smarties", "starry_night")
+# Columns of the 50x100 digit sheet per split (each class has 5 rows, so 400 / 50 / 50 digits per class).
+SPLIT_COLUMNS = {"train": range(0, 80), "val": range(80, 90), "test": range(90, 100)}
+
+
+@dataclass(frozen=True)
+class Composition:
+    """How a digit is drawn. Sizes are the digit's ink height in pixels at the output size."""
+    size: int = 224
+    min_digit: float = 44.0
+    max_digit: float = 100.0
+    max_rotation: float = 15.0
+    min_contrast: float = 0.7
+
+
+def _imread(path: str, flags: int):
+    import cv2
+    img = cv2.imread(path, flags)
+    if img is None:
+        raise FileNotFoundError(f"cannot read demo asset {path}")
+    return img
+
+
+def _load_digits() -> np.ndarray:
+    """[10, 5, 100, 20, 20] uint8: class, row within the class, column, pixels."""
+    import cv2
+    sheet = _imread(os.path.join(ASSETS, "digits.png"), cv2.IMREAD_GRAYSCALE)
+    if sheet.shape != (1000, 2000):
+        raise ValueError(f"digits.png: expected a 1000x2000 sheet, got {sheet.shape}")
+    return sheet.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(10, 5, 100, 20, 20)
+
+
+def _background_names(split: str) -> List[str]:
+    names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(ASSETS, "backgrounds")))
+    held = {"val": VAL_BACKGROUNDS, "test": TEST_BACKGROUNDS}
+    if split == "train":
+        return [n for n in names if n not in VAL_BACKGROUNDS + TEST_BACKGROUNDS]
+    return [n for n in names if n in held[split]]
+
+
+class DigitsInClutter:
+    """Deterministic generator of one split. `clutter` in [0, 1] scales the photo's brightness
+    (0 = black background, the curriculum's start; 1 = the real task)."""
+
+    def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition()):
+        import cv2
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split, self.seed, self.comp = split, int(seed), composition
+        digits = _load_digits()
+        cols = list(SPLIT_COLUMNS[split])
+        self.digits = digits[:, :, cols].reshape(10, -1, 20, 20)  # [10, 5 * len(cols), 20, 20]
+        self.backgrounds = [_imread(os.path.join(ASSETS, "backgrounds", n + ".jpg"), cv2.IMREAD_COLOR)
+                            for n in _background_names(split)]
+        self.background_names = _background_names(split)
+        if not self.backgrounds:
+            raise FileNotFoundError(f"no background photos for split {split!r} under {ASSETS}")
+
+    def __len__(self) -> int:
+        """Distinct digits in this split (images are unlimited: index any non-negative integer)."""
+        return self.digits.shape[0] * self.digits.shape[1]
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
+
+    def _background(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        import cv2
+        bg = self.backgrounds[rng.integers(len(self.backgrounds))]
+        h, w = bg.shape[:2]
+        side = int(rng.uniform(0.45, 1.0) * min(h, w))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = cv2.resize(bg[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
+
+    def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
+        """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""
+        import cv2
+        if not 0.0 <= clutter <= 1.0:
+            raise ValueError(f"clutter must be in [0, 1], got {clutter}")
+        c, rng = self.comp, self._rng(index)
+        label = int(rng.integers(10))
+        glyph = self.digits[label, rng.integers(self.digits.shape[1])].astype(np.float32) / 255.0
+        bg = self._background(rng, c.size) * clutter
+        # Scale so the ink (not the 20x20 cell) is `height` pixels tall, rotate, place fully inside.
+        rows = np.nonzero(glyph.max(1) > 0.2)[0]
+        ink_h = max(1, rows[-1] - rows[0] + 1) if rows.size else 20
+        height = rng.uniform(c.min_digit, c.max_digit)
+        scale = height / ink_h
+        angle = rng.uniform(-c.max_rotation, c.max_rotation)
+        m = cv2.getRotationMatrix2D((10.0, 10.0), angle, scale)
+        ys, xs = np.nonzero(glyph > 0.2)
+        pts = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float32) @ m.T  # ink pixels, mapped
+        lo, hi = pts.min(0) - scale, pts.max(0) + scale
+        span = hi - lo
+        shift = np.array([rng.uniform(0, c.size - span[0]), rng.uniform(0, c.size - span[1])]) - lo
+        m[:, 2] += shift
+        alpha = cv2.warpAffine(glyph, m, (c.size, c.size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+        alpha = np.clip(alpha, 0.0, 1.0)
+        # Ink contrasts with the background under it: light ink on dark ground, dark on light.
+        mask = alpha > 0.2
+        under = bg[mask].mean() if mask.any() else 0.0
+        contrast = rng.uniform(c.min_contrast, 1.0)
+        tint = rng.uniform(0.0, 80.0, 3).astype(np.float32)
+        ink = (255.0 - tint) if under < 128 else tint
+        a = (alpha * np.float32(contrast))[..., None]
+        img = bg * (1 - a) + ink * a + rng.integers(-4, 5, bg.shape, dtype=np.int16)  # sensor-like noise
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        ys, xs = np.nonzero(mask)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        return img, label, box
+
+    def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None):
+        """(uint8 [B, size, size, 3], labels [B] int64, boxes [B, 4]) for `indices`, optionally resized."""
+        import cv2
+        clutters = [clutter] * len(indices) if np.isscalar(clutter) else list(clutter)
+        imgs, labels, boxes = [], [], []
+        for i, cl in zip(indices, clutters):
+            img, y, box = self.sample(i, float(cl))
+            if size is not None and size != img.shape[0]:
+                s = size / img.shape[0]
+                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+                box = tuple(int(round(v * s)) for v in box)
+            imgs.append(img)
+            labels.append(y)
+            boxes.append(box)
+        return np.stack(imgs), np.asarray(labels, np.int64), np.asarray(boxes, np.int64)
+
+
+def write_dataset(root: str, sizes: Dict[str, int] = None, seed: int = 0, clutter: float = 1.0,
+                  progress: bool = True) -> Dict[str, int]:
+    """Write ImageFolder splits `root/{split}/{digit}/{index:06d}.png` and `root/boxes.json`
+    ({"split/digit/index.png": [x0, y0, x1, y1]}). Returns the image count per split."""
+    import cv2
+    sizes = dict(sizes or {"train": 5000, "val": 500, "test": 1000})
+    unknown = set(sizes) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; splits are {SPLITS}")
+    boxes: Dict[str, List[int]] = {}
+    for split, n in sizes.items():
+        if n < 0:
+            raise ValueError(f"{split}: image count must be >= 0, got {n}")
+        gen = DigitsInClutter(split, seed=seed)
+        for d in CLASSES:
+            os.makedirs(os.path.join(root, split, d), exist_ok=True)
+        it = range(n)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=split, dynamic_ncols=True)
+        for i in it:
+            img, label, box = gen.sample(i, clutter)
+            rel = f"{split}/{label}/{i:06d}.png"
+            if not cv2.imwrite(os.path.join(root, rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"cannot write {os.path.join(root, rel)}")
+            boxes[rel] = list(box)
+    with open(os.path.join(root, "boxes.json"), "w") as f:
+        json.dump({"seed": seed, "clutter": clutter, "boxes": boxes}, f)
+    return sizes
+
+
+def read_boxes(root: str) -> Dict[str, Tuple[int, int, int, int]]:
+    """The boxes written by `write_dataset`, keyed by path relative to `root`."""
+    path = os.path.join(root, "boxes.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no boxes file (write the dataset with `iared-edge make-digits`)")
+    with open(path) as f:
+        return {k: tuple(v) for k, v in json.load(f)["boxes"].items()}

@@ -1,0 +1,262 @@
+"""Train the bundled demo model on digits in clutter, on a CPU, resumably.
+
+    python -m iared_edge.demo.train --out runs/demo            # all phases, resumes where it stopped
+    python -m iared_edge.demo.train --out runs/demo --phase interpreters
+
+Phases (each resumes from its own checkpoint in --out; the log is --out/log.jsonl):
+  1. `small`: the backbone at 112 px (7x7 patches, 4x cheaper). Digits are taught on black
+     backgrounds first, then the photos fade in (a ViT learning from scratch does not find the
+     digit in full clutter; see docs/demo.md).
+  2. `full`: the same weights at 224 px (position embeddings interpolated), full clutter.
+  3. `interpreters`: IA-RED² interpreters initialised from attention (training-free start), then
+     REINFORCE stage by stage with the backbone frozen (iared_edge.train.train_interpreters).
+  4. `export`: the fp16 safetensors the package ships (iared_edge/assets/demo/).
+Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .digits import CLASSES, DigitsInClutter
+
+MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
+
+
+@dataclass
+class Schedule:
+    batch: int = 64
+    small_steps: int = 3000
+    small_black: int = 500         # steps on black backgrounds only
+    small_fade: int = 1000         # then the photos fade in over this many steps
+    full_steps: int = 600
+    lr: float = 1e-3
+    full_lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    interp_steps_per_stage: int = 150
+    interp_lr: float = 1e-3
+    interp_penalty: float = 1.0
+    seed: int = 0
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] RGB -> normalised float [B, 3, H, W]."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - MEAN) / STD
+
+
+def clutter_at(step: int, s: Schedule) -> float:
+    if step < s.small_black:
+        return 0.0
+    return min(1.0, (step - s.small_black) / max(1, s.small_fade))
+
+
+def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
+            prefetch: int = 3) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, images, labels) from `start` on, generated on a background thread. Batch `step`
+    holds images step*batch .. (step+1)*batch-1 of the split, so a resumed run sees the same data.
+    A quarter of each batch gets a random lighter clutter, so the easy case is never forgotten."""
+    gen = DigitsInClutter(split, seed=seed)
+    q: "queue.Queue" = queue.Queue(prefetch)
+    stop = threading.Event()
+
+    def work():
+        step = start
+        while not stop.is_set():
+            f = clutter_fn(step)
+            rng = np.random.default_rng([seed, 7, step])
+            cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, f, batch), f)
+            imgs, labels, _ = gen.batch(range(step * batch, (step + 1) * batch), cl, size=size)
+            q.put((step, to_input(imgs), torch.from_numpy(labels)))
+            step += 1
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            yield q.get()
+    finally:
+        stop.set()
+
+
+def fixed_set(split: str, n: int, size: int, seed: int, clutter: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    imgs, labels, _ = DigitsInClutter(split, seed=seed).batch(range(n), clutter, size=size)
+    return to_input(imgs), torch.from_numpy(labels)
+
+
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, bs: int = 128) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), bs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            correct += (model(x[i:i + bs]).argmax(-1) == y[i:i + bs]).sum().item()
+    return correct / len(x)
+
+
+def _log(out: str, record: Dict) -> None:
+    print(json.dumps(record), flush=True)
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save(path: str, state: Dict) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, torch.Tensor]] = None):
+    """Supervised training of the plain backbone for one phase ("small" or "full"); resumable."""
+    import timm
+    size, steps, lr = (112, s.small_steps, s.lr) if phase == "small" else (224, s.full_steps, s.full_lr)
+    clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
+    ckpt = os.path.join(out, f"{phase}.pt")
+    torch.manual_seed(s.seed)
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    start = 0
+    if os.path.exists(ckpt):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        print(f"[{phase}] resumed at step {start}", flush=True)
+    elif init is not None:
+        model.load_state_dict(init)
+    if start >= steps:
+        return model
+    val_x, val_y = fixed_set("val", 500, size, s.seed)
+    t0 = time.time()
+    losses = []
+    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed):
+        if step >= steps:
+            break
+        cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y, label_smoothing=s.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        done = step + 1
+        if done % 50 == 0 or done == steps:
+            rec = {"phase": phase, "step": done, "loss": float(np.mean(losses)), "lr": cur,
+                   "clutter": clutter_fn(step), "s_per_step": (time.time() - t0) / len(losses)}
+            if done % 250 == 0 or done == steps:
+                rec["val_acc"] = accuracy(model, val_x, val_y)
+            _log(out, rec)
+            losses, t0 = [], time.time()
+        if done % 100 == 0 or done == steps:
+            _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+                         "schedule": asdict(s)})
+    return model
+
+
+def grow_to_224(small_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The 112 px weights for the 224 px model: position embeddings resampled 7x7 -> 14x14."""
+    from timm.layers import resample_abs_pos_embed
+    state = dict(small_state)
+    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=(14, 14), num_prefix_tokens=1)
+    return state
+
+
+def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000):
+    """An endless loader of full-clutter 224 px batches for train_interpreters (fresh images,
+    disjoint from the backbone's by index)."""
+    for _, x, y in batches(split, start, batch, 224, lambda step: 1.0, seed):
+        yield x, y
+
+
+class _Cycle:
+    def __init__(self, x, y, bs):
+        self.x, self.y, self.bs = x, y, bs
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.bs):
+            yield self.x[i:i + self.bs], self.y[i:i + self.bs]
+
+
+def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Tensor]):
+    from ..model import IARedViT
+    from ..train import ReinforceConfig, evaluate, train_interpreters
+    import timm
+    torch.manual_seed(s.seed)
+    vit = timm.create_model("iared_digits_tiny")
+    vit.load_state_dict(backbone)
+    model = IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",
+                     timm_kwargs={"num_classes": 10})
+    val_x, val_y = fixed_set("val", 256, 224, s.seed)
+    val = _Cycle(val_x, val_y, 64)
+    start = evaluate(model, val, policy="threshold")
+    _log(out, {"phase": "interpreters", "step": 0, "training_free": True,
+               **{f"val_{k}": v for k, v in start.items()}, "val_acc_all": evaluate(model, val, policy="all")["accuracy"]})
+    history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed), val,
+                                 steps_per_stage=s.interp_steps_per_stage, lr=s.interp_lr,
+                                 config=ReinforceConfig(penalty=s.interp_penalty),
+                                 checkpoint=os.path.join(out, "interpreters.pt"), save_every=25, val_every=50,
+                                 amp=torch.bfloat16, seed=s.seed, progress=False)
+    with open(os.path.join(out, "interpreters_history.json"), "w") as f:
+        json.dump(history, f)
+    return model
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--phase", choices=["all", "small", "full", "interpreters", "export"], default="all")
+    ap.add_argument("--export-to", default=None, help="where to write the fp16 model (default: the package's asset)")
+    for k, v in asdict(Schedule()).items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+    args = ap.parse_args(argv)
+    s = Schedule(**{k: getattr(args, k) for k in asdict(Schedule())})
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    phases = ["small", "full", "interpreters", "export"] if args.phase == "all" else [args.phase]
+
+    def load(name):
+        path = os.path.join(args.out, f"{name}.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: run phase {name!r} first")
+        return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+    model = None
+    for phase in phases:
+        if phase == "small":
+            train_backbone(args.out, "small", s)
+        elif phase == "full":
+            train_backbone(args.out, "full", s, init=grow_to_224(load("small")))
+        elif phase == "interpreters":
+            model = train_interpreters_phase(args.out, s, load("full"))
+        elif phase == "export":
+            if model is None:
+                model = train_interpreters_phase(args.out, s, load("full"))  # resumes: already done
+            from ..checkpoint import save_model
+            from . import DEMO_MODEL
+            dest = args.export_to or DEMO_MODEL
+            save_model(model, dest, dtype=torch.float16)
+            print(f"wrote {dest} ({os.path.getsize(dest) / 1e6:.1f} MB)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The demo task's generator, the heatmap methods and metrics, and the `make-digits` / `eval` CLI."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from iared_edge import IARedViT, save_model
+from iared_edge.cli import main as cli
+from iared_edge.demo import DigitsInClutter, read_boxes, write_dataset
+from iared_edge.demo.digits import SPLIT_COLUMNS
+from iared_edge import explain
+
+
+def test_generator_is_deterministic_and_seeded():
+    a, b = DigitsInClutter("train", seed=3), DigitsInClutter("train", seed=3)
+    for i in (0, 17, 123456):
+        ia, la, ba = a.sample(i, 0.7)
+        ib, lb, bb = b.sample(i, 0.7)
+        assert np.array_equal(ia, ib) and la == lb and ba == bb
+    other = DigitsInClutter("train", seed=4).sample(0, 0.7)[0]
+    assert not np.array_equal(a.sample(0, 0.7)[0], other)
+    img, label, box = a.sample(5)
+    assert img.shape == (224, 224, 3) and img.dtype == np.uint8 and 0 <= label <= 9
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_boxes_are_tight_around_the_ink(split):
+    """On a black background (clutter 0) the ink is the only bright thing: every clearly bright
+    pixel lies in the box, and each edge of the box touches ink."""
+    gen = DigitsInClutter(split, seed=1)
+    for i in range(40):
+        img, _, (x0, y0, x1, y1) = gen.sample(i, clutter=0.0)
+        v = img.max(2).astype(int)
+        assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+        ys, xs = np.nonzero(v > 0.2 * 255 + 5)          # alpha > 0.2 at full contrast, plus noise
+        assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+        ink = v > 0.2 * 0.7 * 175 - 5                     # the faintest ink the generator draws
+        assert ink[y0:y1, x0].any() and ink[y0:y1, x1 - 1].any() and ink[y0, x0:x1].any() and ink[y1 - 1, x0:x1].any()
+        assert (x1 - x0) * (y1 - y0) < 0.25 * 224 * 224   # most patches are background
+
+
+def test_splits_share_no_digits_or_photos():
+    train, test = DigitsInClutter("train"), DigitsInClutter("test")
+    assert not set(SPLIT_COLUMNS["train"]) & set(SPLIT_COLUMNS["test"])
+    assert not set(train.background_names) & set(test.background_names)
+    flat = lambda g: {d.tobytes() for d in g.digits.reshape(-1, 400)}
+    assert not flat(train) & flat(test)
+    assert len(train) == 4000 and len(test) == 500
+
+
+def test_generator_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        DigitsInClutter("holdout")
+    with pytest.raises(ValueError, match="clutter"):
+        DigitsInClutter("val").sample(0, clutter=1.5)
+
+
+def test_write_dataset_matches_the_generator(tmp_path):
+    write_dataset(str(tmp_path), sizes={"val": 6, "test": 5}, seed=2, progress=False)
+    boxes = read_boxes(str(tmp_path))
+    assert len(boxes) == 11
+    gen = DigitsInClutter("test", seed=2)
+    for i in range(5):
+        img, label, box = gen.sample(i)
+        rel = f"test/{label}/{i:06d}.png"
+        assert boxes[rel] == box
+        on_disk = cv2.cvtColor(cv2.imread(str(tmp_path / rel)), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(on_disk, img)  # PNG is lossless
+
+
+def test_box_overlap_against_a_pixel_loop():
+    box = (13.0, 40.5, 70.0, 47.0)
+    ov = explain.box_overlap(box, (14, 14), (16, 16))
+    px = np.zeros((224, 224))
+    px[41:47, 13:70] = 1.0      # pixel centres inside the box
+    px[40, 13:70] = 0.5          # half-covered row
+    ref = px.reshape(14, 16, 14, 16).mean((1, 3))
+    assert np.allclose(ov.numpy(), ref)
+    heat = torch.zeros(14, 14)
+    heat[2, 1] = 1.0             # a patch the box crosses
+    assert explain.pointing_hit(heat, ov) and explain.energy_in_box(heat, ov) == pytest.approx(ov[2, 1].item())
+    heat = torch.zeros(14, 14)
+    heat[10, 10] = 1.0
+    assert not explain.pointing_hit(heat, ov) and explain.energy_in_box(heat, ov) == 0.0
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return IARedViT.from_timm("iared_digits_tiny", depth=3, groups=(1, 1, 1), labels=[str(d) for d in range(10)]).eval()
+
+
+def test_attention_maps_match_timm(small_model):
+    """Our attention capture equals the softmax timm's own (unfused) attention computes."""
+    vit = small_model.vit
+    x = torch.randn(2, 3, 224, 224)
+    captured = []
+    hooks = []
+    for blk in vit.blocks:
+        blk.attn.fused_attn = False
+        hooks.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(o)))
+    with torch.no_grad():
+        vit(x)
+    for h in hooks:
+        h.remove()
+    for blk in vit.blocks:
+        blk.attn.fused_attn = True
+    ours = explain.attention_maps(small_model, x)
+    assert len(ours) == len(captured)
+    for a, b in zip(ours, captured):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_rollout_against_float64_loop(small_model):
+    x = torch.randn(1, 3, 224, 224)
+    maps = [a[0].double().mean(0) for a in explain.attention_maps(small_model, x)]
+    L = maps[0].shape[0]
+    joint = np.eye(L)
+    for a in maps:
+        a = 0.5 * a.numpy() + 0.5 * np.eye(L)
+        joint = (a / a.sum(1, keepdims=True)) @ joint
+    ref = joint[0, 1:].reshape(14, 14)
+    assert np.allclose(explain.rollout_heatmap(small_model, x)[0].numpy(), ref, atol=1e-5)
+
+
+def test_gradcam_and_interpreter_heatmaps_have_the_grid_shape(small_model):
+    x = torch.randn(2, 3, 224, 224)
+    for name, fn in explain.HEATMAPS.items():
+        h = fn(small_model, x)
+        assert h.shape == (2, 14, 14) and torch.isfinite(h).all() and (h >= 0).all(), name
+    with pytest.raises(ValueError, match="images must be"):
+        explain.rollout_heatmap(small_model, torch.randn(2, 3, 112, 112))
+
+
+def test_deletion_insertion_endpoints(small_model):
+    x = torch.randn(3, 224, 224)
+    heat = torch.rand(14, 14)
+    d, ins = explain.deletion_insertion(small_model, x, heat, label=3, steps=7)
+    with torch.no_grad():
+        p = small_model(x[None], policy="all").logits.softmax(-1)[0, 3].item()
+        pb = small_model(explain._blur(x[None]), policy="all").logits.softmax(-1)[0, 3].item()
+    assert d.shape == ins.shape == (8,)
+    assert d[0] == pytest.approx(p, abs=1e-5) and ins[-1] == pytest.approx(p, abs=1e-5)
+    assert d[-1] == pytest.approx(pb, abs=1e-5) and ins[0] == pytest.approx(pb, abs=1e-5)
+    assert explain.auc(np.array([0.0, 1.0])) == 0.5
+
+
+def test_map_box_follows_the_preprocessing_crop():
+    # 300 x 200 (h x w) image, 224 input, crop_pct 0.875: short side to 256, centre crop.
+    x0, y0, x1, y1 = explain.map_box((0, 150, 200, 300), (300, 200), (224, 224), 0.875)
+    assert x0 == pytest.approx(-16) and x1 == pytest.approx(240)
+    assert y1 == pytest.approx(384 - (384 - 224) // 2)
+
+
+def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
+    data, model_path = tmp_path / "d", tmp_path / "m.safetensors"
+    assert cli(["make-digits", "--out", str(data), "--train", "0", "--val", "0", "--test", "12", "--quiet"]) == 0
+    save_model(small_model, str(model_path))
+    out = tmp_path / "report"
+    assert cli(["eval", "--model", str(model_path), "--data", str(data), "--curve-images", "2",
+                "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["images"] == 12 and set(summary["methods"]) == set(explain.METHODS)
+    assert os.path.getsize(str(out) + ".png") > 1000
+    assert "pointing game" in capsys.readouterr().out
+    assert cli(["eval", "--model", str(model_path), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "boxes" in capsys.readouterr().err

@@ -68,6 +68,26 @@ def _background_names(split: str) -> List[str]:
     return [n for n in names if n in held[split]]
 
 
+def draw_digit(bg: np.ndarray, glyph: np.ndarray, matrix: np.ndarray, contrast: float,
+               tint: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """Blend `glyph` ([20, 20] ink in [0, 1]) warped by the 2x3 `matrix` onto `bg` (float32 RGB).
+    The ink contrasts with the ground under it: light (255 - tint) on dark, dark (tint) on light.
+    Returns the float image and the ink's box (x0, y0, x1, y1), exclusive; the box is empty
+    (0, 0, 0, 0) when the digit falls outside the image."""
+    import cv2
+    h, w = bg.shape[:2]
+    alpha = np.clip(cv2.warpAffine(glyph, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0), 0.0, 1.0)
+    mask = alpha > 0.2
+    if not mask.any():
+        return bg.copy(), (0, 0, 0, 0)
+    under = bg[mask].mean()
+    ink = (255.0 - tint) if under < 128 else tint
+    a = (alpha * np.float32(contrast))[..., None]
+    img = bg * (1 - a) + ink.astype(np.float32) * a
+    ys, xs = np.nonzero(mask)
+    return img, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
 class DigitsInClutter:
     """Deterministic generator of one split. `clutter` in [0, 1] scales the photo's brightness
     (0 = black background, the curriculum's start; 1 = the real task)."""
@@ -126,19 +146,11 @@ class DigitsInClutter:
         span = hi - lo
         shift = np.array([rng.uniform(0, c.size - span[0]), rng.uniform(0, c.size - span[1])]) - lo
         m[:, 2] += shift
-        alpha = cv2.warpAffine(glyph, m, (c.size, c.size), flags=cv2.INTER_LINEAR, borderValue=0.0)
-        alpha = np.clip(alpha, 0.0, 1.0)
-        # Ink contrasts with the background under it: light ink on dark ground, dark on light.
-        mask = alpha > 0.2
-        under = bg[mask].mean() if mask.any() else 0.0
         contrast = rng.uniform(c.min_contrast, 1.0)
         tint = rng.uniform(0.0, 80.0, 3).astype(np.float32)
-        ink = (255.0 - tint) if under < 128 else tint
-        a = (alpha * np.float32(contrast))[..., None]
-        img = bg * (1 - a) + ink * a + rng.integers(-4, 5, bg.shape, dtype=np.int16)  # sensor-like noise
+        img, box = draw_digit(bg, glyph, m, contrast, tint)
+        img = img + rng.integers(-4, 5, bg.shape, dtype=np.int16)  # sensor-like noise
         img = np.clip(img, 0, 255).astype(np.uint8)
-        ys, xs = np.nonzero(mask)
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         return img, label, box
 
     def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None):

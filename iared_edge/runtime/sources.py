@@ -71,6 +71,10 @@ class IterableSource:
 
 
 def open_source(source: Any):
+    """A source for `Runtime.stream`; "demo" is the bundled street clip with digits."""
+    if isinstance(source, str) and source == "demo":
+        from ..demo.clip import DEMO_CLIP
+        return CaptureSource(DEMO_CLIP)
     if isinstance(source, (int, str, os.PathLike)) and not isinstance(source, bool):
         return CaptureSource(source)
     if hasattr(source, "__iter__"):

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Live IA-RED² on a camera: label, heatmap and dropped patches on every frame.
+
+    python samples/webcam_explain.py                        # camera 0, or the bundled clip without one
+    python samples/webcam_explain.py --source demo --headless --output out.mp4
+    python samples/webcam_explain.py --model deit_small_patch16_224 --checkpoint deit_small.pth --source 0
+
+Keys: + / - change the latency budget (start with --budget-ms), h heatmap on/off, m kept-patch mask
+on/off, q quit. Headless (--headless, or when there is no display) it writes the annotated video and
+OUTPUT.json: per frame the label, confidence, keep ratio and latency, and the Runtime's stats.
+
+The whole of a camera app, without the drawing:
+
+    from iared_edge import Runtime
+    with Runtime("demo", budget_ms=30) as rt:
+        for frame, res in rt.stream(0):
+            print(res.label, res.score, res.keep_ratio, res.latency_ms)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # no V4L2 warnings while probing for a camera
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from iared_edge import Runtime  # noqa: E402
+from iared_edge.checkpoint import resolve_model  # noqa: E402
+from iared_edge.preprocess import overlay  # noqa: E402
+
+
+def pick_source(arg: str):
+    """"auto": camera 0 when one opens, else the bundled clip; digits: a camera index."""
+    if arg == "auto":
+        cap = cv2.VideoCapture(0)
+        ok = cap.isOpened()
+        cap.release()
+        if not ok:
+            print("no camera found: playing the bundled demo clip (street footage with digits)")
+        return 0 if ok else "demo"
+    return int(arg) if arg.isdigit() else arg
+
+
+def _text(img, text, org, scale, color=(255, 255, 255)):
+    """Text with a dark outline, legible on any background."""
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), max(2, int(4 * scale)), cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(1.6 * scale)), cv2.LINE_AA)
+
+
+def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool = True, show_mask: bool = True,
+             min_side: int = 560, keys: bool = False) -> np.ndarray:
+    """The frame (enlarged to `min_side`) with the heatmap blended in, dropped patches dimmed,
+    and a text panel: label and confidence, fps, latency against the budget, keep per stage."""
+    rgb = frame_bgr[..., ::-1]
+    heat = res.heatmap if show_heat else np.zeros_like(res.heatmap)
+    kept = res.stage_masks[-1] if show_mask else None
+    pic = overlay(np.ascontiguousarray(rgb), heat, kept, alpha=0.45 if show_heat else 0.0)[..., ::-1]
+    h, w = pic.shape[:2]
+    s = max(1.0, min_side / min(h, w))
+    pic = np.ascontiguousarray(cv2.resize(pic, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR))
+    W = pic.shape[1]
+    band = pic[:88]
+    band[:] = (band * 0.45).astype(np.uint8)  # darken behind the text
+    f = W / 640
+    _text(pic, f"{res.label}  {res.score:.0%}", (int(12 * f), int(36 * f)), 1.1 * f, (80, 255, 120))
+    lat = res.latency_ms["total"]
+    budget = f" / budget {budget_ms:.0f} ms" if budget_ms else ""
+    over = budget_ms is not None and lat > budget_ms
+    _text(pic, f"{fps:4.1f} fps   {lat:5.1f} ms{budget}", (int(230 * f), int(34 * f)), 0.65 * f,
+          (60, 60, 255) if over else (255, 255, 255))
+    stages = " / ".join(f"{k:.0%}" for k in res.stage_keep)
+    _text(pic, f"patches kept per stage: {stages}", (int(12 * f), int(72 * f)), 0.6 * f)
+    if keys:
+        _text(pic, "+/- budget  h heatmap  m mask  q quit", (int(12 * f), pic.shape[0] - int(12 * f)), 0.5 * f)
+    return pic
+
+
+def has_display() -> bool:
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        return False
+    try:
+        cv2.namedWindow("iared-edge")
+        return True
+    except cv2.error:  # opencv-python-headless has no GUI
+        return False
+
+
+def load_truth(source):
+    if source != "demo":
+        return None
+    from iared_edge.demo.clip import DEMO_CLIP
+    path = os.path.splitext(DEMO_CLIP)[0] + ".json"
+    with open(path) as f:
+        return [r["label"] for r in json.load(f)["frames"]]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", default="auto", help='camera index, video file, URL, "demo" (bundled clip) or "auto"')
+    ap.add_argument("--model", default="demo", help='"demo" (bundled), a saved .safetensors, or a timm name')
+    ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
+    ap.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame (ms)")
+    ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
+    ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
+    ap.add_argument("--max-frames", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    headless = args.headless or not has_display()
+    if headless and not args.headless:
+        print("no display: running headless")
+    output = args.output or ("webcam_explain.mp4" if headless else None)
+    source = pick_source(args.source)
+    model = resolve_model(args.model, args.checkpoint)
+    truth = load_truth(source)
+    show_heat = show_mask = True
+    writer, frames, t_prev, fps = None, [], None, 0.0
+    with Runtime(model, budget_ms=args.budget_ms) as rt:
+        for frame, res in rt.stream(source):
+            now = time.perf_counter()
+            if t_prev is not None:
+                fps = 0.9 * fps + 0.1 / max(now - t_prev, 1e-6) if fps else 1.0 / max(now - t_prev, 1e-6)
+            t_prev = now
+            pic = annotate(frame, res, fps, rt.budget_ms, show_heat, show_mask, keys=not headless)
+            frames.append({"frame": res.frame_index, "label": res.label, "confidence": res.score,
+                           "keep_ratio": res.keep_ratio, "stage_keep": res.stage_keep,
+                           "latency_ms": res.latency_ms, "keep_level": res.keep_level})
+            if output:
+                if writer is None:
+                    writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, pic.shape[1::-1])
+                    if not writer.isOpened():
+                        raise SystemExit(f"cannot write {output}")
+                writer.write(pic)
+            if not headless:
+                cv2.imshow("iared-edge", pic)
+                key = cv2.waitKey(1) & 0xFF
+                if key == ord("q"):
+                    break
+                if key in (ord("+"), ord("="), ord("-")):
+                    if rt.budget_ms is None:
+                        print("start with --budget-ms to change the budget")
+                    else:
+                        rt.budget_ms = max(1.0, rt.budget_ms * (1.25 if key != ord("-") else 0.8))
+                if key == ord("h"):
+                    show_heat = not show_heat
+                if key == ord("m"):
+                    show_mask = not show_mask
+            if args.max_frames and len(frames) >= args.max_frames:
+                break
+        stats = rt.stats()
+    if writer is not None:
+        writer.release()
+    if not headless:
+        cv2.destroyAllWindows()
+    summary = {"source": str(source), "model": args.model, "budget_ms": args.budget_ms, "frames": frames, "stats": stats}
+    if truth is not None and frames:
+        hits = [f["label"] == str(truth[f["frame"]]) for f in frames if f["frame"] < len(truth)]
+        summary["clip_accuracy"] = sum(hits) / len(hits)
+    lat = stats["latency_ms"]
+    print(f"{stats['frames']} frames, {stats['fps']:.1f} fps, latency p50 {lat['p50']:.1f} ms p95 {lat['p95']:.1f} ms, "
+          f"mean keep {stats['mean_keep_ratio']:.0%}"
+          + (f", accuracy on the clip {summary['clip_accuracy']:.0%}" if "clip_accuracy" in summary else ""))
+    if output:
+        with open(os.path.splitext(output)[0] + ".json", "w") as f:
+            json.dump(summary, f, indent=1)
+        print(f"wrote {output} and {os.path.splitext(output)[0]}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -168,3 +168,46 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
     assert "pointing game" in capsys.readouterr().out
     assert cli(["eval", "--model", str(model_path), "--data", str(tmp_path / "nowhere")]) == 2
     assert "boxes" in capsys.readouterr().err
+
+
+def _run_sample(args):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("webcam_explain", os.path.join(
+        os.path.dirname(__file__), "..", "samples", "webcam_explain.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(args)
+
+
+def test_sample_runs_headless_on_the_bundled_clip(tmp_path, small_model, capsys):
+    model_path = tmp_path / "m.safetensors"
+    save_model(small_model, str(model_path))
+    out = tmp_path / "annotated.mp4"
+    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "4",
+                        "--output", str(out), "--budget-ms", "500"]) == 0
+    summary = json.loads((tmp_path / "annotated.json").read_text())
+    assert len(summary["frames"]) == 4 and summary["stats"]["frames"] == 4
+    assert {"label", "confidence", "keep_ratio", "latency_ms"} <= set(summary["frames"][0])
+    assert 0.0 <= summary["clip_accuracy"] <= 1.0
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 4
+
+
+def test_shipped_demo_model_meets_the_smoke_check():
+    """The bundled fp16 model: loads, is small, and reads >= 90% of 100 fixed held-out test
+    images with policy "threshold" through the users' preprocessing path."""
+    from iared_edge import load_model
+    from iared_edge.demo import DEMO_MODEL
+    from iared_edge.preprocess import model_input
+    assert os.path.getsize(DEMO_MODEL) <= 12 * 2 ** 20
+    model = load_model(DEMO_MODEL)
+    imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(100))
+    x = torch.cat([model_input(model, im) for im in imgs])
+    with torch.no_grad():
+        out = model(x, policy="threshold")
+    acc = (out.logits.argmax(-1).numpy() == labels).mean()
+    assert acc >= 0.90, acc
+    assert out.keep_ratio.mean().item() < 0.9  # it does drop tokens

@@ -79,8 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.datasets import ImageFolder
 
     from .checkpoint import save_model
-    from .train import ReinforceConfig, train_interpreters
+    from .train import ReinforceConfig, finetune_backbone, train_interpreters
+    from .train import distributed as dist
 
+    device = dist.setup(args.device)  # joins the process group under torchrun
     model = resolve_model(args.model, args.checkpoint)
     cfg = dict(resolve_data_config({}, model=model.vit), input_size=model.input_size)
     for split in ("train", "val"):
@@ -91,21 +93,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model.vit.num_classes != len(train.classes):
         raise ValueError(f"the model has {model.vit.num_classes} classes, {args.data}/train has {len(train.classes)}")
     model.labels = list(train.classes)
-    loader = torch.utils.data.DataLoader(train, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
+    sampler = (torch.utils.data.DistributedSampler(train, seed=args.seed, drop_last=True)
+               if dist.world_size() > 1 else None)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch, shuffle=sampler is None, sampler=sampler,
+                                         num_workers=args.workers, drop_last=True)
     val_loader = torch.utils.data.DataLoader(val, batch_size=args.batch, num_workers=args.workers)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     history = train_interpreters(model, loader, val_loader, steps_per_stage=args.steps, lr=args.lr,
                                  config=ReinforceConfig(penalty=args.penalty),
                                  checkpoint=os.path.join(args.out_dir, "interpreters.pt"),
                                  val_every=args.val_every, device=device, amp=amp, seed=args.seed)
-    save_model(model.cpu(), os.path.join(args.out_dir, "model.safetensors"))
-    with open(os.path.join(args.out_dir, "history.json"), "w") as f:
-        json.dump(history, f)
-    last = [h for h in history if "val_accuracy" in h][-1]
-    print(f"done: val accuracy {last['val_accuracy']:.2%}, keep per stage "
-          + "/".join(f"{last[f'val_keep{s + 1}']:.2f}" for s in range(model.num_stages))
-          + f"; saved {args.out_dir}/model.safetensors")
+    if args.finetune_steps:
+        history += finetune_backbone(model, loader, val_loader, steps=args.finetune_steps, lr=args.finetune_lr,
+                                     alpha=args.alpha, checkpoint=os.path.join(args.out_dir, "finetune.pt"),
+                                     val_every=args.val_every, device=device, amp=amp, seed=args.seed)
+    if dist.is_main():
+        save_model(model.cpu(), os.path.join(args.out_dir, "model.safetensors"))
+        with open(os.path.join(args.out_dir, "history.json"), "w") as f:
+            json.dump(history, f)
+        last = [h for h in history if "val_accuracy" in h][-1]
+        print(f"done: val accuracy {last['val_accuracy']:.2%}, keep per stage "
+              + "/".join(f"{last[f'val_keep{s + 1}']:.2f}" for s in range(model.num_stages))
+              + f"; saved {args.out_dir}/model.safetensors")
+    dist.cleanup()
     return 0
 
 
@@ -184,7 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--batch", type=int, default=16)
     c.add_argument("--out", help="where to save (default: the model file itself, or calibrated.safetensors)")
     c.set_defaults(func=cmd_calibrate)
-    t = sub.add_parser("train", help="train the interpreters with REINFORCE on ImageFolder data (backbone frozen)")
+    t = sub.add_parser("train", help="train the interpreters with REINFORCE on ImageFolder data (backbone frozen), "
+                       "optionally fine-tune the backbone after; multi-GPU: torchrun --nproc_per_node N -m iared_edge.cli train ...")
     t.add_argument("--model", required=True, help="timm name or a saved .safetensors")
     t.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     t.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
@@ -193,6 +204,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--penalty", type=float, default=1.0, help="reward of a wrong prediction is -penalty")
+    t.add_argument("--finetune-steps", type=int, default=0,
+                   help="then fine-tune the backbone this many steps under the learned policy, distilling the full model")
+    t.add_argument("--finetune-lr", type=float, default=1e-5)
+    t.add_argument("--alpha", type=float, default=0.5, help="fine-tuning: weight of distillation vs the labels")
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--device", default="auto")

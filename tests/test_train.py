@@ -202,3 +202,57 @@ def test_train_cli_on_image_folders(tmp_path, capsys):
     trained = load_model(str(out / "model.safetensors"))
     assert trained.labels == ["a", "b"] and (out / "history.json").exists() and (out / "interpreters.pt").exists()
     assert main(["train", "--model", path, "--data", str(tmp_path / "nothing")]) == 2
+
+
+def test_distill_loss_against_float64():
+    from iared_edge.train import distill_loss
+    s, t = torch.randn(5, 7), torch.randn(5, 7)
+    y = torch.randint(0, 7, (5,))
+    tau, alpha = 2.0, 0.3
+    sd, td = s.double(), t.double()
+    pt = (td / tau).softmax(-1)
+    kl = (pt * (pt.log() - (sd / tau).log_softmax(-1))).sum(-1).mean() * tau ** 2
+    ce = -sd.log_softmax(-1)[torch.arange(5), y].mean()
+    assert distill_loss(s, t, y, alpha, tau).item() == pytest.approx((alpha * kl + (1 - alpha) * ce).item(), rel=1e-5)
+
+
+def test_finetune_recovers_accuracy_under_dropping_and_leaves_interpreters_alone(tmp_path):
+    from iared_edge.train import finetune_backbone
+    model = tiny_vit(5)
+    for interp in model.interpreters:  # make the policy drop about half the tokens
+        torch.nn.init.normal_(interp.qk.weight, std=0.5)
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        y = model(x, policy="all").logits.argmax(-1)   # the full model's answers
+        before = (model(x, policy="threshold").logits.argmax(-1) == y).float().mean().item()
+        keep = model(x, policy="threshold").keep_ratio.mean().item()
+    assert 0.05 < keep < 0.9 and before < 0.95
+    interp = {k: v.clone() for k, v in model.interpreters.state_dict().items()}
+    hist = finetune_backbone(model, [(x, y)], steps=30, lr=3e-3, alpha=0.5, progress=False,
+                             checkpoint=str(tmp_path / "ft.pt"), save_every=10)
+    with torch.no_grad():
+        after = (model(x, policy="threshold").logits.argmax(-1) == y).float().mean().item()
+    assert after >= before + 0.05 and hist[-1]["loss"] < hist[0]["loss"]
+    assert all(torch.equal(v, model.interpreters.state_dict()[k]) for k, v in interp.items())
+    assert torch.load(str(tmp_path / "ft.pt"), weights_only=True)["step"] == 30
+    with pytest.raises(ValueError, match="policy"):
+        finetune_backbone(model, [(x, y)], steps=1, policy="all")
+
+
+def test_torchrun_ddp_keeps_ranks_in_step(tmp_path):
+    """Two CPU processes under torchrun (Gloo): different data per rank, identical weights after
+    DDP's gradient averaging, and different from one process alone on rank 0's data."""
+    import subprocess
+    import sys
+    worker = os.path.join(os.path.dirname(__file__), "workers", "ddp_train.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          worker, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1 = (torch.load(str(tmp_path / f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for part in ("interpreters", "backbone"):
+        for k, v in r0[part].items():
+            assert torch.equal(v, r1[part][k]), (part, k)
+    start = tiny_vit(2)
+    assert not all(torch.equal(v, start.interpreters.state_dict()[k]) for k, v in r0["interpreters"].items())

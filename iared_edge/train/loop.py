@@ -17,7 +17,8 @@ from typing import Dict, Iterable, Iterator, List, Optional
 import numpy as np
 import torch
 
-from .reinforce import ReinforceConfig, freeze_backbone, reinforce_step
+from .distributed import is_main, wrap_ddp
+from .reinforce import PolicySampler, ReinforceConfig, freeze_backbone, reinforce_step
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +67,7 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
     model.to(device)
     params = freeze_backbone(model)
     optimizer = torch.optim.Adam(params, lr=lr)
+    sampler = wrap_ddp(PolicySampler(model), device)  # DDP only when launched by torchrun
     S = model.num_stages
     start, history = 0, []
     if checkpoint and os.path.exists(checkpoint):
@@ -76,7 +78,7 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
         torch.set_rng_state(state["rng"])
 
     def save(step: int) -> None:
-        if checkpoint:
+        if checkpoint and is_main():
             os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
             tmp = checkpoint + ".tmp"
             torch.save({"interpreters": model.interpreters.state_dict(), "optimizer": optimizer.state_dict(),
@@ -85,7 +87,7 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
 
     total = steps_per_stage * S
     bar = None
-    if progress:
+    if progress and is_main():
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, desc="interpreters", dynamic_ncols=True)
     batches = _batches(train_loader)
@@ -94,9 +96,9 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=amp, enabled=amp is not None):
-            log = reinforce_step(model, x, y, optimizer, stages, config)
+            log = reinforce_step(model, x, y, optimizer, stages, config, sampler=sampler)
         log.update(step=step + 1, stages=stages)
-        if val_loader is not None and ((step + 1) % val_every == 0 or step + 1 == total):
+        if val_loader is not None and is_main() and ((step + 1) % val_every == 0 or step + 1 == total):
             log.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
         history.append(log)
         if bar is not None:

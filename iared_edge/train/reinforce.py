@@ -46,9 +46,27 @@ def freeze_backbone(model) -> List[torch.nn.Parameter]:
     return params
 
 
+class PolicySampler(torch.nn.Module):
+    """REINFORCE's gradient-carrying forward as a module, so DistributedDataParallel can wrap it:
+    Bernoulli decisions at the first `stages` stages, every token kept after. Only the
+    log-probabilities carry a graph (the frozen backbone's logits are detached), so DDP sees
+    exactly the interpreters being trained."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, stages: int):
+        rest = ["all"] * (self.model.num_stages - stages)
+        out = self.model(images, policy=["sample"] * stages + rest, execution="masked")
+        return out.logits.detach(), out.keep_ratio, out.log_probs[:, :stages]
+
+
 def reinforce_step(model, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   stages: int, config: ReinforceConfig = ReinforceConfig()) -> Dict[str, float]:
-    """One policy-gradient step on the interpreters of the first `stages` stages."""
+                   stages: int, config: ReinforceConfig = ReinforceConfig(),
+                   sampler: Optional[torch.nn.Module] = None) -> Dict[str, float]:
+    """One policy-gradient step on the interpreters of the first `stages` stages. `sampler`: a
+    PolicySampler of `model` (wrapped in DistributedDataParallel under torchrun); default: one."""
     S = model.num_stages
     if not 1 <= stages <= S:
         raise ValueError(f"stages must be in 1..{S}, got {stages}")
@@ -57,12 +75,12 @@ def reinforce_step(model, images: torch.Tensor, labels: torch.Tensor, optimizer:
     rest = ["all"] * (S - stages)
     w = stage_weights(model, config)
     model.eval()  # no dropout / drop-path in the frozen backbone; the sampling is the exploration
-    out = model(images, policy=["sample"] * stages + rest, execution="masked")
+    logits, keep_ratio, log_probs = (sampler or PolicySampler(model))(images, stages)
     with torch.no_grad():
         greedy = model(images, policy=["threshold"] * stages + rest, execution="masked")
-        r = rewards(out.logits, labels, out.keep_ratio, w, config.penalty)
+        r = rewards(logits, labels, keep_ratio, w, config.penalty)
         baseline = rewards(greedy.logits, labels, greedy.keep_ratio, w, config.penalty)
-    loss = -((r - baseline) * out.log_probs[:, :stages].sum(1)).mean()
+    loss = -((r - baseline) * log_probs.sum(1)).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

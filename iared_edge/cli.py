@@ -120,11 +120,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    import json
+
+    from .export import export_onnx, export_onnx_counts, keep_counts_for
 
     model = resolve_model(args.model, args.checkpoint).eval()
     levels = [float(v) for v in args.keep_levels.split(",")]
     os.makedirs(args.out_dir, exist_ok=True)
+    if args.keep_counts_input:
+        path = os.path.join(args.out_dir, "keep_counts.onnx")
+        export_onnx_counts(model, path, opset=args.opset)
+        table = {f"{rho:.2f}": keep_counts_for(model, rho) for rho in levels}
+        with open(os.path.join(args.out_dir, "keep_levels.json"), "w") as f:
+            json.dump(table, f, indent=1)
+        print(f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch) and "
+              f"keep_levels.json: " + ", ".join(f"{k} -> {v}" for k, v in table.items()))
+        return 0
     for rho in levels:
         path = os.path.join(args.out_dir, f"keep{rho:.2f}.onnx")
         export_onnx(model, path, rho, opset=args.opset)
@@ -214,12 +225,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("export", help="export ONNX graphs of policy ratio, one file per keep level")
+    e = sub.add_parser("export", help="export ONNX graphs of policy ratio: one file per keep level, or one with the counts as input")
     e.add_argument("--model", required=True, help="timm name or a saved .safetensors")
     e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     e.add_argument("--format", choices=["onnx"], default="onnx")
     e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep ratios")
     e.add_argument("--out-dir", default="export")
+    e.add_argument("--keep-counts-input", action="store_true",
+                   help="one graph whose per-stage keep counts are an input (TensorRT >= 10), instead of one file per level")
     e.add_argument("--opset", type=int, default=17)
     e.set_defaults(func=cmd_export)
     d = sub.add_parser("make-digits", help="write the digits-in-clutter demo dataset (ImageFolder + boxes.json)")

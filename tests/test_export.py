@@ -81,3 +81,43 @@ def test_runtime_onnxruntime_backend_under_a_budget(model, tmp_path):
     results = [r for _, r in rt.stream(CLIP)]
     assert len(results) == 30 and all(r.keep_level == 1.0 for r in results[5:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep0.5000.onnx", "keep1.0000.onnx"]
+
+
+def test_keep_counts_input_graph_matches_pytorch_at_every_level(model, tmp_path, capsys):
+    from iared_edge.export import keep_counts_for
+    assert main(["export", "--model", "deit_tiny_patch16_224", "--keep-levels", "1.0,0.7,0.4", "--keep-counts-input",
+                 "--out-dir", str(tmp_path)]) == 0
+    path = str(tmp_path / "keep_counts.onnx")
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["images", "keep_counts"]
+    import json
+    table = json.loads((tmp_path / "keep_levels.json").read_text())
+    assert table["0.70"] == keep_counts_for(model, 0.7)
+    # the CLI exported a fresh random-weight model: export ours to compare against it
+    from iared_edge.export import export_onnx_counts
+    export_onnx_counts(model, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    for rho in (1.0, 0.7, (0.9, 0.5, 0.4)):
+        counts = np.asarray(keep_counts_for(model, rho), np.int64)
+        outs = sess.run(None, {"images": x.numpy(), "keep_counts": counts})
+        with torch.no_grad():
+            ref = model(x, policy="ratio", ratio=rho)
+        assert np.abs(outs[0] - ref.logits.numpy()).max() <= 1e-4
+        assert [o.shape[1] for o in outs[1:4]] == list(counts)
+
+
+def test_runtime_onnxruntime_counts_form_equals_levels_form(model, tmp_path):
+    import cv2
+    from iared_edge import Runtime
+    from test_runtime import CLIP
+    frame = cv2.VideoCapture(CLIP).read()[1]
+    with Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "a")) as a, \
+            Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "b"),
+                    onnx_form="counts") as b:
+        ra, rb = a(frame), b(frame)
+    assert ra.indices == rb.indices and np.allclose(ra.probs, rb.probs, atol=1e-6)
+    assert np.array_equal(ra.stage_masks, rb.stage_masks)
+    with pytest.raises(ValueError, match="form"):
+        Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_form="dynamic")

@@ -1,4 +1,4 @@
-"""Export for deployment: ONNX of policy "ratio" (static token counts)."""
-from .onnx import RatioGraph, export_onnx
+"""Export for deployment: ONNX of policy "ratio" (a graph per keep level, or keep counts as an input)."""
+from .onnx import CountsGraph, RatioGraph, export_onnx, export_onnx_counts, keep_counts_for
 
-__all__ = ["RatioGraph", "export_onnx"]
+__all__ = ["RatioGraph", "CountsGraph", "export_onnx", "export_onnx_counts", "keep_counts_for"]

@@ -1,7 +1,11 @@
-"""ONNX export of policy "ratio": static token counts, standard operators only (TopK, Gather).
+"""ONNX export of policy "ratio": standard operators only (TopK, Gather), two forms.
 
-Each keep level becomes one graph with its per-stage counts k_s = ceil(rho * n_{s-1}) fixed, so
-TensorRT versions that need a constant TopK K can build it. The batch axis is dynamic. Outputs:
+- One graph per keep level (`export_onnx`): the per-stage counts k_s = ceil(rho * n_{s-1}) are
+  constants, so TensorRT versions that need a constant TopK K (before 10) can build it.
+- One graph with the counts as an input (`export_onnx_counts`): `keep_counts` int64 [S] feeds
+  TopK's K directly (TensorRT 10 accepts a K that is a shape input); `keep_counts_for(model, rho)`
+  gives the counts of a keep level.
+The batch axis is dynamic. Outputs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
 heatmap [B, gh, gw] (the mean over stages of each patch's keep probability, 0 once dropped).
 Attention is permutation-equivariant, so kept tokens need not be re-sorted.
@@ -52,6 +56,71 @@ class RatioGraph(nn.Module):
                 x = blk(x)
         logits = m._head(x[:, :P])
         return (logits, *kept, (heat / m.num_stages).view(B, *m.grid_size))
+
+
+class _TopKIndices(torch.autograd.Function):
+    """topk(x, k, dim=1).indices with k a tensor; exported as ONNX TopK with K as an input."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.topk(x, int(k), dim=1).indices
+
+    @staticmethod
+    def symbolic(g, x, k):
+        k1 = g.op("Reshape", k, g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)))
+        _, idx = g.op("TopK", x, k1, axis_i=1, largest_i=1, sorted_i=1, outputs=2)
+        return idx
+
+
+def keep_counts_for(model, ratio: Union[float, Sequence[float]]) -> List[int]:
+    """Per-stage patch counts of a keep level (what `RatioGraph` fixes and CountsGraph takes)."""
+    return RatioGraph(model, ratio).counts
+
+
+class CountsGraph(nn.Module):
+    """`RatioGraph` with the per-stage counts as an input tensor [S] instead of constants."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, keep_counts: torch.Tensor):
+        m = self.model
+        P, N = m.num_prefix, m.num_patches
+        x = m._embed(images)
+        B = x.shape[0]
+        pos = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
+        heat = torch.zeros(B, N, device=x.device, dtype=torch.float32)
+        kept = []
+        for s, interp in enumerate(m.interpreters):
+            probs = interp(x)[:, P:].float()
+            heat = heat + torch.zeros_like(heat).scatter(1, pos, probs)
+            idx = _TopKIndices.apply(probs, keep_counts[s])
+            pos = torch.gather(pos, 1, idx)
+            patches = torch.gather(x[:, P:], 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            x = torch.cat([x[:, :P], patches], 1)
+            kept.append(pos)
+            for blk in m.stage_blocks(s):
+                x = blk(x)
+        logits = m._head(x[:, :P])
+        return (logits, *kept, (heat / m.num_stages).view(B, *m.grid_size))
+
+
+def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:
+    """Write `path` (.onnx): one graph for every keep level, inputs `images` and `keep_counts`
+    (int64 [S], each in 1..the previous stage's count); returns the output names."""
+    graph = CountsGraph(model).eval()
+    S = model.num_stages
+    names = ["logits"] + [f"kept_stage{s + 1}" for s in range(S)] + ["heatmap"]
+    x = torch.zeros(2, *model.input_size)
+    counts = torch.tensor(keep_counts_for(model, 0.7), dtype=torch.int64)
+    dyn = {"images": {0: "batch"}, "logits": {0: "batch"}, "heatmap": {0: "batch"},
+           **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(graph, (x, counts), path, input_names=["images", "keep_counts"], output_names=names,
+                          opset_version=opset, dynamic_axes=dyn, dynamo=False)
+    return names
 
 
 def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: int = 17) -> List[str]:

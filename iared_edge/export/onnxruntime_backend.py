@@ -1,4 +1,5 @@
-"""Runs the exported policy-"ratio" graphs with ONNX Runtime, one session per keep level.
+"""Runs the exported policy-"ratio" graphs with ONNX Runtime: one session per keep level
+(form "levels"), or one session of the graph whose keep counts are an input (form "counts").
 
 Gives the Runtime the same fields the PyTorch model does (logits, heatmap, keep masks, keep
 ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are exported
@@ -15,7 +16,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .onnx import export_onnx
+from .onnx import export_onnx, export_onnx_counts, keep_counts_for
 
 
 @dataclass
@@ -27,12 +28,17 @@ class GraphOutput:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, model, levels: Sequence[float], cache_dir: Optional[str] = None, threads: Optional[int] = None):
+    def __init__(self, model, levels: Sequence[float], cache_dir: Optional[str] = None, threads: Optional[int] = None,
+                 form: str = "levels"):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise ImportError('backend "onnxruntime" needs: pip install onnxruntime') from exc
-        self.num_patches, self.num_stages = model.num_patches, model.num_stages
+        if form not in ("levels", "counts"):
+            raise ValueError(f'form must be "levels" (one graph per keep level) or "counts" (keep counts as an input), got {form!r}')
+        self.num_patches, self.num_stages, self.form = model.num_patches, model.num_stages, form
+        self.levels = sorted({float(r) for r in levels}, reverse=True)
+        self.counts = {r: np.asarray(keep_counts_for(model, r), np.int64) for r in self.levels}
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="iared-onnx-")
         os.makedirs(self.cache_dir, exist_ok=True)
         available = ort.get_available_providers()
@@ -42,16 +48,26 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         self.sessions: Dict[float, object] = {}
-        for rho in levels:
-            path = os.path.join(self.cache_dir, f"keep{rho:.4f}.onnx")
+        if form == "counts":
+            path = os.path.join(self.cache_dir, "keep_counts.onnx")
             if not os.path.exists(path):
-                export_onnx(model, path, rho)
-            self.sessions[float(rho)] = ort.InferenceSession(path, options, providers=self.providers)
+                export_onnx_counts(model, path)
+            session = ort.InferenceSession(path, options, providers=self.providers)
+            self.sessions = {r: session for r in self.levels}
+        else:
+            for rho in self.levels:
+                path = os.path.join(self.cache_dir, f"keep{rho:.4f}.onnx")
+                if not os.path.exists(path):
+                    export_onnx(model, path, rho)
+                self.sessions[rho] = ort.InferenceSession(path, options, providers=self.providers)
 
     def __call__(self, images: torch.Tensor, rho: float) -> GraphOutput:
         if float(rho) not in self.sessions:
-            raise ValueError(f"no ONNX graph for keep level {rho}; exported levels: {sorted(self.sessions)}")
-        outs = self.sessions[float(rho)].run(None, {"images": images.detach().cpu().numpy()})
+            raise ValueError(f"no ONNX graph for keep level {rho}; levels: {self.levels}")
+        feed = {"images": images.detach().cpu().numpy()}
+        if self.form == "counts":
+            feed["keep_counts"] = self.counts[float(rho)]
+        outs = self.sessions[float(rho)].run(None, feed)
         logits, kept, heat = outs[0], outs[1:-1], outs[-1]
         masks = np.zeros((logits.shape[0], self.num_stages, self.num_patches), bool)
         for s, idx in enumerate(kept):

@@ -57,7 +57,7 @@ class Runtime:
                  input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
-                 backend: str = "torch", onnx_cache: Optional[str] = None):
+                 backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels"):
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.model = resolve_model(model).to(self.device).eval()
         if policy not in ("all", "threshold", "ratio"):
@@ -108,7 +108,7 @@ class Runtime:
             from ..export.onnxruntime_backend import OnnxRuntimeBackend
             graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
                                   else {float(ratio)}, reverse=True)
-            self._onnx = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n)
+            self._onnx = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form)
         self._warm_up()
         if budget_ms is not None:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
@@ -199,7 +199,7 @@ class Runtime:
             ratio = self.ratio
         t0 = time.perf_counter()
         if self._onnx is not None:
-            out = self._onnx(x, max(self._onnx.sessions) if ratio is None else ratio)
+            out = self._onnx(x, max(self._onnx.levels) if ratio is None else ratio)
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:

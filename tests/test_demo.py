@@ -211,3 +211,13 @@ def test_shipped_demo_model_meets_the_smoke_check():
     acc = (out.logits.argmax(-1).numpy() == labels).mean()
     assert acc >= 0.90, acc
     assert out.keep_ratio.mean().item() < 0.9  # it does drop tokens
+
+
+def test_generator_survives_extreme_compositions():
+    """Every glyph at the largest size and rotation still fits the image (a flat glyph once made
+    the placement range negative and stopped a training run)."""
+    from iared_edge.demo.digits import Composition
+    gen = DigitsInClutter("train", composition=Composition(min_digit=100, max_digit=100, max_rotation=15))
+    for i in range(300):
+        img, _, (x0, y0, x1, y1) = gen.sample(i)
+        assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224

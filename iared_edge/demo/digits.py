@@ -134,17 +134,19 @@ class DigitsInClutter:
         glyph = self.digits[label, rng.integers(self.digits.shape[1])].astype(np.float32) / 255.0
         bg = self._background(rng, c.size) * clutter
         # Scale so the ink (not the 20x20 cell) is `height` pixels tall, rotate, place fully inside.
-        rows = np.nonzero(glyph.max(1) > 0.2)[0]
+        rows, cols = np.nonzero(glyph.max(1) > 0.2)[0], np.nonzero(glyph.max(0) > 0.2)[0]
         ink_h = max(1, rows[-1] - rows[0] + 1) if rows.size else 20
+        ink_w = max(1, cols[-1] - cols[0] + 1) if cols.size else 20
         height = rng.uniform(c.min_digit, c.max_digit)
-        scale = height / ink_h
+        scale = height / max(ink_h, 0.6 * ink_w)  # a flat glyph is scaled by its width instead
         angle = rng.uniform(-c.max_rotation, c.max_rotation)
         m = cv2.getRotationMatrix2D((10.0, 10.0), angle, scale)
         ys, xs = np.nonzero(glyph > 0.2)
         pts = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float32) @ m.T  # ink pixels, mapped
         lo, hi = pts.min(0) - scale, pts.max(0) + scale
         span = hi - lo
-        shift = np.array([rng.uniform(0, c.size - span[0]), rng.uniform(0, c.size - span[1])]) - lo
+        room = np.maximum(c.size - span, 0.0)
+        shift = np.array([rng.uniform(0, room[0]), rng.uniform(0, room[1])]) - lo
         m[:, 2] += shift
         contrast = rng.uniform(c.min_contrast, 1.0)
         tint = rng.uniform(0.0, 80.0, 3).astype(np.float32)

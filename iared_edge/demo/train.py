@@ -75,19 +75,25 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
 
     def work():
         step = start
-        while not stop.is_set():
-            f = clutter_fn(step)
-            rng = np.random.default_rng([seed, 7, step])
-            cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, f, batch), f)
-            imgs, labels, _ = gen.batch(range(step * batch, (step + 1) * batch), cl, size=size)
-            q.put((step, to_input(imgs), torch.from_numpy(labels)))
-            step += 1
+        try:
+            while not stop.is_set():
+                f = clutter_fn(step)
+                rng = np.random.default_rng([seed, 7, step])
+                cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, f, batch), f)
+                imgs, labels, _ = gen.batch(range(step * batch, (step + 1) * batch), cl, size=size)
+                q.put((step, to_input(imgs), torch.from_numpy(labels)))
+                step += 1
+        except BaseException as exc:  # hand it to the consumer instead of leaving it waiting
+            q.put(exc)
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
     try:
         while True:
-            yield q.get()
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"data generation failed: {item}") from item
+            yield item
     finally:
         stop.set()
 

@@ -121,3 +121,42 @@ def test_runtime_onnxruntime_counts_form_equals_levels_form(model, tmp_path):
     assert np.array_equal(ra.stage_masks, rb.stage_masks)
     with pytest.raises(ValueError, match="form"):
         Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_form="dynamic")
+
+
+def test_tensorrt_engine_cache_key_separates_what_makes_engines_incompatible():
+    from iared_edge.export.tensorrt_backend import engine_key
+    base = engine_key(b"graph", "Orin", (8, 7), "10.3.0", True, 8)
+    assert base == engine_key(b"graph", "Orin", (8, 7), "10.3.0", True, 8)
+    others = [engine_key(b"graph2", "Orin", (8, 7), "10.3.0", True, 8),
+              engine_key(b"graph", "Xavier", (7, 2), "10.3.0", True, 8),
+              engine_key(b"graph", "Orin", (8, 7), "10.4.0", True, 8),
+              engine_key(b"graph", "Orin", (8, 7), "10.3.0", False, 8),
+              engine_key(b"graph", "Orin", (8, 7), "10.3.0", True, 4)]
+    assert len({base, *others}) == 6
+
+
+def test_runtime_tensorrt_needs_a_cuda_device(model):
+    from iared_edge import Runtime
+    with pytest.raises(ValueError, match="CUDA"):
+        Runtime(model, device="cpu", policy="ratio", ratio=0.5, backend="tensorrt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT runs on a CUDA GPU")
+@pytest.mark.parametrize("form", ["levels", "counts"])
+def test_tensorrt_backend_matches_pytorch(model, tmp_path, form):
+    pytest.importorskip("tensorrt")
+    from iared_edge.export.tensorrt_backend import TensorRTBackend
+    m = model.cuda()
+    trt_backend = TensorRTBackend(m, [1.0, 0.5], str(tmp_path), fp16=False, form=form)
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    for rho in (1.0, 0.5):
+        out = trt_backend(x, rho)
+        with torch.no_grad():
+            ref = m(x, policy="ratio", ratio=rho)
+        assert (out.logits - ref.logits).abs().max().item() <= 1e-3
+        assert torch.equal(out.keep_masks, ref.keep_masks)
+    # the second construction loads the cached engines instead of building
+    engines = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".engine")
+    TensorRTBackend(m, [1.0, 0.5], str(tmp_path), fp16=False, form=form)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".engine") == engines
+    model.cpu()

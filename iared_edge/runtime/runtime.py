@@ -66,10 +66,12 @@ class Runtime:
             raise ValueError('policy "ratio" needs ratio=')
         if color not in ("bgr", "rgb"):
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f'backend must be "torch" or "onnxruntime" (TensorRT: not yet), got {backend!r}')
-        if backend == "onnxruntime" and budget_ms is None and policy != "ratio":
-            raise ValueError('backend "onnxruntime" runs policy "ratio" graphs: give policy="ratio", ratio= or budget_ms=')
+        if backend not in ("torch", "onnxruntime", "tensorrt"):
+            raise ValueError(f'backend must be "torch", "onnxruntime" or "tensorrt", got {backend!r}')
+        if backend != "torch" and budget_ms is None and policy != "ratio":
+            raise ValueError(f'backend "{backend}" runs policy "ratio" graphs: give policy="ratio", ratio= or budget_ms=')
+        if backend == "tensorrt" and self.device.type != "cuda":
+            raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {self.device}')
         self.policy, self.ratio, self.color, self.backend = policy, ratio, color, backend
         self.topk = max(1, min(int(topk), self.model.vit.num_classes))
         expected = tuple(self.model.input_size[1:])
@@ -103,12 +105,16 @@ class Runtime:
             raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._onnx = None
-        if backend == "onnxruntime":
-            from ..export.onnxruntime_backend import OnnxRuntimeBackend
+        self._graphs = None  # exported policy-"ratio" graphs (ONNX Runtime sessions or TensorRT engines)
+        if backend != "torch":
             graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
                                   else {float(ratio)}, reverse=True)
-            self._onnx = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form)
+            if backend == "onnxruntime":
+                from ..export.onnxruntime_backend import OnnxRuntimeBackend
+                self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form)
+            else:
+                from ..export.tensorrt_backend import TensorRTBackend
+                self._graphs = TensorRTBackend(self.model, graph_levels, onnx_cache, form=onnx_form, device=self.device)
         self._warm_up()
         if budget_ms is not None:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
@@ -198,8 +204,8 @@ class Runtime:
         if ratio is None and self.policy == "ratio":
             ratio = self.ratio
         t0 = time.perf_counter()
-        if self._onnx is not None:
-            out = self._onnx(x, max(self._onnx.levels) if ratio is None else ratio)
+        if self._graphs is not None:
+            out = self._graphs(x, max(self._graphs.levels) if ratio is None else ratio)
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:

@@ -71,6 +71,22 @@ def test_sources_that_fail(rt, tmp_path):
         next(rt.stream(97))
     with pytest.raises(TypeError, match="source"):
         next(rt.stream(3.5))
+    # pip's OpenCV has no GStreamer: a Jetson CSI pipeline is recognised and refused clearly
+    import re
+    import cv2
+    if re.search(r"GStreamer:\s+NO", cv2.getBuildInformation()):
+        with pytest.raises(ValueError, match="GStreamer"):
+            next(rt.stream("videotestsrc num-buffers=1 ! videoconvert ! appsink"))
+
+
+def test_demo_source_is_the_bundled_clip(rt):
+    frames = 0
+    for frame, res in rt.stream("demo"):
+        assert frame.shape == (320, 320, 3) and res.heatmap.shape == (320, 320)
+        frames += 1
+        if frames == 3:
+            break
+    assert frames == 3
 
 
 def test_http_url_source(rt):

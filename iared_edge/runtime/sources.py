@@ -32,6 +32,13 @@ class CaptureSource:
                 raise RuntimeError(f"camera {source} could not be opened (no such device, or busy)")
         else:
             source = os.fspath(source)
+            if " ! " in source:  # a GStreamer pipeline (e.g. a Jetson CSI camera): live
+                self.kind = LIVE
+                self.cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+                if not self.cap.isOpened():
+                    raise ValueError(f"GStreamer pipeline could not be opened (does this OpenCV have GStreamer? "
+                                     f"pip's wheels do not; JetPack's python3-opencv does): {source}")
+                return
             is_url = "://" in source
             if not is_url and not os.path.isfile(source):
                 raise FileNotFoundError(f"no such video file: {source}")

@@ -10,7 +10,11 @@ Phases (each resumes from its own checkpoint in --out; the log is --out/log.json
   2. `full`: the same weights at 224 px (position embeddings interpolated), full clutter.
   3. `interpreters`: IA-RED² interpreters initialised from attention (training-free start), then
      REINFORCE stage by stage with the backbone frozen (iared_edge.train.train_interpreters).
-  4. `export`: the fp16 safetensors the package ships (iared_edge/assets/demo/).
+  4. `finetune` (optional, --finetune-steps > 0): the backbone fine-tuned under the learned
+     policy, distilling the full model (iared_edge.train.finetune_backbone).
+  5. `export`: the fp16 safetensors the package ships (iared_edge/assets/demo/).
+  6. `report`: REINFORCE against the training-free start on held-out test images (both at the
+     same mean keep), and the training curve as a PNG (docs/demo_reinforce.png).
 Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
 """
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Schedule:
     interp_steps_per_stage: int = 150
     interp_lr: float = 1e-3
     interp_penalty: float = 1.0
+    finetune_steps: int = 0
+    finetune_lr: float = 3e-5
     seed: int = 0
 
 
@@ -203,15 +209,20 @@ class _Cycle:
             yield self.x[i:i + self.bs], self.y[i:i + self.bs]
 
 
-def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Tensor]):
+def demo_model(backbone: Dict[str, torch.Tensor]):
+    """The IA-RED² demo model on a trained backbone, interpreters at their training-free start."""
     from ..model import IARedViT
-    from ..train import ReinforceConfig, evaluate, train_interpreters
     import timm
-    torch.manual_seed(s.seed)
     vit = timm.create_model("iared_digits_tiny")
     vit.load_state_dict(backbone)
-    model = IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",
-                     timm_kwargs={"num_classes": 10})
+    return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",
+                    timm_kwargs={"num_classes": 10}).eval()
+
+
+def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Tensor]):
+    from ..train import ReinforceConfig, evaluate, train_interpreters
+    torch.manual_seed(s.seed)
+    model = demo_model(backbone)
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
     val = _Cycle(val_x, val_y, 64)
     start = evaluate(model, val, policy="threshold")
@@ -227,10 +238,85 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
     return model
 
 
+def finetune_phase(out: str, s: Schedule, model):
+    from ..train import finetune_backbone
+    val_x, val_y = fixed_set("val", 256, 224, s.seed)
+    history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000),
+                                _Cycle(val_x, val_y, 64), steps=s.finetune_steps, lr=s.finetune_lr,
+                                checkpoint=os.path.join(out, "finetune.pt"), save_every=25, val_every=50,
+                                amp=torch.bfloat16, seed=s.seed, progress=False)
+    for h in history:
+        if "val_accuracy" in h:
+            _log(out, {"phase": "finetune", **h})
+    return model
+
+
+@torch.no_grad()
+def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optional[str] = None) -> Dict:
+    """REINFORCE vs the training-free start at the same mean keep, on `images` held-out test images."""
+    from ..train import calibrate_thresholds, evaluate
+    test = _Cycle(*fixed_set("test", images, 224, s.seed + 1), 100)
+    trained = evaluate(model, test, policy="threshold")
+    full = evaluate(model, test, policy="all")
+    S = model.num_stages
+    keep = max(0.01, sum(trained[f"keep{i + 1}"] for i in range(S)) / S)
+    free = demo_model(model.vit.state_dict())  # same backbone, interpreters back at the training-free start
+    val_x, _ = fixed_set("val", 256, 224, s.seed)
+    thresholds = calibrate_thresholds(free, [val_x[i:i + 64] for i in range(0, 256, 64)], keep)
+    untrained = evaluate(free, test, policy="threshold")
+    result = {"images": images, "all": full, "reinforce": trained, "training_free_calibrated": untrained,
+              "training_free_thresholds": thresholds, "target_keep": keep}
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    _log(out, {"phase": "report", **{k: v for k, v in result.items() if k != "images"}})
+    hist_path = os.path.join(out, "interpreters_history.json")
+    if plot and os.path.exists(hist_path):
+        with open(hist_path) as f:
+            plot_reinforce(json.load(f), plot, S)
+    return result
+
+
+def plot_reinforce(history, path: str, stages: int) -> None:
+    """Reward, accuracy and keep per stage against steps (train batches smoothed; val points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = np.array([h["step"] for h in history])
+
+    def smooth(key, w=15):
+        v = np.array([h[key] for h in history], dtype=float)
+        k = np.ones(w) / w
+        return np.convolve(np.pad(v, (w // 2, w - 1 - w // 2), mode="edge"), k, mode="valid")
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, smooth("reward"), label="sampled decisions")
+    axes[0].plot(steps, smooth("greedy_reward"), label="greedy (threshold 0.5)")
+    axes[0].set_title("reward (train batches, smoothed)")
+    val = [h for h in history if "val_accuracy" in h]
+    axes[1].plot(steps, smooth("accuracy"), label="train batches (greedy)")
+    axes[1].plot([h["step"] for h in val], [h["val_accuracy"] for h in val], "o-", label="validation")
+    axes[1].set_title("top-1, policy threshold")
+    for i in range(stages):
+        axes[2].plot([h["step"] for h in val], [h[f"val_keep{i + 1}"] for h in val], "o-", label=f"stage {i + 1}")
+    axes[2].set_title("patch tokens kept after each stage (val)")
+    per_stage = max(1, len(history) // stages)
+    for ax in axes:
+        for b in range(1, stages):
+            ax.axvline(b * per_stage, color="grey", lw=0.5, ls="--")
+        ax.set_xlabel("REINFORCE step (dashed: next stage added)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--phase", choices=["all", "small", "full", "interpreters", "export"], default="all")
+    ap.add_argument("--phase", choices=["all", "small", "full", "interpreters", "finetune", "export", "report"], default="all")
+    ap.add_argument("--plot", default="docs/demo_reinforce.png", help="report: where to draw the REINFORCE curve")
+    ap.add_argument("--report-images", type=int, default=1000)
     ap.add_argument("--export-to", default=None, help="where to write the fp16 model (default: the package's asset)")
     for k, v in asdict(Schedule()).items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
@@ -238,7 +324,8 @@ def main(argv=None) -> None:
     s = Schedule(**{k: getattr(args, k) for k in asdict(Schedule())})
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    phases = ["small", "full", "interpreters", "export"] if args.phase == "all" else [args.phase]
+    phases = (["small", "full", "interpreters"] + (["finetune"] if s.finetune_steps else []) + ["export", "report"]
+              if args.phase == "all" else [args.phase])
 
     def load(name):
         path = os.path.join(args.out, f"{name}.pt")
@@ -254,9 +341,17 @@ def main(argv=None) -> None:
             train_backbone(args.out, "full", s, init=grow_to_224(load("small")))
         elif phase == "interpreters":
             model = train_interpreters_phase(args.out, s, load("full"))
-        elif phase == "export":
+        elif phase == "finetune":
             if model is None:
                 model = train_interpreters_phase(args.out, s, load("full"))  # resumes: already done
+            model = finetune_phase(args.out, s, model)
+        elif phase in ("export", "report") and model is None:
+            model = train_interpreters_phase(args.out, s, load("full"))  # resumes: already done
+            if s.finetune_steps:
+                model = finetune_phase(args.out, s, model)
+        if phase == "report":
+            report_phase(args.out, s, model, images=args.report_images, plot=args.plot)
+        elif phase == "export":
             from ..checkpoint import save_model
             from . import DEMO_MODEL
             dest = args.export_to or DEMO_MODEL

@@ -253,3 +253,18 @@ def test_controller_rejects_bad_settings():
         BudgetController([0.5, 1.0], [0.3, 1.0], 10)
     with pytest.raises(ValueError, match="positive"):
         BudgetController([1.0], [1.0], 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_per_level_give_the_eager_result():
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("deit_tiny_patch16_224")
+    frame = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
+    with Runtime(model, device="cuda", policy="ratio", ratio=0.5) as graphs, \
+            Runtime(model, device="cuda", policy="ratio", ratio=0.5, cuda_graphs=False) as eager:
+        assert graphs._graphs is not None and eager._graphs is None
+        a, b = graphs(frame), eager(frame)
+        a2 = graphs(frame[::-1].copy())  # replay with new input, not the captured one
+    assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-4)
+    assert np.array_equal(a.stage_masks, b.stage_masks)
+    assert not np.array_equal(a.heatmap, a2.heatmap)

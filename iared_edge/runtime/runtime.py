@@ -57,7 +57,8 @@ class Runtime:
                  input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
-                 backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels"):
+                 backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels",
+                 cuda_graphs: bool = True):
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.model = resolve_model(model).to(self.device).eval()
         if policy not in ("all", "threshold", "ratio"):
@@ -115,6 +116,12 @@ class Runtime:
             else:
                 from ..export.tensorrt_backend import TensorRTBackend
                 self._graphs = TensorRTBackend(self.model, graph_levels, onnx_cache, form=onnx_form, device=self.device)
+        elif cuda_graphs and self.device.type == "cuda" and (policy == "ratio" or budget_ms is not None):
+            # static token counts per keep level: capture each level once, replay per frame
+            from .cuda_graphs import CudaGraphLevels
+            graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
+                                  else {float(ratio)}, reverse=True)
+            self._graphs = CudaGraphLevels(self.model, graph_levels, self.device)
         self._warm_up()
         if budget_ms is not None:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)

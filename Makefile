@@ -1,4 +1,4 @@
-# Quick start:  make demo   (install, then run the demo)
+# Quick start:  make demo   (install, then run the demo: the bundled model on the bundled street clip)
 #               make test   (install, then the whole test suite: C++ ctest and pytest)
 PYTHON ?= python3
 VENV := .venv
@@ -28,7 +28,7 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 
 demo: install
 	mkdir -p out
-	$(BIN)/iared-edge predict --out out/heatmap.png
+	$(BIN)/python samples/webcam_explain.py --source demo --headless --output out/demo.mp4
 
 ctest:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null

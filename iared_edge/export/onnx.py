@@ -37,25 +37,32 @@ class RatioGraph(nn.Module):
             self.counts.append(n)
 
     def forward(self, images: torch.Tensor):
-        m = self.model
-        P, N = m.num_prefix, m.num_patches
-        x = m._embed(images)
-        B = x.shape[0]
-        pos = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
-        heat = torch.zeros(B, N, device=x.device, dtype=torch.float32)
-        kept = []
-        for s, interp in enumerate(m.interpreters):
-            probs = interp(x)[:, P:].float()
-            heat = heat + torch.zeros_like(heat).scatter(1, pos, probs)
-            idx = torch.topk(probs, self.counts[s], dim=1).indices
-            pos = torch.gather(pos, 1, idx)
-            patches = torch.gather(x[:, P:], 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-            x = torch.cat([x[:, :P], patches], 1)
-            kept.append(pos)
-            for blk in m.stage_blocks(s):
-                x = blk(x)
-        logits = m._head(x[:, :P])
-        return (logits, *kept, (heat / m.num_stages).view(B, *m.grid_size))
+        return dense_ratio_forward(self.model, images, lambda s, probs: torch.topk(probs, self.counts[s], dim=1).indices)
+
+
+def dense_ratio_forward(model, images: torch.Tensor, select):
+    """The dense policy-"ratio" forward both graphs trace: per stage, `select(stage, probs)` gives
+    the indices of the patch tokens kept, gathered in that order. Returns (logits, kept indices per
+    stage..., heatmap)."""
+    m = model
+    P, N = m.num_prefix, m.num_patches
+    x = m._embed(images)
+    B = x.shape[0]
+    pos = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
+    heat = torch.zeros(B, N, device=x.device, dtype=torch.float32)
+    kept = []
+    for s, interp in enumerate(m.interpreters):
+        probs = interp(x)[:, P:].float()
+        heat = heat + torch.zeros_like(heat).scatter(1, pos, probs)
+        idx = select(s, probs)
+        pos = torch.gather(pos, 1, idx)
+        patches = torch.gather(x[:, P:], 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :P], patches], 1)
+        kept.append(pos)
+        for blk in m.stage_blocks(s):
+            x = blk(x)
+    logits = m._head(x[:, :P])
+    return (logits, *kept, (heat / m.num_stages).view(B, *m.grid_size))
 
 
 class _TopKIndices(torch.autograd.Function):
@@ -85,25 +92,7 @@ class CountsGraph(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, keep_counts: torch.Tensor):
-        m = self.model
-        P, N = m.num_prefix, m.num_patches
-        x = m._embed(images)
-        B = x.shape[0]
-        pos = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
-        heat = torch.zeros(B, N, device=x.device, dtype=torch.float32)
-        kept = []
-        for s, interp in enumerate(m.interpreters):
-            probs = interp(x)[:, P:].float()
-            heat = heat + torch.zeros_like(heat).scatter(1, pos, probs)
-            idx = _TopKIndices.apply(probs, keep_counts[s])
-            pos = torch.gather(pos, 1, idx)
-            patches = torch.gather(x[:, P:], 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-            x = torch.cat([x[:, :P], patches], 1)
-            kept.append(pos)
-            for blk in m.stage_blocks(s):
-                x = blk(x)
-        logits = m._head(x[:, :P])
-        return (logits, *kept, (heat / m.num_stages).view(B, *m.grid_size))
+        return dense_ratio_forward(self.model, images, lambda s, probs: _TopKIndices.apply(probs, keep_counts[s]))
 
 
 def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:

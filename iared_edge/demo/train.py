@@ -317,6 +317,9 @@ def main(argv=None) -> None:
     ap.add_argument("--phase", choices=["all", "small", "full", "interpreters", "finetune", "export", "report"], default="all")
     ap.add_argument("--plot", default="docs/demo_reinforce.png", help="report: where to draw the REINFORCE curve")
     ap.add_argument("--report-images", type=int, default=1000)
+    ap.add_argument("--init-backbone", default=None,
+                    help="phase full: start from this saved model's backbone (e.g. the shipped demo model) "
+                         "instead of the small phase: how a later session continues training")
     ap.add_argument("--export-to", default=None, help="where to write the fp16 model (default: the package's asset)")
     for k, v in asdict(Schedule()).items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
@@ -338,7 +341,13 @@ def main(argv=None) -> None:
         if phase == "small":
             train_backbone(args.out, "small", s)
         elif phase == "full":
-            train_backbone(args.out, "full", s, init=grow_to_224(load("small")))
+            if args.init_backbone:
+                from ..checkpoint import load_model
+                init = {k[len("vit."):]: v for k, v in load_model(args.init_backbone).state_dict().items()
+                        if k.startswith("vit.")}
+            else:
+                init = grow_to_224(load("small"))
+            train_backbone(args.out, "full", s, init=init)
         elif phase == "interpreters":
             model = train_interpreters_phase(args.out, s, load("full"))
         elif phase == "finetune":

@@ -72,6 +72,19 @@ def test_calibration_hits_the_target_on_held_out_images(keep):
     assert abs(held - keep) <= 0.02
 
 
+def test_calibration_hits_per_stage_targets_on_held_out_images():
+    torch.manual_seed(1)
+    model = IARedViT.from_timm("deit_tiny_patch16_224").eval()
+    calib, held_out = clip_batches()
+    targets = [0.5, 0.5, 0.2]  # stage 2 keeps all that stage 1 kept, as REINFORCE learned on the demo
+    calibrate_thresholds(model, calib.split(25), targets)
+    with torch.no_grad():
+        held = model(held_out, policy="threshold").keep_ratio.mean(0)
+    assert (held - torch.tensor(targets)).abs().max().item() <= 0.02
+    with pytest.raises(ValueError, match="non-increasing"):
+        calibrate_thresholds(model, calib.split(25), [0.3, 0.5, 0.2])
+
+
 def test_calibrate_cli_saves_thresholds(tmp_path, capsys):
     images = tmp_path / "imgs"
     images.mkdir()

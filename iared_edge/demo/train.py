@@ -259,7 +259,7 @@ def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optiona
     trained = evaluate(model, test, policy="threshold")
     full = evaluate(model, test, policy="all")
     S = model.num_stages
-    keep = max(0.01, sum(trained[f"keep{i + 1}"] for i in range(S)) / S)
+    keep = [trained[f"keep{i + 1}"] for i in range(S)]  # the trained interpreters' keep after each stage
     free = demo_model(model.vit.state_dict())  # same backbone, interpreters back at the training-free start
     val_x, _ = fixed_set("val", 256, 224, s.seed)
     thresholds = calibrate_thresholds(free, [val_x[i:i + 64] for i in range(0, 256, 64)], keep)

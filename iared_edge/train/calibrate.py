@@ -7,7 +7,7 @@ the earlier thresholds fixed, the threshold is the score quantile that keeps tha
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import Iterable, List, Sequence, Union
 
 import torch
 
@@ -27,15 +27,23 @@ def geometric_keep_targets(keep: float, stages: int) -> List[float]:
 
 
 @torch.no_grad()
-def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: float) -> List[float]:
+def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[float, Sequence[float]]) -> List[float]:
     """Set and return `model.thresholds` so that policy "threshold" keeps on average `keep` of the
-    patch tokens over the network on images like `batches` (normalised [B, 3, H, W] tensors)."""
+    patch tokens over the network on images like `batches` (normalised [B, 3, H, W] tensors).
+    `keep` may instead give the fraction of patch tokens to keep after each stage (non-increasing)."""
     batches = [b for b in batches]
     if not batches:
         raise ValueError("calibrate_thresholds: no images")
     model.eval()
     S, N = model.num_stages, model.num_patches
-    targets = geometric_keep_targets(keep, S)
+    if isinstance(keep, (int, float)):
+        targets = geometric_keep_targets(keep, S)
+    else:
+        targets = [float(k) for k in keep]
+        if len(targets) != S or not all(0.0 <= t <= 1.0 for t in targets) or any(
+                b > a + 1e-9 for a, b in zip(targets, targets[1:])):
+            raise ValueError(f"keep: one fraction in [0, 1] per stage ({S}), non-increasing "
+                             f"(a dropped token stays dropped), got {list(keep)}")
     thresholds = [0.0] * S  # a score is a sigmoid mean, > 0: stages not yet calibrated keep all
     images = sum(b.shape[0] for b in batches)
     for s in range(S):

@@ -261,8 +261,9 @@ def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optiona
     S = model.num_stages
     keep = [trained[f"keep{i + 1}"] for i in range(S)]  # the trained interpreters' keep after each stage
     free = demo_model(model.vit.state_dict())  # same backbone, interpreters back at the training-free start
-    val_x, _ = fixed_set("val", 256, 224, s.seed)
-    thresholds = calibrate_thresholds(free, [val_x[i:i + 64] for i in range(0, 256, 64)], keep)
+    # Calibrated on the test images themselves (no labels used), so both keep the same share of
+    # tokens on exactly these images: the comparison is of which tokens each keeps.
+    thresholds = calibrate_thresholds(free, [x for x, _ in test], keep)
     untrained = evaluate(free, test, policy="threshold")
     result = {"images": images, "all": full, "reinforce": trained, "training_free_calibrated": untrained,
               "training_free_thresholds": thresholds, "target_keep": keep}

@@ -190,8 +190,7 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     model.eval()
     res: Dict = {"images": len(items), "split": split,
                  "policies": {p: {"correct": 0, "keep": np.zeros(model.num_stages), "flops": 0.0} for p in policies},
-                 "methods": {m: {"pointing": 0, "energy": 0.0, "deletion": [], "insertion": [],
-                                 "deletion_curve": None, "insertion_curve": None} for m in methods}}
+                 "methods": {m: {"pointing": 0, "energy": 0.0, "deletion": [], "insertion": []} for m in methods}}
     full_flops = model.flops()[0].item()
     it = range(0, len(items), batch)
     if progress:

@@ -1,7 +1,9 @@
 """The demo task (digits in clutter), its backbone and the bundled demo model."""
-from . import model as _model  # registers iared_digits_tiny with timm
-from .digits import CLASSES, DigitsInClutter, read_boxes, write_dataset
+import os
 
-DEMO_MODEL = _model.__file__.rsplit("/", 2)[0] + "/assets/demo/iared_digits_tiny.safetensors"
+from . import model as _model  # registers iared_digits_tiny with timm
+from .digits import ASSETS, CLASSES, DigitsInClutter, read_boxes, write_dataset
+
+DEMO_MODEL = os.path.join(ASSETS, "iared_digits_tiny.safetensors")
 
 __all__ = ["CLASSES", "DigitsInClutter", "read_boxes", "write_dataset", "DEMO_MODEL"]

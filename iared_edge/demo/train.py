@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..train.loop import atomic_save
 from .digits import CLASSES, DigitsInClutter
 
 MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
@@ -125,12 +126,6 @@ def _log(out: str, record: Dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _save(path: str, state: Dict) -> None:
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, torch.Tensor]] = None):
     """Supervised training of the plain backbone for one phase ("small" or "full"); resumable."""
     import timm
@@ -180,7 +175,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             _log(out, rec)
             losses, t0 = [], time.time()
         if done % 100 == 0 or done == steps:
-            _save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+            atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                          "schedule": asdict(s)})
     return model
 

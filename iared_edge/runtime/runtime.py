@@ -106,10 +106,11 @@ class Runtime:
             raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._graphs = None  # exported policy-"ratio" graphs (ONNX Runtime sessions or TensorRT engines)
+        # policy-"ratio" graphs per keep level: ONNX Runtime sessions, TensorRT engines or CUDA graphs
+        self._graphs = None
+        graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
+                              else {float(ratio)} if ratio is not None else set(), reverse=True)
         if backend != "torch":
-            graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
-                                  else {float(ratio)}, reverse=True)
             if backend == "onnxruntime":
                 from ..export.onnxruntime_backend import OnnxRuntimeBackend
                 self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form)
@@ -119,8 +120,6 @@ class Runtime:
         elif cuda_graphs and self.device.type == "cuda" and (policy == "ratio" or budget_ms is not None):
             # static token counts per keep level: capture each level once, replay per frame
             from .cuda_graphs import CudaGraphLevels
-            graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
-                                  else {float(ratio)}, reverse=True)
             self._graphs = CudaGraphLevels(self.model, graph_levels, self.device)
         self._warm_up()
         if budget_ms is not None:

@@ -13,13 +13,12 @@ keeps every token) and the labels:
 from __future__ import annotations
 
 import copy
-import os
 from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .loop import _batches, evaluate, seed_everything
+from .loop import _batches, evaluate, resume, save_checkpoint, seed_everything
 from .distributed import is_main, wrap_ddp
 
 
@@ -67,21 +66,7 @@ def finetune_backbone(model, train_loader: Iterable, val_loader: Optional[Iterab
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     student = wrap_ddp(_Student(model, policy), device)
-    start, history = 0, []
-    if checkpoint and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.vit.load_state_dict(state["backbone"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = int(state["step"]), list(state["history"])
-        torch.set_rng_state(state["rng"])
-
-    def save(step: int) -> None:
-        if checkpoint and is_main():
-            os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
-            tmp = checkpoint + ".tmp"
-            torch.save({"backbone": model.vit.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "history": history, "rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, checkpoint)
+    start, history = resume(checkpoint, "backbone", model.vit, optimizer)
 
     bar = None
     if progress and is_main():
@@ -112,7 +97,7 @@ def finetune_backbone(model, train_loader: Iterable, val_loader: Optional[Iterab
             bar.update(1)
             bar.set_postfix(loss=f"{log['loss']:.3f}", acc=f"{log['accuracy']:.2f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            save(step + 1)
+            save_checkpoint(checkpoint, "backbone", model.vit, optimizer, step + 1, history)
     if bar is not None:
         bar.close()
     model.eval()

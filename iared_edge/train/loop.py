@@ -27,6 +27,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def atomic_save(path: str, state: Dict) -> None:
+    """torch.save through a temporary file, so an interrupted write never leaves a broken checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def resume(checkpoint: Optional[str], key: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """(start step, history) from a checkpoint written by `save_checkpoint`, restoring `module`
+    (stored under `key`), the optimiser and the RNG; (0, []) when there is none yet."""
+    if not checkpoint or not os.path.exists(checkpoint):
+        return 0, []
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), list(state["history"])
+
+
+def save_checkpoint(checkpoint: Optional[str], key: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    step: int, history: List) -> None:
+    """What `resume` reads; written by the main process only (under torchrun all ranks hold the same)."""
+    if checkpoint and is_main():
+        atomic_save(checkpoint, {key: module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                 "history": history, "rng": torch.get_rng_state()})
+
+
 def _batches(loader: Iterable) -> Iterator:
     while True:  # cycle over epochs
         empty = True
@@ -69,21 +97,7 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
     optimizer = torch.optim.Adam(params, lr=lr)
     sampler = wrap_ddp(PolicySampler(model), device)  # DDP only when launched by torchrun
     S = model.num_stages
-    start, history = 0, []
-    if checkpoint and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.interpreters.load_state_dict(state["interpreters"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = int(state["step"]), list(state["history"])
-        torch.set_rng_state(state["rng"])
-
-    def save(step: int) -> None:
-        if checkpoint and is_main():
-            os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
-            tmp = checkpoint + ".tmp"
-            torch.save({"interpreters": model.interpreters.state_dict(), "optimizer": optimizer.state_dict(),
-                        "step": step, "history": history, "rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, checkpoint)
+    start, history = resume(checkpoint, "interpreters", model.interpreters, optimizer)
 
     total = steps_per_stage * S
     bar = None
@@ -106,7 +120,7 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
             bar.set_postfix(stages=stages, reward=f"{log['reward']:.3f}", acc=f"{log['accuracy']:.2f}",
                             keep="/".join(f"{log[f'keep{s + 1}']:.2f}" for s in range(S)))
         if (step + 1) % save_every == 0 or step + 1 == total:
-            save(step + 1)
+            save_checkpoint(checkpoint, "interpreters", model.interpreters, optimizer, step + 1, history)
     if bar is not None:
         bar.close()
     return history

@@ -101,8 +101,14 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
             if isinstance(item, BaseException):
                 raise RuntimeError(f"data generation failed: {item}") from item
             yield item
-    finally:
+    finally:  # stop the worker and wait for it: a thread left inside torch aborts the interpreter's exit
         stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
 
 
 def fixed_set(split: str, n: int, size: int, seed: int, clutter: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +152,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         start = int(state["step"])
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
-        model.load_state_dict(init)
+        model.load_state_dict(resize_pos_embed(init, size // 16))
     if start >= steps:
         return model
     val_x, val_y = fixed_set("val", 500, size, s.seed)
@@ -176,15 +182,17 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             losses, t0 = [], time.time()
         if done % 100 == 0 or done == steps:
             atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                         "schedule": asdict(s)})
+                               "schedule": asdict(s)})
     return model
 
 
-def grow_to_224(small_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The 112 px weights for the 224 px model: position embeddings resampled 7x7 -> 14x14."""
+def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, torch.Tensor]:
+    """`state` with its position embeddings resampled to a `grid` x `grid` patch grid (112 px: 7,
+    224 px: 14), so weights move between the two resolutions."""
     from timm.layers import resample_abs_pos_embed
-    state = dict(small_state)
-    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=(14, 14), num_prefix_tokens=1)
+    state = dict(state)
+    if state["pos_embed"].shape[1] != grid * grid + 1:
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=(grid, grid), num_prefix_tokens=1)
     return state
 
 
@@ -314,8 +322,9 @@ def main(argv=None) -> None:
     ap.add_argument("--plot", default="docs/demo_reinforce.png", help="report: where to draw the REINFORCE curve")
     ap.add_argument("--report-images", type=int, default=1000)
     ap.add_argument("--init-backbone", default=None,
-                    help="phase full: start from this saved model's backbone (e.g. the shipped demo model) "
-                         "instead of the small phase: how a later session continues training")
+                    help="phase small or full: start from this saved model's backbone (e.g. the shipped demo "
+                         "model; position embeddings resampled) instead of from scratch / the small "
+                         "phase: how a later session continues training")
     ap.add_argument("--export-to", default=None, help="where to write the fp16 model (default: the package's asset)")
     for k, v in asdict(Schedule()).items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
@@ -332,17 +341,17 @@ def main(argv=None) -> None:
             raise FileNotFoundError(f"{path}: run phase {name!r} first")
         return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
+    def init_backbone():
+        from ..checkpoint import resolve_model
+        return {k[len("vit."):]: v for k, v in resolve_model(args.init_backbone).state_dict().items()
+                if k.startswith("vit.")}
+
     model = None
     for phase in phases:
         if phase == "small":
-            train_backbone(args.out, "small", s)
+            train_backbone(args.out, "small", s, init=init_backbone() if args.init_backbone else None)
         elif phase == "full":
-            if args.init_backbone:
-                from ..checkpoint import load_model
-                init = {k[len("vit."):]: v for k, v in load_model(args.init_backbone).state_dict().items()
-                        if k.startswith("vit.")}
-            else:
-                init = grow_to_224(load("small"))
+            init = init_backbone() if args.init_backbone and args.phase == "full" else load("small")
             train_backbone(args.out, "full", s, init=init)
         elif phase == "interpreters":
             model = train_interpreters_phase(args.out, s, load("full"))

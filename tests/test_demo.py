@@ -227,3 +227,22 @@ def test_generator_survives_extreme_compositions():
     for i in range(300):
         img, _, (x0, y0, x1, y1) = gen.sample(i)
         assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+
+
+def test_report_compares_reinforce_and_training_free_image_by_image(tmp_path):
+    """The demo's REINFORCE report: both interpreters at the same keep per stage on the same test
+    images, the paired difference consistent with the two accuracies."""
+    from iared_edge import load_model
+    from iared_edge.demo import DEMO_MODEL
+    from iared_edge.demo.train import Schedule, report_phase
+    model = load_model(DEMO_MODEL).float()
+    r = report_phase(str(tmp_path), Schedule(), model, images=40)
+    d = r["reinforce_minus_training_free"]
+    assert d["images"] == 40
+    assert d["accuracy_a"] == pytest.approx(r["reinforce"]["accuracy"])
+    assert d["accuracy_b"] == pytest.approx(r["training_free_calibrated"]["accuracy"])
+    assert d["difference"] == pytest.approx(d["accuracy_a"] - d["accuracy_b"])
+    assert d["ci95_low"] <= d["difference"] <= d["ci95_high"] and 0 <= d["mcnemar_p"] <= 1
+    for i in range(model.num_stages):  # calibrated to the same keep, on these very images
+        assert r["training_free_calibrated"][f"keep{i + 1}"] == pytest.approx(r["target_keep"][i], abs=0.05)
+    assert json.loads((tmp_path / "report.json").read_text())["images"] == 40

@@ -269,3 +269,24 @@ def test_torchrun_ddp_keeps_ranks_in_step(tmp_path):
             assert torch.equal(v, r1[part][k]), (part, k)
     start = tiny_vit(2)
     assert not all(torch.equal(v, start.interpreters.state_dict()[k]) for k, v in r0["interpreters"].items())
+
+
+def test_paired_comparison_against_scipy_and_a_float64_loop():
+    from scipy.stats import binomtest
+    from iared_edge.train import paired_comparison
+    rng = np.random.default_rng(0)
+    for n, pa, pb in [(1000, 0.9, 0.88), (200, 0.5, 0.6), (37, 0.3, 0.3)]:
+        a, b = rng.random(n) < pa, rng.random(n) < pb
+        r = paired_comparison(a, b)
+        d = [float(x) - float(y) for x, y in zip(a, b)]  # per-image differences
+        mean = sum(d) / n
+        sd = (sum((v - mean) ** 2 for v in d) / n) ** 0.5
+        assert r["difference"] == pytest.approx(a.mean() - b.mean())
+        assert r["ci95_high"] - r["difference"] == pytest.approx(1.96 * sd / n ** 0.5)
+        m, k = int((a & ~b).sum() + (~a & b).sum()), int((a & ~b).sum())
+        assert r["only_a_right"] + r["only_b_right"] == m
+        assert r["mcnemar_p"] == pytest.approx(binomtest(k, m, 0.5).pvalue if m else 1.0)
+    same = paired_comparison([True, False, True], [True, False, True])
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0
+    with pytest.raises(ValueError, match="equal"):
+        paired_comparison([True, False], [True])

@@ -256,20 +256,29 @@ def finetune_phase(out: str, s: Schedule, model):
 
 @torch.no_grad()
 def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optional[str] = None) -> Dict:
-    """REINFORCE vs the training-free start at the same mean keep, on `images` held-out test images."""
-    from ..train import calibrate_thresholds, evaluate
+    """REINFORCE vs the training-free start at the same keep per stage, on `images` held-out test
+    images, compared image by image (paired difference, 95% interval, McNemar's exact test)."""
+    from ..train import calibrate_thresholds, paired_comparison, predict
     test = _Cycle(*fixed_set("test", images, 224, s.seed + 1), 100)
-    trained = evaluate(model, test, policy="threshold")
-    full = evaluate(model, test, policy="all")
+
+    def run(m, policy):
+        pred, y, keep = predict(m, test, policy=policy)
+        correct = (pred == y).numpy()
+        return correct, {"accuracy": float(correct.mean()),
+                         **{f"keep{i + 1}": keep[:, i].mean().item() for i in range(keep.shape[1])}}
+
+    trained_correct, trained = run(model, "threshold")
+    _, full = run(model, "all")
     S = model.num_stages
     keep = [trained[f"keep{i + 1}"] for i in range(S)]  # the trained interpreters' keep after each stage
     free = demo_model(model.vit.state_dict())  # same backbone, interpreters back at the training-free start
     # Calibrated on the test images themselves (no labels used), so both keep the same share of
     # tokens on exactly these images: the comparison is of which tokens each keeps.
     thresholds = calibrate_thresholds(free, [x for x, _ in test], keep)
-    untrained = evaluate(free, test, policy="threshold")
+    free_correct, untrained = run(free, "threshold")
     result = {"images": images, "all": full, "reinforce": trained, "training_free_calibrated": untrained,
-              "training_free_thresholds": thresholds, "target_keep": keep}
+              "training_free_thresholds": thresholds, "target_keep": keep,
+              "reinforce_minus_training_free": paired_comparison(trained_correct, free_correct)}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(result, f, indent=1)
     _log(out, {"phase": "report", **{k: v for k, v in result.items() if k != "images"}})

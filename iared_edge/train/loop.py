@@ -10,6 +10,7 @@ where it stopped. Loading uses torch.load(weights_only=True).
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from typing import Dict, Iterable, Iterator, List, Optional
@@ -66,22 +67,50 @@ def _batches(loader: Iterable) -> Iterator:
 
 
 @torch.no_grad()
-def evaluate(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
-             max_batches: Optional[int] = None) -> Dict[str, float]:
-    """Top-1 accuracy and mean keep ratio per stage over `loader` ((images, labels) batches)."""
+def predict(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
+            max_batches: Optional[int] = None):
+    """(predicted class [n], labels [n], patch tokens kept after each stage [n, S]) over `loader`
+    ((images, labels) batches): per image, for paired comparisons of two models on the same images."""
     model.eval()
-    correct = total = 0
-    keep = torch.zeros(model.num_stages)
+    preds, labels, keep = [], [], []
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         out = model(x.to(device), policy=policy)
-        correct += (out.logits.argmax(-1).cpu() == y).sum().item()
-        total += y.numel()
-        keep += out.keep_ratio.sum(0).cpu()
-    if total == 0:
+        preds.append(out.logits.argmax(-1).cpu())
+        labels.append(y.cpu())
+        keep.append(out.keep_ratio.float().cpu())
+    if not preds:
         raise ValueError("validation loader yields no images")
-    return {"accuracy": correct / total, **{f"keep{s + 1}": (keep[s] / total).item() for s in range(model.num_stages)}}
+    return torch.cat(preds), torch.cat(labels), torch.cat(keep)
+
+
+def evaluate(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
+             max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Top-1 accuracy and mean keep ratio per stage over `loader` ((images, labels) batches)."""
+    pred, y, keep = predict(model, loader, device, policy, max_batches)
+    return {"accuracy": (pred == y).float().mean().item(),
+            **{f"keep{s + 1}": keep[:, s].mean().item() for s in range(keep.shape[1])}}
+
+
+def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
+    """Accuracy of A minus B on the same images, with its 95% interval and McNemar's exact test.
+    Only the images where exactly one is right carry information, so this resolves differences
+    far smaller than two independent accuracies' intervals would."""
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"need two equal, non-empty 1-D correctness vectors, got {a.shape} and {b.shape}")
+    n = a.size
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    diff = (only_a - only_b) / n
+    se = np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n  # sd of the per-image differences / sqrt(n)
+    k, m = min(only_a, only_b), only_a + only_b
+    # two-sided exact binomial test of only_a ~ Bin(only_a + only_b, 1/2)
+    p = 1.0 if m == 0 else min(1.0, 2.0 * sum(math.comb(m, i) for i in range(k + 1)) / 2.0 ** m)
+    return {"images": n, "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "difference": diff,
+            "ci95_low": diff - 1.96 * se, "ci95_high": diff + 1.96 * se, "only_a_right": only_a,
+            "only_b_right": only_b, "mcnemar_p": p}
 
 
 def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Iterable] = None,

@@ -246,3 +246,16 @@ def test_report_compares_reinforce_and_training_free_image_by_image(tmp_path):
     for i in range(model.num_stages):  # calibrated to the same keep, on these very images
         assert r["training_free_calibrated"][f"keep{i + 1}"] == pytest.approx(r["target_keep"][i], abs=0.05)
     assert json.loads((tmp_path / "report.json").read_text())["images"] == 40
+
+
+def test_training_batches_stop_their_worker_when_closed():
+    """Closing the training data stream joins its generator thread (a thread left inside torch
+    aborted the interpreter at exit after a finished phase)."""
+    import threading
+    from iared_edge.demo.train import batches
+    before = threading.active_count()
+    stream = batches("train", 5, 2, 112, lambda step: 1.0, seed=0, prefetch=1)
+    step, x, y = next(stream)
+    assert step == 5 and x.shape == (2, 3, 112, 112) and y.shape == (2,)
+    stream.close()
+    assert threading.active_count() == before

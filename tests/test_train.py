@@ -275,7 +275,7 @@ def test_paired_comparison_against_scipy_and_a_float64_loop():
     from scipy.stats import binomtest
     from iared_edge.train import paired_comparison
     rng = np.random.default_rng(0)
-    for n, pa, pb in [(1000, 0.9, 0.88), (200, 0.5, 0.6), (37, 0.3, 0.3)]:
+    for n, pa, pb in [(1000, 0.9, 0.88), (200, 0.5, 0.6), (37, 0.3, 0.3), (5000, 0.5, 0.5)]:  # last: > 1,023 discordant
         a, b = rng.random(n) < pa, rng.random(n) < pb
         r = paired_comparison(a, b)
         d = [float(x) - float(y) for x, y in zip(a, b)]  # per-image differences

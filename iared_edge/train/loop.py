@@ -107,7 +107,8 @@ def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
     se = np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n  # sd of the per-image differences / sqrt(n)
     k, m = min(only_a, only_b), only_a + only_b
     # two-sided exact binomial test of only_a ~ Bin(only_a + only_b, 1/2)
-    p = 1.0 if m == 0 else min(1.0, 2.0 * sum(math.comb(m, i) for i in range(k + 1)) / 2.0 ** m)
+    # (integer arithmetic: 2.0 ** m overflows a float beyond 1,023 discordant images)
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
     return {"images": n, "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "difference": diff,
             "ci95_low": diff - 1.96 * se, "ci95_high": diff + 1.96 * se, "only_a_right": only_a,
             "only_b_right": only_b, "mcnemar_p": p}

@@ -152,7 +152,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         start = int(state["step"])
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
-        model.load_state_dict(resize_pos_embed(init, size // 16))
+        model.load_state_dict(resize_pos_embed(init, model.patch_embed.grid_size[0]))
     if start >= steps:
         return model
     val_x, val_y = fixed_set("val", 500, size, s.seed)
@@ -258,14 +258,12 @@ def finetune_phase(out: str, s: Schedule, model):
 def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optional[str] = None) -> Dict:
     """REINFORCE vs the training-free start at the same keep per stage, on `images` held-out test
     images, compared image by image (paired difference, 95% interval, McNemar's exact test)."""
-    from ..train import calibrate_thresholds, paired_comparison, predict
+    from ..train import calibrate_thresholds, paired_comparison, predict, summarize
     test = _Cycle(*fixed_set("test", images, 224, s.seed + 1), 100)
 
-    def run(m, policy):
+    def run(m, policy):  # (per-image correctness, summary)
         pred, y, keep = predict(m, test, policy=policy)
-        correct = (pred == y).numpy()
-        return correct, {"accuracy": float(correct.mean()),
-                         **{f"keep{i + 1}": keep[:, i].mean().item() for i in range(keep.shape[1])}}
+        return (pred == y).numpy(), summarize(pred, y, keep)
 
     trained_correct, trained = run(model, "threshold")
     _, full = run(model, "all")

@@ -88,8 +88,12 @@ def predict(model, loader: Iterable, device: torch.device | str = "cpu", policy:
 def evaluate(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
              max_batches: Optional[int] = None) -> Dict[str, float]:
     """Top-1 accuracy and mean keep ratio per stage over `loader` ((images, labels) batches)."""
-    pred, y, keep = predict(model, loader, device, policy, max_batches)
-    return {"accuracy": (pred == y).float().mean().item(),
+    return summarize(*predict(model, loader, device, policy, max_batches))
+
+
+def summarize(pred: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> Dict[str, float]:
+    """`predict`'s per-image output as top-1 accuracy and mean keep ratio per stage."""
+    return {"accuracy": (pred == labels).float().mean().item(),
             **{f"keep{s + 1}": keep[:, s].mean().item() for s in range(keep.shape[1])}}
 
 

@@ -26,6 +26,33 @@ def test_generator_is_deterministic_and_seeded():
     assert img.shape == (224, 224, 3) and img.dtype == np.uint8 and 0 <= label <= 9
 
 
+def test_training_photos_are_recoloured_without_moving_the_digit():
+    """Train images get re-coloured photos (its own random stream: label and box unchanged);
+    val and test images show the photos as they are, by default."""
+    aug, plain = DigitsInClutter("train", seed=1), DigitsInClutter("train", seed=1, augment=False)
+    changed = 0
+    for i in range(20):
+        (ia, la, ba), (ip, lp, bp) = aug.sample(i), plain.sample(i)
+        assert la == lp and ba == bp
+        changed += np.abs(ia.astype(int) - ip.astype(int)).mean() > 8  # beyond the +-4 sensor noise
+    assert changed >= 10
+    for split in ("val", "test"):
+        a, b = DigitsInClutter(split, seed=1), DigitsInClutter(split, seed=1, augment=False)
+        assert not a.augment and all(np.array_equal(a.sample(i)[0], b.sample(i)[0]) for i in range(5))
+    assert aug.augment
+
+
+def test_recolour_keeps_shape_and_varies():
+    from iared_edge.demo.digits import recolour
+    rng = np.random.default_rng(0)  # a photo whose channels differ: blue-ish dark, red-ish bright
+    photo = np.clip(rng.normal((40, 120, 210), 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+    outs = [recolour(np.random.default_rng(k), photo, [photo[::-1]]) for k in range(12)]
+    assert all(o.shape == photo.shape and o.dtype == np.uint8 for o in outs)
+    assert len({o.tobytes() for o in outs}) == 12
+    # Colour statistics move: some variant's per-channel means differ from the photo's by a lot.
+    assert max(np.abs(o.reshape(-1, 3).mean(0) - photo.reshape(-1, 3).mean(0)).max() for o in outs) > 20
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_boxes_are_tight_around_the_ink(split):
     """On a black background (clutter 0) the ink is the only bright thing: every clearly bright

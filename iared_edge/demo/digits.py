@@ -7,7 +7,10 @@ background — the redundancy IA-RED² removes — with the digit's exact box kn
 Digits and backgrounds are split between train / val / test (columns of the digit sheet, whole
 photos), so test images show writing and scenes the model never saw. Every image is a pure
 function of (split, index, clutter, seed): the generator is deterministic and training can draw
-fresh images forever without storing them.
+fresh images forever without storing them. The train split's photos are also re-coloured at
+random (channel order, hue, grey, inversion, a second photo blended in, gamma), because 19 photos
+are too few for a model to generalise from to scenes it never saw; val and test photos are shown
+as they are.
 
     from iared_edge.demo.digits import DigitsInClutter
     gen = DigitsInClutter("train")
@@ -88,15 +91,44 @@ def draw_digit(bg: np.ndarray, glyph: np.ndarray, matrix: np.ndarray, contrast: 
     return img, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
+def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """A random re-colouring of a uint8 BGR background crop (same shape and dtype): so many
+    variants of each training photo that the model learns "digit vs anything", not our 19 photos."""
+    import cv2
+    img = bgr
+    if others and rng.random() < 0.3:  # a second photo blended in: new textures and edges
+        o = others[rng.integers(len(others))]
+        h, w = o.shape[:2]
+        side = int(rng.uniform(0.3, 1.0) * min(h, w))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        o = cv2.resize(o[y:y + side, x:x + side], img.shape[1::-1], interpolation=cv2.INTER_AREA)
+        img = cv2.addWeighted(img, 1.0 - (a := rng.uniform(0.3, 0.7)), o, a, 0.0)
+    if rng.random() < 0.5:
+        img = img[:, :, rng.permutation(3)]
+    if rng.random() < 0.4:  # hue rotation (OpenCV's 8-bit hue runs 0..179)
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + rng.integers(180)) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if rng.random() < 0.15:
+        img = np.repeat(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)[..., None], 3, 2)
+    if rng.random() < 0.2:
+        img = 255 - img
+    gamma = float(np.exp(rng.uniform(-0.5, 0.5)))
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
+    return cv2.LUT(np.ascontiguousarray(img), lut)
+
+
 class DigitsInClutter:
     """Deterministic generator of one split. `clutter` in [0, 1] scales the photo's brightness
     (0 = black background, the curriculum's start; 1 = the real task)."""
 
-    def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition()):
+    def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition(),
+                 augment: Optional[bool] = None):
         import cv2
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.seed, self.comp = split, int(seed), composition
+        self.augment = split == "train" if augment is None else bool(augment)
         digits = _load_digits()
         cols = list(SPLIT_COLUMNS[split])
         self.digits = digits[:, :, cols].reshape(10, -1, 20, 20)  # [10, 5 * len(cols), 20, 20]
@@ -113,7 +145,7 @@ class DigitsInClutter:
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
 
-    def _background(self, rng: np.random.Generator, size: int) -> np.ndarray:
+    def _background(self, rng: np.random.Generator, size: int, index: int) -> np.ndarray:
         import cv2
         bg = self.backgrounds[rng.integers(len(self.backgrounds))]
         h, w = bg.shape[:2]
@@ -122,6 +154,10 @@ class DigitsInClutter:
         crop = cv2.resize(bg[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
+        if self.augment:
+            # Its own random stream, so the digit and its box are the same with or without it.
+            own = np.random.default_rng([self.seed, SPLITS.index(self.split), int(index), 1])
+            crop = recolour(own, np.ascontiguousarray(crop), self.backgrounds)
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 
     def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
@@ -132,7 +168,7 @@ class DigitsInClutter:
         c, rng = self.comp, self._rng(index)
         label = int(rng.integers(10))
         glyph = self.digits[label, rng.integers(self.digits.shape[1])].astype(np.float32) / 255.0
-        bg = self._background(rng, c.size) * clutter
+        bg = self._background(rng, c.size, index) * clutter
         # Scale so the ink (not the 20x20 cell) is `height` pixels tall, rotate, place fully inside.
         rows, cols = np.nonzero(glyph.max(1) > 0.2)[0], np.nonzero(glyph.max(0) > 0.2)[0]
         ink_h = max(1, rows[-1] - rows[0] + 1) if rows.size else 20

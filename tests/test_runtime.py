@@ -208,6 +208,79 @@ def test_controller_switches_to_the_mode_that_suffers_less_from_load():
     assert abs(keeps[500:].mean() - keeps[100:200].mean()) <= 0.1 * keeps[100:200].mean()
 
 
+def test_controller_seeing_the_load_makes_no_trials_under_it_and_returns_at_once():
+    """With the load visible (`quiet=`), the two-thread mode (7x slower under load here: a trial
+    would miss) is not retried while the load lasts, and is back as soon as it has gone."""
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    costs = [l ** 1.6 for l in levels]
+    under_load = lambda i: 200 <= i < 400
+    factor = lambda i, m: (7.0 if under_load(i) else 1.0) if m == 0 else (1.4 if under_load(i) else 1.3)
+    runs = {}
+    for seen in (False, True):
+        ctrl = BudgetController(levels, costs, 15.0, modes=2)
+        ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+        ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+        rng = np.random.default_rng(0)
+        hits, modes = [], []
+        for i in range(600):
+            level = ctrl.choose()
+            ms = (2.0 + 20.0 * costs[level]) * factor(i, ctrl.mode) * (1 + 0.02 * rng.standard_normal())
+            modes.append(ctrl.mode)
+            ctrl.observe(level, ms, 0.5, quiet=(not under_load(i)) if seen else None)
+            hits.append(ms + 0.5 <= 15.0)
+        runs[seen] = np.array(hits), np.array(modes)
+    hits, modes = runs[True]
+    assert (modes[202:400] == 1).all()           # no two-thread trial under the load
+    assert hits[201:400].mean() == 1.0
+    assert (modes[402:600] == 0).all()           # two threads again right after it
+    blind_hits, blind_modes = runs[False]
+    assert (blind_modes[202:400] == 0).any()     # without the signal it has to try, and pays for it
+    assert blind_hits[201:400].mean() < 1.0
+
+
+def test_controller_margin_follows_the_jitter_of_the_current_condition():
+    """The safety margin is the recent `quantile` error in the current (mode, load) condition:
+    wild frames under a load do not shrink the keep once the load has gone."""
+    ctrl = make_controller(30.0)
+    rng = np.random.default_rng(0)
+    for quiet, jitter in ((True, 0.02), (False, 0.5), (True, 0.02)):
+        for _ in range(60):
+            level = ctrl.choose()
+            ms = (2.0 + 20.0 * ctrl.costs[level]) * (1 + jitter * abs(rng.standard_normal()))
+            ctrl.observe(level, ms, 0.0, quiet=quiet)
+        if quiet:
+            assert ctrl.effective_margin == pytest.approx(ctrl.margin)
+        else:  # the 99th percentile of |N(0, 0.5)|-sized errors is far above the floor
+            assert ctrl.effective_margin > 0.4
+    with pytest.raises(ValueError, match="quantile"):
+        BudgetController([1.0], [1.0], 10, quantile=0.2)
+
+
+def test_cpu_contention_counts_other_processes_only(tmp_path):
+    from iared_edge.runtime.contention import CpuContention
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+    clock = {"wall": 0.0, "own": 0.0, "busy": 0}
+
+    def write():  # user nice system idle iowait irq softirq steal
+        b = clock["busy"]
+        stat.write_text(f"cpu  {b - 30} 10 10 999 0 0 5 5 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+
+    write()
+    mon = CpuContention(window_s=0.3, path=str(stat), clock=lambda: clock["wall"], own_cpu=lambda: clock["own"])
+    assert mon.available and mon.sample() is None          # not yet a window's worth
+    for _ in range(5):                                     # 0.1 s steps: we use 0.1 s, others 0.15 s
+        clock["wall"] += 0.1
+        clock["own"] += 0.1
+        clock["busy"] += round(0.25 * hz)
+        write()
+        others = mon.sample()
+    assert others == pytest.approx(1.5, abs=0.15)          # busy cores besides ours
+    assert CpuContention(path=str(tmp_path / "missing")).sample() is None
+    stat.write_text("not a stat file\n")
+    assert CpuContention(path=str(stat)).sample() is None
+
+
 def make_controller(budget):
     levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     costs = [l ** 1.6 for l in levels]

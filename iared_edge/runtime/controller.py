@@ -6,7 +6,9 @@ with cost the FLOPs of that keep level relative to keeping everything, (a, b) fi
 calibration on the real device, `scale` tracking load changes from every measured frame (an
 exponential average of measured / predicted that follows a slow-down at once and a speed-up
 gradually), and `overhead` the pre/post-processing time. The safety margin widens to the recent
-jitter (95th percentile of the relative prediction error). Accuracy first: the highest level that
+jitter (the `quantile` of the relative prediction error over the last 50 frames seen in the same
+mode and, where known, the same load condition: the jitter under a load does not shrink the keep
+once the load has gone). Accuracy first: the highest level that
 fits wins; the level drops at once when it would miss, and rises one step at a time only after
 several frames with room to spare (hysteresis).
 
@@ -14,7 +16,10 @@ Modes are other ways to run the same levels (on a CPU: fewer threads, which stal
 process competes for the cores). Each mode has its own load estimate; the controller switches mode
 when another lets it keep more tokens. An estimate not refreshed by frames relaxes toward its
 calibrated value, so a mode that was slow under a load that has gone is tried again; the trial
-runs at a level that would fit even at the mode's last measured speed, so it does not miss.
+runs at a level that would fit even at the mode's last measured speed. Where the caller can see
+the load directly (`observe(..., quiet=)`: on Linux, other processes' CPU time), estimates relax
+only while the device is quiet: no trial under a load that is still there (such a trial misses by
+far: two threads sharing busy cores run several times slower), and one at once when it has gone.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import math
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -31,7 +36,8 @@ class BudgetController:
     costs: Sequence[float]            # relative cost of each level (FLOPs / full FLOPs)
     budget_ms: float
     margin: float = 0.1               # plan for budget / (1 + margin) at least
-    max_margin: float = 0.35          # ... and at most, however jittery the recent frames
+    max_margin: float = 0.6           # ... and at most, however jittery the recent frames
+    quantile: float = 0.99            # the share of frames the margin is sized to cover
     alpha: float = 0.3                # weight of the newest frame when the load eases
     alpha_up: float = 0.8             # ... and when it grows (react at once, relax slowly)
     up_after: int = 3                 # frames with room to spare before stepping up
@@ -45,7 +51,8 @@ class BudgetController:
     unmet_frames: int = 0
     _room: int = 0
     _warned: bool = field(default=False, repr=False)
-    _errors: deque = field(default_factory=lambda: deque(maxlen=50), repr=False)
+    _errors: Dict[Tuple[int, Optional[bool]], deque] = field(default_factory=dict, repr=False)  # per (mode, quiet)
+    _quiet: Optional[bool] = field(default=None, repr=False)  # the latest load condition seen
     _scales: List[float] = field(default_factory=list, repr=False)
     _base: List[float] = field(default_factory=list, repr=False)
     _seen: List[float] = field(default_factory=list, repr=False)  # each mode's last measured estimate
@@ -53,6 +60,8 @@ class BudgetController:
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
             raise ValueError("BudgetController: one cost per level, at least one level")
+        if not 0.5 <= self.quantile <= 1.0:
+            raise ValueError(f"BudgetController: quantile must be in [0.5, 1], got {self.quantile}")
         if list(self.levels) != sorted(self.levels, reverse=True):
             raise ValueError(f"BudgetController: levels must be sorted highest first, got {list(self.levels)}")
         self._reset_modes()
@@ -60,6 +69,7 @@ class BudgetController:
 
     def _reset_modes(self) -> None:
         self._scales, self._base, self._seen = [1.0] * self.modes, [1.0] * self.modes, [1.0] * self.modes
+        self._errors = {}
 
     def set_budget(self, budget_ms: float) -> None:
         if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
@@ -90,19 +100,24 @@ class BudgetController:
         scale = self._scales[mode] if scale is None else scale
         return scale * (self.a + self.b * self.costs[level]) + self.overhead_ms
 
-    def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0, mode: Optional[int] = None) -> None:
-        """Feed one frame's measured model latency (and pre/post-processing time)."""
+    def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0, mode: Optional[int] = None,
+                quiet: Optional[bool] = None) -> None:
+        """Feed one frame's measured model latency (and pre/post-processing time). `quiet`: whether
+        nothing else competes for the device now (None: unknown, estimates relax with time)."""
         mode = self.mode if mode is None else mode
+        self._quiet = quiet
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
-            self._errors.append(model_ms / (self._scales[mode] * base) - 1)
+            self._errors.setdefault((mode, quiet), deque(maxlen=50)).append(model_ms / (self._scales[mode] * base) - 1)
             ratio = model_ms / base
             alpha = self.alpha_up if ratio > self._scales[mode] else self.alpha
             self._scales[mode] += alpha * (ratio - self._scales[mode])
             self._seen[mode] = self._scales[mode]
         for m in range(self.modes):
-            if m != mode:
+            if m != mode and quiet is None:
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
+            elif m != mode and quiet:  # the load has gone: the calibrated speed is back
+                self._scales[m] = self._base[m]
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:
@@ -146,11 +161,12 @@ class BudgetController:
 
     @property
     def effective_margin(self) -> float:
-        """The recent 95th-percentile prediction error, within [margin, max_margin]."""
-        if len(self._errors) < 10:
+        """The recent `quantile` prediction error in the current mode and load condition, within
+        [margin, max_margin]."""
+        errs = sorted(self._errors.get((self.mode, self._quiet), ()))
+        if len(errs) < 10:
             return self.margin
-        errs = sorted(self._errors)
-        return min(self.max_margin, max(self.margin, errs[int(0.95 * (len(errs) - 1))]))
+        return min(self.max_margin, max(self.margin, errs[round(self.quantile * (len(errs) - 1))]))
 
     @property
     def keep_ratio(self) -> float:
@@ -158,4 +174,4 @@ class BudgetController:
 
 
 def default_levels() -> List[float]:
-    return [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    return [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]

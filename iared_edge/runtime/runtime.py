@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from contextlib import contextmanager, nullcontext as _nullcontext
@@ -20,6 +21,7 @@ import torch
 
 from ..checkpoint import resolve_model
 from ..preprocess import model_normalization
+from .contention import CpuContention
 from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
 
@@ -104,6 +106,13 @@ class Runtime:
         self.thread_modes = [int(t) for t in ([threads] if isinstance(threads, int) else threads)]
         if not self.thread_modes or min(self.thread_modes) < 1:
             raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
+        # with several thread modes: other processes' CPU use, so a faster mode is retried only
+        # once the cores are free again (None where the OS does not tell)
+        self._contention = CpuContention() if len(self.thread_modes) > 1 else None
+        try:
+            self._cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            self._cores = os.cpu_count() or 1
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         # policy-"ratio" graphs per keep level: ONNX Runtime sessions, TensorRT engines or CUDA graphs
@@ -169,6 +178,14 @@ class Runtime:
         finally:
             if torch.get_num_threads() != old:
                 torch.set_num_threads(old)
+
+    def _quiet(self) -> Optional[bool]:
+        """Whether the cores the widest thread mode needs are free of other processes (within
+        0.3 of a core); None when unknown."""
+        others = self._contention.sample() if self._contention is not None else None
+        if others is None:
+            return None
+        return self._cores - others >= max(self.thread_modes) - 0.3
 
     # -- one frame -------------------------------------------------------------------------------
     @property
@@ -241,7 +258,7 @@ class Runtime:
             post_ms = (time.perf_counter() - t0) * 1e3
             total = pre_ms + model_ms + post_ms
             if self.controller:
-                self.controller.observe(level, model_ms, pre_ms + post_ms, mode)
+                self.controller.observe(level, model_ms, pre_ms + post_ms, mode, self._quiet())
             index = self._frames
             self._frames += 1
             now = time.perf_counter()

@@ -164,8 +164,8 @@ class BudgetController:
         """The recent `quantile` prediction error in the current mode and load condition, within
         [margin, max_margin]."""
         errs = sorted(self._errors.get((self.mode, self._quiet), ()))
-        if len(errs) < 10:
-            return self.margin
+        if len(errs) < 10:  # not yet known: under a load, assume the worst
+            return self.max_margin if self._quiet is False else self.margin
         return min(self.max_margin, max(self.margin, errs[round(self.quantile * (len(errs) - 1))]))
 
     @property

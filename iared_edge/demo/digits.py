@@ -142,8 +142,9 @@ class DigitsInClutter:
         """Distinct digits in this split (images are unlimited: index any non-negative integer)."""
         return self.digits.shape[0] * self.digits.shape[1]
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
+    def _rng(self, index: int, *stream: int) -> np.random.Generator:
+        """Image `index`'s random stream (`stream`: a further, independent one for the same image)."""
+        return np.random.default_rng([self.seed, SPLITS.index(self.split), int(index), *stream])
 
     def _background(self, rng: np.random.Generator, size: int, index: int) -> np.ndarray:
         import cv2
@@ -156,8 +157,7 @@ class DigitsInClutter:
             crop = crop[:, ::-1]
         if self.augment:
             # Its own random stream, so the digit and its box are the same with or without it.
-            own = np.random.default_rng([self.seed, SPLITS.index(self.split), int(index), 1])
-            crop = recolour(own, np.ascontiguousarray(crop), self.backgrounds)
+            crop = recolour(self._rng(index, 1), np.ascontiguousarray(crop), self.backgrounds)
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 
     def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:

@@ -53,6 +53,25 @@ def test_recolour_keeps_shape_and_varies():
     assert max(np.abs(o.reshape(-1, 3).mean(0) - photo.reshape(-1, 3).mean(0)).max() for o in outs) > 20
 
 
+def test_recolour_turns_and_flips_square_crops():
+    """A square crop is also turned by quarter turns and flipped: a mark in one corner of the photo
+    ends up in each of the four corners across variants (found as the pixels unlike the rest,
+    whatever the colour change did)."""
+    from iared_edge.demo.digits import recolour
+    photo = np.full((32, 32, 3), 60, np.uint8)
+    photo[2:10, 2:10] = 230
+    corners = set()
+    for k in range(24):
+        out = recolour(np.random.default_rng(k), photo).astype(int).sum(2)
+        odd = np.abs(out - np.median(out)) > 30
+        ys, xs = np.nonzero(odd)
+        assert len(ys) == 64, "the mark keeps its size"
+        corners.add((ys.mean() > 16, xs.mean() > 16))
+    assert len(corners) == 4
+    wide = np.zeros((20, 32, 3), np.uint8)
+    assert recolour(np.random.default_rng(0), wide).shape == wide.shape
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_boxes_are_tight_around_the_ink(split):
     """On a black background (clutter 0) the ink is the only bright thing: every clearly bright

@@ -92,10 +92,16 @@ def draw_digit(bg: np.ndarray, glyph: np.ndarray, matrix: np.ndarray, contrast: 
 
 
 def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """A random re-colouring of a uint8 BGR background crop (same shape and dtype): so many
-    variants of each training photo that the model learns "digit vs anything", not our 19 photos."""
+    """A random re-colouring (and, for a square crop, re-orientation) of a uint8 BGR background
+    crop (same shape and dtype): so many variants of each training photo that the model learns
+    "digit vs anything", not our 19 photos."""
     import cv2
     img = bgr
+    if img.shape[0] == img.shape[1]:  # a quarter turn and a vertical flip: clutter has no "up"
+        img = np.rot90(img, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            img = img[::-1]
+        img = np.ascontiguousarray(img)
     if others and rng.random() < 0.3:  # a second photo blended in: new textures and edges
         o = others[rng.integers(len(others))]
         h, w = o.shape[:2]

@@ -57,6 +57,8 @@ class Schedule:
     finetune_steps: int = 0
     finetune_lr: float = 3e-5
     seed: int = 0
+    data_offset: int = 0           # backbone phases: step k trains on batch k + data_offset of the split,
+                                   # so a run continuing another's backbone sees images it has not seen
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -72,9 +74,10 @@ def clutter_at(step: int, s: Schedule) -> float:
 
 
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+            prefetch: int = 3, offset: int = 0) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
     """(step, images, labels) from `start` on, generated on a background thread. Batch `step`
-    holds images step*batch .. (step+1)*batch-1 of the split, so a resumed run sees the same data.
+    holds images k*batch .. (k+1)*batch-1 of the split, k = step + offset, so a resumed run sees
+    the same data.
     A quarter of each batch gets a random lighter clutter, so the easy case is never forgotten."""
     gen = DigitsInClutter(split, seed=seed)
     q: "queue.Queue" = queue.Queue(prefetch)
@@ -85,9 +88,10 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         try:
             while not stop.is_set():
                 f = clutter_fn(step)
-                rng = np.random.default_rng([seed, 7, step])
+                k = step + offset
+                rng = np.random.default_rng([seed, 7, k])
                 cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, f, batch), f)
-                imgs, labels, _ = gen.batch(range(step * batch, (step + 1) * batch), cl, size=size)
+                imgs, labels, _ = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size)
                 q.put((step, to_input(imgs), torch.from_numpy(labels)))
                 step += 1
         except BaseException as exc:  # hand it to the consumer instead of leaving it waiting
@@ -158,7 +162,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     val_x, val_y = fixed_set("val", 500, size, s.seed)
     t0 = time.time()
     losses = []
-    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed):
+    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset):
         if step >= steps:
             break
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))

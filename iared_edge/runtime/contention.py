@@ -49,6 +49,7 @@ class CpuContention:
         self.window_s, self.path, self._clock, self._own = float(window_s), path, clock, own_cpu
         self.available = read_busy_seconds(path) is not None
         self._samples: deque = deque(maxlen=1000)  # (wall, busy, own) seconds
+        self.window_start = -float("inf")  # when the window of the last reading began (clock time)
 
     def sample(self) -> Optional[float]:
         """Record now; return the other processes' busy cores over the window, or None when
@@ -67,5 +68,6 @@ class CpuContention:
             self._samples.popleft()
         if old is None:
             return None
+        self.window_start = old[0]
         wall = now[0] - old[0]
         return max(0.0, ((now[1] - old[1]) - (now[2] - old[2])) / wall)

@@ -6,7 +6,7 @@ with cost the FLOPs of that keep level relative to keeping everything, (a, b) fi
 calibration on the real device, `scale` tracking load changes from every measured frame (an
 exponential average of measured / predicted that follows a slow-down at once and a speed-up
 gradually), and `overhead` the pre/post-processing time. The safety margin widens to the recent
-jitter (the `quantile` of the relative prediction error over the last 50 frames seen in the same
+jitter (the `quantile` of the relative prediction error over the last 100 frames seen in the same
 mode and, where known, the same load condition: the jitter under a load does not shrink the keep
 once the load has gone). Accuracy first: the highest level that
 fits wins; the level drops at once when it would miss, and rises one step at a time only after
@@ -19,7 +19,8 @@ calibrated value, so a mode that was slow under a load that has gone is tried ag
 runs at a level that would fit even at the mode's last measured speed. Where the caller can see
 the load directly (`observe(..., quiet=)`: on Linux, other processes' CPU time), estimates relax
 only while the device is quiet: no trial under a load that is still there (such a trial misses by
-far: two threads sharing busy cores run several times slower), and one at once when it has gone.
+far: two threads sharing busy cores run several times slower), and once it has gone, a return at
+once to the calibrated speed and the level it allows.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class BudgetController:
         self._quiet = quiet
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
-            self._errors.setdefault((mode, quiet), deque(maxlen=50)).append(model_ms / (self._scales[mode] * base) - 1)
+            self._errors.setdefault((mode, quiet), deque(maxlen=100)).append(model_ms / (self._scales[mode] * base) - 1)
             ratio = model_ms / base
             alpha = self.alpha_up if ratio > self._scales[mode] else self.alpha
             self._scales[mode] += alpha * (ratio - self._scales[mode])
@@ -117,7 +118,7 @@ class BudgetController:
             if m != mode and quiet is None:
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
             elif m != mode and quiet:  # the load has gone: the calibrated speed is back
-                self._scales[m] = self._base[m]
+                self._scales[m] = self._seen[m] = self._base[m]
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:

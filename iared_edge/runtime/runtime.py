@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -82,8 +83,7 @@ class Runtime:
             raise ValueError(f"input_size {tuple(input_size)} does not match the model's {expected}")
         self.input_size = expected
         mean, std, _ = model_normalization(self.model)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean, self._std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         if labels is not None and len(labels) != self.model.vit.num_classes:
             raise ValueError(f"labels: {len(labels)} given for {self.model.vit.num_classes} classes")
         self.labels = list(labels) if labels is not None else self.model.class_names()
@@ -109,6 +109,7 @@ class Runtime:
         # with several thread modes: other processes' CPU use, so a faster mode is retried only
         # once the cores are free again (None where the OS does not tell)
         self._contention = CpuContention() if len(self.thread_modes) > 1 else None
+        self._slow_at = -math.inf  # when the last frame far slower than predicted started
         try:
             self._cores = len(os.sched_getaffinity(0))
         except AttributeError:
@@ -169,15 +170,28 @@ class Runtime:
 
     @contextmanager
     def _threads(self, n: Optional[int]):
-        """Run a block with torch's CPU thread count set to n (restored after)."""
-        old = torch.get_num_threads()
-        if n is not None and n != old and self.device.type == "cpu":
+        """Run a block with torch's and OpenCV's CPU thread counts set to n (restored after): on a
+        contended CPU a pool's second thread that lands on the busy core stalls the whole call."""
+        if n is None or self.device.type != "cpu":
+            yield
+            return
+        cv2 = import_cv2()
+        old, old_cv = torch.get_num_threads(), cv2.getNumThreads()
+        if n != old:
             torch.set_num_threads(n)
+        if n != old_cv:
+            cv2.setNumThreads(n)
         try:
             yield
         finally:
             if torch.get_num_threads() != old:
                 torch.set_num_threads(old)
+            if cv2.getNumThreads() != old_cv:
+                cv2.setNumThreads(old_cv)
+
+    def _frame_threads(self) -> Optional[int]:
+        """The thread count the controller runs frames with now (None: no controller)."""
+        return self.thread_modes[self.controller.mode] if self.controller else None
 
     def _quiet(self) -> Optional[bool]:
         """Whether the cores the widest thread mode needs are free of other processes (within
@@ -185,6 +199,10 @@ class Runtime:
         others = self._contention.sample() if self._contention is not None else None
         if others is None:
             return None
+        if self._contention.window_start <= self._slow_at:
+            # The reading averages over time before the last slow-down: a load that has just
+            # started barely shows in it yet. Not quiet until a window after the slow-down says so.
+            return False
         return self._cores - others >= max(self.thread_modes) - 0.3
 
     # -- one frame -------------------------------------------------------------------------------
@@ -219,8 +237,10 @@ class Runtime:
         cv2 = import_cv2()
         rgb = self._to_rgb(frame, color)
         small = cv2.resize(np.ascontiguousarray(rgb), self.input_size[::-1], interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(small).permute(2, 0, 1)[None].float().div_(255)
-        return (x - self._mean) / self._std
+        # Normalised in numpy (one thread), not torch: a torch op here would wake torch's thread
+        # pool, whose worker sharing a core with a busy process stalls the frame by tens of ms.
+        x = (small.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
     def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
         """One forward at keep level `ratio` (None: the Runtime's own policy), timed."""
@@ -246,18 +266,21 @@ class Runtime:
             ratio = self.controller.keep_ratio if self.controller else None
             mode = self.controller.mode if self.controller else 0
             x = self._to_device(x)
-            with self._threads(self.thread_modes[mode] if self.controller else None):
+            with self._threads(self._frame_threads()):
+                started = time.perf_counter()
                 out, model_ms = self._time_model(x, ratio)
-            t0 = time.perf_counter()
-            probs = out.logits[0].float().softmax(-1)
-            top = probs.topk(self.topk)
-            h, w = frame.shape[:2]
-            heat = cv2.resize(out.heatmap[0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-            masks = out.keep_masks[0].view(-1, *self.model.grid_size).cpu().numpy()
-            stage_keep = out.keep_ratio[0].tolist()
-            post_ms = (time.perf_counter() - t0) * 1e3
+                t0 = time.perf_counter()
+                probs = out.logits[0].float().softmax(-1)
+                top = probs.topk(self.topk)
+                h, w = frame.shape[:2]
+                heat = cv2.resize(out.heatmap[0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+                masks = out.keep_masks[0].view(-1, *self.model.grid_size).cpu().numpy()
+                stage_keep = out.keep_ratio[0].tolist()
+                post_ms = (time.perf_counter() - t0) * 1e3
             total = pre_ms + model_ms + post_ms
             if self.controller:
+                if model_ms > 1.5 * (self.controller.predict(level, mode) - self.controller.overhead_ms):
+                    self._slow_at = started
                 self.controller.observe(level, model_ms, pre_ms + post_ms, mode, self._quiet())
             index = self._frames
             self._frames += 1
@@ -275,7 +298,8 @@ class Runtime:
         """One frame (H x W x 3 uint8, BGR unless color="rgb"; a PIL image; an H x W x 3 tensor)."""
         timestamp = time.time()
         t0 = time.perf_counter()
-        x = self.preprocess(frame, color)
+        with self._threads(self._frame_threads()):
+            x = self.preprocess(frame, color)
         pre_ms = (time.perf_counter() - t0) * 1e3
         return self._infer(np.asarray(frame) if not isinstance(frame, np.ndarray) else frame, x, pre_ms, timestamp)
 

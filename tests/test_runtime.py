@@ -175,6 +175,49 @@ def test_budget_runtime_streams_and_reports(rt):
         runtime.budget_ms = -1
 
 
+def test_whole_frame_runs_with_the_controllers_thread_count(monkeypatch):
+    """Resizing, the model and the heatmap all run with the thread count the controller chose,
+    torch's and OpenCV's (a pool's second thread on a busy core stalls a call), restored after."""
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("deit_tiny_patch16_224")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runtime = Runtime(model, budget_ms=1e6, threads=1, calibrate_runs=1)
+    seen = []
+    resize, forward = cv2.resize, model.forward
+    monkeypatch.setattr(cv2, "resize", lambda *a, **k: (seen.append(("resize", torch.get_num_threads(), cv2.getNumThreads())), resize(*a, **k))[1])
+    monkeypatch.setattr(model, "forward", lambda *a, **k: (seen.append(("model", torch.get_num_threads(), cv2.getNumThreads())), forward(*a, **k))[1])
+    old_torch, old_cv = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(2)
+    cv2.setNumThreads(2)
+    try:
+        runtime(clip_frames(1)[0])
+        assert [s[0] for s in seen] == ["resize", "model", "resize"]  # frame in, model, heatmap out
+        assert all(s[1:] == (1, 1) for s in seen)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+    finally:
+        torch.set_num_threads(old_torch)
+        cv2.setNumThreads(old_cv)
+
+
+def test_a_load_reading_older_than_a_slow_frame_is_not_quiet(rt):
+    """/proc/stat readings average over a window: one that began before a frame ran far slower
+    than predicted cannot show a load that started with that frame, so it does not count as quiet."""
+    class Reading:  # other processes use no CPU over a window starting at `window_start`
+        window_start = 10.0
+
+        def sample(self):
+            return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runtime = Runtime(rt.model, budget_ms=50.0, threads=[2, 1], calibrate_runs=1)
+    runtime._contention, runtime._cores = Reading(), 2
+    runtime._slow_at = 9.0
+    assert runtime._quiet() is True
+    runtime._slow_at = 10.5
+    assert runtime._quiet() is False
+
+
 # -- the controller, on a simulated device whose latency is a line in cost times a load factor ---
 
 def simulate(ctrl, frames, load, noise=0.02, seed=0, modes=None):
@@ -221,18 +264,20 @@ def test_controller_seeing_the_load_makes_no_trials_under_it_and_returns_at_once
         ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
         ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
         rng = np.random.default_rng(0)
-        hits, modes = [], []
+        hits, modes, chosen = [], [], []
         for i in range(600):
             level = ctrl.choose()
             ms = (2.0 + 20.0 * costs[level]) * factor(i, ctrl.mode) * (1 + 0.02 * rng.standard_normal())
             modes.append(ctrl.mode)
+            chosen.append(level)
             ctrl.observe(level, ms, 0.5, quiet=(not under_load(i)) if seen else None)
             hits.append(ms + 0.5 <= 15.0)
         runs[seen] = np.array(hits), np.array(modes)
     hits, modes = runs[True]
     assert (modes[202:400] == 1).all()           # no two-thread trial under the load
     assert hits[201:400].mean() == 1.0
-    assert (modes[402:600] == 0).all()           # two threads again right after it
+    assert (modes[402:600] == 0).all()           # two threads again right after it,
+    assert chosen[401] <= chosen[199] + 1         # at (about) the level it had before, not the lowest
     blind_hits, blind_modes = runs[False]
     assert (blind_modes[202:400] == 0).any()     # without the signal it has to try, and pays for it
     assert blind_hits[201:400].mean() < 1.0

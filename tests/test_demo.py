@@ -305,3 +305,18 @@ def test_training_batches_stop_their_worker_when_closed():
     assert step == 5 and x.shape == (2, 3, 112, 112) and y.shape == (2,)
     stream.close()
     assert threading.active_count() == before
+
+
+def test_training_batches_with_an_offset_are_later_batches():
+    """`--data-offset`: a run continuing another's backbone sees batch k + offset at step k (new
+    images for it), and the same images again when resumed."""
+    from iared_edge.demo.train import batches
+    full = lambda step: 1.0
+    plain = batches("train", 5, 4, 112, full, seed=0)
+    shifted = batches("train", 2, 4, 112, full, seed=0, offset=3)
+    (s1, x1, y1), (s2, x2, y2) = next(plain), next(shifted)
+    assert (s1, s2) == (5, 2)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    other = next(batches("train", 2, 4, 112, full, seed=0))[1]
+    assert not torch.equal(other, x2)
+    plain.close(), shifted.close()

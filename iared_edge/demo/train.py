@@ -54,6 +54,8 @@ class Schedule:
     interp_steps_per_stage: int = 150
     interp_lr: float = 1e-3
     interp_penalty: float = 1.0
+    calibrate_keep: float = 0.0    # > 0: after REINFORCE, per-stage thresholds set on unlabelled val
+                                   # images so that this share of patch tokens is kept (0: 0.5 each)
     finetune_steps: int = 0
     finetune_lr: float = 3e-5
     seed: int = 0
@@ -242,6 +244,11 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
                                  amp=torch.bfloat16, seed=s.seed, progress=False)
     with open(os.path.join(out, "interpreters_history.json"), "w") as f:
         json.dump(history, f)
+    if s.calibrate_keep:
+        from ..train import calibrate_thresholds
+        thresholds = calibrate_thresholds(model, [x for x, _ in val], s.calibrate_keep)
+        _log(out, {"phase": "interpreters", "calibrated_thresholds": thresholds, "keep": s.calibrate_keep,
+                   **{f"val_{k}": v for k, v in evaluate(model, val, policy="threshold").items()}})
     return model
 
 

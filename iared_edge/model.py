@@ -30,6 +30,18 @@ EXECUTIONS = ("packed", "masked")
 PerStage = Union[float, Sequence[float]]
 
 
+HEATMAP_TIE_BREAK = 0.01
+
+
+def heatmap_from_scores(scores: torch.Tensor) -> torch.Tensor:
+    """[B, S, N] per-stage keep probabilities (0 once dropped) -> [B, N] heatmap in [0, 1]: the
+    probability that the patch survives every stage (the product: what the interpreters, trained
+    as one Bernoulli policy, say about it), plus 1% of the mean over stages so that patches dropped
+    early still rank by their scores. A patch every stage keeps with probability near 1 is near 1;
+    one dropped at the first stage is below 0.01."""
+    return (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
+
+
 @dataclass
 class IARedOutput:
     """What one forward gives. S = number of stages (groups), N = patch tokens, grid gh x gw = N."""
@@ -37,7 +49,7 @@ class IARedOutput:
     keep_masks: torch.Tensor      # [B, S, N] bool: patch still present after stage s's decision
     scores: torch.Tensor          # [B, S, N] float32: stage s's keep probability (0 if already dropped)
     kept_counts: torch.Tensor     # [B, S] int64: patch tokens kept by stage s
-    heatmap: torch.Tensor         # [B, gh, gw] float32 in [0, 1]: mean over stages of `scores`
+    heatmap: torch.Tensor         # [B, gh, gw] float32 in [0, 1]: `heatmap_from_scores(scores)`
     flops: torch.Tensor           # [B] float64: estimated FLOPs of this forward, from real token counts
     log_probs: Optional[torch.Tensor] = None  # [B, S]: log-probability of sampled decisions (policy "sample")
 
@@ -234,7 +246,7 @@ class IARedViT(nn.Module):
         keep_masks = torch.stack(keep_masks, 1)
         scores = torch.stack(scores, 1)
         counts = keep_masks.sum(-1)
-        heatmap = scores.mean(1).view(-1, *self.grid_size)
+        heatmap = heatmap_from_scores(scores).view(-1, *self.grid_size)
         return IARedOutput(logits, keep_masks, scores, counts, heatmap, self.flops(counts),
                            torch.stack(log_probs, 1) if log_probs is not None else None)
 

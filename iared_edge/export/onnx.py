@@ -7,7 +7,7 @@
   gives the counts of a keep level.
 The batch axis is dynamic. Outputs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
-heatmap [B, gh, gw] (the mean over stages of each patch's keep probability, 0 once dropped).
+heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage keep probabilities).
 Attention is permutation-equivariant, so kept tokens need not be re-sorted.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..model import heatmap_from_scores
 from ..ops import ratio_keep_count
 
 
@@ -49,11 +50,11 @@ def dense_ratio_forward(model, images: torch.Tensor, select):
     x = m._embed(images)
     B = x.shape[0]
     pos = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
-    heat = torch.zeros(B, N, device=x.device, dtype=torch.float32)
+    grid_scores = []  # per stage [B, N]: each patch's keep probability in grid order, 0 once dropped
     kept = []
     for s, interp in enumerate(m.interpreters):
         probs = interp(x)[:, P:].float()
-        heat = heat + torch.zeros_like(heat).scatter(1, pos, probs)
+        grid_scores.append(torch.zeros(B, N, device=x.device, dtype=torch.float32).scatter(1, pos, probs))
         idx = select(s, probs)
         pos = torch.gather(pos, 1, idx)
         patches = torch.gather(x[:, P:], 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -62,7 +63,7 @@ def dense_ratio_forward(model, images: torch.Tensor, select):
         for blk in m.stage_blocks(s):
             x = blk(x)
     logits = m._head(x[:, :P])
-    return (logits, *kept, (heat / m.num_stages).view(B, *m.grid_size))
+    return (logits, *kept, heatmap_from_scores(torch.stack(grid_scores, 1)).view(B, *m.grid_size))
 
 
 class _TopKIndices(torch.autograd.Function):

@@ -244,12 +244,19 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
                                  amp=torch.bfloat16, seed=s.seed, progress=False)
     with open(os.path.join(out, "interpreters_history.json"), "w") as f:
         json.dump(history, f)
-    if s.calibrate_keep:
-        from ..train import calibrate_thresholds
-        thresholds = calibrate_thresholds(model, [x for x, _ in val], s.calibrate_keep)
-        _log(out, {"phase": "interpreters", "calibrated_thresholds": thresholds, "keep": s.calibrate_keep,
-                   **{f"val_{k}": v for k, v in evaluate(model, val, policy="threshold").items()}})
+    calibrate_phase(out, "interpreters", s, model, val)
     return model
+
+
+def calibrate_phase(out: str, phase: str, s: Schedule, model, val) -> None:
+    """With --calibrate-keep: per-stage thresholds from the unlabelled validation images so that
+    that share of patch tokens is kept (deterministic, so a resumed run sets the same ones)."""
+    if not s.calibrate_keep:
+        return
+    from ..train import calibrate_thresholds, evaluate
+    thresholds = calibrate_thresholds(model, [x for x, _ in val], s.calibrate_keep)
+    _log(out, {"phase": phase, "calibrated_thresholds": thresholds, "keep": s.calibrate_keep,
+               **{f"val_{k}": v for k, v in evaluate(model, val, policy="threshold").items()}})
 
 
 def finetune_phase(out: str, s: Schedule, model):
@@ -262,6 +269,7 @@ def finetune_phase(out: str, s: Schedule, model):
     for h in history:
         if "val_accuracy" in h:
             _log(out, {"phase": "finetune", **h})
+    calibrate_phase(out, "finetune", s, model, _Cycle(val_x, val_y, 64))  # the backbone moved: again
     return model
 
 

@@ -195,6 +195,12 @@ def test_whole_frame_runs_with_the_controllers_thread_count(monkeypatch):
         assert [s[0] for s in seen] == ["resize", "model", "resize"]  # frame in, model, heatmap out
         assert all(s[1:] == (1, 1) for s in seen)
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+        # several callers at once: each sets and restores the process-wide counts in turn
+        callers = [threading.Thread(target=runtime, args=(f,)) for f in clip_frames(6)]
+        [t.start() for t in callers]
+        [t.join() for t in callers]
+        assert len(seen) == 3 * 7 and all(s[1:] == (1, 1) for s in seen)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
     finally:
         torch.set_num_threads(old_torch)
         cv2.setNumThreads(old_cv)

@@ -298,8 +298,11 @@ class Runtime:
         """One frame (H x W x 3 uint8, BGR unless color="rgb"; a PIL image; an H x W x 3 tensor)."""
         timestamp = time.time()
         t0 = time.perf_counter()
-        with self._threads(self._frame_threads()):
+        if self.controller is None:
             x = self.preprocess(frame, color)
+        else:  # under the lock: the thread counts are process-wide, set and restored by one caller at a time
+            with self._lock, self._threads(self._frame_threads()):
+                x = self.preprocess(frame, color)
         pre_ms = (time.perf_counter() - t0) * 1e3
         return self._infer(np.asarray(frame) if not isinstance(frame, np.ndarray) else frame, x, pre_ms, timestamp)
 

@@ -289,6 +289,28 @@ def test_controller_seeing_the_load_makes_no_trials_under_it_and_returns_at_once
     assert blind_hits[201:400].mean() < 1.0
 
 
+def test_controller_does_not_return_at_once_after_jitter_on_a_quiet_device():
+    """A single slow frame of the two-thread mode while the device reads quiet (jitter, not a
+    load) may move the controller to one thread; it must not jump straight back at the old level
+    (a quiet reading is no news: nothing has gone), so no second frame misses. The device runs 40%
+    slower than its start-up calibration in two-thread mode, so the calibrated speed is no safe
+    place to return to."""
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    costs = [l ** 1.6 for l in levels]
+    ctrl = BudgetController(levels, costs, 15.0, modes=2)
+    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+    ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+    rng = np.random.default_rng(0)
+    hits = []
+    for i in range(300):
+        level = ctrl.choose()
+        spike = 2.5 if (i == 100 and ctrl.mode == 0) else 1.0
+        ms = (2.0 + 20.0 * costs[level]) * (1.4 if ctrl.mode == 0 else 1.3) * spike * (1 + 0.02 * rng.standard_normal())
+        ctrl.observe(level, ms, 0.5, quiet=True)
+        hits.append(ms + 0.5 <= 15.0)
+    assert not hits[100] and all(hits[101:])
+
+
 def test_controller_margin_follows_the_jitter_of_the_current_condition():
     """The safety margin is the recent `quantile` error in the current (mode, load) condition:
     wild frames under a load do not shrink the keep once the load has gone."""

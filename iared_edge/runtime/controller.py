@@ -19,8 +19,10 @@ calibrated value, so a mode that was slow under a load that has gone is tried ag
 runs at a level that would fit even at the mode's last measured speed. Where the caller can see
 the load directly (`observe(..., quiet=)`: on Linux, other processes' CPU time), estimates relax
 only while the device is quiet: no trial under a load that is still there (such a trial misses by
-far: two threads sharing busy cores run several times slower), and once it has gone, a return at
-once to the calibrated speed and the level it allows.
+far: two threads sharing busy cores run several times slower), and once it has gone (the reading
+turns quiet), a return at once to the speed the mode had before the load and the level it allows.
+A mode left after a slow frame while the reading stayed quiet (jitter, not a load) relaxes back
+with time, as when the load is unknown.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class BudgetController:
     _scales: List[float] = field(default_factory=list, repr=False)
     _base: List[float] = field(default_factory=list, repr=False)
     _seen: List[float] = field(default_factory=list, repr=False)  # each mode's last measured estimate
+    _quiet_scales: List[float] = field(default_factory=list, repr=False)  # ... from its last quiet frame
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
@@ -70,6 +73,7 @@ class BudgetController:
 
     def _reset_modes(self) -> None:
         self._scales, self._base, self._seen = [1.0] * self.modes, [1.0] * self.modes, [1.0] * self.modes
+        self._quiet_scales = [1.0] * self.modes
         self._errors = {}
 
     def set_budget(self, budget_ms: float) -> None:
@@ -91,7 +95,7 @@ class BudgetController:
 
     def calibrate_mode(self, mode: int, level: int, latency_ms: float) -> None:
         """A mode's starting load estimate, from one measured latency at `level`."""
-        self._base[mode] = self._scales[mode] = self._seen[mode] = \
+        self._base[mode] = self._scales[mode] = self._seen[mode] = self._quiet_scales[mode] = \
             latency_ms / max(self.a + self.b * self.costs[level], 1e-6)
 
     def predict(self, level: int, mode: Optional[int] = None, scale: Optional[float] = None) -> float:
@@ -106,6 +110,7 @@ class BudgetController:
         """Feed one frame's measured model latency (and pre/post-processing time). `quiet`: whether
         nothing else competes for the device now (None: unknown, estimates relax with time)."""
         mode = self.mode if mode is None else mode
+        load_gone = quiet is True and self._quiet is False
         self._quiet = quiet
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
@@ -114,11 +119,15 @@ class BudgetController:
             alpha = self.alpha_up if ratio > self._scales[mode] else self.alpha
             self._scales[mode] += alpha * (ratio - self._scales[mode])
             self._seen[mode] = self._scales[mode]
+            if quiet:
+                self._quiet_scales[mode] = self._scales[mode]
         for m in range(self.modes):
-            if m != mode and quiet is None:
+            if m == mode or quiet is False:  # under a load an unused mode's estimate stands
+                continue
+            if load_gone:  # the speed it had before the load is back
+                self._scales[m] = self._seen[m] = self._quiet_scales[m]
+            else:  # unknown, or quiet all along (a slow frame was jitter): relax with time
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
-            elif m != mode and quiet:  # the load has gone: the calibrated speed is back
-                self._scales[m] = self._seen[m] = self._base[m]
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:

@@ -60,6 +60,8 @@ class BudgetController:
     _base: List[float] = field(default_factory=list, repr=False)
     _seen: List[float] = field(default_factory=list, repr=False)  # each mode's last measured estimate
     _quiet_scales: List[float] = field(default_factory=list, repr=False)  # ... from its last quiet frame
+    _quiet_run: int = field(default=0, repr=False)     # consecutive quiet readings
+    _busy_seen: bool = field(default=False, repr=False)  # a busy reading since the load was last over
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
@@ -110,7 +112,14 @@ class BudgetController:
         """Feed one frame's measured model latency (and pre/post-processing time). `quiet`: whether
         nothing else competes for the device now (None: unknown, estimates relax with time)."""
         mode = self.mode if mode is None else mode
-        load_gone = quiet is True and self._quiet is False
+        self._quiet_run = self._quiet_run + 1 if quiet else 0
+        self._busy_seen = self._busy_seen or quiet is False
+        # the load is over at the second quiet reading in a row after a busy one (one quiet
+        # reading in the middle of a load is not enough: the reading flickers)
+        load_gone = self._busy_seen and self._quiet_run >= 2
+        if load_gone:
+            self._busy_seen = False
+        waiting = self._busy_seen and quiet is True  # one quiet reading after a busy one: not yet
         self._quiet = quiet
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
@@ -122,7 +131,7 @@ class BudgetController:
             if quiet:
                 self._quiet_scales[mode] = self._scales[mode]
         for m in range(self.modes):
-            if m == mode or quiet is False:  # under a load an unused mode's estimate stands
+            if m == mode or quiet is False or waiting:  # under a load an unused mode's estimate stands
                 continue
             if load_gone:  # the speed it had before the load is back
                 self._scales[m] = self._seen[m] = self._quiet_scales[m]

@@ -1,0 +1,57 @@
+"""Demo models side by side at several operating points: policy "all", "threshold" (the model's
+own thresholds) and "ratio" at a few keep ratios, on the same fixed validation and test images.
+Compares two trainings at equal keep, which the thresholds alone cannot (each keeps its own share).
+
+    .venv/bin/python benchmarks/demo_operating_points.py MODEL.safetensors [MODEL ...] \\
+        [--images 500] [--ratios 0.6 0.45 0.3]
+
+Test images come from generator seed 1 (the REINFORCE report's), validation from seed 0.
+Prints one markdown row per model and split: top-1 and, for "threshold", the share of patch
+tokens kept after each stage.
+"""
+import argparse
+
+import torch
+
+from iared_edge import load_model
+from iared_edge.demo.train import fixed_set
+from iared_edge.train import summarize
+
+
+@torch.no_grad()
+def run(model, x, y, bs=50, **policy):
+    preds, keep = [], []
+    for i in range(0, len(x), bs):
+        out = model(x[i:i + bs], **policy)
+        preds.append(out.logits.argmax(-1))
+        keep.append(out.keep_ratio.float())
+    return summarize(torch.cat(preds), y, torch.cat(keep))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", help="saved .safetensors files (or demo)")
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--ratios", type=float, nargs="*", default=[0.6, 0.45, 0.3])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    splits = {"val": fixed_set("val", args.images, 224, 0), "test": fixed_set("test", args.images, 224, 1)}
+    print(f"# {args.images} images per split; ratio rho = share of the surviving patch tokens kept at each stage")
+    print("| model | split | all | threshold (kept after stage 1 / 2 / 3) | "
+          + " | ".join(f"rho {r}" for r in args.ratios) + " |")
+    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in args.ratios) + " |")
+    for path in args.models:
+        model = load_model(path).float().eval()
+        S = model.num_stages
+        for name, (x, y) in splits.items():
+            full = run(model, x, y, policy="all")
+            thr = run(model, x, y, policy="threshold")
+            kept = " / ".join(f"{thr[f'keep{i + 1}']:.2f}" for i in range(S))
+            cells = [f"{full['accuracy']:.1%}", f"{thr['accuracy']:.1%} ({kept})"]
+            cells += [f"{run(model, x, y, policy='ratio', ratio=r)['accuracy']:.1%}" for r in args.ratios]
+            print(f"| {path} | {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -63,7 +63,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     paths = paths[: args.limit]
     tensors = [model_input(model, load_rgb(p)) for p in paths]
     batches = [torch.cat(tensors[i:i + args.batch]) for i in range(0, len(tensors), args.batch)]
-    thresholds = calibrate_thresholds(model, batches, args.keep)
+    thresholds = calibrate_thresholds(model, batches, args.keep, shape=args.shape)
     out = args.out or (args.model if args.model.endswith(".safetensors") else "calibrated.safetensors")
     save_model(model, out)
     print(f"thresholds per stage: {', '.join(f'{t:.4f}' for t in thresholds)} (target keep {args.keep:.0%} "
@@ -201,6 +201,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     c.add_argument("--images", required=True, help="a folder of unlabelled images (searched recursively)")
     c.add_argument("--keep", type=float, default=0.6, help="target mean fraction of patch tokens kept")
+    c.add_argument("--shape", choices=["geometric", "learned"], default="geometric",
+                   help="how the keep is spread over the stages: geometric (untrained interpreters) or "
+                        "learned (the model's own per-stage keeps scaled to the target: trained interpreters)")
     c.add_argument("--limit", type=int, default=500, help="at most this many images")
     c.add_argument("--batch", type=int, default=16)
     c.add_argument("--out", help="where to save (default: the model file itself, or calibrated.safetensors)")

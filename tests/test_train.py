@@ -7,7 +7,7 @@ import torch
 
 from iared_edge import IARedViT, load_model
 from iared_edge.cli import main
-from iared_edge.train import calibrate_thresholds, geometric_keep_targets
+from iared_edge.train import calibrate_thresholds, geometric_keep_targets, scaled_keep_targets
 
 cv2 = pytest.importorskip("cv2")
 CLIP = os.path.join(os.path.dirname(__file__), "data", "vtest_short.avi")
@@ -85,6 +85,37 @@ def test_calibration_hits_per_stage_targets_on_held_out_images():
         calibrate_thresholds(model, calib.split(25), [0.3, 0.5, 0.2])
 
 
+def test_scaled_targets():
+    t = scaled_keep_targets(0.3, [0.4, 0.4, 0.1])
+    assert np.mean(t) == pytest.approx(0.3) and t[0] == pytest.approx(t[1]) and t[0] / t[2] == pytest.approx(4)
+    t = scaled_keep_targets(0.7, [0.8, 0.4, 0.1])  # stage 1 saturates at 1, the others keep the ratio
+    assert t[0] == 1.0 and np.mean(t) == pytest.approx(0.7) and t[1] / t[2] == pytest.approx(4)
+    with pytest.raises(ValueError, match="drops entirely"):
+        scaled_keep_targets(0.9, [0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match="no patch tokens"):
+        scaled_keep_targets(0.3, [0.0, 0.0, 0.0])
+
+
+def test_learned_shape_keeps_the_models_own_allocation():
+    """shape="learned" scales the per-stage keeps the model's thresholds give (here set to keep
+    0.6 / 0.6 / 0.15 on the calibration images) to the target, not a geometric spread."""
+    torch.manual_seed(1)
+    model = IARedViT.from_timm("deit_tiny_patch16_224").eval()
+    calib, held_out = clip_batches()
+    calibrate_thresholds(model, calib.split(25), [0.6, 0.6, 0.15])
+    with torch.no_grad():
+        before = model(calib, policy="threshold").keep_ratio.mean(0)
+    calibrate_thresholds(model, calib.split(25), 0.2, shape="learned")
+    with torch.no_grad():
+        got = model(calib, policy="threshold").keep_ratio.mean(0)
+        held = model(held_out, policy="threshold").keep_ratio.mean().item()
+    expect = before * 0.2 / before.mean()  # no stage saturates here
+    assert (got - expect).abs().max().item() < 0.01
+    assert abs(held - 0.2) <= 0.02
+    with pytest.raises(ValueError, match="shape"):
+        calibrate_thresholds(model, calib.split(25), 0.2, shape="linear")
+
+
 def test_calibrate_cli_saves_thresholds(tmp_path, capsys):
     images = tmp_path / "imgs"
     images.mkdir()
@@ -95,6 +126,9 @@ def test_calibrate_cli_saves_thresholds(tmp_path, capsys):
     assert main(["calibrate", "--model", "deit_tiny_patch16_224", "--images", str(images), "--keep", "0.5",
                  "--out", str(out)]) == 0
     assert "thresholds per stage" in capsys.readouterr().out
+    assert load_model(str(out)).thresholds != [0.5, 0.5, 0.5]
+    assert main(["calibrate", "--model", str(out), "--images", str(images), "--keep", "0.3",
+                 "--shape", "learned"]) == 0  # saved back into the model file
     assert load_model(str(out)).thresholds != [0.5, 0.5, 0.5]
     assert main(["calibrate", "--model", "deit_tiny_patch16_224", "--images", str(tmp_path / "none")]) == 2
 

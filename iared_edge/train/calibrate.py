@@ -1,9 +1,14 @@
 """Per-stage thresholds from unlabelled images so that a target fraction of patch tokens is kept.
 
-The overall keep is the mean over stages of the fraction of patch tokens each stage keeps. Stages
-keep a geometric schedule rho, rho², rho³, ... (a token dropped stays dropped, so each stage keeps
-a share of what survived), with rho solved so that their mean is the target. Stage by stage, with
-the earlier thresholds fixed, the threshold is the score quantile that keeps that stage's share.
+The overall keep is the mean over stages of the fraction of patch tokens each stage keeps. How it
+is spread over the stages (`shape`):
+- "geometric": rho, rho², rho³, ... (a token dropped stays dropped, so each stage keeps a share of
+  what survived), with rho solved so that their mean is the target: for untrained interpreters;
+- "learned": the per-stage keeps the model's current thresholds give on these images, scaled
+  together to the target: for trained interpreters, whose allocation (e.g. REINFORCE on the demo
+  keeping all of stage 1's tokens at stage 2 and few at stage 3) a geometric spread would override.
+Stage by stage, with the earlier thresholds fixed, the threshold is the score quantile that keeps
+that stage's share.
 """
 from __future__ import annotations
 
@@ -26,17 +31,47 @@ def geometric_keep_targets(keep: float, stages: int) -> List[float]:
     return [hi ** (s + 1) for s in range(stages)]
 
 
+def scaled_keep_targets(keep: float, current: Sequence[float]) -> List[float]:
+    """The per-stage keeps `current` (non-increasing) scaled by one factor a, each capped at 1, so
+    that their mean is `keep`: min(1, a * current[s])."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    cur = [float(c) for c in current]
+    if not cur or max(cur) <= 0.0:
+        raise ValueError(f"the model keeps no patch tokens at its current thresholds ({cur}): "
+                         "nothing to scale; use shape='geometric'")
+    mean = lambda a: sum(min(1.0, a * c) for c in cur) / len(cur)  # noqa: E731
+    lo, hi = 0.0, 1.0 / min(c for c in cur if c > 0)  # at hi every stage with c > 0 keeps all
+    if mean(hi) < keep:
+        raise ValueError(f"keep {keep} needs stages the model drops entirely at its current "
+                         f"thresholds ({cur}); use shape='geometric'")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mean(mid) < keep:
+            lo = mid
+        else:
+            hi = mid
+    return [min(1.0, hi * c) for c in cur]
+
+
 @torch.no_grad()
-def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[float, Sequence[float]]) -> List[float]:
+def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[float, Sequence[float]],
+                         shape: str = "geometric") -> List[float]:
     """Set and return `model.thresholds` so that policy "threshold" keeps on average `keep` of the
-    patch tokens over the network on images like `batches` (normalised [B, 3, H, W] tensors).
+    patch tokens over the network on images like `batches` (normalised [B, 3, H, W] tensors),
+    spread over the stages by `shape` ("geometric" or "learned", see the module docstring).
     `keep` may instead give the fraction of patch tokens to keep after each stage (non-increasing)."""
     batches = [b for b in batches]
     if not batches:
         raise ValueError("calibrate_thresholds: no images")
+    if shape not in ("geometric", "learned"):
+        raise ValueError(f"shape must be 'geometric' or 'learned', got {shape!r}")
     model.eval()
     S, N = model.num_stages, model.num_patches
-    if isinstance(keep, (int, float)):
+    if isinstance(keep, (int, float)) and shape == "learned":
+        kept = torch.cat([model(b, policy="threshold").keep_ratio.float() for b in batches])
+        targets = scaled_keep_targets(keep, kept.mean(0).tolist())
+    elif isinstance(keep, (int, float)):
         targets = geometric_keep_targets(keep, S)
     else:
         targets = [float(k) for k in keep]

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from iared_edge import load_model
+from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.train import fixed_set
 from iared_edge.train import summarize
 
@@ -42,7 +42,7 @@ def main():
           + " | ".join(f"rho {r}" for r in args.ratios) + " |")
     print("| --- | --- | --- | --- | " + " | ".join("---" for _ in args.ratios) + " |")
     for path in args.models:
-        model = load_model(path).float().eval()
+        model = resolve_model(path).float().eval()
         S = model.num_stages
         for name, (x, y) in splits.items():
             full = run(model, x, y, policy="all")

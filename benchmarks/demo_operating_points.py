@@ -1,13 +1,15 @@
 """Demo models side by side at several operating points: policy "all", "threshold" (the model's
-own thresholds) and "ratio" at a few keep ratios, on the same fixed validation and test images.
-Compares two trainings at equal keep, which the thresholds alone cannot (each keeps its own share).
+own thresholds) and a few keep levels (policy "ratio" at `model.stage_ratios(level)`: the level at
+every stage, or the model's keep_profile scaled to the same mean keep), on the same fixed
+validation and test images. Compares two trainings at equal keep, which the thresholds alone
+cannot (each keeps its own share).
 
     .venv/bin/python benchmarks/demo_operating_points.py MODEL.safetensors [MODEL ...] \\
         [--images 500] [--ratios 0.6 0.45 0.3]
 
 Test images come from generator seed 1 (the REINFORCE report's), validation from seed 0.
 Prints one markdown row per model and split: top-1 and, for "threshold", the share of patch
-tokens kept after each stage.
+tokens kept after each stage; the header gives each level's mean share kept over the stages.
 """
 import argparse
 
@@ -37,19 +39,23 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     splits = {"val": fixed_set("val", args.images, 224, 0), "test": fixed_set("test", args.images, 224, 1)}
-    print(f"# {args.images} images per split; ratio rho = share of the surviving patch tokens kept at each stage")
-    print("| model | split | all | threshold (kept after stage 1 / 2 / 3) | "
-          + " | ".join(f"rho {r}" for r in args.ratios) + " |")
-    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in args.ratios) + " |")
-    for path in args.models:
+    for i, path in enumerate(args.models):
         model = resolve_model(path).float().eval()
         S = model.num_stages
+        if i == 0:
+            means = [sum(r ** (s + 1) for s in range(S)) / S for r in args.ratios]
+            print(f"# {args.images} images per split; keep level rho (mean share kept over the stages)")
+            print("| model | split | all | threshold (kept after stage 1 / 2 / 3) | "
+                  + " | ".join(f"level {r} ({m:.2f})" for r, m in zip(args.ratios, means)) + " |")
+            print("| --- | --- | --- | --- | " + " | ".join("---" for _ in args.ratios) + " |")
+        print(f"# {path}: keep_profile {model.keep_profile}", flush=True)
         for name, (x, y) in splits.items():
             full = run(model, x, y, policy="all")
             thr = run(model, x, y, policy="threshold")
-            kept = " / ".join(f"{thr[f'keep{i + 1}']:.2f}" for i in range(S))
+            kept = " / ".join(f"{thr[f'keep{k + 1}']:.2f}" for k in range(S))
             cells = [f"{full['accuracy']:.1%}", f"{thr['accuracy']:.1%} ({kept})"]
-            cells += [f"{run(model, x, y, policy='ratio', ratio=r)['accuracy']:.1%}" for r in args.ratios]
+            cells += [f"{run(model, x, y, policy='ratio', ratio=model.stage_ratios(r))['accuracy']:.1%}"
+                      for r in args.ratios]
             print(f"| {path} | {name} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -66,7 +66,8 @@ def load_model(path: str, device: str | torch.device = "cpu"):
     except Exception as exc:
         raise ValueError(f"{path}: cannot build timm model {cfg['timm_name']!r} ({exc})") from exc
     model = IARedViT(vit, groups=cfg["groups"], thresholds=cfg["thresholds"], labels=cfg["labels"],
-                     timm_name=cfg["timm_name"], timm_kwargs=cfg["timm_kwargs"], init_interpreters=False)
+                     timm_name=cfg["timm_name"], timm_kwargs=cfg["timm_kwargs"], init_interpreters=False,
+                     keep_profile=cfg.get("keep_profile"))
     _load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path)
     return model.to(device).eval()
 

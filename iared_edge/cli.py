@@ -130,7 +130,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.keep_counts_input:
         path = os.path.join(args.out_dir, "keep_counts.onnx")
         export_onnx_counts(model, path, opset=args.opset)
-        table = {f"{rho:.2f}": keep_counts_for(model, rho) for rho in levels}
+        table = {f"{rho:.2f}": keep_counts_for(model, model.stage_ratios(rho)) for rho in levels}
         with open(os.path.join(args.out_dir, "keep_levels.json"), "w") as f:
             json.dump(table, f, indent=1)
         print(f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch) and "
@@ -138,8 +138,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     for rho in levels:
         path = os.path.join(args.out_dir, f"keep{rho:.2f}.onnx")
-        export_onnx(model, path, rho, opset=args.opset)
-        print(f"wrote {path} (policy ratio {rho}, dynamic batch)")
+        ratios = model.stage_ratios(rho)
+        export_onnx(model, path, ratios, opset=args.opset)
+        print(f"wrote {path} (keep level {rho}: policy ratio {', '.join(f'{r:.3f}' for r in ratios)} per stage, "
+              "dynamic batch)")
     return 0
 
 

@@ -87,11 +87,34 @@ def _per_stage(value: PerStage, stages: int, name: str) -> List[float]:
     return values
 
 
+def scaled_keep_targets(keep: float, current: Sequence[float]) -> List[float]:
+    """The per-stage keeps `current` (non-increasing) scaled by one factor a, each capped at 1, so
+    that their mean is `keep`: min(1, a * current[s])."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    cur = [float(c) for c in current]
+    if not cur or max(cur) <= 0.0:
+        raise ValueError(f"the model keeps no patch tokens at its current thresholds ({cur}): "
+                         "nothing to scale; use shape='geometric'")
+    mean = lambda a: sum(min(1.0, a * c) for c in cur) / len(cur)  # noqa: E731
+    lo, hi = 0.0, 1.0 / min(c for c in cur if c > 0)  # at hi every stage with c > 0 keeps all
+    if mean(hi) < keep:
+        raise ValueError(f"keep {keep} needs stages the model drops entirely at its current "
+                         f"thresholds ({cur}); use shape='geometric'")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mean(mid) < keep:
+            lo = mid
+        else:
+            hi = mid
+    return [min(1.0, hi * c) for c in cur]
+
+
 class IARedViT(nn.Module):
     def __init__(self, vit: VisionTransformer, groups: Sequence[int] = (4, 4, 4),
                  thresholds: PerStage = 0.5, labels: Optional[Sequence[str]] = None,
                  timm_name: Optional[str] = None, timm_kwargs: Optional[Dict[str, Any]] = None,
-                 init_interpreters: bool = True):
+                 init_interpreters: bool = True, keep_profile: Optional[Sequence[float]] = None):
         super().__init__()
         _check_supported(vit)
         groups = tuple(int(g) for g in groups)
@@ -105,6 +128,7 @@ class IARedViT(nn.Module):
         if labels is not None and len(labels) != vit.num_classes:
             raise ValueError(f"labels: {len(labels)} given for {vit.num_classes} classes")
         self.labels = list(labels) if labels is not None else None
+        self.keep_profile = keep_profile
         self.timm_name = timm_name
         self.timm_kwargs = dict(timm_kwargs or {})
         if init_interpreters:
@@ -351,10 +375,41 @@ class IARedViT(nn.Module):
             total += (4 * C * C + 2 * n_in * C * heads).sum(1)
         return total
 
+    @property
+    def keep_profile(self) -> Optional[List[float]]:
+        """Share of patch tokens kept after each stage at the thresholds, on typical images (set by
+        `calibrate_thresholds` / `measure_keep_profile`), or None. Keep levels follow it."""
+        return self._keep_profile
+
+    @keep_profile.setter
+    def keep_profile(self, profile: Optional[Sequence[float]]) -> None:
+        if profile is not None:
+            profile = [float(p) for p in profile]
+            if (len(profile) != self.num_stages or not all(0.0 < p <= 1.0 for p in profile)
+                    or any(b > a + 1e-9 for a, b in zip(profile, profile[1:]))):
+                raise ValueError(f"keep_profile: one share in (0, 1] per stage ({self.num_stages}), "
+                                 f"non-increasing (a dropped token stays dropped), got {profile}")
+        self._keep_profile = profile
+
+    def stage_ratios(self, level: float) -> List[float]:
+        """Per-stage ratios for policy "ratio" at keep level `level` (the Runtime's and the exported
+        graphs' levels). Without a keep_profile: `level` at every stage (level, level², ... of the patch
+        tokens kept after each stage). With one: the profile scaled so that the mean share kept over
+        the stages, hence roughly the cost, is that of the uniform level, while the stages keep the
+        allocation the interpreters learned (e.g. stage 2 keeping all that stage 1 kept)."""
+        level = float(level)
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"keep level must be in [0, 1], got {level}")
+        S = self.num_stages
+        if self._keep_profile is None or level == 0.0:  # 0: the fewest tokens policy "ratio" keeps
+            return [level] * S
+        cum = scaled_keep_targets(sum(level ** (s + 1) for s in range(S)) / S, self._keep_profile)
+        return [min(1.0, c / p) for c, p in zip(cum, [1.0] + cum[:-1])]
+
     def config(self) -> Dict[str, Any]:
         """What `save_model` stores beside the weights to rebuild this model."""
         return {"timm_name": self.timm_name, "timm_kwargs": self.timm_kwargs, "groups": list(self.groups),
-                "thresholds": self.thresholds, "labels": self.labels}
+                "thresholds": self.thresholds, "labels": self.labels, "keep_profile": self.keep_profile}
 
 
 def _bernoulli_log_prob(keep: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

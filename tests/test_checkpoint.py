@@ -9,15 +9,17 @@ from iared_edge import IARedViT, load_model, save_model
 def test_round_trip_is_exact(tmp_path, tiny, images):
     tiny.thresholds = [0.4, 0.5, 0.6]
     tiny.labels = [f"c{i}" for i in range(1000)]
+    tiny.keep_profile = [0.5, 0.5, 0.1]
     path = str(tmp_path / "m.safetensors")
     save_model(tiny, path)
     back = load_model(path)
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
     assert back.thresholds == [0.4, 0.5, 0.6] and back.labels == tiny.labels and back.groups == tiny.groups
+    assert back.keep_profile == [0.5, 0.5, 0.1]
     with torch.no_grad():
         assert torch.equal(tiny(images).logits, back(images).logits)
-    tiny.thresholds, tiny.labels = [0.5] * 3, None
+    tiny.thresholds, tiny.labels, tiny.keep_profile = [0.5] * 3, None, None
 
 
 def test_fp16_save_is_half_the_size(tmp_path, tiny):

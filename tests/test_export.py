@@ -1,4 +1,6 @@
 """ONNX export of policy "ratio", checked by onnx's checker and run by onnxruntime against PyTorch."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -55,17 +57,34 @@ def test_export_rejects_bad_levels(model, tmp_path):
         export_onnx(model, str(tmp_path / "x.onnx"), 0.0)
 
 
-def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path):
+@pytest.mark.parametrize("profile", [None, [0.5, 0.5, 0.1]])
+def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path, profile):
+    """Same Result from both backends; with a keep profile both follow it (the level maps to the
+    same per-stage ratios), in a cache directory another model's graphs were left in."""
     import cv2
     from iared_edge import Runtime
     from test_runtime import CLIP
     frame = cv2.VideoCapture(CLIP).read()[1]
-    with Runtime(model, policy="ratio", ratio=0.6, topk=3) as rt_torch, \
-            Runtime(model, policy="ratio", ratio=0.6, topk=3, backend="onnxruntime", onnx_cache=str(tmp_path)) as rt_ort:
-        a, b = rt_torch(frame), rt_ort(frame)
+    torch.manual_seed(5)
+    other = IARedViT.from_timm("deit_tiny_patch16_224").eval()
+    Runtime(other, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path)).close()
+    model.keep_profile = profile
+    try:
+        ratios = model.stage_ratios(0.6)
+        with Runtime(model, policy="ratio", ratio=0.6, topk=3) as rt_torch, \
+                Runtime(model, policy="ratio", ratio=0.6, topk=3, backend="onnxruntime", onnx_cache=str(tmp_path)) as rt_ort:
+            a, b = rt_torch(frame), rt_ort(frame)
+    finally:
+        model.keep_profile = None
     assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-5)
     assert np.array_equal(a.stage_masks, b.stage_masks) and np.allclose(a.heatmap, b.heatmap, atol=1e-5)
     assert a.stage_keep == pytest.approx(b.stage_keep)
+    assert (ratios[1] == pytest.approx(1.0)) == (profile is not None)  # the profile's stage 2 keeps all
+    n, expect = model.num_patches, []
+    for rho in ratios:  # policy "ratio"'s rule: ceil(rho * alive)
+        n = min(n, math.ceil(rho * n - 1e-6))
+        expect.append(n / model.num_patches)
+    assert a.stage_keep == pytest.approx(expect)
     with pytest.raises(ValueError, match="policy"):
         Runtime(model, backend="onnxruntime")
 

@@ -2,6 +2,7 @@
 other execution."""
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -196,3 +197,39 @@ def test_bad_arguments(tiny, images):
         IARedViT.from_timm("deit_tiny_patch16_224", groups=(4, 4))
     with pytest.raises(ValueError, match="class token"):
         IARedViT(timm.create_model("vit_tiny_patch16_224", global_pool="avg", class_token=False))
+
+
+def test_keep_levels_follow_the_keep_profile(tiny, images):
+    """A keep level is the level at every stage without a profile; with one, per-stage ratios whose
+    cumulative shares keep the profile's shape (where not capped at 1) and the uniform level's mean
+    share, checked in float64 against the definition; the counts are what the model keeps."""
+    assert tiny.stage_ratios(0.6) == [0.6, 0.6, 0.6] and tiny.keep_profile is None
+    profile = np.array([0.6, 0.6, 0.15])
+    tiny.keep_profile = profile.tolist()
+    try:
+        for level in (1.0, 0.9, 0.6, 0.3, 0.1):
+            r = np.array(tiny.stage_ratios(level), dtype=np.float64)
+            assert ((0 < r) & (r <= 1)).all()
+            cum = np.cumprod(r)
+            assert cum.mean() == pytest.approx(np.mean([level, level ** 2, level ** 3]), abs=1e-9)
+            scale = cum / profile
+            free = cum < 1 - 1e-9  # level 1 keeps everything: nothing to compare
+            if free.any():
+                assert np.allclose(scale[free], scale[free][0]) and (scale[~free] <= scale[free][0] + 1e-9).all()
+        r = tiny.stage_ratios(0.6)
+        assert r[1] == pytest.approx(1.0)  # stage 2 keeps all stage 1 kept, as the profile says
+        with torch.no_grad():
+            out = tiny(images, policy="ratio", ratio=r)
+        n, expect = tiny.num_patches, []
+        for rho in r:  # policy "ratio"'s rule: ceil(rho * alive)
+            n = min(n, math.ceil(rho * n - 1e-6))
+            expect.append(n)
+        assert out.kept_counts[0].tolist() == expect
+        assert tiny.stage_ratios(0.0) == [0.0] * 3
+        for bad in ([0.5, 0.6, 0.1], [0.5, 0.5], [0.5, 0.5, 0.0]):
+            with pytest.raises(ValueError, match="keep_profile"):
+                tiny.keep_profile = bad
+        with pytest.raises(ValueError, match="keep level"):
+            tiny.stage_ratios(1.5)
+    finally:
+        tiny.keep_profile = None

@@ -7,7 +7,7 @@ import torch
 
 from iared_edge import IARedViT, load_model
 from iared_edge.cli import main
-from iared_edge.train import calibrate_thresholds, geometric_keep_targets, scaled_keep_targets
+from iared_edge.train import calibrate_thresholds, geometric_keep_targets, measure_keep_profile, scaled_keep_targets
 
 cv2 = pytest.importorskip("cv2")
 CLIP = os.path.join(os.path.dirname(__file__), "data", "vtest_short.avi")
@@ -112,6 +112,9 @@ def test_learned_shape_keeps_the_models_own_allocation():
     expect = before * 0.2 / before.mean()  # no stage saturates here
     assert (got - expect).abs().max().item() < 0.01
     assert abs(held - 0.2) <= 0.02
+    assert model.keep_profile == pytest.approx(expect.tolist(), abs=0.01)  # the Runtime's levels follow it
+    assert measure_keep_profile(model, held_out.split(25)) == pytest.approx(
+        model(held_out, policy="threshold").keep_ratio.mean(0).tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="shape"):
         calibrate_thresholds(model, calib.split(25), 0.2, shape="linear")
 

@@ -393,8 +393,12 @@ def main(argv=None) -> None:
             report_phase(args.out, s, model, images=args.report_images, plot=args.plot)
         elif phase == "export":
             from ..checkpoint import save_model
+            from ..train import measure_keep_profile
             from . import DEMO_MODEL
             dest = args.export_to or DEMO_MODEL
+            # The share kept after each stage at the thresholds: the Runtime's keep levels follow it.
+            profile = measure_keep_profile(model, fixed_set("val", 256, 224, s.seed)[0].split(64))
+            print("keep profile (256 validation images): " + " / ".join(f"{p:.3f}" for p in profile), flush=True)
             save_model(model, dest, dtype=torch.float16)
             print(f"wrote {dest} ({os.path.getsize(dest) / 1e6:.1f} MB)", flush=True)
 

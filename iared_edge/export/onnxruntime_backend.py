@@ -2,9 +2,10 @@
 (form "levels"), or one session of the graph whose keep counts are an input (form "counts").
 
 Gives the Runtime the same fields the PyTorch model does (logits, heatmap, keep masks, keep
-ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are exported
-once into `cache_dir`. Providers: CUDA and TensorRT execution providers first when this
-onnxruntime build has them, else the CPU.
+ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are written
+to `cache_dir` at every construction (a graph another model left there is never reused); keep
+levels map to per-stage ratios by `model.stage_ratios`. Providers: CUDA and TensorRT execution
+providers first when this onnxruntime build has them, else the CPU.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f'form must be "levels" (one graph per keep level) or "counts" (keep counts as an input), got {form!r}')
         self.num_patches, self.num_stages, self.form = model.num_patches, model.num_stages, form
         self.levels = sorted({float(r) for r in levels}, reverse=True)
-        self.counts = {r: np.asarray(keep_counts_for(model, r), np.int64) for r in self.levels}
+        self.counts = {r: np.asarray(keep_counts_for(model, model.stage_ratios(r)), np.int64) for r in self.levels}
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="iared-onnx-")
         os.makedirs(self.cache_dir, exist_ok=True)
         available = ort.get_available_providers()
@@ -50,15 +51,13 @@ class OnnxRuntimeBackend:
         self.sessions: Dict[float, object] = {}
         if form == "counts":
             path = os.path.join(self.cache_dir, "keep_counts.onnx")
-            if not os.path.exists(path):
-                export_onnx_counts(model, path)
+            export_onnx_counts(model, path)  # every time: a file left by another model must not be reused
             session = ort.InferenceSession(path, options, providers=self.providers)
             self.sessions = {r: session for r in self.levels}
         else:
             for rho in self.levels:
                 path = os.path.join(self.cache_dir, f"keep{rho:.4f}.onnx")
-                if not os.path.exists(path):
-                    export_onnx(model, path, rho)
+                export_onnx(model, path, model.stage_ratios(rho))
                 self.sessions[rho] = ort.InferenceSession(path, options, providers=self.providers)
 
     def __call__(self, images: torch.Tensor, rho: float) -> GraphOutput:

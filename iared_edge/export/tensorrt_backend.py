@@ -56,7 +56,7 @@ class TensorRTBackend:
         self.num_patches, self.num_stages = model.num_patches, model.num_stages
         self.input_size = tuple(model.input_size)
         self.levels = sorted({float(r) for r in levels}, reverse=True)
-        self.counts = {r: keep_counts_for(model, r) for r in self.levels}
+        self.counts = {r: keep_counts_for(model, model.stage_ratios(r)) for r in self.levels}
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "iared-trt")
         os.makedirs(self.cache_dir, exist_ok=True)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -76,8 +76,9 @@ class TensorRTBackend:
     def _engine(self, model, rho: Optional[float], fp16: bool):
         trt = self.trt
         onnx_path = os.path.join(self.cache_dir, "keep_counts.onnx" if rho is None else f"keep{rho:.4f}.onnx")
-        if not os.path.exists(onnx_path):
-            export_onnx_counts(model, onnx_path) if rho is None else export_onnx(model, onnx_path, rho)
+        # Exported every time (seconds): a file left by another model must not be reused; the
+        # engine cache below is keyed by the graph's bytes.
+        export_onnx_counts(model, onnx_path) if rho is None else export_onnx(model, onnx_path, model.stage_ratios(rho))
         with open(onnx_path, "rb") as f:
             onnx_bytes = f.read()
         props = torch.cuda.get_device_properties(self.device)

@@ -27,7 +27,7 @@ class CudaGraphLevels:
         self.graphs: Dict[float, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[float, tuple] = {}
         for rho in self.levels:
-            dense = RatioGraph(model, rho).eval()
+            dense = RatioGraph(model, model.stage_ratios(rho)).eval()
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side), torch.inference_mode():

@@ -154,7 +154,8 @@ class Runtime:
         x = self._to_device(torch.zeros(1, *self.model.input_size))
         with torch.inference_mode():
             full = self.model(x, policy="ratio", ratio=1.0).flops[0].item()
-            costs = [self.model(x, policy="ratio", ratio=l).flops[0].item() / full for l in levels]
+            costs = [self.model(x, policy="ratio", ratio=self.model.stage_ratios(l)).flops[0].item() / full
+                     for l in levels]
             lat = []
             for l in levels:  # warm-up, then the median of `runs`
                 self._time_model(x, l)
@@ -252,7 +253,7 @@ class Runtime:
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:
-                out = self.model(x, policy="ratio", ratio=ratio)
+                out = self.model(x, policy="ratio", ratio=self.model.stage_ratios(ratio))
             else:
                 out = self.model(x, policy=self.policy)
             if self._stream is not None:

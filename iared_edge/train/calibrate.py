@@ -8,13 +8,16 @@ is spread over the stages (`shape`):
   together to the target: for trained interpreters, whose allocation (e.g. REINFORCE on the demo
   keeping all of stage 1's tokens at stage 2 and few at stage 3) a geometric spread would override.
 Stage by stage, with the earlier thresholds fixed, the threshold is the score quantile that keeps
-that stage's share.
+that stage's share. Unless the spread is geometric, the per-stage shares also become the model's
+`keep_profile`, which the Runtime's keep levels then follow.
 """
 from __future__ import annotations
 
 from typing import Iterable, List, Sequence, Union
 
 import torch
+
+from ..model import scaled_keep_targets
 
 
 def geometric_keep_targets(keep: float, stages: int) -> List[float]:
@@ -29,29 +32,6 @@ def geometric_keep_targets(keep: float, stages: int) -> List[float]:
         else:
             hi = mid
     return [hi ** (s + 1) for s in range(stages)]
-
-
-def scaled_keep_targets(keep: float, current: Sequence[float]) -> List[float]:
-    """The per-stage keeps `current` (non-increasing) scaled by one factor a, each capped at 1, so
-    that their mean is `keep`: min(1, a * current[s])."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
-    cur = [float(c) for c in current]
-    if not cur or max(cur) <= 0.0:
-        raise ValueError(f"the model keeps no patch tokens at its current thresholds ({cur}): "
-                         "nothing to scale; use shape='geometric'")
-    mean = lambda a: sum(min(1.0, a * c) for c in cur) / len(cur)  # noqa: E731
-    lo, hi = 0.0, 1.0 / min(c for c in cur if c > 0)  # at hi every stage with c > 0 keeps all
-    if mean(hi) < keep:
-        raise ValueError(f"keep {keep} needs stages the model drops entirely at its current "
-                         f"thresholds ({cur}); use shape='geometric'")
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if mean(mid) < keep:
-            lo = mid
-        else:
-            hi = mid
-    return [min(1.0, hi * c) for c in cur]
 
 
 @torch.no_grad()
@@ -97,4 +77,23 @@ def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[flo
             top = torch.topk(scores, want + 1).values
             thresholds[s] = float((top[-1] + top[-2]) / 2)
     model.thresholds = thresholds
+    if shape == "learned" or not isinstance(keep, (int, float)):
+        floor = 1.0 / N  # policy "ratio" keeps at least one patch token anyway
+        model.keep_profile = [max(floor, t) for t in targets]
     return thresholds
+
+
+@torch.no_grad()
+def measure_keep_profile(model, batches: Iterable[torch.Tensor]) -> List[float]:
+    """Set and return `model.keep_profile`: the share of patch tokens policy "threshold" keeps
+    after each stage at the model's thresholds, on images like `batches` (normalised tensors)."""
+    model.eval()
+    kept = [model(b, policy="threshold").keep_ratio.float() for b in batches]
+    if not kept:
+        raise ValueError("measure_keep_profile: no images")
+    floor = 1.0 / model.num_patches
+    profile = [max(floor, k) for k in torch.cat(kept).mean(0).tolist()]
+    for s in range(1, len(profile)):  # float rounding of equal means must not break monotonicity
+        profile[s] = min(profile[s], profile[s - 1])
+    model.keep_profile = profile
+    return profile

@@ -78,7 +78,7 @@ def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[flo
             thresholds[s] = float((top[-1] + top[-2]) / 2)
     model.thresholds = thresholds
     if shape == "learned" or not isinstance(keep, (int, float)):
-        floor = 1.0 / N  # policy "ratio" keeps at least one patch token anyway
+        floor = 1.0 / N  # a profile share must be > 0: a stage keeping nothing counts as one token
         model.keep_profile = [max(floor, t) for t in targets]
     return thresholds
 

@@ -77,6 +77,7 @@ class Runtime:
         if backend == "tensorrt" and self.device.type != "cuda":
             raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {self.device}')
         self.policy, self.ratio, self.color, self.backend = policy, ratio, color, backend
+        self._ratio_cache: Dict[tuple, List[float]] = {}
         self.topk = max(1, min(int(topk), self.model.vit.num_classes))
         expected = tuple(self.model.input_size[1:])
         if input_size is not None and tuple(input_size) != expected:
@@ -154,8 +155,7 @@ class Runtime:
         x = self._to_device(torch.zeros(1, *self.model.input_size))
         with torch.inference_mode():
             full = self.model(x, policy="ratio", ratio=1.0).flops[0].item()
-            costs = [self.model(x, policy="ratio", ratio=self.model.stage_ratios(l)).flops[0].item() / full
-                     for l in levels]
+            costs = [self.model(x, policy="ratio", ratio=self._stage_ratios(l)).flops[0].item() / full for l in levels]
             lat = []
             for l in levels:  # warm-up, then the median of `runs`
                 self._time_model(x, l)
@@ -243,6 +243,13 @@ class Runtime:
         x = (small.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
+    def _stage_ratios(self, level: float) -> List[float]:
+        """`model.stage_ratios(level)`, solved once per level and keep profile: it runs every frame."""
+        key = (float(level), tuple(self.model.keep_profile or ()))
+        if key not in self._ratio_cache:
+            self._ratio_cache[key] = self.model.stage_ratios(level)
+        return self._ratio_cache[key]
+
     def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
         """One forward at keep level `ratio` (None: the Runtime's own policy), timed."""
         if ratio is None and self.policy == "ratio":
@@ -253,7 +260,7 @@ class Runtime:
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:
-                out = self.model(x, policy="ratio", ratio=self.model.stage_ratios(ratio))
+                out = self.model(x, policy="ratio", ratio=self._stage_ratios(ratio))
             else:
                 out = self.model(x, policy=self.policy)
             if self._stream is not None:

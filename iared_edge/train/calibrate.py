@@ -49,8 +49,7 @@ def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[flo
     model.eval()
     S, N = model.num_stages, model.num_patches
     if isinstance(keep, (int, float)) and shape == "learned":
-        kept = torch.cat([model(b, policy="threshold").keep_ratio.float() for b in batches])
-        targets = scaled_keep_targets(keep, kept.mean(0).tolist())
+        targets = scaled_keep_targets(keep, _threshold_keep(model, batches))
     elif isinstance(keep, (int, float)):
         targets = geometric_keep_targets(keep, S)
     else:
@@ -83,16 +82,21 @@ def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[flo
     return thresholds
 
 
+def _threshold_keep(model, batches: Sequence[torch.Tensor]) -> List[float]:
+    """Mean share of patch tokens policy "threshold" keeps after each stage over `batches`."""
+    return torch.cat([model(b, policy="threshold").keep_ratio.float() for b in batches]).mean(0).tolist()
+
+
 @torch.no_grad()
 def measure_keep_profile(model, batches: Iterable[torch.Tensor]) -> List[float]:
     """Set and return `model.keep_profile`: the share of patch tokens policy "threshold" keeps
     after each stage at the model's thresholds, on images like `batches` (normalised tensors)."""
-    model.eval()
-    kept = [model(b, policy="threshold").keep_ratio.float() for b in batches]
-    if not kept:
+    batches = [b for b in batches]
+    if not batches:
         raise ValueError("measure_keep_profile: no images")
+    model.eval()
     floor = 1.0 / model.num_patches
-    profile = [max(floor, k) for k in torch.cat(kept).mean(0).tolist()]
+    profile = [max(floor, k) for k in _threshold_keep(model, batches)]
     for s in range(1, len(profile)):  # float rounding of equal means must not break monotonicity
         profile[s] = min(profile[s], profile[s - 1])
     model.keep_profile = profile

@@ -50,9 +50,16 @@ def save_model(model, path: str, dtype: Optional[torch.dtype] = None) -> None:
 
 
 def load_model(path: str, device: str | torch.device = "cpu"):
-    """Rebuild an IARedViT saved by `save_model`. Weights come back as float32."""
+    """Rebuild an IARedViT saved by `save_model` ("demo": the bundled demo model). Weights come
+    back as float32."""
     from .model import IARedViT
     import timm
+    if path == "demo":
+        from .demo import DEMO_MODEL
+        if not os.path.isfile(DEMO_MODEL):
+            raise FileNotFoundError(f"the bundled demo model is missing ({DEMO_MODEL}): reinstall the "
+                                    "package, or train it with `python -m iared_edge.demo.train`")
+        path = DEMO_MODEL
     _check_file(path)
     tensors, meta = _read_safetensors(path)
     if CONFIG_KEY not in meta:
@@ -125,13 +132,7 @@ def resolve_model(model, checkpoint: Optional[str] = None):
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
-        if path == "demo":
-            from .demo import DEMO_MODEL
-            if not os.path.isfile(DEMO_MODEL):
-                raise FileNotFoundError(f"the bundled demo model is missing ({DEMO_MODEL}): reinstall the "
-                                        "package, or train it with `python -m iared_edge.demo.train`")
-            return load_model(DEMO_MODEL)
-        if path.endswith(".safetensors"):
+        if path == "demo" or path.endswith(".safetensors"):
             return load_model(path)
         return IARedViT.from_timm(path, checkpoint=checkpoint).eval()
     raise TypeError(f"model must be an IARedViT, a .safetensors path or a timm model name, got {type(model).__name__}")

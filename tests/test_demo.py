@@ -255,7 +255,7 @@ def test_shipped_demo_model_meets_the_smoke_check():
     from iared_edge.demo import DEMO_MODEL
     from iared_edge.preprocess import model_input
     assert os.path.getsize(DEMO_MODEL) <= 12 * 2 ** 20
-    model = load_model(DEMO_MODEL)
+    model = load_model("demo")  # the documented short name for DEMO_MODEL
     imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(100))
     x = torch.cat([model_input(model, im) for im in imgs])
     with torch.no_grad():

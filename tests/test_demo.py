@@ -97,6 +97,23 @@ def test_splits_share_no_digits_or_photos():
     assert len(train) == 4000 and len(test) == 500
 
 
+def test_background_of_names_the_photo_each_image_is_drawn_on():
+    """Each photo replaced by a flat colour of its own: the image's pixels away from the digit
+    have the colour of the photo `background_of` names."""
+    gen = DigitsInClutter("test", augment=False)
+    colours = {n: np.full((300, 300, 3), 40 + 50 * k, np.uint8) for k, n in enumerate(gen.background_names)}
+    gen.backgrounds = [colours[n] for n in gen.background_names]
+    seen = set()
+    for i in range(40):
+        img, _, (x0, y0, x1, y1) = gen.sample(i)
+        outside = np.ones(img.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        name = gen.background_of(i)
+        seen.add(name)
+        assert abs(np.median(img[outside]) - colours[name][0, 0, 0]) <= 4, (i, name)
+    assert len(seen) == len(gen.background_names)
+
+
 def test_generator_rejects_bad_arguments():
     with pytest.raises(ValueError, match="split"):
         DigitsInClutter("holdout")

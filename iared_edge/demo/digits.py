@@ -166,6 +166,13 @@ class DigitsInClutter:
             crop = recolour(self._rng(index, 1), np.ascontiguousarray(crop), self.backgrounds)
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 
+    def background_of(self, index: int) -> str:
+        """The name of the photo image `index` is drawn on (replays `sample`'s first draws)."""
+        rng = self._rng(index)
+        rng.integers(10)
+        rng.integers(self.digits.shape[1])
+        return self.background_names[int(rng.integers(len(self.backgrounds)))]
+
     def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
         """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""
         import cv2

@@ -124,7 +124,7 @@ def test_bad_frames_are_skipped_and_raising_source_ends(rt):
 
     def source():
         yield frames[0]
-        yield np.zeros((10, 10), np.uint8)        # wrong shape
+        yield np.zeros((10, 10, 2), np.uint8)     # wrong shape
         yield frames[1].astype(np.float32)       # wrong dtype
         yield frames[2]
         raise IOError("camera unplugged")
@@ -157,7 +157,22 @@ def test_bad_frame_in_a_direct_call_is_a_clear_error(rt):
     with pytest.raises(ValueError, match="uint8"):
         rt(np.zeros((224, 224, 3), np.float32))
     with pytest.raises(ValueError, match="H x W x 3"):
-        rt(np.zeros((224, 224), np.uint8))
+        rt(np.zeros((224, 224, 2), np.uint8))
+
+
+def test_grey_and_alpha_frames_read_as_their_colour_frame(rt):
+    """A mono camera's H x W frame reads as the same grey in three channels; a BGRA frame as its
+    BGR part (a tensor too)."""
+    import torch
+    frame = clip_frames(1)[0]
+    grey = frame[..., 1].copy()
+    ref = rt.preprocess(np.repeat(grey[..., None], 3, 2))
+    assert torch.equal(rt.preprocess(grey), ref) and torch.equal(rt.preprocess(grey[..., None]), ref)
+    bgra = np.concatenate([frame, np.full(frame.shape[:2] + (1,), 7, np.uint8)], 2)
+    assert torch.equal(rt.preprocess(bgra), rt.preprocess(frame))
+    assert torch.equal(rt.preprocess(torch.from_numpy(bgra)), rt.preprocess(frame))
+    r = rt(grey)
+    assert r.heatmap.shape == grey.shape
 
 
 def test_budget_runtime_streams_and_reports(rt):

@@ -226,8 +226,16 @@ class Runtime:
             frame = frame.detach().cpu().numpy()
         if not isinstance(frame, np.ndarray):
             raise ValueError(f"frame must be an H x W x 3 uint8 array, a PIL image or a tensor, got {type(frame).__name__}")
+        # Mono cameras give H x W (or H x W x 1), some capture pipelines BGRA: both are common on robots.
+        if frame.dtype == np.uint8 and frame.ndim == 2:
+            frame = frame[..., None]
+        if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 1:
+            frame = np.broadcast_to(frame, frame.shape[:2] + (3,))
+        elif frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 4:
+            frame = frame[..., :3]  # alpha dropped
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be H x W x 3 uint8, got {frame.dtype} {frame.shape}")
+            raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), "
+                             f"got {frame.dtype} {frame.shape}")
         if frame.shape[0] < 2 or frame.shape[1] < 2:
             raise ValueError(f"frame too small: {frame.shape[1]}x{frame.shape[0]}")
         return frame[..., ::-1] if color == "bgr" else frame
@@ -303,7 +311,8 @@ class Runtime:
                       index, timestamp, ratio, self.thread_modes[mode] if self.controller else None)
 
     def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
-        """One frame (H x W x 3 uint8, BGR unless color="rgb"; a PIL image; an H x W x 3 tensor)."""
+        """One frame (H x W x 3 uint8, BGR unless color="rgb"; H x W grey; H x W x 4 with alpha;
+        a PIL image; a tensor of those shapes)."""
         timestamp = time.time()
         t0 = time.perf_counter()
         if self.controller is None:

@@ -183,7 +183,10 @@ def test_budget_runtime_streams_and_reports(rt):
     assert len(lat) == len(runtime.calibration["levels"])
     results = [r for _, r in runtime.stream(CLIP)]
     assert all(r.keep_level == 1.0 for r in results[5:])  # a generous budget keeps every token
-    assert runtime.stats()["deadline_hit_rate"] == 1.0
+    # the hit rate is the share of these frames within budget (not asserted to be 1: a loaded
+    # machine can stall a frame past even 1 s)
+    hits = np.mean([r.latency_ms["total"] <= 1000.0 for r in results])
+    assert runtime.stats()["deadline_hit_rate"] == pytest.approx(hits) and hits >= 0.9
     runtime.budget_ms = 50
     assert runtime.budget_ms == 50
     with pytest.raises(ValueError, match="budget_ms"):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import resolve_model
+from ..devices import resolve_device
 from ..preprocess import model_normalization
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
@@ -62,7 +63,7 @@ class Runtime:
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
                  backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels",
                  cuda_graphs: bool = True):
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = resolve_device(device)
         self.model = resolve_model(model).to(self.device).eval()
         if policy not in ("all", "threshold", "ratio"):
             raise ValueError(f'policy must be "all", "threshold" or "ratio", got {policy!r}')
@@ -78,7 +79,9 @@ class Runtime:
             raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {self.device}')
         self.policy, self.ratio, self.color, self.backend = policy, ratio, color, backend
         self._ratio_cache: Dict[tuple, List[float]] = {}
-        self.topk = max(1, min(int(topk), self.model.vit.num_classes))
+        if int(topk) < 1:
+            raise ValueError(f"topk must be at least 1, got {topk}")
+        self.topk = min(int(topk), self.model.vit.num_classes)  # all classes at most
         expected = tuple(self.model.input_size[1:])
         if input_size is not None and tuple(input_size) != expected:
             raise ValueError(f"input_size {tuple(input_size)} does not match the model's {expected}")

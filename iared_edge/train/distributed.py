@@ -13,17 +13,20 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
+
 
 def setup(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun; return this process's device."""
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(dev.index or 0)))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
-    return torch.device("cpu" if device == "auto" else device)
+    return dev
 
 
 def world_size() -> int:

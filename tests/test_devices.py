@@ -1,0 +1,40 @@
+"""`device=` arguments: resolved, or refused with an error that names the problem."""
+import pytest
+import torch
+
+from iared_edge import Runtime
+from iared_edge.devices import resolve_device
+
+
+def test_auto_and_cpu():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "tpu", "cuda:x", "", 3.5])
+def test_unknown_devices_are_named(bad):
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Runtime("demo", device="cuda:0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_index_beyond_the_devices_is_named():
+    n = torch.cuda.device_count()
+    assert resolve_device("cuda:0").type == "cuda"
+    with pytest.raises(ValueError, match="CUDA device"):
+        resolve_device(f"cuda:{n}")
+
+
+def test_runtime_topk_is_checked_and_capped():
+    with pytest.raises(ValueError, match="topk"):
+        Runtime("demo", topk=0)
+    assert Runtime("demo", topk=50).topk == 10  # the demo model has 10 classes

@@ -152,9 +152,14 @@ class DigitsInClutter:
         """Image `index`'s random stream (`stream`: a further, independent one for the same image)."""
         return np.random.default_rng([self.seed, SPLITS.index(self.split), int(index), *stream])
 
-    def _background(self, rng: np.random.Generator, size: int, index: int) -> np.ndarray:
+    def _choices(self, rng: np.random.Generator) -> Tuple[int, int, int]:
+        """An image's first draws, in this order: (label, glyph, photo), indices."""
+        label = int(rng.integers(10))
+        return label, int(rng.integers(self.digits.shape[1])), int(rng.integers(len(self.backgrounds)))
+
+    def _background(self, rng: np.random.Generator, size: int, index: int, photo: int) -> np.ndarray:
         import cv2
-        bg = self.backgrounds[rng.integers(len(self.backgrounds))]
+        bg = self.backgrounds[photo]
         h, w = bg.shape[:2]
         side = int(rng.uniform(0.45, 1.0) * min(h, w))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
@@ -167,11 +172,8 @@ class DigitsInClutter:
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 
     def background_of(self, index: int) -> str:
-        """The name of the photo image `index` is drawn on (replays `sample`'s first draws)."""
-        rng = self._rng(index)
-        rng.integers(10)
-        rng.integers(self.digits.shape[1])
-        return self.background_names[int(rng.integers(len(self.backgrounds)))]
+        """The name of the photo image `index` is drawn on."""
+        return self.background_names[self._choices(self._rng(index))[2]]
 
     def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
         """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""
@@ -179,9 +181,9 @@ class DigitsInClutter:
         if not 0.0 <= clutter <= 1.0:
             raise ValueError(f"clutter must be in [0, 1], got {clutter}")
         c, rng = self.comp, self._rng(index)
-        label = int(rng.integers(10))
-        glyph = self.digits[label, rng.integers(self.digits.shape[1])].astype(np.float32) / 255.0
-        bg = self._background(rng, c.size, index) * clutter
+        label, which, photo = self._choices(rng)
+        glyph = self.digits[label, which].astype(np.float32) / 255.0
+        bg = self._background(rng, c.size, index, photo) * clutter
         # Scale so the ink (not the 20x20 cell) is `height` pixels tall, rotate, place fully inside.
         rows, cols = np.nonzero(glyph.max(1) > 0.2)[0], np.nonzero(glyph.max(0) > 0.2)[0]
         ink_h = max(1, rows[-1] - rows[0] + 1) if rows.size else 20

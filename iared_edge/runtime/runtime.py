@@ -232,10 +232,8 @@ class Runtime:
         # Mono cameras give H x W (or H x W x 1), some capture pipelines BGRA: both are common on robots.
         if frame.dtype == np.uint8 and frame.ndim == 2:
             frame = frame[..., None]
-        if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 1:
-            frame = np.broadcast_to(frame, frame.shape[:2] + (3,))
-        elif frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 4:
-            frame = frame[..., :3]  # alpha dropped
+        if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] in (1, 4):
+            frame = np.broadcast_to(frame, frame.shape[:2] + (3,)) if frame.shape[2] == 1 else frame[..., :3]
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), "
                              f"got {frame.dtype} {frame.shape}")

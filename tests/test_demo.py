@@ -62,7 +62,7 @@ def test_recolour_turns_and_flips_square_crops():
     photo[2:10, 2:10] = 230
     corners = set()
     for k in range(24):
-        out = recolour(np.random.default_rng(k), photo).astype(int).sum(2)
+        out = recolour(np.random.default_rng(k), photo, distractors=0.0).astype(int).sum(2)
         odd = np.abs(out - np.median(out)) > 30
         ys, xs = np.nonzero(odd)
         assert len(ys) == 64, "the mark keeps its size"
@@ -70,6 +70,29 @@ def test_recolour_turns_and_flips_square_crops():
     assert len(corners) == 4
     wide = np.zeros((20, 32, 3), np.uint8)
     assert recolour(np.random.default_rng(0), wide).shape == wide.shape
+
+
+def test_distractors_draw_busy_clutter_deterministically():
+    """`add_distractors` draws lines, grids, boxes, ellipses and strokes: same shape and dtype,
+    the same drawing for the same random stream, a different one for another, the input left
+    alone; `recolour` applies it to about DISTRACTOR_P of crops."""
+    from iared_edge.demo.digits import DISTRACTOR_P, add_distractors, recolour
+    photo = np.full((64, 64, 3), 128, np.uint8)
+    before = photo.copy()
+    outs = [add_distractors(np.random.default_rng(k), photo) for k in range(10)]
+    assert np.array_equal(photo, before)
+    assert all(o.shape == photo.shape and o.dtype == np.uint8 for o in outs)
+    assert np.array_equal(outs[0], add_distractors(np.random.default_rng(0), photo))
+    assert len({o.tobytes() for o in outs}) == 10
+    changed = [(o != photo).any(2).mean() for o in outs]
+    assert min(changed) > 0.005 and max(changed) < 0.9  # clutter over the photo, not a new photo
+    # Within recolour, at the default rate; never with distractors=0 (a flat photo stays flat:
+    # every colour change maps one value to one value).
+    flat = [recolour(np.random.default_rng(k), photo) for k in range(200)]
+    drawn = np.mean([len(np.unique(o.reshape(-1, 3), axis=0)) > 1 for o in flat])
+    assert abs(drawn - DISTRACTOR_P) < 0.12
+    assert all(len(np.unique(recolour(np.random.default_rng(k), photo, distractors=0.0).reshape(-1, 3), axis=0)) == 1
+               for k in range(50))
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

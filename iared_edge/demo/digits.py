@@ -34,6 +34,8 @@ VAL_BACKGROUNDS = ("aero3", "orange", "pic3")
 TEST_BACKGROUNDS = ("board", "building", "smarties", "starry_night")
 # Columns of the 50x100 digit sheet per split (each class has 5 rows, so 400 / 50 / 50 digits per class).
 SPLIT_COLUMNS = {"train": range(0, 80), "val": range(80, 90), "test": range(90, 100)}
+# Share of training crops that get synthetic busy clutter (`add_distractors`; from runs/demo9 on).
+DISTRACTOR_P = 0.4
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,58 @@ def draw_digit(bg: np.ndarray, glyph: np.ndarray, matrix: np.ndarray, contrast: 
     return img, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
-def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = ()) -> np.ndarray:
+def add_distractors(rng: np.random.Generator, bgr: np.ndarray) -> np.ndarray:
+    """Busy, high-contrast clutter drawn over a uint8 BGR crop (same shape and dtype): straight
+    lines, window grids, rectangles, ellipses and smooth pen-like curves. The test photos that
+    the model reads worst are exactly such textures (a circuit board, a building's window grid,
+    brush strokes), and 19 training photos hold few of them. No digit shapes are drawn, so a
+    label never changes."""
+    import cv2
+    img = np.ascontiguousarray(bgr).copy()
+    h, w = img.shape[:2]
+
+    def colour():
+        return tuple(int(v) for v in rng.integers(0, 256, 3))
+
+    for _ in range(int(rng.integers(2, 9))):
+        kind, t = int(rng.integers(5)), int(rng.integers(1, 5))
+        if kind == 0:  # straight lines
+            for _ in range(int(rng.integers(1, 6))):
+                p0, p1 = rng.integers(0, [w, h]), rng.integers(0, [w, h])
+                cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour(), t, cv2.LINE_AA)
+        elif kind == 1:  # a window grid over part of the crop
+            x0, y0 = rng.integers(0, [w // 2, h // 2])
+            x1, y1 = x0 + rng.integers(w // 4, w - x0 + 1), y0 + rng.integers(h // 4, h - y0 + 1)
+            step = int(rng.integers(8, 40))
+            c = colour()
+            for x in range(int(x0), int(x1), step):
+                cv2.line(img, (x, int(y0)), (x, int(y1)), c, t)
+            for y in range(int(y0), int(y1), int(step * rng.uniform(0.6, 1.6)) or step):
+                cv2.line(img, (int(x0), y), (int(x1), y), c, t)
+        elif kind == 2:  # rectangles, outlined or filled
+            for _ in range(int(rng.integers(1, 5))):
+                p0 = rng.integers(0, [w, h])
+                p1 = p0 + rng.integers(6, max(7, w // 3), 2)
+                cv2.rectangle(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour(),
+                              -1 if rng.random() < 0.4 else t)
+        elif kind == 3:  # ellipses
+            for _ in range(int(rng.integers(1, 4))):
+                c0, ax = rng.integers(0, [w, h]), rng.integers(4, max(5, w // 4), 2)
+                cv2.ellipse(img, (int(c0[0]), int(c0[1])), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)),
+                            0.0, float(rng.uniform(90, 360)), colour(), t, cv2.LINE_AA)
+        else:  # a smooth curve, like a brush or pen stroke (a quadratic Bezier)
+            ctrl = rng.uniform(0, 1, (3, 2)) * [w, h]
+            s = np.linspace(0, 1, 24)[:, None]
+            pts = (1 - s) ** 2 * ctrl[0] + 2 * s * (1 - s) * ctrl[1] + s ** 2 * ctrl[2]
+            cv2.polylines(img, [pts.astype(np.int32)], False, colour(), t + int(rng.integers(0, 4)), cv2.LINE_AA)
+    return img
+
+
+def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = (),
+             distractors: float = DISTRACTOR_P) -> np.ndarray:
     """A random re-colouring (and, for a square crop, re-orientation) of a uint8 BGR background
     crop (same shape and dtype): so many variants of each training photo that the model learns
-    "digit vs anything", not our 19 photos."""
+    "digit vs anything", not our 19 photos. `distractors`: the chance of `add_distractors`."""
     import cv2
     img = bgr
     if img.shape[0] == img.shape[1]:  # a quarter turn and a vertical flip: clutter has no "up"
@@ -109,6 +159,8 @@ def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndar
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         o = cv2.resize(o[y:y + side, x:x + side], img.shape[1::-1], interpolation=cv2.INTER_AREA)
         img = cv2.addWeighted(img, 1.0 - (a := rng.uniform(0.3, 0.7)), o, a, 0.0)
+    if rng.random() < distractors:  # synthetic busy clutter, drawn before the colours change
+        img = add_distractors(rng, img)
     if rng.random() < 0.5:
         img = img[:, :, rng.permutation(3)]
     if rng.random() < 0.4:  # hue rotation (OpenCV's 8-bit hue runs 0..179)

@@ -360,3 +360,24 @@ def test_training_batches_with_an_offset_are_later_batches():
     other = next(batches("train", 2, 4, 112, full, seed=0))[1]
     assert not torch.equal(other, x2)
     plain.close(), shifted.close()
+
+
+def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
+    """--init-interpreters: the interpreters phase resumes from the seeded checkpoint with nothing
+    to train, and the model it hands on (to the fine-tune, the export) carries exactly the source
+    model's interpreters; a model whose thresholds are not this script's 0.5 is refused."""
+    from iared_edge import load_model, save_model
+    from iared_edge.demo import DEMO_MODEL
+    from iared_edge.demo.train import Schedule, seed_interpreters, train_interpreters_phase
+    source = load_model(DEMO_MODEL).float()
+    path = seed_interpreters(str(tmp_path), DEMO_MODEL)
+    assert os.path.isfile(path)
+    backbone = source.vit.state_dict()
+    model = train_interpreters_phase(str(tmp_path), Schedule(interp_steps_per_stage=5), backbone)
+    for (k, a), (k2, b) in zip(source.interpreters.state_dict().items(), model.interpreters.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert json.loads((tmp_path / "interpreters_history.json").read_text()) == []  # nothing was trained
+    source.thresholds = [0.5, 0.3, 0.5]
+    save_model(source, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="threshold 0.5"):
+        seed_interpreters(str(tmp_path / "fresh"), str(tmp_path / "other.safetensors"))

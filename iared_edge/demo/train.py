@@ -248,6 +248,30 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
     return model
 
 
+def seed_interpreters(out: str, source: str) -> str:
+    """Write `out`/interpreters.pt holding the interpreters of the saved model `source` (a path or
+    "demo") as a finished REINFORCE run, so the interpreters phase resumes with nothing to do and
+    the fine-tune trains the backbone under them: how a continuation keeps the shipped model's
+    learned dropping without its (unshipped) checkpoint. An existing checkpoint is left alone."""
+    from ..checkpoint import resolve_model
+    from ..train.loop import save_checkpoint
+    from ..train.reinforce import freeze_backbone
+    path = os.path.join(out, "interpreters.pt")
+    if os.path.exists(path):
+        return path
+    model = resolve_model(source).float()
+    if model.num_stages != 3 or any(abs(t - 0.5) > 1e-6 for t in model.thresholds):
+        raise ValueError(f"--init-interpreters {source}: expected 3 stages at threshold 0.5 (as this script "
+                         f"trains them), got thresholds {model.thresholds}")
+    optimizer = torch.optim.Adam(freeze_backbone(model))
+    save_checkpoint(path, "interpreters", model.interpreters, optimizer, _SEED_STEP, [])
+    return path
+
+
+# Any step count at or past the end of a REINFORCE schedule marks the seeded checkpoint finished.
+_SEED_STEP = 1 << 30
+
+
 def calibrate_phase(out: str, phase: str, s: Schedule, model, val) -> None:
     """With --calibrate-keep: per-stage thresholds from the unlabelled validation images so that
     that share of patch tokens is kept (deterministic, so a resumed run sets the same ones)."""
@@ -351,6 +375,9 @@ def main(argv=None) -> None:
                     help="phase small or full: start from this saved model's backbone (e.g. the shipped demo "
                          "model; position embeddings resampled) instead of from scratch / the small "
                          "phase: how a later session continues training")
+    ap.add_argument("--init-interpreters", default=None,
+                    help="keep this saved model's interpreters (e.g. the shipped demo model's) instead of "
+                         "training new ones: written as a finished interpreters checkpoint in --out")
     ap.add_argument("--export-to", default=None, help="where to write the fp16 model (default: the package's asset)")
     for k, v in asdict(Schedule()).items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
@@ -372,6 +399,8 @@ def main(argv=None) -> None:
         return {k[len("vit."):]: v for k, v in resolve_model(args.init_backbone).state_dict().items()
                 if k.startswith("vit.")}
 
+    if args.init_interpreters:
+        print(f"interpreters: {seed_interpreters(args.out, args.init_interpreters)}", flush=True)
     model = None
     for phase in phases:
         if phase == "small":

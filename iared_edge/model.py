@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -31,15 +32,30 @@ PerStage = Union[float, Sequence[float]]
 
 
 HEATMAP_TIE_BREAK = 0.01
+# A 3x3 binomial kernel: each patch's heat is 1/4 its own survival probability and 3/4 its
+# neighbours' (1/8 per side, 1/16 per corner). Objects span several patches, a lone kept patch
+# of busy background does not; on demo validation images smoothing raised the pointing game from
+# 94.6% to 96.4% and improved deletion and insertion (docs/demo.md).
+_HEATMAP_KERNEL = (1.0, 2.0, 1.0)
 
 
-def heatmap_from_scores(scores: torch.Tensor) -> torch.Tensor:
-    """[B, S, N] per-stage keep probabilities (0 once dropped) -> [B, N] heatmap in [0, 1]: the
-    probability that the patch survives every stage (the product: what the interpreters, trained
-    as one Bernoulli policy, say about it), plus 1% of the mean over stages so that patches dropped
-    early still rank by their scores. A patch every stage keeps with probability near 1 is near 1;
-    one dropped at the first stage is below 0.01."""
-    return (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
+def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """[B, S, N] per-stage keep probabilities (0 once dropped) -> [B, gh, gw] heatmap in [0, 1].
+    Per patch: the probability that it survives every stage (the product: what the interpreters,
+    trained as one Bernoulli policy, say about it), plus 1% of the mean over stages so that
+    patches dropped early still rank by their scores; then smoothed over the grid with a 3x3
+    binomial kernel, normalised at the border by the weight inside the grid (no pull towards
+    or away from the image's edges)."""
+    B, S, N = scores.shape
+    gh, gw = grid
+    if gh * gw != N:
+        raise ValueError(f"heatmap: {N} patch scores do not fill a {gh}x{gw} grid")
+    per_patch = (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
+    k1 = torch.tensor(_HEATMAP_KERNEL, dtype=per_patch.dtype, device=per_patch.device)
+    k = torch.outer(k1, k1).view(1, 1, 3, 3)
+    heat = F.conv2d(per_patch.view(B, 1, gh, gw), k, padding=1)
+    weight = F.conv2d(torch.ones(1, 1, gh, gw, dtype=k.dtype, device=k.device), k, padding=1)
+    return (heat / weight).view(B, gh, gw)
 
 
 @dataclass
@@ -49,7 +65,7 @@ class IARedOutput:
     keep_masks: torch.Tensor      # [B, S, N] bool: patch still present after stage s's decision
     scores: torch.Tensor          # [B, S, N] float32: stage s's keep probability (0 if already dropped)
     kept_counts: torch.Tensor     # [B, S] int64: patch tokens kept by stage s
-    heatmap: torch.Tensor         # [B, gh, gw] float32 in [0, 1]: `heatmap_from_scores(scores)`
+    heatmap: torch.Tensor         # [B, gh, gw] float32 in [0, 1]: `heatmap_from_scores(scores, grid)`
     flops: torch.Tensor           # [B] float64: estimated FLOPs of this forward, from real token counts
     log_probs: Optional[torch.Tensor] = None  # [B, S]: log-probability of sampled decisions (policy "sample")
 
@@ -270,7 +286,7 @@ class IARedViT(nn.Module):
         keep_masks = torch.stack(keep_masks, 1)
         scores = torch.stack(scores, 1)
         counts = keep_masks.sum(-1)
-        heatmap = heatmap_from_scores(scores).view(-1, *self.grid_size)
+        heatmap = heatmap_from_scores(scores, self.grid_size)
         return IARedOutput(logits, keep_masks, scores, counts, heatmap, self.flops(counts),
                            torch.stack(log_probs, 1) if log_probs is not None else None)
 

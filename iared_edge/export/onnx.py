@@ -63,7 +63,7 @@ def dense_ratio_forward(model, images: torch.Tensor, select):
         for blk in m.stage_blocks(s):
             x = blk(x)
     logits = m._head(x[:, :P])
-    return (logits, *kept, heatmap_from_scores(torch.stack(grid_scores, 1)).view(B, *m.grid_size))
+    return (logits, *kept, heatmap_from_scores(torch.stack(grid_scores, 1), m.grid_size))
 
 
 class _TopKIndices(torch.autograd.Function):

@@ -124,6 +124,12 @@ def load_backbone_state_dict(vit: nn.Module, path: str) -> None:
     _load_strict(vit, state, path)
 
 
+def names_saved_model(model) -> bool:
+    """Whether `model` names trained weights saved by `save_model` ("demo" or a .safetensors
+    path), as opposed to a timm model name."""
+    return isinstance(model, (str, os.PathLike)) and (os.fspath(model) == "demo" or os.fspath(model).endswith(".safetensors"))
+
+
 def resolve_model(model, checkpoint: Optional[str] = None):
     """An IARedViT from an IARedViT, "demo" (the bundled demo model), a path saved by
     `save_model`, or a timm model name (with `checkpoint`, its timm/DeiT weights)."""
@@ -131,8 +137,7 @@ def resolve_model(model, checkpoint: Optional[str] = None):
     if isinstance(model, IARedViT):
         return model
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if path == "demo" or path.endswith(".safetensors"):
-            return load_model(path)
-        return IARedViT.from_timm(path, checkpoint=checkpoint).eval()
+        if names_saved_model(model):
+            return load_model(os.fspath(model))
+        return IARedViT.from_timm(os.fspath(model), checkpoint=checkpoint).eval()
     raise TypeError(f"model must be an IARedViT, a .safetensors path or a timm model name, got {type(model).__name__}")

@@ -20,6 +20,15 @@ def test_predict_writes_heatmap(tmp_path, capsys):
     assert im.shape == (224, 448, 3) and im[:, 224:].std() > 0
 
 
+def test_predict_notes_random_weights_only_for_untrained_models(tmp_path, capsys):
+    out = str(tmp_path / "h.png")
+    assert main(["predict", "--model", "deit_tiny_patch16_224", "--out", out]) == 0
+    assert "random weights" in capsys.readouterr().out
+    assert main(["predict", "--model", "demo", "--out", out]) == 0  # the trained, bundled model
+    text = capsys.readouterr().out
+    assert "random weights" not in text and "model: demo" in text
+
+
 def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00" * 100)

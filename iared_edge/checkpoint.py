@@ -127,7 +127,10 @@ def load_backbone_state_dict(vit: nn.Module, path: str) -> None:
 def names_saved_model(model) -> bool:
     """Whether `model` names trained weights saved by `save_model` ("demo" or a .safetensors
     path), as opposed to a timm model name."""
-    return isinstance(model, (str, os.PathLike)) and (os.fspath(model) == "demo" or os.fspath(model).endswith(".safetensors"))
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    path = os.fspath(model)
+    return path == "demo" or path.endswith(".safetensors")
 
 
 def resolve_model(model, checkpoint: Optional[str] = None):

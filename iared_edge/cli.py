@@ -8,6 +8,8 @@ from typing import List, Optional
 
 from .checkpoint import names_saved_model, resolve_model
 
+MODEL_HELP = 'a timm name, a saved .safetensors, or "demo" (the bundled digits model)'
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
@@ -191,8 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify one image, print top-5, write the heatmap PNG")
     p.add_argument("image", nargs="?", help="image file (default: a bundled photo)")
-    p.add_argument("--model", default="deit_small_patch16_224",
-                   help='timm name, a saved .safetensors, or "demo" (the bundled digits model)')
+    p.add_argument("--model", default="deit_small_patch16_224", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="timm/DeiT weights for a timm name (.pth or .safetensors)")
     p.add_argument("--policy", default="threshold", choices=["all", "threshold", "ratio"])
     p.add_argument("--ratio", type=float, default=0.7, help='keep ratio per stage for --policy ratio')
@@ -200,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     p.set_defaults(func=cmd_predict)
     c = sub.add_parser("calibrate", help="set per-stage thresholds so that a target share of tokens is kept")
-    c.add_argument("--model", required=True, help="timm name, a saved .safetensors or \"demo\"")
+    c.add_argument("--model", required=True, help=MODEL_HELP)
     c.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     c.add_argument("--images", required=True, help="a folder of unlabelled images (searched recursively)")
     c.add_argument("--keep", type=float, default=0.6, help="target mean fraction of patch tokens kept")
@@ -213,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.set_defaults(func=cmd_calibrate)
     t = sub.add_parser("train", help="train the interpreters with REINFORCE on ImageFolder data (backbone frozen), "
                        "optionally fine-tune the backbone after; multi-GPU: torchrun --nproc_per_node N -m iared_edge.cli train ...")
-    t.add_argument("--model", required=True, help="timm name, a saved .safetensors or \"demo\"")
+    t.add_argument("--model", required=True, help=MODEL_HELP)
     t.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     t.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     t.add_argument("--out-dir", default="runs/interpreters", help="checkpoints, history.json, model.safetensors")
@@ -232,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("export", help="export ONNX graphs of policy ratio: one file per keep level, or one with the counts as input")
-    e.add_argument("--model", required=True, help="timm name, a saved .safetensors or \"demo\"")
+    e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     e.add_argument("--format", choices=["onnx"], default="onnx")
     e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep ratios")
@@ -251,7 +252,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_make_digits)
     v = sub.add_parser("eval", help="accuracy, keep and heatmap quality (pointing game, energy, deletion/insertion) on data with boxes")
-    v.add_argument("--model", default="demo", help='"demo", a saved .safetensors or a timm name')
+    v.add_argument("--model", default="demo", help=MODEL_HELP)
     v.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     v.add_argument("--data", required=True, help="a dataset written by make-digits")
     v.add_argument("--split", default="test")

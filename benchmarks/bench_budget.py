@@ -101,8 +101,13 @@ def main():
                   f"{(d[:, 3] == 1).mean():.0%} |")
     before, after = summary[("controller", "before")][1], summary[("controller", "after")][1]
     worst = min(summary[("controller", ph)][0] for ph in phases)
-    settled = np.array(rows["controller"])[args.load_stop + (args.frames - args.load_stop) // 2:, 2].mean()
-    print(f"\ncontroller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "
+    ctrl_rows = np.array(rows["controller"])
+    settled = ctrl_rows[args.load_stop + (args.frames - args.load_stop) // 2:, 2].mean()
+    floor_misses = {ph: int(((ctrl_rows[sl, 0] > budget) & (ctrl_rows[sl, 2] <= min(levels) + 1e-9)).sum())
+                    for ph, sl in phases.items()}
+    print("\ncontroller misses at the lowest keep level (no level could have met the budget): "
+          + ", ".join(f"{ph} {n}" for ph, n in floor_misses.items()))
+    print(f"controller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "
           f"{after / before:.3f} over the whole after-phase, {settled / before:.3f} over its second half "
           f"(target within 10%)")
 

@@ -8,7 +8,9 @@ exponential average of measured / predicted that follows a slow-down at once and
 gradually), and `overhead` the pre/post-processing time. The safety margin widens to the recent
 jitter (the `quantile` of the relative prediction error over the last 100 frames seen in the same
 mode and, where known, the same load condition: the jitter under a load does not shrink the keep
-once the load has gone). Accuracy first: the highest level that
+once the load has gone; under a load, the largest of them, since a competing process's stalls
+are rare, large spikes; before the first frame, the widest margin, as pre/post-processing time is
+not known yet). Accuracy first: the highest level that
 fits wins; the level drops at once when it would miss, and rises one step at a time only after
 several frames with room to spare (hysteresis).
 
@@ -20,7 +22,9 @@ runs at a level that would fit even at the mode's last measured speed. Where the
 the load directly (`observe(..., quiet=)`: on Linux, other processes' CPU time), estimates relax
 only while the device is quiet: no trial under a load that is still there (such a trial misses by
 far: two threads sharing busy cores run several times slower), and once it has gone (the reading
-turns quiet), a return at once to the speed the mode had before the load and the level it allows.
+turns quiet), a return at once to the speed the mode had before the load, the first frame at a
+level that would fit even 1.5x slower (`after_load`: cores can stay slow for a while after a load),
+then up as the measured speed allows.
 A mode left after a slow frame while the reading stayed quiet (jitter, not a load) relaxes back
 with time, as when the load is unknown.
 """
@@ -41,6 +45,9 @@ class BudgetController:
     margin: float = 0.1               # plan for budget / (1 + margin) at least
     max_margin: float = 0.6           # ... and at most, however jittery the recent frames
     quantile: float = 0.99            # the share of frames the margin is sized to cover
+    load_quantile: float = 1.0        # ... while another process competes (`quiet=False`): its
+                                      # scheduler stalls come in isolated spikes (+30% on a 1-in-50
+                                      # frame), which a 99th percentile of 100 frames never sees
     alpha: float = 0.3                # weight of the newest frame when the load eases
     alpha_up: float = 0.8             # ... and when it grows (react at once, relax slowly)
     up_after: int = 3                 # frames with room to spare before stepping up
@@ -48,6 +55,8 @@ class BudgetController:
     b: float = 1.0                    # fitted slope, ms per unit cost
     modes: int = 1
     relax: float = 0.05               # per frame, how far an unused mode's estimate relaxes back
+    after_load: float = 1.5           # the first frame back in a mode after a load plans for this
+                                      # much slower than before it (measured here: up to 1.45x)
     overhead_ms: float = 0.0
     level: int = 0
     mode: int = 0
@@ -62,12 +71,14 @@ class BudgetController:
     _quiet_scales: List[float] = field(default_factory=list, repr=False)  # ... from its last quiet frame
     _quiet_run: int = field(default=0, repr=False)     # consecutive quiet readings
     _busy_seen: bool = field(default=False, repr=False)  # a busy reading since the load was last over
+    _observed: bool = field(default=False, repr=False)   # any frame measured yet (the overhead is known)
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
             raise ValueError("BudgetController: one cost per level, at least one level")
-        if not 0.5 <= self.quantile <= 1.0:
-            raise ValueError(f"BudgetController: quantile must be in [0.5, 1], got {self.quantile}")
+        for name in ("quantile", "load_quantile"):
+            if not 0.5 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"BudgetController: {name} must be in [0.5, 1], got {getattr(self, name)}")
         if list(self.levels) != sorted(self.levels, reverse=True):
             raise ValueError(f"BudgetController: levels must be sorted highest first, got {list(self.levels)}")
         self._reset_modes()
@@ -133,11 +144,15 @@ class BudgetController:
         for m in range(self.modes):
             if m == mode or quiet is False or waiting:  # under a load an unused mode's estimate stands
                 continue
-            if load_gone:  # the speed it had before the load is back
-                self._scales[m] = self._seen[m] = self._quiet_scales[m]
+            if load_gone:  # back at once to the speed it had before the load, but the first frame
+                # is a cautious trial: right after a load, a VM's cores can stay slower for a while
+                self._scales[m] = self._quiet_scales[m]
+                self._seen[m] = self._quiet_scales[m] * self.after_load
             else:  # unknown, or quiet all along (a slow frame was jitter): relax with time
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
-        self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms
+        # the first frame's pre/post-processing is the only estimate there is: take it whole
+        self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms if self._observed else overhead_ms
+        self._observed = True
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:
         return next((i for i in range(len(self.levels)) if self.predict(i, mode, scale) <= target), None)
@@ -180,12 +195,15 @@ class BudgetController:
 
     @property
     def effective_margin(self) -> float:
-        """The recent `quantile` prediction error in the current mode and load condition, within
-        [margin, max_margin]."""
+        """The recent `quantile` prediction error (`load_quantile` under a load) in the current
+        mode and load condition, within [margin, max_margin]."""
+        if not self._observed:  # the first frame: pre/post-processing time unknown, plan for the worst
+            return self.max_margin
         errs = sorted(self._errors.get((self.mode, self._quiet), ()))
         if len(errs) < 10:  # not yet known: under a load, assume the worst
             return self.max_margin if self._quiet is False else self.margin
-        return min(self.max_margin, max(self.margin, errs[round(self.quantile * (len(errs) - 1))]))
+        q = self.load_quantile if self._quiet is False else self.quantile
+        return min(self.max_margin, max(self.margin, errs[round(q * (len(errs) - 1))]))
 
     @property
     def keep_ratio(self) -> float:

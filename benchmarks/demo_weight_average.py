@@ -15,8 +15,7 @@ import argparse
 import torch
 
 from iared_edge.checkpoint import load_model, save_model
-from iared_edge.demo.train import fixed_set
-from iared_edge.train import measure_keep_profile
+from iared_edge.demo.train import export_keep_profile
 
 
 def average_state(states):
@@ -51,8 +50,7 @@ def main():
                 raise SystemExit(f"{path}: {key} {cfg.get(key)!r} differs from {args.models[0]}'s {ref.get(key)!r}")
     soup = models[0]
     soup.load_state_dict(average_state([m.state_dict() for m in models]))
-    with torch.no_grad():
-        profile = measure_keep_profile(soup, fixed_set("val", 256, 224, 0)[0].split(64))
+    profile = export_keep_profile(soup)
     print("keep profile (256 validation images): " + " / ".join(f"{p:.3f}" for p in profile))
     save_model(soup, args.out, dtype=torch.float16)
     print(f"wrote {args.out}: the mean of {', '.join(args.models)}")

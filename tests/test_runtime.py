@@ -244,18 +244,20 @@ def test_a_load_reading_older_than_a_slow_frame_is_not_quiet(rt):
 
 # -- the controller, on a simulated device whose latency is a line in cost times a load factor ---
 
-def simulate(ctrl, frames, load, noise=0.02, seed=0, modes=None):
+def simulate(ctrl, frames, load, noise=0.02, seed=0, modes=None, quiet=lambda i: None):
+    """Per frame: whether it met the budget, its keep level and the mode it ran in. `load(i)` (or
+    `modes(i, mode)`) scales frame i's latency; `quiet(i)` is the load reading the controller sees."""
     rng = np.random.default_rng(seed)
     hits, keeps, used = [], [], []
     for i in range(frames):
         level = ctrl.choose()
         factor = load(i) if modes is None else modes(i, ctrl.mode)
         ms = (2.0 + 20.0 * ctrl.costs[level]) * factor * (1 + noise * rng.standard_normal())
-        ctrl.observe(level, ms, 0.5)
+        used.append(ctrl.mode)
+        ctrl.observe(level, ms, 0.5, quiet=quiet(i))
         hits.append(ms + 0.5 <= ctrl.budget_ms)
         keeps.append(ctrl.levels[level])
-        used.append(ctrl.mode)
-    return np.array(hits), np.array(keeps)
+    return np.array(hits), np.array(keeps), np.array(used)
 
 
 def test_controller_switches_to_the_mode_that_suffers_less_from_load():
@@ -267,7 +269,7 @@ def test_controller_switches_to_the_mode_that_suffers_less_from_load():
     # mode 0 (two threads) is faster idle but 2.5x slower under load; mode 1 (one thread) 1.3x / 1.4x
     under_load = lambda i: 200 <= i < 400
     factor = lambda i, m: (2.5 if under_load(i) else 1.0) if m == 0 else (1.4 if under_load(i) else 1.3)
-    hits, keeps = simulate(ctrl, 600, None, modes=factor)
+    hits, keeps, _ = simulate(ctrl, 600, None, modes=factor)
     assert ctrl.mode == 0  # back on the faster mode once the load is gone
     for ph in (slice(0, 200), slice(203, 400), slice(403, 600)):
         assert hits[ph].mean() >= 0.99
@@ -358,14 +360,8 @@ def test_controller_margin_under_a_load_covers_its_rare_spikes():
     for load_quantile in (0.99, 1.0):
         ctrl = BudgetController(levels, costs, 15.0, load_quantile=load_quantile)
         ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-        rng = np.random.default_rng(1)
-        hits = []
-        for i in range(600):
-            level = ctrl.choose()
-            spike = 1.35 if i % 60 == 59 else 1.0
-            ms = (2.0 + 20.0 * costs[level]) * 1.3 * spike * (1 + 0.02 * rng.standard_normal())
-            ctrl.observe(level, ms, 0.5, quiet=False)
-            hits.append(ms + 0.5 <= 15.0)
+        hits, _, _ = simulate(ctrl, 600, lambda i: 1.3 * (1.35 if i % 60 == 59 else 1.0), seed=1,
+                              quiet=lambda i: False)
         hit_rates[load_quantile] = np.mean(hits[100:])
     assert hit_rates[1.0] >= 0.99 > hit_rates[0.99]
     with pytest.raises(ValueError, match="load_quantile"):
@@ -403,16 +399,7 @@ def test_controller_returns_after_a_load_without_missing_when_cores_stay_slow():
         slow_after = 1.4 if 400 <= i < 440 else 1.0
         return slow_after if m == 0 else 1.2
 
-    rng = np.random.default_rng(0)
-    hits, modes, keeps = [], [], []
-    for i in range(600):
-        level = ctrl.choose()
-        ms = (2.0 + 20.0 * costs[level]) * factor(i, ctrl.mode) * (1 + 0.02 * rng.standard_normal())
-        modes.append(ctrl.mode)
-        keeps.append(levels[level])
-        ctrl.observe(level, ms, 0.5, quiet=not under_load(i))
-        hits.append(ms + 0.5 <= 15.0)
-    hits, modes, keeps = np.array(hits), np.array(modes), np.array(keeps)
+    hits, keeps, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
     assert hits[201:].all()
     assert (modes[402:405] == 0).any()                        # two threads tried right after the load
     assert keeps[500:].mean() >= 0.9 * keeps[100:200].mean()  # and the keep is back
@@ -454,7 +441,7 @@ def make_controller(budget):
 def test_controller_follows_a_load_change_and_comes_back():
     ctrl = make_controller(15.0)
     load = lambda i: 1.6 if 200 <= i < 400 else 1.0  # a competing load from frame 200 to 400
-    hits, keeps = simulate(ctrl, 600, load)
+    hits, keeps, _ = simulate(ctrl, 600, load)
     settle = 3  # frames the load estimate needs to follow a step
     phases = [slice(0, 200), slice(200 + settle, 400), slice(400 + settle + 40, 600)]
     for ph in phases:
@@ -469,7 +456,7 @@ def test_controller_follows_a_load_change_and_comes_back():
 
 def test_controller_does_not_oscillate():
     ctrl = make_controller(12.0)
-    _, keeps = simulate(ctrl, 300, lambda i: 1.0, noise=0.05)
+    _, keeps, _ = simulate(ctrl, 300, lambda i: 1.0, noise=0.05)
     changes = np.count_nonzero(np.diff(keeps[20:]))
     assert changes <= 10
 
@@ -478,7 +465,7 @@ def test_controller_unmet_budget_warns_once_and_runs_at_minimum():
     ctrl = make_controller(1.0)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        _, keeps = simulate(ctrl, 20, lambda i: 1.0)
+        _, keeps, _ = simulate(ctrl, 20, lambda i: 1.0)
     assert sum("cannot be met" in str(x.message) for x in w) == 1
     assert (keeps == 0.2).all() and ctrl.unmet_frames == 20
 

@@ -283,6 +283,14 @@ def calibrate_phase(out: str, phase: str, s: Schedule, model, val) -> None:
                **{f"val_{k}": v for k, v in evaluate(model, val, policy="threshold").items()}})
 
 
+def export_keep_profile(model, seed: int = 0):
+    """Set and return `model.keep_profile`, the share of patch tokens kept after each stage at the
+    thresholds (the Runtime's keep levels follow it), on the 256 validation images every export
+    measures it on."""
+    from ..train import measure_keep_profile
+    return measure_keep_profile(model, fixed_set("val", 256, 224, seed)[0].split(64))
+
+
 def finetune_phase(out: str, s: Schedule, model):
     from ..train import finetune_backbone
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
@@ -422,11 +430,9 @@ def main(argv=None) -> None:
             report_phase(args.out, s, model, images=args.report_images, plot=args.plot)
         elif phase == "export":
             from ..checkpoint import save_model
-            from ..train import measure_keep_profile
             from . import DEMO_MODEL
             dest = args.export_to or DEMO_MODEL
-            # The share kept after each stage at the thresholds: the Runtime's keep levels follow it.
-            profile = measure_keep_profile(model, fixed_set("val", 256, 224, s.seed)[0].split(64))
+            profile = export_keep_profile(model, s.seed)
             print("keep profile (256 validation images): " + " / ".join(f"{p:.3f}" for p in profile), flush=True)
             save_model(model, dest, dtype=torch.float16)
             print(f"wrote {dest} ({os.path.getsize(dest) / 1e6:.1f} MB)", flush=True)

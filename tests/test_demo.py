@@ -377,6 +377,11 @@ def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
     for (k, a), (k2, b) in zip(source.interpreters.state_dict().items(), model.interpreters.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     assert json.loads((tmp_path / "interpreters_history.json").read_text()) == []  # nothing was trained
+    # later phases call this one again to get the model back: no reference evaluation is run or
+    # logged for interpreters that were seeded, however often it is called
+    train_interpreters_phase(str(tmp_path), Schedule(interp_steps_per_stage=5), backbone)
+    log = tmp_path / "log.jsonl"
+    assert not log.exists() or "training_free" not in log.read_text()
     source.thresholds = [0.5, 0.3, 0.5]
     save_model(source, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="threshold 0.5"):

@@ -228,15 +228,25 @@ def demo_model(backbone: Dict[str, torch.Tensor]):
                     timm_kwargs={"num_classes": 10}).eval()
 
 
+def _steps_done(checkpoint: str) -> int:
+    """Steps a phase's checkpoint has recorded (0: none yet). Later phases call the earlier ones
+    again to get their model back; what those already logged is not logged again."""
+    if not os.path.exists(checkpoint):
+        return 0
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+
+
 def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Tensor]):
     from ..train import ReinforceConfig, evaluate, train_interpreters
     torch.manual_seed(s.seed)
     model = demo_model(backbone)
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
     val = _Cycle(val_x, val_y, 64)
-    start = evaluate(model, val, policy="threshold")
-    _log(out, {"phase": "interpreters", "step": 0, "training_free": True,
-               **{f"val_{k}": v for k, v in start.items()}, "val_acc_all": evaluate(model, val, policy="all")["accuracy"]})
+    if _steps_done(os.path.join(out, "interpreters.pt")) == 0:  # the reference REINFORCE starts from
+        start = evaluate(model, val, policy="threshold")
+        _log(out, {"phase": "interpreters", "step": 0, "training_free": True,
+                   **{f"val_{k}": v for k, v in start.items()},
+                   "val_acc_all": evaluate(model, val, policy="all")["accuracy"]})
     history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed), val,
                                  steps_per_stage=s.interp_steps_per_stage, lr=s.interp_lr,
                                  config=ReinforceConfig(penalty=s.interp_penalty),
@@ -294,12 +304,13 @@ def export_keep_profile(model, seed: int = 0):
 def finetune_phase(out: str, s: Schedule, model):
     from ..train import finetune_backbone
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
+    done = _steps_done(os.path.join(out, "finetune.pt"))
     history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000),
                                 _Cycle(val_x, val_y, 64), steps=s.finetune_steps, lr=s.finetune_lr,
                                 checkpoint=os.path.join(out, "finetune.pt"), save_every=25, val_every=50,
                                 amp=torch.bfloat16, seed=s.seed, progress=False)
     for h in history:
-        if "val_accuracy" in h:
+        if "val_accuracy" in h and h["step"] > done:
             _log(out, {"phase": "finetune", **h})
     calibrate_phase(out, "finetune", s, model, _Cycle(val_x, val_y, 64))  # the backbone moved: again
     return model

@@ -6,7 +6,7 @@ A="--data-offset 19000 --small-steps 3000 --small-black 0 --small-fade 1 --lr 4e
 .venv/bin/python -m iared_edge.demo.train --out runs/demo12 $A --interp-penalty 4 --phase full --init-backbone runs/demo11/iared_digits_tiny.safetensors --init-interpreters demo
 .venv/bin/python -m iared_edge.demo.train --out runs/demo12 $A --interp-penalty 4 --phase finetune
 .venv/bin/python -m iared_edge.demo.train --out runs/demo12 $A --interp-penalty 4 --phase export --export-to runs/demo12/iared_digits_tiny.safetensors
-mkdir -p runs/demo12r && cp -n runs/demo12/full.pt runs/demo12r/
+mkdir -p runs/demo12r && { [ -f runs/demo12r/full.pt ] || cp runs/demo12/full.pt runs/demo12r/; }
 .venv/bin/python -m iared_edge.demo.train --out runs/demo12r $A --interp-penalty 3 --phase interpreters
 .venv/bin/python -m iared_edge.demo.train --out runs/demo12r $A --interp-penalty 3 --phase finetune
 .venv/bin/python -m iared_edge.demo.train --out runs/demo12r $A --interp-penalty 3 --phase export --export-to runs/demo12r/iared_digits_tiny.safetensors

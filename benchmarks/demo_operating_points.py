@@ -8,8 +8,9 @@ cannot (each keeps its own share).
         [--images 500] [--ratios 0.6 0.45 0.3]
 
 Test images come from generator seed 1 (the REINFORCE report's), validation from seed 0.
-Prints one markdown row per model and split: top-1 and, for "threshold", the share of patch
-tokens kept after each stage; the header gives each level's mean share kept over the stages.
+Prints one markdown row per model and split: top-1 (with the exact count of correct images for
+"all" and "threshold") and, for "threshold", the share of patch tokens kept after each stage and
+their mean; the header gives each level's mean share kept over the stages.
 """
 import argparse
 
@@ -53,7 +54,12 @@ def main():
             full = run(model, x, y, policy="all")
             thr = run(model, x, y, policy="threshold")
             kept = " / ".join(f"{thr[f'keep{k + 1}']:.2f}" for k in range(S))
-            cells = [f"{full['accuracy']:.1%}", f"{thr['accuracy']:.1%} ({kept})"]
+            # exact counts beside the rounded percentages: ship rules compare them (">=")
+            n = len(y)
+            hits = lambda r: round(r["accuracy"] * n)
+            mean_kept = sum(thr[f"keep{k + 1}"] for k in range(S)) / S
+            cells = [f"{full['accuracy']:.1%} [{hits(full)}/{n}]",
+                     f"{thr['accuracy']:.1%} [{hits(thr)}/{n}] ({kept}; mean {mean_kept:.3f})"]
             cells += [f"{run(model, x, y, policy='ratio', ratio=model.stage_ratios(r))['accuracy']:.1%}"
                       for r in args.ratios]
             print(f"| {path} | {name} | " + " | ".join(cells) + " |", flush=True)

@@ -20,29 +20,31 @@ def main(argv=None) -> int:
     ap.add_argument("--at", default="0.15,0.4,0.65,0.9", help="where in the clip, as fractions of its length")
     ap.add_argument("--size", type=int, default=420, help="side of each tile, pixels")
     args = ap.parse_args(argv)
+    fracs = [float(f) for f in args.at.split(",")]
+    if len(fracs) != 4:
+        print("demo_frames: --at needs four fractions", file=sys.stderr)
+        return 1
     cap = cv2.VideoCapture(args.video)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if not cap.isOpened() or n <= 0:
         print(f"demo_frames: cannot read {args.video} (run `make demo` first)", file=sys.stderr)
         return 1
+    indices = [min(n - 1, int(f * n)) for f in fracs]
     tiles = []
-    for frac in (float(f) for f in args.at.split(",")):
-        cap.set(cv2.CAP_PROP_POS_FRAMES, min(n - 1, int(frac * n)))
+    for i in indices:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, i)
         ok, frame = cap.read()
         if not ok:
-            print(f"demo_frames: {args.video}: frame {int(frac * n)} of {n} unreadable", file=sys.stderr)
+            print(f"demo_frames: {args.video}: frame {i} of {n} unreadable", file=sys.stderr)
             return 1
         tiles.append(cv2.resize(frame, (args.size, args.size), interpolation=cv2.INTER_AREA))
     cap.release()
-    if len(tiles) != 4:
-        print("demo_frames: --at needs four fractions", file=sys.stderr)
-        return 1
     grid = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
     if not cv2.imwrite(args.out, grid, [cv2.IMWRITE_JPEG_QUALITY, 85]):
         print(f"demo_frames: cannot write {args.out}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]}) from {args.video} frames "
-          + ", ".join(str(int(float(f) * n)) for f in args.at.split(",")))
+          + ", ".join(map(str, indices)))
     return 0
 
 

@@ -233,7 +233,8 @@ def _steps_done(checkpoint: str) -> int:
     again to get their model back; what those already logged is not logged again."""
     if not os.path.exists(checkpoint):
         return 0
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+    # mmap: only the step is read, not the 67 MB of weights and optimiser state the phase loads next
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"])
 
 
 def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Tensor]):

@@ -7,7 +7,8 @@ frames: a two-thread forward leaves OpenMP workers spinning, which delays the ne
 other runtime when the cores are contended, an interaction a camera app with one runtime does not
 have.) The budget lies between the latencies of the lowest and highest keep level. From frame
 --load-start to --load-stop, a busy process (--load-procs of them, each bounded in time) competes
-for the same cores. Reports, per phase, the deadline hit rate and mean keep ratio of both.
+for the same cores. Reports, per phase, the deadline hit rate and mean keep ratio of both, and, to
+read the controller's keep after / before, how fast and how jittery the machine ran in each phase.
 
     .venv/bin/python benchmarks/bench_budget.py [--model deit_small_patch16_224] [--frames 300]
 """
@@ -26,6 +27,17 @@ from iared_edge import IARedViT, Runtime
 
 CLIP = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "vtest_short.avi")
 BUSY = "import time\nt = time.time()\nwhile time.time() - t < {limit}:\n    sum(i * i for i in range(10000))\n"
+
+
+def _jitter(rows: np.ndarray, half: int = 25) -> float:
+    """99th percentile of each frame's latency over the median of its neighbours run the same way."""
+    rel = []
+    for i in range(len(rows)):
+        near = rows[max(0, i - half):i + half]
+        same = near[(near[:, 2] == rows[i, 2]) & (near[:, 3] == rows[i, 3])]
+        if len(same) >= 5:
+            rel.append(rows[i, 0] / np.median(same[:, 0]) - 1)
+    return float(np.quantile(rel, 0.99)) if rel else float("nan")
 
 
 def main():
@@ -117,6 +129,10 @@ def main():
     print(f"controller's {args.threads}-thread frames, latency / calibrated latency at the same level (median): "
           + ", ".join(f"{ph} {v:.2f}" for ph, v in speed.items())
           + f"; after / before {speed['after'] / speed['before']:.2f} (1.00: the machine came back to its old speed)")
+    print("controller's jitter, latency / median latency of its frames at the same level and thread count "
+          "within 25 frames, 99th percentile: "
+          + ", ".join(f"{ph} +{_jitter(ctrl_rows[sl]):.0%}" for ph, sl in phases.items())
+          + " (a noisier phase needs a wider margin, so fewer tokens, at the same hit rate)")
     print(f"controller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "
           f"{after / before:.3f} over the whole after-phase, {settled / before:.3f} over its second half "
           f"(target within 10%)")

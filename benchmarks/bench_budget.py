@@ -29,15 +29,23 @@ CLIP = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "vtest_sho
 BUSY = "import time\nt = time.time()\nwhile time.time() - t < {limit}:\n    sum(i * i for i in range(10000))\n"
 
 
-def _jitter(rows: np.ndarray, half: int = 25) -> float:
-    """99th percentile of each frame's latency over the median of its neighbours run the same way."""
+def jitter_multipliers(rows: np.ndarray, half: int = 25) -> np.ndarray:
+    """Each frame's latency over the median of its neighbours run the same way (same keep level and
+    threads, within `half` frames); rows are dump rows (latency, kept, level, threads). Frames
+    with fewer than 5 such neighbours are left out."""
     rel = []
     for i in range(len(rows)):
         near = rows[max(0, i - half):i + half]
         same = near[(near[:, 2] == rows[i, 2]) & (near[:, 3] == rows[i, 3])]
         if len(same) >= 5:
-            rel.append(rows[i, 0] / np.median(same[:, 0]) - 1)
-    return float(np.quantile(rel, 0.99)) if rel else float("nan")
+            rel.append(rows[i, 0] / np.median(same[:, 0]))
+    return np.array(rel)
+
+
+def _jitter(rows: np.ndarray) -> float:
+    """99th percentile of a phase's jitter, as a relative excess over the neighbours' median."""
+    rel = jitter_multipliers(rows)
+    return float(np.quantile(rel, 0.99) - 1) if len(rel) else float("nan")
 
 
 def main():

@@ -25,12 +25,13 @@ import os
 
 import numpy as np
 
+from bench_budget import jitter_multipliers  # run as a script from benchmarks/
 from iared_edge.runtime.controller import BudgetController, default_levels
 
 TRACES = os.path.join(os.path.dirname(__file__), "data", "budget_traces")
 
 
-def jitter_traces(half: int = 25):
+def jitter_traces():
     """(name, jitter multipliers) per quiet phase of each recorded run."""
     out = []
     for path in sorted(glob.glob(os.path.join(TRACES, "*.json.gz"))):
@@ -40,13 +41,7 @@ def jitter_traces(half: int = 25):
         start, stop = d["load"]
         name = os.path.basename(path).split(".json")[0]
         for phase, sl in (("before", slice(0, start)), ("after", slice(stop + 10, len(rows)))):
-            x = rows[sl]
-            mult = []
-            for i in range(len(x)):
-                near = x[max(0, i - half):i + half]
-                same = near[(near[:, 2] == x[i, 2]) & (near[:, 3] == x[i, 3])]
-                mult.append(x[i, 0] / np.median(same[:, 0]) if len(same) >= 5 else 1.0)
-            out.append((f"{name} {phase}", np.array(mult)))
+            out.append((f"{name} {phase}", jitter_multipliers(rows[sl])))
     return out
 
 

@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--budget-at", type=float, default=0.5,
                     help="where the budget lies between the lowest (0) and highest (1) level's latency")
     ap.add_argument("--load-procs", type=int, default=1, help="busy processes competing for the cores")
+    ap.add_argument("--quantile", type=float, default=None,
+                    help="the controller's quiet-margin quantile (default: the shipped setting)")
     ap.add_argument("--dump", help="write every frame's (latency, keep, level, threads) per runtime to this JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,6 +85,8 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ctrl_rt = Runtime(model, budget_ms=budget)
+    if args.quantile is not None:
+        ctrl_rt.controller.quantile = args.quantile
     fixed_rt = Runtime(model, policy="ratio", ratio=fixed)
     rows = {"controller": [], "fixed": []}
     for name, rt in (("controller", ctrl_rt), ("fixed", fixed_rt)):

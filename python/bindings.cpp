@@ -37,6 +37,15 @@ void check_packed(const at::Tensor& tokens, const at::Tensor& offsets, const at:
   TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1, "iared: offsets must be [B+1]");
   check(offsets, "offsets", at::kInt, tokens.device());
   TORCH_CHECK(tokens.size(0) <= INT32_MAX, "iared: more than 2^31 tokens");
+  if (offsets.is_cpu()) {  // kernels index rows by offsets: bad values would read out of bounds
+    // (device offsets are not read back: that would cost a sync per op)
+    const int32_t* o = offsets.data_ptr<int32_t>();
+    const int64_t B = offsets.numel() - 1;
+    bool ok = o[0] == 0 && o[B] == tokens.size(0);
+    for (int64_t b = 0; ok && b < B; ++b) ok = o[b] <= o[b + 1];
+    TORCH_CHECK_VALUE(ok, "iared: offsets must start at 0, never decrease and end at T=", tokens.size(0),
+                      ", got ", offsets.numel(), " values from ", o[0], " to ", o[B]);
+  }
   if (positions.numel() > 0 || tokens.size(0) == 0) {
     TORCH_CHECK(positions.dim() == 1 && positions.size(0) == tokens.size(0),
                 "iared: positions must be [T=", tokens.size(0), "], got ", positions.sizes());

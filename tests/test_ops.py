@@ -176,6 +176,30 @@ def test_bad_inputs_get_clear_errors():
         ops.topk_keep(torch.rand(7), offsets, positions, 1.5)
     with pytest.raises(ValueError, match="on meta"):
         ops.compact(tokens, offsets.to("meta"), positions, keep)
+    # offsets that would index past the rows: refused before any kernel reads them
+    for bad in ([0, 4, 8], [1, 4, 7], [0, 5, 4, 7]):
+        bad = torch.tensor(bad, dtype=torch.int32)
+        with pytest.raises(ValueError, match="offsets must start at 0"):
+            ops.compact(tokens, bad, positions, keep)
+        with pytest.raises(ValueError, match="offsets must start at 0"):
+            ops.topk_keep(torch.rand(7), bad, positions, 0.5)
+
+
+def test_bad_inputs_get_clear_errors_on_the_reference_ops_too():
+    ops.use_reference(True)
+    try:
+        test_bad_inputs_get_clear_errors()
+    finally:
+        ops.use_reference(False)
+
+
+def test_non_contiguous_keep_flags_are_accepted():
+    tokens, offsets, positions, _, _ = make_batch([4, 3], 6, 2, torch.float32)
+    keep = torch.rand(7, 2) < 0.5
+    got = ops.compact(tokens, offsets, positions, keep[:, 0])
+    want = ref.compact(tokens, offsets, positions, keep[:, 0].contiguous())
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
 
 
 @compiled

@@ -310,6 +310,47 @@ def test_controller_seeing_the_load_makes_no_trials_under_it_and_returns_at_once
     assert blind_hits[201:400].mean() < 1.0
 
 
+@pytest.mark.filterwarnings("ignore:latency budget")  # the spike's frame cannot be met: expected
+def test_controller_under_a_load_trusts_no_mode_seen_only_at_its_start():
+    """The frame a load starts on often runs before the load bites fully (on the VM: 82 ms where
+    two threads under the load take 3-4x their calibrated time), so the two-thread mode's estimate
+    from it is far too low. A spike on one thread later makes that stale estimate look faster; the
+    controller must not switch to two threads under the load on that basis (run 8 of
+    docs/benchmarks.md did, and missed by 43%)."""
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    costs = [l ** 1.6 for l in levels]
+    under_load = lambda i: 200 <= i < 400
+
+    def factor(i, m):
+        if m == 0:
+            return (2.0 if i == 200 else 5.0) if under_load(i) else 1.0
+        return 1.7 * (2.0 if i == 250 else 1.0) if under_load(i) else 1.3
+
+    ctrl = BudgetController(levels, costs, 10.0, modes=2)
+    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+    ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+    hits, keeps, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
+    assert (modes[201:400] == 1).all()           # one thread for the whole load
+    assert hits[201:400].mean() >= 0.99          # the spike itself is the only miss allowed
+    assert (modes[402:420] == 0).any()           # and two threads again once it has gone
+    assert keeps[500:].mean() >= 0.9 * keeps[100:200].mean()
+
+
+def test_controller_plans_the_streams_first_frames_with_a_wider_margin():
+    """Ten frames are too few to know the jitter. The speeds here are those of the first frames
+    of run 8 in docs/benchmarks.md (latency over calibration, two threads): flat, then +35-50%
+    spikes. With the floor margin in those frames the controller missed (frames 6 and 12 there,
+    5 or 6 here at every budget); with the largest error so far, and at least `new_margin`, none."""
+    speed = [1.0, 1.05, 1.0, 1.1, 0.95, 1.35, 1.5, 1.4, 1.2, 1.1, 1.15, 1.4]
+    for budget in range(8, 30):
+        ctrl = make_controller(float(budget))
+        hits, _, _ = simulate(ctrl, len(speed), lambda i: speed[i], noise=0.0)
+        assert hits.all(), (budget, np.nonzero(~hits)[0])
+    ctrl = make_controller(15.0)
+    simulate(ctrl, 30, lambda i: 1.0)
+    assert ctrl.effective_margin == pytest.approx(ctrl.margin)  # then the measured jitter rules
+
+
 def test_controller_does_not_return_at_once_after_jitter_on_a_quiet_device():
     """A single slow frame of the two-thread mode while the device reads quiet (jitter, not a
     load) may move the controller to one thread; it must not jump straight back at the old level

@@ -44,6 +44,8 @@ class BudgetController:
     budget_ms: float
     margin: float = 0.1               # plan for budget / (1 + margin) at least
     max_margin: float = 0.6           # ... and at most, however jittery the recent frames
+    new_margin: float = 0.25          # ... and at least this in the stream's first 10 frames
+                                      # (measured here: +17-45% spikes within them)
     quantile: float = 0.99            # the share of frames the margin is sized to cover
     load_quantile: float = 1.0        # ... while another process competes (`quiet=False`): its
                                       # scheduler stalls come in isolated spikes (+30% on a 1-in-50
@@ -71,7 +73,9 @@ class BudgetController:
     _quiet_scales: List[float] = field(default_factory=list, repr=False)  # ... from its last quiet frame
     _quiet_run: int = field(default=0, repr=False)     # consecutive quiet readings
     _busy_seen: bool = field(default=False, repr=False)  # a busy reading since the load was last over
+    _load_frames: List[int] = field(default_factory=list, repr=False)  # frames per mode since then
     _observed: bool = field(default=False, repr=False)   # any frame measured yet (the overhead is known)
+    _frames_seen: int = field(default=0, repr=False)
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
@@ -87,6 +91,7 @@ class BudgetController:
     def _reset_modes(self) -> None:
         self._scales, self._base, self._seen = [1.0] * self.modes, [1.0] * self.modes, [1.0] * self.modes
         self._quiet_scales = [1.0] * self.modes
+        self._load_frames = [0] * self.modes
         self._errors = {}
 
     def set_budget(self, budget_ms: float) -> None:
@@ -130,6 +135,9 @@ class BudgetController:
         load_gone = self._busy_seen and self._quiet_run >= 2
         if load_gone:
             self._busy_seen = False
+            self._load_frames = [0] * self.modes
+        elif self._busy_seen:
+            self._load_frames[mode] += 1
         waiting = self._busy_seen and quiet is True  # one quiet reading after a busy one: not yet
         self._quiet = quiet
         base = self.a + self.b * self.costs[level]
@@ -153,6 +161,7 @@ class BudgetController:
         # the first frame's pre/post-processing is the only estimate there is: take it whole
         self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms if self._observed else overhead_ms
         self._observed = True
+        self._frames_seen += 1
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:
         return next((i for i in range(len(self.levels)) if self.predict(i, mode, scale) <= target), None)
@@ -161,7 +170,8 @@ class BudgetController:
         """The level for the next frame (and `self.mode`, the mode to run it in)."""
         target = self.budget_ms / (1 + self.effective_margin)
         lowest = len(self.levels) - 1
-        best = {m: self._best(m, target) for m in range(self.modes)}
+        usable = [m for m in range(self.modes) if self._usable(m)]
+        best = {m: self._best(m, target) for m in usable}
         fitting = [m for m in best if best[m] is not None]
         if fitting:  # change mode only for strictly more tokens, or when this one fits no level
             other = min(fitting, key=lambda m: (best[m], self.predict(best[m], m)))
@@ -173,7 +183,7 @@ class BudgetController:
                 self._room = 0
                 return self.level
         if best[self.mode] is None:
-            self.mode = min(range(self.modes), key=lambda m: self.predict(lowest, m))
+            self.mode = min(usable, key=lambda m: self.predict(lowest, m))
             self.unmet_frames += 1
             if not self._warned:
                 self._warned = True
@@ -193,15 +203,29 @@ class BudgetController:
             self._room = 0
         return self.level
 
+    def _usable(self, mode: int) -> bool:
+        """Whether `mode` may be run next. During a load, not a mode that ran only a few frames of
+        it (1 to 9): those frames may have come before the load bit fully (the first one often
+        does), so its estimate is too low to trust, and a trial under the load misses by far."""
+        n = self._load_frames[mode]
+        return mode == self.mode or not self._busy_seen or n == 0 or n >= 10
+
     @property
     def effective_margin(self) -> float:
         """The recent `quantile` prediction error (`load_quantile` under a load) in the current
-        mode and load condition, within [margin, max_margin]."""
+        mode and load condition, within [margin, max_margin]. Fewer than 10 frames seen there:
+        under a load the widest margin; in the stream's first 10 frames the largest error so far,
+        and at least `new_margin` (a handful of frames has not shown the jitter yet); else the
+        floor."""
         if not self._observed:  # the first frame: pre/post-processing time unknown, plan for the worst
             return self.max_margin
         errs = sorted(self._errors.get((self.mode, self._quiet), ()))
-        if len(errs) < 10:  # not yet known: under a load, assume the worst
-            return self.max_margin if self._quiet is False else self.margin
+        if len(errs) < 10:  # not yet known
+            if self._quiet is False:
+                return self.max_margin
+            if self._frames_seen < 10:
+                return min(self.max_margin, max(self.new_margin, self.margin, errs[-1] if errs else 0.0))
+            return self.margin
         q = self.load_quantile if self._quiet is False else self.quantile
         return min(self.max_margin, max(self.margin, errs[round(q * (len(errs) - 1))]))
 

@@ -47,6 +47,7 @@ class BudgetController:
     new_margin: float = 0.25          # ... and at least this in the stream's first 10 frames
                                       # (measured here: +17-45% spikes within them)
     quantile: float = 0.99            # the share of frames the margin is sized to cover
+    window: int = 100                 # recent frames per condition the margin is sized from
     load_quantile: float = 1.0        # ... while another process competes (`quiet=False`): its
                                       # scheduler stalls come in isolated spikes (+30% on a 1-in-50
                                       # frame), which a 99th percentile of 100 frames never sees
@@ -142,7 +143,7 @@ class BudgetController:
         self._quiet = quiet
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
-            self._errors.setdefault((mode, quiet), deque(maxlen=100)).append(model_ms / (self._scales[mode] * base) - 1)
+            self._errors.setdefault((mode, quiet), deque(maxlen=self.window)).append(model_ms / (self._scales[mode] * base) - 1)
             ratio = model_ms / base
             alpha = self.alpha_up if ratio > self._scales[mode] else self.alpha
             self._scales[mode] += alpha * (ratio - self._scales[mode])

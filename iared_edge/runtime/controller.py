@@ -6,11 +6,12 @@ with cost the FLOPs of that keep level relative to keeping everything, (a, b) fi
 calibration on the real device, `scale` tracking load changes from every measured frame (an
 exponential average of measured / predicted that follows a slow-down at once and a speed-up
 gradually), and `overhead` the pre/post-processing time. The safety margin widens to the recent
-jitter (the `quantile` of the relative prediction error over the last 100 frames seen in the same
+jitter (the `quantile` of the relative prediction error over the last `window` frames seen in the same
 mode and, where known, the same load condition: the jitter under a load does not shrink the keep
 once the load has gone; under a load, the largest of them, since a competing process's stalls
 are rare, large spikes; before the first frame, the widest margin, as pre/post-processing time is
-not known yet). Accuracy first: the highest level that
+not known yet; in the stream's first 10 frames, the largest error so far and at least
+`new_margin`). Accuracy first: the highest level that
 fits wins; the level drops at once when it would miss, and rises one step at a time only after
 several frames with room to spare (hysteresis).
 
@@ -20,7 +21,8 @@ when another lets it keep more tokens. An estimate not refreshed by frames relax
 calibrated value, so a mode that was slow under a load that has gone is tried again; the trial
 runs at a level that would fit even at the mode's last measured speed. Where the caller can see
 the load directly (`observe(..., quiet=)`: on Linux, other processes' CPU time), estimates relax
-only while the device is quiet: no trial under a load that is still there (such a trial misses by
+only while the device is quiet: no trial under a load that is still there, nor a switch under it
+to a mode whose only frames of it came before the load bit fully (such a trial misses by
 far: two threads sharing busy cores run several times slower), and once it has gone (the reading
 turns quiet), a return at once to the speed the mode had before the load, the first frame at a
 level that would fit even 1.5x slower (`after_load`: cores can stay slow for a while after a load),
@@ -75,8 +77,7 @@ class BudgetController:
     _quiet_run: int = field(default=0, repr=False)     # consecutive quiet readings
     _busy_seen: bool = field(default=False, repr=False)  # a busy reading since the load was last over
     _load_frames: List[int] = field(default_factory=list, repr=False)  # frames per mode since then
-    _observed: bool = field(default=False, repr=False)   # any frame measured yet (the overhead is known)
-    _frames_seen: int = field(default=0, repr=False)
+    _frames_seen: int = field(default=0, repr=False)   # frames measured (after one, the overhead is known)
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
@@ -160,8 +161,7 @@ class BudgetController:
             else:  # unknown, or quiet all along (a slow frame was jitter): relax with time
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
         # the first frame's pre/post-processing is the only estimate there is: take it whole
-        self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms if self._observed else overhead_ms
-        self._observed = True
+        self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms if self._frames_seen else overhead_ms
         self._frames_seen += 1
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:
@@ -218,7 +218,7 @@ class BudgetController:
         under a load the widest margin; in the stream's first 10 frames the largest error so far,
         and at least `new_margin` (a handful of frames has not shown the jitter yet); else the
         floor."""
-        if not self._observed:  # the first frame: pre/post-processing time unknown, plan for the worst
+        if not self._frames_seen:  # the first frame: pre/post-processing time unknown, plan for the worst
             return self.max_margin
         errs = sorted(self._errors.get((self.mode, self._quiet), ()))
         if len(errs) < 10:  # not yet known

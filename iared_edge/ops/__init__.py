@@ -39,8 +39,9 @@ __all__ = ["backend", "interpreter_scores", "topk_keep", "compact", "use_referen
 
 
 def _warn_missing() -> None:
+    """Once, when the compiled ops are not built (stacklevel: the caller of the op or of backend())."""
     global _warned
-    if not _warned:
+    if _C is None and not _warned:
         _warned = True
         warnings.warn(f"iared_edge._C is not built ({_IMPORT_ERROR}); using the pure-PyTorch "
                       "reference ops (slower). Reinstall with `pip install --no-build-isolation .`",
@@ -64,13 +65,8 @@ def backend(device: torch.device | str | None = None) -> str:
     if _forced_reference:
         return "torch"
     if device.type == "cuda":
-        return "cuda" if _C.built_with_cuda() else "torch"
+        return "cuda" if _CUDA_BUILT else "torch"
     return "cpu" if device.type == "cpu" else "torch"
-
-
-def _reference_warn() -> None:
-    if _C is None:
-        _warn_missing()
 
 
 def _compiled(t: torch.Tensor) -> bool:
@@ -121,7 +117,7 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
             _check_scores_args(tokens, offsets, vecs, biases, threshold, positions)
             raise
     _check_scores_args(tokens, offsets, vecs, biases, threshold, positions)
-    _reference_warn()
+    _warn_missing()
     return reference.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
 
 
@@ -160,7 +156,7 @@ def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tens
             _check_topk_args(scores, offsets, positions, rho)
             raise
     _check_topk_args(scores, offsets, positions, rho)
-    _reference_warn()
+    _warn_missing()
     return reference.topk_keep(scores, offsets, positions, rho, num_prefix)
 
 
@@ -190,7 +186,7 @@ def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor
                 raise
             return tuple(_compact_op(tokens, offsets, positions, keep.contiguous(), num_prefix, out))
     _check_compact_args(tokens, offsets, positions, keep, out)
-    _reference_warn()
+    _warn_missing()
     new_tokens, new_offsets, new_positions = reference.compact(tokens, offsets, positions, keep, num_prefix)
     if out is not None:
         if out.shape[0] < new_tokens.shape[0]:

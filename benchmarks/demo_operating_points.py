@@ -7,7 +7,8 @@ cannot (each keeps its own share).
     .venv/bin/python benchmarks/demo_operating_points.py MODEL.safetensors [MODEL ...] \\
         [--images 500] [--ratios 0.6 0.45 0.3]
 
-Test images come from generator seed 1 (the REINFORCE report's), validation from seed 0.
+Test images come from generator seed 1 (the REINFORCE report's), validation from seed 0
+(`--val-seed`: other validation images, e.g. to decide on images no earlier decision saw).
 Prints one markdown row per model and split: top-1 (with the exact count of correct images for
 "all" and "threshold") and, for "threshold", the share of patch tokens kept after each stage and
 their mean; the header gives each level's mean share kept over the stages.
@@ -37,15 +38,17 @@ def main():
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--ratios", type=float, nargs="*", default=[0.6, 0.45, 0.3])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--val-seed", type=int, default=0,
+                    help="generator seed of the validation images (0: the images training monitors)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    splits = {"val": fixed_set("val", args.images, 224, 0), "test": fixed_set("test", args.images, 224, 1)}
+    splits = {"val": fixed_set("val", args.images, 224, args.val_seed), "test": fixed_set("test", args.images, 224, 1)}
     for i, path in enumerate(args.models):
         model = resolve_model(path).float().eval()
         S = model.num_stages
         if i == 0:
             means = [sum(r ** (s + 1) for s in range(S)) / S for r in args.ratios]
-            print(f"# {args.images} images per split; keep level rho (mean share kept over the stages)")
+            print(f"# {args.images} images per split (validation seed {args.val_seed}, test seed 1); keep level rho (mean share kept over the stages)")
             print("| model | split | all | threshold (kept after stage 1 / 2 / 3) | "
                   + " | ".join(f"level {r} ({m:.2f})" for r, m in zip(args.ratios, means)) + " |")
             print("| --- | --- | --- | --- | " + " | ".join("---" for _ in args.ratios) + " |")

@@ -23,3 +23,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f'device must be "auto", "cpu", "cuda" or "cuda:N", got {device!r}')
     return dev
+
+
+def autocast_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
+    """The reduced precision worth training in on `device`, or None for float32. On a CPU, bfloat16
+    only where it has bf16 instructions (AVX512-BF16 or AMX): elsewhere torch emulates it, and a
+    DeiT-Tiny training step at 224 px ran about 16x slower than in float32 (AMD EPYC, AVX2 only).
+    On CUDA, bfloat16 where supported, else float16."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    cpu = torch.cpu
+    native = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if native else None

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from iared_edge import Runtime
-from iared_edge.devices import resolve_device
+from iared_edge.devices import autocast_dtype, resolve_device
 
 
 def test_auto_and_cpu():
@@ -38,3 +38,22 @@ def test_runtime_topk_is_checked_and_capped():
     with pytest.raises(ValueError, match="topk"):
         Runtime("demo", topk=0)
     assert Runtime("demo", topk=50).topk == 10  # the demo model has 10 classes
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, None), (True, False, torch.bfloat16),
+                                                        (False, True, torch.bfloat16)])
+def test_cpu_autocast_only_where_the_cpu_has_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
+    # elsewhere torch emulates bf16: a demo training step ran 16x slower than in float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert autocast_dtype("cpu") is expected
+
+
+def test_demo_schedule_amp_is_resolved_or_refused(monkeypatch):
+    from iared_edge.demo.train import Schedule, amp_dtype
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert amp_dtype(Schedule()) is None and amp_dtype(Schedule(amp="bf16")) is torch.bfloat16
+    assert amp_dtype(Schedule(amp="none")) is None
+    with pytest.raises(ValueError, match="amp must be"):
+        amp_dtype(Schedule(amp="fp8"))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import autocast_dtype
 from ..train.loop import atomic_save
 from .digits import CLASSES, DigitsInClutter
 
@@ -61,6 +62,18 @@ class Schedule:
     seed: int = 0
     data_offset: int = 0           # backbone phases: step k trains on batch k + data_offset of the split,
                                    # so a run continuing another's backbone sees images it has not seen
+    amp: str = "auto"              # "bf16", "none" (float32) or "auto": bf16 where the CPU has bf16
+                                   # instructions (runs/demo to demo13r), float32 where torch emulates it
+
+
+def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
+    """The autocast dtype of schedule `s` on the CPU (None: float32)."""
+    choices = {"bf16": torch.bfloat16, "none": None}
+    if s.amp == "auto":
+        return autocast_dtype("cpu")
+    if s.amp not in choices:
+        raise ValueError(f'amp must be "auto", "bf16" or "none", got {s.amp!r}')
+    return choices[s.amp]
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -123,11 +136,11 @@ def fixed_set(split: str, n: int, size: int, seed: int, clutter: float = 1.0) ->
 
 
 @torch.no_grad()
-def accuracy(model, x: torch.Tensor, y: torch.Tensor, bs: int = 128) -> float:
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, bs: int = 128, amp: Optional[torch.dtype] = None) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(x), bs):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             correct += (model(x[i:i + bs]).argmax(-1) == y[i:i + bs]).sum().item()
     return correct / len(x)
 
@@ -162,6 +175,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     if start >= steps:
         return model
     val_x, val_y = fixed_set("val", 500, size, s.seed)
+    amp = amp_dtype(s)
     t0 = time.time()
     losses = []
     for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset):
@@ -171,7 +185,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         for g in opt.param_groups:
             g["lr"] = cur
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             loss = F.cross_entropy(model(x), y, label_smoothing=s.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,7 +197,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             rec = {"phase": phase, "step": done, "loss": float(np.mean(losses)), "lr": cur,
                    "clutter": clutter_fn(step), "s_per_step": (time.time() - t0) / len(losses)}
             if done % 250 == 0 or done == steps:
-                rec["val_acc"] = accuracy(model, val_x, val_y)
+                rec["val_acc"] = accuracy(model, val_x, val_y, amp=amp)
             _log(out, rec)
             losses, t0 = [], time.time()
         if done % 100 == 0 or done == steps:
@@ -252,7 +266,7 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
                                  steps_per_stage=s.interp_steps_per_stage, lr=s.interp_lr,
                                  config=ReinforceConfig(penalty=s.interp_penalty),
                                  checkpoint=os.path.join(out, "interpreters.pt"), save_every=25, val_every=50,
-                                 amp=torch.bfloat16, seed=s.seed, progress=False)
+                                 amp=amp_dtype(s), seed=s.seed, progress=False)
     with open(os.path.join(out, "interpreters_history.json"), "w") as f:
         json.dump(history, f)
     calibrate_phase(out, "interpreters", s, model, val)
@@ -309,7 +323,7 @@ def finetune_phase(out: str, s: Schedule, model):
     history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000),
                                 _Cycle(val_x, val_y, 64), steps=s.finetune_steps, lr=s.finetune_lr,
                                 checkpoint=os.path.join(out, "finetune.pt"), save_every=25, val_every=50,
-                                amp=torch.bfloat16, seed=s.seed, progress=False)
+                                amp=amp_dtype(s), seed=s.seed, progress=False)
     for h in history:
         if "val_accuracy" in h and h["step"] > done:
             _log(out, {"phase": "finetune", **h})

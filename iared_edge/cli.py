@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from .checkpoint import names_saved_model, resolve_model
+from .devices import AMP_CHOICES, autocast_dtype
 
 MODEL_HELP = 'a timm name, a saved .safetensors, or "demo" (the bundled digits model)'
 
@@ -81,7 +82,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.datasets import ImageFolder
 
     from .checkpoint import save_model
-    from .devices import autocast_dtype
     from .train import ReinforceConfig, finetune_backbone, train_interpreters
     from .train import distributed as dist
 
@@ -101,8 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch, shuffle=sampler is None, sampler=sampler,
                                          num_workers=args.workers, drop_last=True)
     val_loader = torch.utils.data.DataLoader(val, batch_size=args.batch, num_workers=args.workers)
-    amp = (autocast_dtype(device) if args.amp == "auto"
-           else {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp])
+    amp = autocast_dtype(device, args.amp)
     history = train_interpreters(model, loader, val_loader, steps_per_stage=args.steps, lr=args.lr,
                                  config=ReinforceConfig(penalty=args.penalty),
                                  checkpoint=os.path.join(args.out_dir, "interpreters.pt"),
@@ -231,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--device", default="auto")
-    t.add_argument("--amp", choices=["none", "auto", "bf16", "fp16"], default="none",
+    t.add_argument("--amp", choices=AMP_CHOICES, default="none",
                    help="autocast dtype; auto: bf16 on a GPU or a CPU with bf16 instructions, else none")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)

@@ -25,15 +25,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def autocast_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
-    """The reduced precision worth training in on `device`, or None for float32. On a CPU, bfloat16
-    only where it has bf16 instructions (AVX512-BF16 or AMX): elsewhere torch emulates it, and a
-    DeiT-Tiny training step at 224 px ran about 16x slower than in float32 (AMD EPYC, AVX2 only).
-    On CUDA, bfloat16 where supported, else float16."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+
+
+def autocast_dtype(device: str | torch.device = "cpu", amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype that `amp` ("bf16", "fp16", "none" or "auto") means on `device`; None is
+    float32. "auto": on a CPU, bfloat16 only where it has bf16 instructions (AVX512-BF16 or AMX):
+    elsewhere torch emulates it, and a DeiT-Tiny training step at 224 px ran about 16x slower than
+    in float32 (AMD EPYC, AVX2 only); on CUDA, bfloat16 where supported, else float16."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    if amp != "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+    if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    cpu = torch.cpu
-    native = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.bfloat16 if native else None

@@ -47,6 +47,13 @@ def test_cpu_autocast_only_where_the_cpu_has_bf16_instructions(monkeypatch, avx5
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert autocast_dtype("cpu") is expected
+    # a name other than "auto" means its dtype wherever the CPU is
+    assert autocast_dtype("cpu", "bf16") is torch.bfloat16 and autocast_dtype("cpu", "none") is None
+
+
+def test_unknown_autocast_names_are_refused():
+    with pytest.raises(ValueError, match="amp must be one of"):
+        autocast_dtype("cpu", "fp8")
 
 
 def test_demo_schedule_amp_is_resolved_or_refused(monkeypatch):

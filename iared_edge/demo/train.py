@@ -68,12 +68,9 @@ class Schedule:
 
 def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
     """The autocast dtype of schedule `s` on the CPU (None: float32)."""
-    choices = {"bf16": torch.bfloat16, "none": None}
-    if s.amp == "auto":
-        return autocast_dtype("cpu")
-    if s.amp not in choices:
+    if s.amp not in ("auto", "bf16", "none"):
         raise ValueError(f'amp must be "auto", "bf16" or "none", got {s.amp!r}')
-    return choices[s.amp]
+    return autocast_dtype("cpu", s.amp)
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:

@@ -60,7 +60,8 @@ def main():
     ap.add_argument("--load-procs", type=int, default=1, help="busy processes competing for the cores")
     ap.add_argument("--quantile", type=float, default=None,
                     help="the controller's quiet-margin quantile (default: the shipped setting)")
-    ap.add_argument("--dump", help="write every frame's (latency, keep, level, threads) per runtime to this JSON")
+    ap.add_argument("--dump", help="write every frame's (latency, keep, level, threads) per runtime, and the "
+                    "controller's (margin, quiet reading, load estimate) after each frame, to this JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,6 +90,7 @@ def main():
         ctrl_rt.controller.quantile = args.quantile
     fixed_rt = Runtime(model, policy="ratio", ratio=fixed)
     rows = {"controller": [], "fixed": []}
+    state = []  # the controller's view after each frame: margin, quiet reading, load estimate
     for name, rt in (("controller", ctrl_rt), ("fixed", fixed_rt)):
         load = []
         try:
@@ -104,12 +106,15 @@ def main():
                 r = rt(clip[i % len(clip)])
                 rows[name].append((r.latency_ms["total"], r.keep_ratio, r.keep_level if r.keep_level is not None else fixed,
                                    r.threads or args.threads))
+                if name == "controller":
+                    c = rt.controller
+                    state.append((c.effective_margin, c._quiet, c._scales[c.mode]))
         finally:
             for p in load:
                 p.kill()
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump({"budget_ms": budget, "load": [args.load_start, args.load_stop], **rows}, f)
+            json.dump({"budget_ms": budget, "load": [args.load_start, args.load_stop], **rows, "controller_state": state}, f)
     phases = {"before": slice(0, args.load_start), "during load": slice(args.load_start, args.load_stop),
               "after": slice(args.load_stop, args.frames)}
     print("\n| runtime | phase | deadline hit rate | mean keep level (ρ) | mean patch tokens kept | median latency ms | frames on 1 thread |")

@@ -192,7 +192,8 @@ class BudgetController:
             if not self._warned:
                 self._warned = True
                 warnings.warn(f"latency budget {self.budget_ms:.1f} ms cannot be met even at the lowest keep "
-                              f"level ({self.predict(lowest):.1f} ms predicted); running at the minimum",
+                              f"level ({self.predict(lowest):.1f} ms predicted, plus a "
+                              f"{self.effective_margin:.0%} margin for the recent jitter); running at the minimum",
                               RuntimeWarning, stacklevel=3)
             self.level, self._room = lowest, 0
             return self.level

@@ -175,6 +175,8 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     `iared-edge make-digits` (ImageFolder + boxes.json)."""
     from .demo.digits import read_boxes
     from .preprocess import load_rgb, model_input, model_normalization
+    if curve_images < 0:
+        raise ValueError(f"curve_images must be >= 0 (0: no deletion/insertion curves), got {curve_images}")
     unknown = set(methods) - set(HEATMAPS)
     if unknown:
         raise ValueError(f"unknown heatmap method(s) {sorted(unknown)}; known: {list(HEATMAPS)}")
@@ -237,12 +239,14 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
                                   "keep_mean": float(np.dot(keep, model.groups) / sum(model.groups)),
                                   "flops_ratio": full_flops / (r["flops"] / n)}
     for m, r in res["methods"].items():
-        dc, ic = np.mean(r["deletion"], 0), np.mean(r["insertion"], 0)
-        summary["methods"][m] = {"pointing": r["pointing"] / n, "energy": r["energy"] / n,
-                                 "deletion_auc": float(np.mean([auc(c) for c in r["deletion"]])),
-                                 "insertion_auc": float(np.mean([auc(c) for c in r["insertion"]])),
-                                 "curve_images": len(r["deletion"]),
-                                 "deletion_curve": dc.tolist(), "insertion_curve": ic.tolist()}
+        curves = bool(r["deletion"])  # None where no curve was asked for (curve_images=0)
+        summary["methods"][m] = {
+            "pointing": r["pointing"] / n, "energy": r["energy"] / n,
+            "deletion_auc": float(np.mean([auc(c) for c in r["deletion"]])) if curves else None,
+            "insertion_auc": float(np.mean([auc(c) for c in r["insertion"]])) if curves else None,
+            "curve_images": len(r["deletion"]),
+            "deletion_curve": np.mean(r["deletion"], 0).tolist() if curves else None,
+            "insertion_curve": np.mean(r["insertion"], 0).tolist() if curves else None}
     return summary
 
 
@@ -255,8 +259,10 @@ def markdown_table(summary: Dict) -> str:
                      f"{r['keep_mean']:.2f} | {r['flops_ratio']:.2f}x |")
     lines += ["", "| heatmap | pointing game | energy in box | deletion AUC (lower better) | insertion AUC (higher better) |",
               "| --- | --- | --- | --- | --- |"]
+    auc_cell = lambda v: "not measured" if v is None else f"{v:.3f}"
     for m, r in summary["methods"].items():
-        lines.append(f"| {m} | {r['pointing']:.2%} | {r['energy']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} |")
+        lines.append(f"| {m} | {r['pointing']:.2%} | {r['energy']:.3f} | {auc_cell(r['deletion_auc'])} | "
+                     f"{auc_cell(r['insertion_auc'])} |")
     return "\n".join(lines)
 
 
@@ -281,11 +287,13 @@ def plot_curves(summary: Dict, path: str) -> None:
 
 
 def write_report(summary: Dict, out_prefix: str) -> List[str]:
-    """`out_prefix`.json, .md and .png; returns the paths."""
+    """`out_prefix`.json, .md and .png (no .png without curves); returns the paths."""
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     with open(out_prefix + ".json", "w") as f:
         json.dump(summary, f, indent=1)
     with open(out_prefix + ".md", "w") as f:
         f.write(markdown_table(summary) + "\n")
+    if not any(r["curve_images"] for r in summary["methods"].values()):
+        return [out_prefix + ".json", out_prefix + ".md"]  # no curves, no figure
     plot_curves(summary, out_prefix + ".png")
     return [out_prefix + ".json", out_prefix + ".md", out_prefix + ".png"]

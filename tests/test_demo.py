@@ -254,6 +254,16 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
     assert "pointing game" in capsys.readouterr().out
     assert cli(["eval", "--model", str(model_path), "--data", str(tmp_path / "nowhere")]) == 2
     assert "boxes" in capsys.readouterr().err
+    # no curves asked for: no AUC (null in the JSON, not NaN), no figure
+    out0 = tmp_path / "report0"
+    assert cli(["eval", "--model", str(model_path), "--data", str(data), "--curve-images", "0",
+                "--out", str(out0), "--quiet"]) == 0
+    summary0 = json.loads((tmp_path / "report0.json").read_text())
+    assert all(r["deletion_auc"] is None and r["curve_images"] == 0 for r in summary0["methods"].values())
+    assert summary0["methods"]["interpreter"]["pointing"] == summary["methods"]["interpreter"]["pointing"]
+    assert not os.path.exists(str(out0) + ".png") and "not measured" in capsys.readouterr().out
+    assert cli(["eval", "--model", str(model_path), "--data", str(data), "--curve-images", "-1"]) == 2
+    assert "curve_images" in capsys.readouterr().err
 
 
 def _run_sample(args):

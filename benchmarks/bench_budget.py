@@ -11,6 +11,16 @@ for the same cores. Reports, per phase, the deadline hit rate and mean keep rati
 read the controller's keep after / before, how fast and how jittery the machine ran in each phase.
 
     .venv/bin/python benchmarks/bench_budget.py [--model deit_small_patch16_224] [--frames 300]
+
+One load, as above, compares one stretch of frames before it with one after it, and on a VM whose
+speed drifts by more than 10% within a minute with no load at all (docs/benchmarks.md, run 17)
+that ratio measures the drift as much as the controller. `--cycles K --segment S` repeats the
+load K times instead: S quiet frames, then K times (S loaded frames, 2S quiet frames), the last
+quiet stretch S long. "Before" is the S frames right before each load, "after" the S frames
+right after it, "during" the loads, each pooled over the K cycles, so drift in either direction
+averages out; the keep after / before of each cycle is printed too.
+
+    .venv/bin/python benchmarks/bench_budget.py --cycles 4 --segment 150 --budget-at 0.5
 """
 import argparse
 import json
@@ -42,12 +52,6 @@ def jitter_multipliers(rows: np.ndarray, half: int = 25) -> np.ndarray:
     return np.array(rel)
 
 
-def _jitter(rows: np.ndarray) -> float:
-    """99th percentile of a phase's jitter, as a relative excess over the neighbours' median."""
-    rel = jitter_multipliers(rows)
-    return float(np.quantile(rel, 0.99) - 1) if len(rel) else float("nan")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="deit_small_patch16_224")
@@ -58,11 +62,16 @@ def main():
     ap.add_argument("--budget-at", type=float, default=0.5,
                     help="where the budget lies between the lowest (0) and highest (1) level's latency")
     ap.add_argument("--load-procs", type=int, default=1, help="busy processes competing for the cores")
+    ap.add_argument("--cycles", type=int, default=1,
+                    help="loads in the run; above 1, --segment sets the phases and --frames/--load-* are unused")
+    ap.add_argument("--segment", type=int, default=150, help="frames per phase with --cycles above 1")
     ap.add_argument("--quantile", type=float, default=None,
                     help="the controller's quiet-margin quantile (default: the shipped setting)")
     ap.add_argument("--dump", help="write every frame's (latency, keep, level, threads) per runtime, and the "
                     "controller's (margin, quiet reading, load estimate) after each frame, to this JSON")
     args = ap.parse_args()
+    loads, phases = schedule(args)
+    frames = max(int(idx.max()) for idx in phases.values()) + 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = IARedViT.from_timm(args.model).eval()
@@ -80,7 +89,8 @@ def main():
                           for i in range(5)])
     budget = float(lat[-1] + args.budget_at * (lat[0] - lat[-1]))
     fixed = max((l for l, t in zip(levels, lat) if t + max(overhead, 0) <= 0.9 * budget), default=levels[-1])
-    print(f"# {args.model}, {args.threads} threads, {args.frames} frames; calibrated model latency "
+    print(f"# {args.model}, {args.threads} threads, {frames} frames, load on frames "
+          + ", ".join(f"{a}-{b - 1}" for a, b in loads) + "; calibrated model latency "
           f"{lat[0]:.1f} ms (keep 1.0) .. {lat[-1]:.1f} ms (keep {levels[-1]}); budget {budget:.1f} ms; "
           f"best fixed keep before the load: {fixed}")
     with warnings.catch_warnings():
@@ -94,11 +104,11 @@ def main():
     for name, rt in (("controller", ctrl_rt), ("fixed", fixed_rt)):
         load = []
         try:
-            for i in range(args.frames):
-                if i == args.load_start:
+            for i in range(frames):
+                if any(i == a for a, _ in loads):
                     load = [subprocess.Popen([sys.executable, "-c", BUSY.format(limit=600)])
                             for _ in range(args.load_procs)]
-                if i == args.load_stop:
+                if any(i == b for _, b in loads):
                     for p in load:
                         p.kill()
                         p.wait()
@@ -114,26 +124,26 @@ def main():
                 p.kill()
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump({"budget_ms": budget, "load": [args.load_start, args.load_stop], **rows, "controller_state": state}, f)
-    phases = {"before": slice(0, args.load_start), "during load": slice(args.load_start, args.load_stop),
-              "after": slice(args.load_stop, args.frames)}
+            json.dump({"budget_ms": budget, "load": list(loads[0]), "loads": [list(l) for l in loads],
+                       **rows, "controller_state": state}, f)
     print("\n| runtime | phase | deadline hit rate | mean keep level (ρ) | mean patch tokens kept | median latency ms | frames on 1 thread |")
     print("|---|---|---|---|---|---|---|")
     summary = {}
     for name, data in rows.items():
         data = np.array(data)
-        for ph, sl in phases.items():
-            d = data[sl]
+        for ph, idx in phases.items():
+            d = data[idx]
             hit = float((d[:, 0] <= budget).mean())
             summary[(name, ph)] = (hit, d[:, 2].mean())
             print(f"| {name} | {ph} | {hit:.1%} | {d[:, 2].mean():.3f} | {d[:, 1].mean():.3f} | {np.median(d[:, 0]):.1f} | "
                   f"{(d[:, 3] == 1).mean():.0%} |")
-    before, after = summary[("controller", "before")][1], summary[("controller", "after")][1]
+    keep_before, keep_after = summary[("controller", "before")][1], summary[("controller", "after")][1]
     worst = min(summary[("controller", ph)][0] for ph in phases)
     ctrl_rows = np.array(rows["controller"])
-    settled = ctrl_rows[args.load_stop + (args.frames - args.load_stop) // 2:, 2].mean()
-    floor_misses = {ph: int(((ctrl_rows[sl, 0] > budget) & (ctrl_rows[sl, 2] <= min(levels) + 1e-9)).sum())
-                    for ph, sl in phases.items()}
+    after_idx = phases["after"]
+    settled = ctrl_rows[after_idx[len(after_idx) // 2:], 2].mean() if len(loads) == 1 else float("nan")
+    floor_misses = {ph: int(((ctrl_rows[idx, 0] > budget) & (ctrl_rows[idx, 2] <= min(levels) + 1e-9)).sum())
+                    for ph, idx in phases.items()}
     print("\ncontroller misses at the lowest keep level (no level could have met the budget): "
           + ", ".join(f"{ph} {n}" for ph, n in floor_misses.items()))
     # The target compares the controller with itself before and after the load, which assumes the
@@ -142,17 +152,52 @@ def main():
     cal = dict(zip(levels, lat))
     two = ctrl_rows[:, 3] == args.threads
     slow = np.array([row[0] / (cal[min(cal, key=lambda l: abs(l - row[2]))] + max(overhead, 0)) for row in ctrl_rows])
-    speed = {ph: float(np.median(slow[sl][two[sl]])) if two[sl].any() else float("nan") for ph, sl in phases.items()}
+    speed = {ph: float(np.median(slow[idx][two[idx]])) if two[idx].any() else float("nan") for ph, idx in phases.items()}
     print(f"controller's {args.threads}-thread frames, latency / calibrated latency at the same level (median): "
           + ", ".join(f"{ph} {v:.2f}" for ph, v in speed.items())
           + f"; after / before {speed['after'] / speed['before']:.2f} (1.00: the machine came back to its old speed)")
+    jitter = {ph: _jitter(ctrl_rows, idx) for ph, idx in phases.items()}
     print("controller's jitter, latency / median latency of its frames at the same level and thread count "
           "within 25 frames, 99th percentile: "
-          + ", ".join(f"{ph} +{_jitter(ctrl_rows[sl]):.0%}" for ph, sl in phases.items())
+          + ", ".join(f"{ph} +{v:.0%}" for ph, v in jitter.items())
           + " (a noisier phase needs a wider margin, so fewer tokens, at the same hit rate)")
+    used = {ph: float(np.median(ctrl_rows[phases[ph], 0])) / budget for ph in ("before", "after")}
+    print(f"controller's latency used, median latency / budget: before {used['before']:.2f}, after {used['after']:.2f}")
+    if len(loads) > 1:
+        seg = args.segment
+        per_cycle = [ctrl_rows[b:b + seg, 2].mean() / ctrl_rows[a - seg:a, 2].mean() for a, b in loads]
+        print("controller's keep level after / before, per cycle: " + ", ".join(f"{r:.2f}" for r in per_cycle))
+    second_half = f", {settled / keep_before:.3f} over its second half" if len(loads) == 1 else ""
     print(f"controller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "
-          f"{after / before:.3f} over the whole after-phase, {settled / before:.3f} over its second half "
-          f"(target within 10%)")
+          f"{keep_after / keep_before:.3f} over the whole after-phase{second_half} (target within 10%)")
+
+
+def schedule(args):
+    """Load intervals [(start, stop)] and each phase's frame indices (ascending)."""
+    if args.cycles < 1 or args.segment < 1:
+        raise SystemExit("--cycles and --segment must be at least 1")
+    if args.cycles == 1:
+        if not 0 < args.load_start < args.load_stop < args.frames:
+            raise SystemExit("need 0 < --load-start < --load-stop < --frames")
+        loads = [(args.load_start, args.load_stop)]
+        phases = {"before": np.arange(0, args.load_start), "during load": np.arange(args.load_start, args.load_stop),
+                  "after": np.arange(args.load_stop, args.frames)}
+        return loads, phases
+    s = args.segment
+    loads = [(s + k * 3 * s, 2 * s + k * 3 * s) for k in range(args.cycles)]
+    cat = lambda ranges: np.concatenate([np.arange(a, b) for a, b in ranges])
+    phases = {"before": cat((a - s, a) for a, _ in loads), "during load": cat(loads),
+              "after": cat((b, b + s) for _, b in loads)}
+    return loads, phases
+
+
+def _jitter(rows: np.ndarray, idx: np.ndarray) -> float:
+    """99th percentile of a phase's jitter, as a relative excess over the neighbours' median; `idx`
+    the phase's frames, maybe several stretches: each stretch's neighbours are its own (a neighbour
+    across a gap ran under other conditions)."""
+    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
+    rel = np.concatenate([jitter_multipliers(rows[part]) for part in np.split(idx, breaks)])
+    return float(np.quantile(rel, 0.99) - 1) if len(rel) else float("nan")
 
 
 if __name__ == "__main__":

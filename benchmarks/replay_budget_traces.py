@@ -43,10 +43,14 @@ def jitter_traces(load: bool = False):
         with gzip.open(path, "rt") as f:
             d = json.load(f)
         rows = np.array(d["controller"])
-        start, stop = d["load"]
+        loads = d.get("loads", [d["load"]])  # bench_budget.py --cycles: several loads
         name = os.path.basename(path).split(".json")[0]
-        phases = (("load", slice(start + 5, stop)),) if load else \
-            (("before", slice(0, start)), ("after", slice(stop + 10, len(rows))))
+        if load:
+            phases = [(f"load {k}", slice(a + 5, b)) for k, (a, b) in enumerate(loads)]
+        else:  # quiet stretches: before the first load, and from 10 frames after each load on
+            ends = [a for a, _ in loads[1:]] + [len(rows)]
+            phases = [("before", slice(0, loads[0][0]))] + \
+                [(f"after {k}", slice(b + 10, e)) for k, ((_, b), e) in enumerate(zip(loads, ends))]
         for phase, sl in phases:
             out.append((f"{name} {phase}", jitter_multipliers(rows[sl])))
     return out

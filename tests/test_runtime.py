@@ -193,6 +193,18 @@ def test_budget_runtime_streams_and_reports(rt):
         runtime.budget_ms = -1
 
 
+def test_runtime_thread_modes_go_from_most_threads_to_fewest():
+    """The controller's modes are ordered from most to least slowed by a competing process, so
+    the Runtime sorts a given list of thread counts, most first; a bad list is refused."""
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("deit_tiny_patch16_224")
+    rt = Runtime(model, threads=[1, 2, 2])
+    assert rt.thread_modes == [2, 1]
+    for bad in ([], [0], [1.5], "2", [True]):
+        with pytest.raises(ValueError, match="threads must be"):
+            Runtime(model, threads=bad)
+
+
 def test_whole_frame_runs_with_the_controllers_thread_count(monkeypatch):
     """Resizing, the model and the heatmap all run with the thread count the controller chose,
     torch's and OpenCV's (a pool's second thread on a busy core stalls a call), restored after."""
@@ -371,6 +383,32 @@ def test_controller_does_not_return_at_once_after_jitter_on_a_quiet_device():
         ctrl.observe(level, ms, 0.5, quiet=True)
         hits.append(ms + 0.5 <= 15.0)
     assert not hits[100] and all(hits[101:])
+
+
+def test_controller_keeps_to_the_load_proof_mode_when_a_load_starts_in_it():
+    """bench_budget.py --cycles (docs/benchmarks.md, run 18): jitter had moved the controller to one
+    thread just before a load began. The load's first frame, slow on one thread, made the
+    two-thread mode look faster on its estimate from before the load; the controller switched to
+    it and ran the whole load there at 3-9x its quiet speed (17% of frames in budget). A mode
+    that ran no frame of the load and stalls more under one (an earlier mode) is not tried
+    until the load has gone."""
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    costs = [l ** 1.6 for l in levels]
+    ctrl = BudgetController(levels, costs, 15.0, modes=2)
+    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+    ctrl.calibrate_mode(1, 4, 1.2 * (2.0 + 20.0 * costs[4]))
+    under_load = lambda i: 200 <= i < 400
+
+    def factor(i, m):
+        if under_load(i):  # its first frame is the slowest (the competing process starting up)
+            return 7.0 if m == 0 else (3.0 if i == 200 else 1.4)
+        return 2.5 if (i == 190 and m == 0) else (1.0 if m == 0 else 1.2)  # a quiet spike, then the load
+
+    hits, _, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
+    assert modes[191] == 1 and modes[200] == 1      # the spike moved it to one thread; the load begins there
+    assert (modes[200:400] == 1).all()               # ... and it stays there for the whole load
+    assert hits[201:400].mean() >= 0.99
+    assert (modes[402:500] == 0).any()               # two threads again once the load has gone
 
 
 def test_controller_margin_follows_the_jitter_of_the_current_condition():

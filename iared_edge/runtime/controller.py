@@ -16,7 +16,7 @@ fits wins; the level drops at once when it would miss, and rises one step at a t
 several frames with room to spare (hysteresis).
 
 Modes are other ways to run the same levels (on a CPU: fewer threads, which stall less when another
-process competes for the cores). Each mode has its own load estimate; the controller switches mode
+process competes for the cores), ordered from most to least slowed by such a process. Each mode has its own load estimate; the controller switches mode
 when another lets it keep more tokens. An estimate not refreshed by frames relaxes toward its
 calibrated value, so a mode that was slow under a load that has gone is tried again; the trial
 runs at a level that would fit even at the mode's last measured speed. Where the caller can see
@@ -211,9 +211,14 @@ class BudgetController:
     def _usable(self, mode: int) -> bool:
         """Whether `mode` may be run next. During a load, not a mode that ran only a few frames of
         it (1 to 9): those frames may have come before the load bit fully (the first one often
-        does), so its estimate is too low to trust, and a trial under the load misses by far."""
+        does), so its estimate is too low to trust, and a trial under the load misses by far.
+        Nor one that ran none of it and comes before the current mode: modes are ordered from
+        most to least slowed by a competing process, so its estimate from before the load is
+        far too low (two threads under a load that began while one ran: 3-9x slower)."""
+        if mode == self.mode or not self._busy_seen:
+            return True
         n = self._load_frames[mode]
-        return mode == self.mode or not self._busy_seen or n == 0 or n >= 10
+        return n >= 10 or (n == 0 and mode > self.mode)
 
     @property
     def effective_margin(self) -> float:

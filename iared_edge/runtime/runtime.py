@@ -107,9 +107,11 @@ class Runtime:
         n = torch.get_num_threads()
         if threads == "auto":
             threads = [n, 1] if self.device.type == "cpu" and n > 1 and backend == "torch" else [n]
-        self.thread_modes = [int(t) for t in ([threads] if isinstance(threads, int) else threads)]
-        if not self.thread_modes or min(self.thread_modes) < 1:
+        modes = [threads] if isinstance(threads, int) else list(threads)
+        if not modes or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in modes):
             raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
+        # most threads first: the controller's modes go from most to least slowed by a competing load
+        self.thread_modes = sorted(set(modes), reverse=True)
         # with several thread modes: other processes' CPU use, so a faster mode is retried only
         # once the cores are free again (None where the OS does not tell)
         self._contention = CpuContention() if len(self.thread_modes) > 1 else None

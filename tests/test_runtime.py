@@ -200,7 +200,7 @@ def test_runtime_thread_modes_go_from_most_threads_to_fewest():
     model = IARedViT.from_timm("deit_tiny_patch16_224")
     rt = Runtime(model, threads=[1, 2, 2])
     assert rt.thread_modes == [2, 1]
-    for bad in ([], [0], [1.5], "2", [True]):
+    for bad in ([], [0], [1.5], "2", [True], 2.0, None):
         with pytest.raises(ValueError, match="threads must be"):
             Runtime(model, threads=bad)
 

@@ -6,23 +6,24 @@ with cost the FLOPs of that keep level relative to keeping everything, (a, b) fi
 calibration on the real device, `scale` tracking load changes from every measured frame (an
 exponential average of measured / predicted that follows a slow-down at once and a speed-up
 gradually), and `overhead` the pre/post-processing time. The safety margin widens to the recent
-jitter (the `quantile` of the relative prediction error over the last `window` frames seen in the same
-mode and, where known, the same load condition: the jitter under a load does not shrink the keep
-once the load has gone; under a load, the largest of them and at least `load_margin`, since a
-competing process's stalls are rare, large spikes; before the first frame, the widest margin, as pre/post-processing time is
-not known yet; in the stream's first 10 frames, the largest error so far and at least
-`new_margin`). Accuracy first: the highest level that
-fits wins; the level drops at once when it would miss, and rises one step at a time only after
-several frames with room to spare (hysteresis).
+jitter (the `quantile` of the relative prediction error over the last `window` frames seen in the
+same mode and, where known, the same load condition: the jitter under a load does not shrink the
+keep once the load has gone; under a load, the largest of them and at least `load_margin`, since
+a competing process's stalls are rare, large spikes; before the first frame, the widest margin,
+as pre/post-processing time is not known yet; in the stream's first 10 frames, the largest error
+so far and at least `new_margin`). Accuracy first: the highest level that fits wins; the level
+drops at once when it would miss, and rises one step at a time only after several frames with
+room to spare (hysteresis).
 
 Modes are other ways to run the same levels (on a CPU: fewer threads, which stall less when another
-process competes for the cores), ordered from most to least slowed by such a process. Each mode has its own load estimate; the controller switches mode
-when another lets it keep more tokens. An estimate not refreshed by frames relaxes toward its
-calibrated value, so a mode that was slow under a load that has gone is tried again; the trial
-runs at a level that would fit even at the mode's last measured speed. Where the caller can see
-the load directly (`observe(..., quiet=)`: on Linux, other processes' CPU time), estimates relax
-only while the device is quiet: no trial under a load that is still there, nor a switch under it
-to a mode whose only frames of it came before the load bit fully (such a trial misses by
+process competes for the cores), ordered from most to least slowed by such a process. Each mode
+has its own load estimate; the controller switches mode when another lets it keep more tokens.
+An estimate not refreshed by frames relaxes toward its calibrated value, so a mode that was slow
+under a load that has gone is tried again; the trial runs at a level that would fit even at the
+mode's last measured speed. Where the caller can see the load directly (`observe(..., quiet=)`:
+on Linux, other processes' CPU time), estimates relax only while the device is quiet: no trial
+under a load that is still there, nor a switch under it to an earlier mode that ran none of it,
+nor to a mode whose only frames of it came before the load bit fully (such a trial misses by
 far: two threads sharing busy cores run several times slower), and once it has gone (the reading
 turns quiet), a return at once to the speed the mode had before the load, the first frame at a
 level that would fit even 1.5x slower (`after_load`: cores can stay slow for a while after a load),

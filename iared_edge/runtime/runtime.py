@@ -107,7 +107,7 @@ class Runtime:
         n = torch.get_num_threads()
         if threads == "auto":
             threads = [n, 1] if self.device.type == "cpu" and n > 1 and backend == "torch" else [n]
-        modes = [threads] if isinstance(threads, int) else list(threads)
+        modes = [threads] if isinstance(threads, int) else list(threads) if isinstance(threads, (list, tuple)) else []
         if not modes or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in modes):
             raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
         # most threads first: the controller's modes go from most to least slowed by a competing load

@@ -163,9 +163,9 @@ def main():
           + " (a noisier phase needs a wider margin, so fewer tokens, at the same hit rate)")
     used = {ph: float(np.median(ctrl_rows[phases[ph], 0])) / budget for ph in ("before", "after")}
     print(f"controller's latency used, median latency / budget: before {used['before']:.2f}, after {used['after']:.2f}")
-    if len(loads) > 1:
-        seg = args.segment
-        per_cycle = [ctrl_rows[b:b + seg, 2].mean() / ctrl_rows[a - seg:a, 2].mean() for a, b in loads]
+    if len(loads) > 1:  # each pooled phase is one stretch per load, all as long
+        per_cycle = [ctrl_rows[a, 2].mean() / ctrl_rows[b, 2].mean() for a, b in
+                     zip(np.split(phases["after"], len(loads)), np.split(phases["before"], len(loads)))]
         print("controller's keep level after / before, per cycle: " + ", ".join(f"{r:.2f}" for r in per_cycle))
     second_half = f", {settled / keep_before:.3f} over its second half" if len(loads) == 1 else ""
     print(f"controller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "

@@ -260,8 +260,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--split", default="test")
     v.add_argument("--limit", type=int, default=None, help="at most this many images")
     v.add_argument("--methods", default="interpreter,attention,rollout,gradcam")
-    v.add_argument("--curve-images", type=int, default=100, help="images used for deletion/insertion curves (each costs 30 forwards per heatmap method: "
-                   "about 1 s per image and method for the demo model on 2 CPU cores; 0 skips the curves)")
+    v.add_argument("--curve-images", type=int, default=100,
+                   help="images used for deletion/insertion curves (each costs 30 forwards per heatmap "
+                   "method: about 1 s per image and method for the demo model on 2 CPU cores; 0 skips the curves)")
     v.add_argument("--out", help="write OUT.json, OUT.md and OUT.png")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--quiet", action="store_true")

@@ -292,20 +292,16 @@ def test_controller_switches_to_the_mode_that_suffers_less_from_load():
 def test_controller_seeing_the_load_makes_no_trials_under_it_and_returns_at_once():
     """With the load visible (`quiet=`), the two-thread mode (7x slower under load here: a trial
     would miss) is not retried while the load lasts, and is back as soon as it has gone."""
-    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
     under_load = lambda i: 200 <= i < 400
     factor = lambda i, m: (7.0 if under_load(i) else 1.0) if m == 0 else (1.4 if under_load(i) else 1.3)
     runs = {}
     for seen in (False, True):
-        ctrl = BudgetController(levels, costs, 15.0, modes=2)
-        ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-        ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+        ctrl = make_two_mode_controller(15.0, one_thread=1.3)
         rng = np.random.default_rng(0)
         hits, modes, chosen = [], [], []
         for i in range(600):
             level = ctrl.choose()
-            ms = (2.0 + 20.0 * costs[level]) * factor(i, ctrl.mode) * (1 + 0.02 * rng.standard_normal())
+            ms = (2.0 + 20.0 * ctrl.costs[level]) * factor(i, ctrl.mode) * (1 + 0.02 * rng.standard_normal())
             modes.append(ctrl.mode)
             chosen.append(level)
             reading = (not under_load(i) or i == 300) if seen else None  # frame 300: a reading that flickers
@@ -329,8 +325,6 @@ def test_controller_under_a_load_trusts_no_mode_seen_only_at_its_start():
     from it is far too low. A spike on one thread later makes that stale estimate look faster; the
     controller must not switch to two threads under the load on that basis (run 8 of
     docs/benchmarks.md did, and missed by 43%)."""
-    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
     under_load = lambda i: 200 <= i < 400
 
     def factor(i, m):
@@ -338,9 +332,7 @@ def test_controller_under_a_load_trusts_no_mode_seen_only_at_its_start():
             return (2.0 if i == 200 else 5.0) if under_load(i) else 1.0
         return 1.7 * (2.0 if i == 250 else 1.0) if under_load(i) else 1.3
 
-    ctrl = BudgetController(levels, costs, 10.0, modes=2)
-    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-    ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+    ctrl = make_two_mode_controller(10.0, one_thread=1.3)
     hits, keeps, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
     assert (modes[201:400] == 1).all()           # one thread for the whole load
     assert hits[201:400].mean() >= 0.99          # the spike itself is the only miss allowed
@@ -369,17 +361,13 @@ def test_controller_does_not_return_at_once_after_jitter_on_a_quiet_device():
     (a quiet reading is no news: nothing has gone), so no second frame misses. The device runs 40%
     slower than its start-up calibration in two-thread mode, so the calibrated speed is no safe
     place to return to."""
-    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
-    ctrl = BudgetController(levels, costs, 15.0, modes=2)
-    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-    ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
+    ctrl = make_two_mode_controller(15.0, one_thread=1.3)
     rng = np.random.default_rng(0)
     hits = []
     for i in range(300):
         level = ctrl.choose()
         spike = 2.5 if (i == 100 and ctrl.mode == 0) else 1.0
-        ms = (2.0 + 20.0 * costs[level]) * (1.4 if ctrl.mode == 0 else 1.3) * spike * (1 + 0.02 * rng.standard_normal())
+        ms = (2.0 + 20.0 * ctrl.costs[level]) * (1.4 if ctrl.mode == 0 else 1.3) * spike * (1 + 0.02 * rng.standard_normal())
         ctrl.observe(level, ms, 0.5, quiet=True)
         hits.append(ms + 0.5 <= 15.0)
     assert not hits[100] and all(hits[101:])
@@ -392,11 +380,7 @@ def test_controller_keeps_to_the_load_proof_mode_when_a_load_starts_in_it():
     it and ran the whole load there at 3-9x its quiet speed (17% of frames in budget). A mode
     that ran no frame of the load and stalls more under one (an earlier mode) is not tried
     until the load has gone."""
-    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
-    ctrl = BudgetController(levels, costs, 15.0, modes=2)
-    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-    ctrl.calibrate_mode(1, 4, 1.2 * (2.0 + 20.0 * costs[4]))
+    ctrl = make_two_mode_controller(15.0, one_thread=1.2)
     under_load = lambda i: 200 <= i < 400
 
     def factor(i, m):
@@ -488,11 +472,7 @@ def test_controller_returns_after_a_load_without_missing_when_cores_stay_slow():
     """After the load has gone, the two-thread mode comes back at once, but its first frame is a
     trial that fits even 1.5x slower than before the load: here the cores run 1.4x slower for 40
     frames after it (as measured on the development VM), and no frame misses."""
-    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
-    ctrl = BudgetController(levels, costs, 15.0, modes=2)
-    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-    ctrl.calibrate_mode(1, 4, 1.2 * (2.0 + 20.0 * costs[4]))
+    ctrl = make_two_mode_controller(15.0, one_thread=1.2)
     under_load = lambda i: 200 <= i < 400
 
     def factor(i, m):
@@ -530,6 +510,17 @@ def test_cpu_contention_counts_other_processes_only(tmp_path):
     assert CpuContention(path=str(tmp_path / "missing")).sample() is None
     stat.write_text("not a stat file\n")
     assert CpuContention(path=str(stat)).sample() is None
+
+
+def make_two_mode_controller(budget, one_thread):
+    """Ten levels and two modes on the simulated device: two threads at the calibrated speed, one
+    thread `one_thread` times slower (its calibration run at the middle level)."""
+    levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    costs = [l ** 1.6 for l in levels]
+    ctrl = BudgetController(levels, costs, budget, modes=2)
+    ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
+    ctrl.calibrate_mode(1, 4, one_thread * (2.0 + 20.0 * costs[4]))
+    return ctrl
 
 
 def make_controller(budget):

@@ -238,9 +238,9 @@ class BudgetController:
             if self._frames_seen < 10:
                 return min(self.max_margin, max(self.new_margin, self.margin, errs[-1] if errs else 0.0))
             return self.margin
-        if self._quiet is False:
-            return min(self.max_margin, max(self.margin, self.load_margin, errs[round(self.load_quantile * (len(errs) - 1))]))
-        return min(self.max_margin, max(self.margin, errs[round(self.quantile * (len(errs) - 1))]))
+        busy = self._quiet is False
+        q, floor = (self.load_quantile, max(self.margin, self.load_margin)) if busy else (self.quantile, self.margin)
+        return min(self.max_margin, max(floor, errs[round(q * (len(errs) - 1))]))
 
     @property
     def keep_ratio(self) -> float:

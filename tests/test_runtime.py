@@ -1,6 +1,7 @@
 """Runtime on real street footage (tests/data/vtest_short.avi, 30 frames), sources that fail,
 thread safety, and the budget controller under a simulated load change."""
 import os
+import random
 import threading
 import warnings
 
@@ -64,9 +65,15 @@ def test_sources_that_fail(rt, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such video file"):
         next(rt.stream(str(tmp_path / "missing.avi")))
     corrupt = tmp_path / "corrupt.avi"
-    corrupt.write_bytes(os.urandom(4096))
+    corrupt.write_bytes(random.Random(0).randbytes(4096))  # seeded: os.urandom once made FFmpeg guess h263
     with pytest.raises(ValueError, match="corrupt.avi"):
         next(rt.stream(str(corrupt)))
+    # a real AVI header whose frame data is cut off: OpenCV opens it, yet no frame can be read
+    clip = open(CLIP, "rb").read()
+    headless = tmp_path / "header_only.avi"
+    headless.write_bytes(clip[:clip.find(b"movi") + 4])
+    with pytest.raises(ValueError, match="header_only.avi: no frame could be read"):
+        next(rt.stream(str(headless)))
     with pytest.raises(RuntimeError, match="camera 97 could not be opened"):
         next(rt.stream(97))
     with pytest.raises(TypeError, match="source"):

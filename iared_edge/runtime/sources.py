@@ -46,9 +46,22 @@ class CaptureSource:
             self.cap = cv2.VideoCapture(source)
             if not self.cap.isOpened():
                 raise ValueError(f"{source}: cannot be opened as a video (corrupt, or an unsupported format)")
+            if self.kind == FILE:
+                # some corrupt files open (FFmpeg guesses a format from stray bytes) yet hold no frame:
+                # read the first one now so they fail here, named, rather than end as an empty stream
+                ok, frame = self.cap.read()
+                if not ok:
+                    self.cap.release()
+                    raise ValueError(f"{source}: no frame could be read (corrupt, or an unsupported format)")
+                self._first = frame
+
+    _first = None
 
     def frames(self) -> Iterator[Tuple[bool, Any]]:
         """(ok, frame) pairs; ok False once the source ends or is lost."""
+        if self._first is not None:
+            frame, self._first = self._first, None
+            yield True, frame
         while True:
             ok, frame = self.cap.read()
             yield ok, frame

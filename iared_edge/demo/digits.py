@@ -8,7 +8,7 @@ Digits and backgrounds are split between train / val / test (columns of the digi
 photos), so test images show writing and scenes the model never saw. Every image is a pure
 function of (split, index, clutter, seed): the generator is deterministic and training can draw
 fresh images forever without storing them. The train split's photos are also re-coloured at
-random (channel order, hue, grey, inversion, a second photo blended in, gamma), because 19 photos
+random (channel order, hue, grey, inversion, a second photo blended in, gamma), because 34 photos
 are too few for a model to generalise from to scenes it never saw; val and test photos are shown
 as they are.
 
@@ -144,7 +144,7 @@ def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndar
              distractors: float = DISTRACTOR_P) -> np.ndarray:
     """A random re-colouring (and, for a square crop, re-orientation) of a uint8 BGR background
     crop (same shape and dtype): so many variants of each training photo that the model learns
-    "digit vs anything", not our 19 photos. `distractors`: the chance of `add_distractors`."""
+    "digit vs anything", not our 34 training photos. `distractors`: the chance of `add_distractors`."""
     import cv2
     img = bgr
     if img.shape[0] == img.shape[1]:  # a quarter turn and a vertical flip: clutter has no "up"

@@ -97,7 +97,7 @@ def add_distractors(rng: np.random.Generator, bgr: np.ndarray) -> np.ndarray:
     """Busy, high-contrast clutter drawn over a uint8 BGR crop (same shape and dtype): straight
     lines, window grids, rectangles, ellipses and smooth pen-like curves. The test photos that
     the model reads worst are exactly such textures (a circuit board, a building's window grid,
-    brush strokes), and 19 training photos hold few of them. No digit shapes are drawn, so a
+    brush strokes), and OpenCV's 19 training photos hold few of them. No digit shapes are drawn, so a
     label never changes."""
     import cv2
     img = np.ascontiguousarray(bgr).copy()

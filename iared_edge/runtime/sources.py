@@ -25,6 +25,7 @@ class CaptureSource:
         if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
             raise TypeError(f"unsupported source {source!r}")
         self.name = str(source)
+        self._first = None  # a file's first frame, read at open to refuse files with none
         if isinstance(source, int):
             self.kind = LIVE
             self.cap = cv2.VideoCapture(source)
@@ -54,8 +55,6 @@ class CaptureSource:
                     self.cap.release()
                     raise ValueError(f"{source}: no frame could be read (corrupt, or an unsupported format)")
                 self._first = frame
-
-    _first = None
 
     def frames(self) -> Iterator[Tuple[bool, Any]]:
         """(ok, frame) pairs; ok False once the source ends or is lost."""

@@ -396,3 +396,55 @@ def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
     save_model(source, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="threshold 0.5"):
         seed_interpreters(str(tmp_path / "fresh"), str(tmp_path / "other.safetensors"))
+
+
+def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
+    """`stem_blocks`: residual blocks added to the demo model's stem start as the identity, so a
+    backbone trained without them loads (--init-backbone) and computes the same logits; the blocks'
+    cost is counted (against a count from the convolutions' real output shapes); the config
+    carries them through save_model / load_model; a backbone that does not fit is refused."""
+    import timm
+    from iared_edge import load_model, save_model
+    from iared_edge.demo.train import demo_model, load_backbone_init, stem_blocks_of
+    plain = timm.create_model("iared_digits_tiny", depth=2).eval()
+    grown = timm.create_model("iared_digits_tiny", depth=2, stem_blocks=3).eval()
+    load_backbone_init(grown, plain.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(grown(x), plain(x))
+    assert stem_blocks_of(grown.state_dict()) == 3 and stem_blocks_of(plain.state_dict()) == 0
+    # once the blocks have learnt something, the output differs
+    with torch.no_grad():
+        for block in grown.patch_embed.proj.blocks:
+            block.body[-1].weight.fill_(0.5)
+        assert not torch.allclose(grown(x), plain(x))
+
+    counted = []
+    def hook(m, inp, out):
+        counted.append(2.0 * out.shape[2] * out.shape[3] * m.out_channels * m.in_channels
+                       * m.kernel_size[0] * m.kernel_size[1] / m.groups)
+    stem = grown.patch_embed.proj
+    handles = [c.register_forward_hook(hook) for c in stem.modules() if isinstance(c, torch.nn.Conv2d)]
+    with torch.no_grad():
+        stem(x[:1])
+    for h in handles:
+        h.remove()
+    assert len(counted) == 4 + 3 * 3
+    assert stem.flops(224, 224) == pytest.approx(sum(counted))
+    assert stem.flops(224, 224) > plain.patch_embed.proj.flops(224, 224)
+
+    with pytest.raises(ValueError, match="stem blocks"):
+        load_backbone_init(plain, grown.state_dict())
+    with pytest.raises(ValueError, match="stem_blocks"):
+        timm.create_model("iared_digits_tiny", stem_blocks=-1)
+
+    full = timm.create_model("iared_digits_tiny", stem_blocks=2)
+    model = demo_model(full.state_dict())
+    assert model.timm_kwargs["stem_blocks"] == 2
+    save_model(model, str(tmp_path / "m.safetensors"))
+    again = load_model(str(tmp_path / "m.safetensors"))
+    assert stem_blocks_of(again.vit.state_dict()) == 2
+    img = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(again(img, policy="all").logits, model(img, policy="all").logits)
+    assert again.flops().item() == pytest.approx(model.flops().item())

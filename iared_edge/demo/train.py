@@ -31,6 +31,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..devices import autocast_dtype
@@ -64,6 +65,8 @@ class Schedule:
                                    # so a run continuing another's backbone sees images it has not seen
     amp: str = "auto"              # "bf16", "none" (float32) or "auto": bf16 where the CPU has bf16
                                    # instructions (runs/demo to demo13r), float32 where torch emulates it
+    stem_blocks: int = 0           # residual blocks in the convolutional stem (iared_digits_tiny's
+                                   # stem_blocks); added ones start as the identity on --init-backbone
 
 
 def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
@@ -155,7 +158,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
     torch.manual_seed(s.seed)
-    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05)
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, stem_blocks=s.stem_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -168,7 +171,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         start = int(state["step"])
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
-        model.load_state_dict(resize_pos_embed(init, model.patch_embed.grid_size[0]))
+        load_backbone_init(model, resize_pos_embed(init, model.patch_embed.grid_size[0]))
     if start >= steps:
         return model
     val_x, val_y = fixed_set("val", 500, size, s.seed)
@@ -213,6 +216,25 @@ def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, tor
     return state
 
 
+STEM_BLOCKS = "patch_embed.proj.blocks."
+
+
+def stem_blocks_of(state: Dict[str, torch.Tensor]) -> int:
+    """How many residual stem blocks a backbone state dict has."""
+    return len({k.split(".")[3] for k in state if k.startswith(STEM_BLOCKS)})
+
+
+def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Load a backbone to continue from. Stem blocks the model has and `state` lacks keep their
+    identity start (a wider stem grown on trained weights); anything else must match exactly."""
+    result = model.load_state_dict(state, strict=False)
+    grown = [k for k in result.missing_keys if k.startswith(STEM_BLOCKS)]
+    if result.unexpected_keys or len(grown) != len(result.missing_keys):
+        raise ValueError(f"--init-backbone does not fit iared_digits_tiny(stem_blocks={stem_blocks_of(model.state_dict())}): "
+                         f"it has {stem_blocks_of(state)} stem blocks; missing "
+                         f"{[k for k in result.missing_keys if k not in grown][:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
 def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000):
     """An endless loader of full-clutter 224 px batches for train_interpreters (fresh images,
     disjoint from the backbone's by index)."""
@@ -233,10 +255,12 @@ def demo_model(backbone: Dict[str, torch.Tensor]):
     """The IA-RED² demo model on a trained backbone, interpreters at their training-free start."""
     from ..model import IARedViT
     import timm
-    vit = timm.create_model("iared_digits_tiny")
+    blocks = stem_blocks_of(backbone)
+    kwargs = {"num_classes": 10, **({"stem_blocks": blocks} if blocks else {})}
+    vit = timm.create_model("iared_digits_tiny", **kwargs)
     vit.load_state_dict(backbone)
     return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",
-                    timm_kwargs={"num_classes": 10}).eval()
+                    timm_kwargs=kwargs).eval()
 
 
 def _steps_done(checkpoint: str) -> int:

@@ -1,15 +1,18 @@
 """Where a demo model's errors are: top-1 per photo, and with one split's digits drawn onto another
 split's photos (so writers and scenes can be told apart), policy "all".
 
-    .venv/bin/python benchmarks/demo_error_analysis.py [MODEL] [--images 400]
+    .venv/bin/python benchmarks/demo_error_analysis.py [MODEL] [--images 400] [--grid errors.jpg]
 
 Rows: test/test, val/val, test digits on val photos, val digits on test photos, and train digits
 on train photos shown as they are (not re-coloured: how well the model fits its own scenes).
-Images from generator seed 1. Prints a markdown table.
+Images from generator seed 1. Prints a markdown table. `--grid` also writes the first 48
+misclassified test / test images, cropped around the digit, labelled true / predicted / confidence:
+whether the errors are illegible digits or legible ones the model misreads.
 """
 import argparse
 from collections import defaultdict
 
+import cv2
 import numpy as np
 import torch
 
@@ -19,15 +22,36 @@ from iared_edge.demo.train import to_input
 
 
 @torch.no_grad()
-def row(model, gen, n, bs=100):
-    imgs, labels, _ = gen.batch(range(n))
-    pred = torch.cat([model(to_input(imgs[i:i + bs]), policy="all").logits.argmax(-1)
-                      for i in range(0, n, bs)]).numpy()
+def row(model, gen, n, bs=100, grid=None):
+    imgs, labels, boxes = gen.batch(range(n))
+    prob = torch.cat([model(to_input(imgs[i:i + bs]), policy="all").logits.softmax(-1)
+                      for i in range(0, n, bs)])
+    pred = prob.argmax(-1).numpy()
     per = defaultdict(list)
     for i, ok in enumerate(pred == labels):
         per[gen.background_of(i)].append(ok)
     photos = ", ".join(f"{k} {np.mean(v):.0%}" for k, v in sorted(per.items()))
+    if grid:
+        write_grid(grid, imgs, labels, boxes, pred, prob.max(-1).values.numpy())
     return f"{(pred == labels).mean():.1%}", photos
+
+
+def write_grid(path, imgs, labels, boxes, pred, conf, n=48, cols=8, tile=128):
+    tiles = []
+    for i in np.flatnonzero(pred != labels)[:n]:
+        x0, y0, x1, y1 = boxes[i]
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, 0.8 * max(x1 - x0, y1 - y0)
+        crop = imgs[i][int(max(0, cy - r)):int(cy + r), int(max(0, cx - r)):int(cx + r), ::-1]  # RGB -> BGR
+        t = cv2.copyMakeBorder(cv2.resize(np.ascontiguousarray(crop), (tile, tile)), 18, 2, 1, 1,
+                               cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        cv2.putText(t, f"true {labels[i]} read {pred[i]} {conf[i]:.2f}", (3, 13), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 0, 200), 1, cv2.LINE_AA)
+        tiles.append(t)
+    if not tiles:
+        return
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)
+    cv2.imwrite(path, np.vstack([np.hstack(tiles[k:k + cols]) for k in range(0, len(tiles), cols)]),
+                [cv2.IMWRITE_JPEG_QUALITY, 80])
 
 
 def main():
@@ -35,6 +59,7 @@ def main():
     ap.add_argument("model", nargs="?", default="demo")
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--grid", default=None, help="write the misread test / test digits to this image")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = resolve_model(args.model).float().eval()
@@ -53,7 +78,7 @@ def main():
                     ("test digits / val photos", gen("test", "val")),
                     ("val digits / test photos", gen("val", "test")),
                     ("train / train photos, not re-coloured", gen("train", "train", augment=False))]:
-        acc, photos = row(model, g, args.images)
+        acc, photos = row(model, g, args.images, grid=args.grid if name == "test / test" else None)
         print(f"| {name} | {acc} | {photos} |", flush=True)
 
 

@@ -1,5 +1,7 @@
 """The compiled ops against the pure-PyTorch reference (and the reference against float64 loops),
 on random packed batches and on the edge cases."""
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -107,6 +109,33 @@ def test_reference_topk_and_compact_match_naive_loop():
     rows = [t for t in range(15) if keep[t]]
     assert torch.equal(toks, tokens[rows]) and pos.tolist() == positions[rows].tolist()
     assert offs.tolist() == [0, 4, 5, 10]
+
+
+@compiled
+def test_topk_with_a_nan_score_counts_ranks_as_the_gpu_does():
+    """The CPU selects each sequence's top k by partial sorting; a NaN score has no place in that
+    order, so a sequence holding one is rank-counted like on the GPU (a token is kept when fewer
+    than k patch tokens come before it: higher score, or equal and earlier). Checked against that
+    count as a naive loop; the sequence without a NaN in the same batch is selected as usual."""
+    _, offsets, positions, _, _ = make_batch([9, 7], 4, 1, torch.float32, 5)
+    g = torch.Generator().manual_seed(2)
+    scores = torch.rand(16, generator=g)
+    scores[3] = float("nan")
+    keep = ops.topk_keep(scores, offsets, positions, 0.5)
+    expect = []
+    for b, (s, e) in enumerate([(0, 9), (9, 16)]):
+        patches = [t for t in range(s, e) if positions[t] >= 1]
+        k = math.ceil(0.5 * len(patches))
+        for t in range(s, e):
+            if positions[t] < 1:
+                expect.append(True)
+                continue
+            st = scores[t].item()
+            rank = sum(1 for j in patches if j != t and (scores[j].item() > st or (scores[j].item() == st and j < t)))
+            expect.append(rank < k)
+    assert keep.tolist() == expect
+    assert keep[3]  # nothing comes before a NaN
+    assert torch.equal(keep[9:], ref.topk_keep(scores[9:], offsets[1:] - 9, positions[9:], 0.5))
 
 
 @compiled

@@ -103,13 +103,31 @@ void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t 
 
 void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
                    const int32_t* positions, double rho, int num_prefix, uint8_t* keep) {
-  std::vector<int64_t> k(B);
-  for (int64_t b = 0; b < B; ++b)
-    k[b] = ratio_keep_count(count_patches(positions, offsets[b], offsets[b + 1], num_prefix), rho);
-#pragma omp parallel for schedule(dynamic, 64) if (T >= kParallelRows)
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t b = find_sequence(offsets, B, t);
-    keep[t] = topk_keep_token(scores, positions, offsets[b], offsets[b + 1], t, k[b], num_prefix);
+  // Per sequence: select its k first patch tokens in the `ranks_before` order (nth_element, O(n)
+  // on average) rather than rank-count every token (O(n^2)). A NaN score breaks the order's
+  // strictness, so such a sequence is rank-counted, exactly as the GPU does.
+#pragma omp parallel for schedule(dynamic, 1) if (T >= kParallelRows && B > 1)
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t begin = offsets[b], end = offsets[b + 1];
+    thread_local std::vector<int64_t> patches;
+    patches.clear();
+    bool nan = false;
+    for (int64_t t = begin; t < end; ++t) {
+      const bool patch = positions[t] >= num_prefix;
+      keep[t] = patch ? 0 : 1;
+      if (patch) {
+        patches.push_back(t);
+        nan |= scores[t] != scores[t];
+      }
+    }
+    const int64_t k = ratio_keep_count(int64_t(patches.size()), rho);
+    if (nan) {
+      for (int64_t t : patches) keep[t] = topk_keep_token(scores, positions, begin, end, t, k, num_prefix);
+      continue;
+    }
+    const auto before = [scores](int64_t a, int64_t c) { return ranks_before(scores[a], a, scores[c], c); };
+    if (k > 0 && k < int64_t(patches.size())) std::nth_element(patches.begin(), patches.begin() + k, patches.end(), before);
+    for (int64_t i = 0; i < k; ++i) keep[patches[size_t(i)]] = 1;
   }
 }
 

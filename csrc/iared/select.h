@@ -20,9 +20,16 @@ IARED_HD int64_t count_patches(const int32_t* positions, int64_t begin, int64_t 
   return n;
 }
 
-// Top-k by rank counting: token t is kept when fewer than k patch tokens of its sequence beat it
-// (higher score, or equal score and earlier). Deterministic, equal to a stable descending sort;
-// O(n) per token, so O(sum n_b^2) per call: n is a few hundred tokens per image here.
+// The top-k order: token a (score sa) comes before token b when its score is higher, or equal and
+// it is earlier. A strict total order on non-NaN scores, so every way of taking the top k by it
+// (the rank count below, the CPU's selection) keeps the same tokens: a stable descending sort.
+IARED_HD bool ranks_before(float sa, int64_t a, float sb, int64_t b) {
+  return sa > sb || (sa == sb && a < b);
+}
+
+// Top-k by rank counting: token t is kept when fewer than k patch tokens of its sequence come
+// before it. O(n) per token, one thread per token on the GPU; O(sum n_b^2) per call, so the CPU
+// selects per sequence instead (same order, O(n) on average) where no score is NaN.
 IARED_HD bool topk_keep_token(const float* scores, const int32_t* positions, int64_t begin,
                               int64_t end, int64_t t, int64_t k, int num_prefix) {
   if (positions[t] < num_prefix) return true;
@@ -30,8 +37,7 @@ IARED_HD bool topk_keep_token(const float* scores, const int32_t* positions, int
   int64_t rank = 0;
   for (int64_t j = begin; j < end && rank < k; ++j) {
     if (positions[j] < num_prefix || j == t) continue;
-    const float sj = scores[j];
-    rank += (sj > st) || (sj == st && j < t);
+    rank += ranks_before(scores[j], j, st, t);
   }
   return rank < k;
 }

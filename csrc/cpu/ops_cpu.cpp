@@ -140,6 +140,15 @@ int64_t compact_plan_cpu(const uint8_t* keep, const int32_t* positions, int64_t 
 #ifdef _OPENMP
   if (T >= 4 * kParallelRows) chunks = omp_get_max_threads();
 #endif
+  if (chunks == 1) {  // one image or a few: no OpenMP region at all (entering one costs ~0.4 us)
+    int32_t run = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      scan[t] = run;
+      run += survives(keep, positions, t, num_prefix);
+    }
+    for (int64_t b = 0; b <= B; ++b) new_offsets[b] = compacted_offset(scan, T, run, offsets[b]);
+    return run;
+  }
   std::vector<int32_t> base(chunks + 1, 0);
   const int64_t step = (T + chunks - 1) / std::max(chunks, 1);
 #pragma omp parallel for schedule(static) num_threads(chunks) if (chunks > 1)

@@ -11,7 +11,9 @@ timm's blocks run densely on exactly our kept-token counts per stage (the tokens
 scoring, no compaction). speedup / bound is judged against the FLOPs bound, as the issue asks;
 ours / floor tells how much of the gap to it is our code and how much the CPU's GEMMs.
 
-    .venv/bin/python benchmarks/bench_model.py [--repeats 15] [--threads 2]
+    .venv/bin/python benchmarks/bench_model.py [--repeats 15] [--threads 2] [--device cuda]
+
+On a GPU (`--device cuda`, float32) every timed forward ends with a device synchronise.
 """
 import argparse
 import platform
@@ -23,9 +25,10 @@ import torch
 from iared_edge import IARedViT, ops
 
 
-def once_ms(fn):
+def once_ms(fn, sync=lambda: None):
     t0 = time.perf_counter()
     fn()
+    sync()
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -48,18 +51,23 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ratios", default="1.0,0.7,0.5")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = IARedViT.from_timm(args.model).eval()
-    print(f"# {args.model}, torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"median of {args.repeats}; ops backend {ops.backend('cpu')}")
+    device = torch.device(args.device)
+    model = IARedViT.from_timm(args.model).eval().to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{args.threads} threads, {platform.processor() or platform.machine()}"
+    print(f"# {args.model}, torch {torch.__version__}, {where}, "
+          f"median of {args.repeats}; ops backend {ops.backend(device.type)}")
     print("| batch | keep ρ | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | timm at these counts ms | speedup (_C) | FLOPs bound | speedup / bound | ours / floor | GFLOP/s timm / ours |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     full_flops = model.flops().item()
     ratios = [float(r) for r in args.ratios.split(",")]
     for B in [int(b) for b in args.batches.split(",")]:
-        x = torch.randn(B, 3, 224, 224)
+        x = torch.randn(B, 3, 224, 224, device=device)
         runs = {"timm": lambda: model.vit(x)}
         for rho in ratios:
             runs[("ours", rho)] = lambda rho=rho: model(x, policy="ratio", ratio=rho)
@@ -74,7 +82,7 @@ def main():
             for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
                 for k, fn in runs.items():
                     ops.use_reference(k[0] == "ref" if isinstance(k, tuple) else False)
-                    times[k].append(once_ms(fn))
+                    times[k].append(once_ms(fn, sync))
             ops.use_reference(False)
             t = statistics.median(times["timm"])
             for rho in ratios:

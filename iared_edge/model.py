@@ -336,30 +336,31 @@ class IARedViT(nn.Module):
             probs, keep = ops.interpreter_scores(pk.tokens, pk.offsets, vecs, biases, params[s] if policy == "threshold" else None,
                                                  pk.positions, P, interp.norm.eps)
             seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
-            patch = pk.positions >= P
+            # Each row's cell in a [B, L] map: the maps are filled by one scatter each, prefix
+            # cells included and sliced off (no boolean indexing: on a GPU each would sync).
+            cell = seq * L + pk.positions.long()
             keep_all = policy == "all" or (policy == "ratio" and params[s] >= 1.0)
             if keep_all:
-                keep = torch.ones_like(patch)
+                keep = torch.ones_like(pk.positions, dtype=torch.bool)
             elif policy == "ratio":
                 keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
             elif policy == "given":
+                patch = pk.positions >= P
                 keep = ~patch
                 keep[patch] = decisions[s].to(x.device)[seq[patch], pk.positions[patch].long() - P]
             elif policy == "sample":
+                patch = pk.positions >= P
                 keep = torch.bernoulli(probs.detach()).bool() | ~patch
                 lp = _bernoulli_log_prob(keep, probs)
                 log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
             if log_probs is not None and policy != "sample":
                 log_probs.append(torch.zeros(B, device=x.device))
-            dense = torch.zeros(B, L, device=x.device)
-            dense[seq[patch], pk.positions[patch].long()] = probs[patch]
-            scores.append(dense[:, P:])
+            scores.append(torch.zeros(B * L, device=x.device).index_put((cell,), probs.float()).view(B, L)[:, P:])
             if not keep_all:
                 pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
-                seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
-            kept = torch.zeros(B, L, dtype=torch.bool, device=x.device)
-            kept[seq, pk.positions.long()] = True
-            keep_masks.append(kept[:, P:])
+                cell = ops.sequence_ids(pk.offsets, pk.tokens.shape[0]) * L + pk.positions.long()
+            kept = torch.zeros(B * L, dtype=torch.bool, device=x.device).index_fill_(0, cell, True)
+            keep_masks.append(kept.view(B, L)[:, P:])
             lengths = pk.lengths()
             for blk in self.stage_blocks(s):
                 pk.tokens = packed_block(blk, pk.tokens, lengths)

@@ -72,6 +72,24 @@ static double naive_score(const std::vector<float>& x, const std::vector<float>&
   return p / H;
 }
 
+static void test_ranks_before() {
+  // higher score first; equal scores: the earlier token; never before itself; +0 and -0 tie
+  CHECK(iared::ranks_before(0.9f, 5, 0.1f, 1) && !iared::ranks_before(0.1f, 1, 0.9f, 5));
+  CHECK(iared::ranks_before(0.5f, 2, 0.5f, 3) && !iared::ranks_before(0.5f, 3, 0.5f, 2));
+  CHECK(!iared::ranks_before(0.5f, 2, 0.5f, 2));
+  CHECK(iared::ranks_before(-0.0f, 1, 0.0f, 2) && !iared::ranks_before(0.0f, 2, -0.0f, 1));
+  // the CPU's per-sequence selection equals the rank count (the GPU's) on ties and a NaN
+  const int32_t offsets[] = {0, 7};
+  const int32_t positions[] = {0, 1, 2, 3, 4, 5, 6};
+  const float ties[] = {0.f, 0.5f, 0.5f, 0.25f, 0.5f, 0.25f, 1.f};
+  const float withnan[] = {0.f, 0.5f, NAN, 0.25f, 0.5f, 0.25f, 1.f};
+  for (const float* scores : {ties, withnan}) {
+    uint8_t keep[7];
+    iared::topk_keep_cpu(scores, 7, offsets, 1, positions, 0.5, 1, keep);
+    for (int t = 0; t < 7; ++t) CHECK(keep[t] == (iared::topk_keep_token(scores, positions, 0, 7, t, 3, 1) ? 1 : 0));
+  }
+}
+
 static void test_scoring_row_and_split() {
   std::mt19937 rng(1);
   std::normal_distribution<float> n01;
@@ -163,6 +181,7 @@ int main() {
   test_half_and_bf16();
   test_find_sequence();
   test_ratio_keep_count();
+  test_ranks_before();
   test_scoring_row_and_split();
   test_cpu_kernels();
   test_scores_kernel_all_dtypes();

@@ -195,6 +195,14 @@ TORCH_LIBRARY_IMPL(iared, CUDA, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "iared-edge kernels: fused interpreter scoring, top-k selection, token compaction";
+  // The same functions, callable without the dispatcher: iared_edge.ops uses these in eager mode
+  // (a torch.ops call costs several µs of argument boxing, as much as a batch-1 compaction) and
+  // torch.ops.iared.* wherever PyTorch must see the op (tracing, torch.compile, tensor subclasses).
+  // The GIL is released as torch.ops does, so other Python threads run meanwhile.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("interpreter_scores", &interpreter_scores, nogil);
+  m.def("topk_keep", &topk_keep, nogil);
+  m.def("compact", &compact, nogil);
 #ifdef WITH_CUDA
   m.def("built_with_cuda", [] { return true; });
 #else

@@ -186,6 +186,34 @@ def test_ops_are_registered_with_torch():
     assert torch.allclose(p, ref.interpreter_scores(tokens, offsets, vecs, biases)[0], atol=1e-6)
 
 
+@compiled
+def test_eager_calls_skip_the_dispatcher_and_traces_still_record_the_ops(monkeypatch):
+    tokens, offsets, positions, vecs, biases = make_batch([5, 3], 8, 2, torch.float32)
+    keep = torch.tensor([1, 0, 1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    want = ref.compact(tokens, offsets, positions, keep)
+
+    def f(tokens, keep):
+        return ops.compact(tokens, offsets, positions, keep)[0]
+
+    # jit tracing (as the legacy ONNX export does) must record the registered op, not bake this
+    # call's result into the graph as a constant
+    traced = torch.jit.trace(f, (tokens, keep), check_trace=False)
+    assert "iared::compact" in str(traced.graph)
+    other = ~keep
+    assert torch.equal(traced(tokens, other), ref.compact(tokens, offsets, positions, other)[0])
+
+    def boxed(*args):
+        raise AssertionError("an eager call went through the dispatcher")
+
+    for name in ("_compact_op", "_scores_op", "_topk_op"):
+        monkeypatch.setattr(ops, name, boxed)
+    for got, w in zip(ops.compact(tokens, offsets, positions, keep), want):
+        assert torch.equal(got, w)
+    probs, flags = ops.interpreter_scores(tokens, offsets, vecs, biases, 0.5, positions)
+    assert torch.allclose(probs, ref.interpreter_scores(tokens, offsets, vecs, biases)[0], atol=1e-6)
+    assert torch.equal(ops.topk_keep(probs, offsets, positions, 0.5), ref.topk_keep(probs, offsets, positions, 0.5))
+
+
 def test_bad_inputs_get_clear_errors():
     tokens, offsets, positions, vecs, biases = make_batch([4, 3], 6, 2, torch.float32)
     keep = torch.ones(7, dtype=torch.bool)

@@ -5,6 +5,11 @@ input is an error, not a copy). The compiled ops check every input themselves, s
 straight to them; only when one refuses its inputs are they checked again here, in Python, for
 an error that names the problem. The Python checks cost about 5 µs, a third of a batch-1
 compaction, so they stay off the hot path.
+
+In eager mode on plain tensors a call goes to `iared_edge._C` directly; the same kernels are
+registered as `torch.ops.iared.*`, and that route is taken wherever PyTorch must see the op (jit
+tracing, torch.compile, tensor subclasses). The dispatcher's argument boxing costs 4-6 µs a
+call, about what a batch-1 compaction costs.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ try:  # importing registers torch.ops.iared.*
     _topk_op = torch.ops.iared.topk_keep.default
     _compact_op = torch.ops.iared.compact.default
     _CUDA_BUILT = bool(_C.built_with_cuda())
+    _is_tracing, _is_compiling = torch._C._is_tracing, torch.compiler.is_compiling  # bound once: µs count here
 except ImportError as exc:  # the package works without it, slower
     _C = None
     _IMPORT_ERROR = exc
@@ -72,6 +78,11 @@ def backend(device: torch.device | str | None = None) -> str:
 def _compiled(t: torch.Tensor) -> bool:
     """Whether the compiled ops run for a tensor on t's device (cheap: called on every op)."""
     return _C is not None and not _forced_reference and (t.is_cpu or (t.is_cuda and _CUDA_BUILT))
+
+
+def _eager(t: torch.Tensor) -> bool:
+    """Whether a call may skip the dispatcher: a plain tensor, and nothing tracing or compiling."""
+    return type(t) is torch.Tensor and not _is_tracing() and not _is_compiling()
 
 
 def _check_packed(name: str, tokens: torch.Tensor, offsets: torch.Tensor,
@@ -124,7 +135,7 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
 def _scores_compiled(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps):
     if positions is None:
         positions = torch.empty(0, dtype=torch.int32, device=tokens.device)
-    probs, keep = _scores_op(
+    probs, keep = (_C.interpreter_scores if _eager(tokens) else _scores_op)(
         tokens, offsets, positions, vecs, biases,
         float(threshold) if threshold is not None else 0.0, num_prefix, eps, threshold is not None)
     return probs, (keep if threshold is not None else None)
@@ -151,7 +162,7 @@ def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tens
     token wins); prefix tokens always kept."""
     if _compiled(scores):
         try:
-            return _topk_op(scores, offsets, positions, float(rho), num_prefix)
+            return (_C.topk_keep if _eager(scores) else _topk_op)(scores, offsets, positions, float(rho), num_prefix)
         except RuntimeError:
             _check_topk_args(scores, offsets, positions, rho)
             raise
@@ -178,13 +189,14 @@ def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor
     tokens returned are then its first T' rows. Reusing one spares fresh pages on every call.
     """
     if _compiled(tokens):
+        op = _C.compact if _eager(tokens) else _compact_op
         try:
-            return tuple(_compact_op(tokens, offsets, positions, keep, num_prefix, out))
+            return tuple(op(tokens, offsets, positions, keep, num_prefix, out))
         except RuntimeError:
             _check_compact_args(tokens, offsets, positions, keep, out)
             if keep.is_contiguous():
                 raise
-            return tuple(_compact_op(tokens, offsets, positions, keep.contiguous(), num_prefix, out))
+            return tuple(op(tokens, offsets, positions, keep.contiguous(), num_prefix, out))
     _check_compact_args(tokens, offsets, positions, keep, out)
     _warn_missing()
     new_tokens, new_offsets, new_positions = reference.compact(tokens, offsets, positions, keep, num_prefix)

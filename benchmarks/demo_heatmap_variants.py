@@ -44,6 +44,13 @@ def variants(model, x):
     yield "box 3x3, normalised", smooth(raw, (1.0, 1.0, 1.0), True)
     yield "binomial 5x5, normalised", smooth(raw, (1.0, 4.0, 6.0, 4.0, 1.0), True)
     yield "binomial 3x3, zero-padded (centre prior)", smooth(raw, (1.0, 2.0, 1.0), False)
+    # odds of survival P / (1 - P): a softmax over patches of logit(P), as attention weights are
+    # a softmax of logits, so the mass goes to the patches the interpreters are surest of
+    odds = raw / (1 - raw).clamp(min=1e-6)
+    yield "odds of survival, unsmoothed", odds
+    yield "odds of survival, binomial 3x3, normalised", smooth(odds, (1.0, 2.0, 1.0), True)
+    smoothed = heatmap_from_scores(out.scores, model.grid_size)
+    yield "odds of the smoothed survival", smoothed / (1 - smoothed).clamp(min=1e-6)
 
 
 @torch.no_grad()

@@ -249,6 +249,9 @@ class IARedViT(nn.Module):
         "given" (`decisions`: per stage a [B, N] bool tensor in patch-grid order; a token dropped
         earlier stays dropped). One policy, or one per stage (a curriculum trains stage 1 with
         ("sample", "all", "all")). execution: "packed" (inference) or "masked" (training).
+        "packed" runs without autograd (the compiled ops have no backward, so a gradient through
+        them would be silently partial): its outputs never require grad, and it keeps no
+        activations even when the caller forgot torch.no_grad(). Gradients need "masked".
         """
         S = self.num_stages
         policies = [policy] * S if isinstance(policy, str) else list(policy)
@@ -278,9 +281,10 @@ class IARedViT(nn.Module):
                                      f"{getattr(d, 'dtype', None)} {tuple(getattr(d, 'shape', ()))}")
         elif decisions is not None:
             raise ValueError(f'decisions are only used with policy "given", not {policy!r}')
-        x = self._embed(images)
-        run = self._forward_packed if execution == "packed" else self._forward_masked
-        return run(x, policies, params, decisions)
+        if execution == "packed":
+            with torch.no_grad():
+                return self._forward_packed(self._embed(images), policies, params, decisions)
+        return self._forward_masked(self._embed(images), policies, params, decisions)
 
     def _finish(self, logits, keep_masks, scores, log_probs) -> IARedOutput:
         keep_masks = torch.stack(keep_masks, 1)

@@ -70,6 +70,17 @@ def test_sample_gradients_reach_interpreters_only_through_log_probs(tiny, images
         assert interp.qk.weight.grad is not None and interp.qk.weight.grad.abs().sum() > 0
 
 
+def test_packed_execution_is_inference_only_even_with_grad_enabled(tiny, images):
+    # a gradient through the compiled ops would be partial (they have no backward): packed
+    # outputs must not require grad, so a backward fails at once instead of training wrongly
+    assert torch.is_grad_enabled()
+    out = tiny(images[:2], policy="threshold")
+    assert not out.logits.requires_grad and not out.scores.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        out.logits.sum().backward()
+    assert tiny(images[:2], policy="threshold", execution="masked").logits.requires_grad
+
+
 def test_packed_batch_equals_each_image_alone(tiny, images):
     with torch.no_grad():
         batch = tiny(images, policy="threshold")

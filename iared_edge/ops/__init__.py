@@ -29,6 +29,7 @@ try:  # importing registers torch.ops.iared.*
     _scores_op = torch.ops.iared.interpreter_scores.default
     _topk_op = torch.ops.iared.topk_keep.default
     _compact_op = torch.ops.iared.compact.default
+    _scores_direct, _topk_direct, _compact_direct = _C.interpreter_scores, _C.topk_keep, _C.compact
     _CUDA_BUILT = bool(_C.built_with_cuda())
     _is_tracing, _is_compiling = torch._C._is_tracing, torch.compiler.is_compiling  # bound once: µs count here
 except ImportError as exc:  # the package works without it, slower
@@ -75,14 +76,13 @@ def backend(device: torch.device | str | None = None) -> str:
     return "cpu" if device.type == "cpu" else "torch"
 
 
-def _compiled(t: torch.Tensor) -> bool:
-    """Whether the compiled ops run for a tensor on t's device (cheap: called on every op)."""
-    return _C is not None and not _forced_reference and (t.is_cpu or (t.is_cuda and _CUDA_BUILT))
-
-
-def _eager(t: torch.Tensor) -> bool:
-    """Whether a call may skip the dispatcher: a plain tensor, and nothing tracing or compiling."""
-    return type(t) is torch.Tensor and not _is_tracing() and not _is_compiling()
+def _compiled(t: torch.Tensor, direct, boxed):
+    """The compiled op to run on t (called on every op, so kept cheap), or None for the reference:
+    `direct` (iared_edge._C, no dispatcher) for a plain tensor with nothing tracing or compiling,
+    else `boxed` (torch.ops.iared.*, which traces and torch.compile record)."""
+    if _C is None or _forced_reference or not (t.is_cpu or (t.is_cuda and _CUDA_BUILT)):
+        return None
+    return direct if type(t) is torch.Tensor and not _is_tracing() and not _is_compiling() else boxed
 
 
 def _check_packed(name: str, tokens: torch.Tensor, offsets: torch.Tensor,
@@ -121,24 +121,19 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
     `Interpreter.fold`); with `threshold`, keep = prob > threshold, prefix tokens forced kept
     (needs `positions`).
     """
-    if _compiled(tokens):
+    op = _compiled(tokens, _scores_direct, _scores_op)
+    if op is not None:
         try:
-            return _scores_compiled(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
+            pos = positions if positions is not None else torch.empty(0, dtype=torch.int32, device=tokens.device)
+            probs, keep = op(tokens, offsets, pos, vecs, biases, float(threshold) if threshold is not None else 0.0,
+                             num_prefix, eps, threshold is not None)
+            return probs, (keep if threshold is not None else None)
         except RuntimeError:
             _check_scores_args(tokens, offsets, vecs, biases, threshold, positions)
             raise
     _check_scores_args(tokens, offsets, vecs, biases, threshold, positions)
     _warn_missing()
     return reference.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
-
-
-def _scores_compiled(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps):
-    if positions is None:
-        positions = torch.empty(0, dtype=torch.int32, device=tokens.device)
-    probs, keep = (_C.interpreter_scores if _eager(tokens) else _scores_op)(
-        tokens, offsets, positions, vecs, biases,
-        float(threshold) if threshold is not None else 0.0, num_prefix, eps, threshold is not None)
-    return probs, (keep if threshold is not None else None)
 
 
 def _check_scores_args(tokens, offsets, vecs, biases, threshold, positions) -> None:
@@ -160,9 +155,10 @@ def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tens
               num_prefix: int = 1) -> torch.Tensor:
     """Keep flags [T] bool: per image the top ceil(rho * n) of its n patch tokens (ties: earlier
     token wins); prefix tokens always kept."""
-    if _compiled(scores):
+    op = _compiled(scores, _topk_direct, _topk_op)
+    if op is not None:
         try:
-            return (_C.topk_keep if _eager(scores) else _topk_op)(scores, offsets, positions, float(rho), num_prefix)
+            return op(scores, offsets, positions, float(rho), num_prefix)
         except RuntimeError:
             _check_topk_args(scores, offsets, positions, rho)
             raise
@@ -188,8 +184,8 @@ def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor
     `out`: a reusable [>= T', C] buffer (same dtype and device) the kept rows are written to; the
     tokens returned are then its first T' rows. Reusing one spares fresh pages on every call.
     """
-    if _compiled(tokens):
-        op = _C.compact if _eager(tokens) else _compact_op
+    op = _compiled(tokens, _compact_direct, _compact_op)
+    if op is not None:
         try:
             return tuple(op(tokens, offsets, positions, keep, num_prefix, out))
         except RuntimeError:

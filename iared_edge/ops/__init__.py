@@ -9,7 +9,8 @@ compaction, so they stay off the hot path.
 In eager mode on plain tensors a call goes to `iared_edge._C` directly; the same kernels are
 registered as `torch.ops.iared.*`, and that route is taken wherever PyTorch must see the op (jit
 tracing, torch.compile, tensor subclasses). The dispatcher's argument boxing costs 4-6 µs a
-call, about what a batch-1 compaction costs.
+call, about what a batch-1 compaction costs. The ops have no backward: they are for inference
+(the model's "packed" execution runs under no_grad; training uses "masked").
 """
 from __future__ import annotations
 

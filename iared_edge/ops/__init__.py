@@ -37,6 +37,7 @@ except ImportError as exc:  # the package works without it, slower
     _C = None
     _IMPORT_ERROR = exc
     _CUDA_BUILT = False
+    _scores_op = _topk_op = _compact_op = _scores_direct = _topk_direct = _compact_direct = None
 
 _warned = False
 _forced_reference = False

@@ -33,15 +33,17 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
     """Keep probability of every token: mean over heads of sigmoid(vecs[b,h] . LN(x) + biases[b,h]).
 
     The unfused composition (layer_norm, matmul, sigmoid, mean), one matmul per image. Returns
-    (probs [T] float32, keep [T] bool or None); keep = probs > threshold, prefix tokens forced.
+    (probs [T], keep [T] bool or None); keep = probs > threshold, prefix tokens forced. Computed
+    and returned in float32, or in float64 for float64 tokens (the tests' ground truth).
     """
     B, H, C = vecs.shape
-    xn = F.layer_norm(tokens.float(), (C,), eps=eps)
-    probs = torch.empty(tokens.shape[0], dtype=torch.float32, device=tokens.device)
+    acc = torch.float64 if tokens.dtype == torch.float64 else torch.float32
+    xn = F.layer_norm(tokens.to(acc), (C,), eps=eps)
+    probs = torch.empty(tokens.shape[0], dtype=acc, device=tokens.device)
     bounds = offsets.tolist()
     for b in range(B):
         s, e = bounds[b], bounds[b + 1]
-        logits = xn[s:e] @ vecs[b].float().t() + biases[b].float()
+        logits = xn[s:e] @ vecs[b].to(acc).t() + biases[b].to(acc)
         probs[s:e] = torch.sigmoid(logits).mean(-1)
     keep = None
     if threshold is not None:

@@ -20,7 +20,7 @@ from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
 from iared_edge.explain import auc, box_overlap, deletion_insertion, energy_in_box, pointing_hit
-from iared_edge.model import HEATMAP_TIE_BREAK, heatmap_from_scores
+from iared_edge.model import HEATMAP_TIE_BREAK
 
 
 def survival(scores: torch.Tensor) -> torch.Tensor:
@@ -36,21 +36,23 @@ def smooth(h: torch.Tensor, k1, normalised: bool) -> torch.Tensor:
     return out / den
 
 
+def odds(p: torch.Tensor) -> torch.Tensor:
+    """P / (1 - P): a softmax over patches of logit(P), as attention weights are a softmax of
+    logits, so the mass goes to the patches the interpreters are surest of."""
+    return p / (1 - p).clamp(min=1e-6)
+
+
 def variants(model, x):
     out = model(x, policy="threshold")
     raw = survival(out.scores).view(-1, *model.grid_size)
     yield "survival probability, unsmoothed (before)", raw
-    yield "binomial 3x3, normalised (the model's heatmap)", heatmap_from_scores(out.scores, model.grid_size)
+    yield "binomial 3x3, normalised (the model's heatmap)", out.heatmap
     yield "box 3x3, normalised", smooth(raw, (1.0, 1.0, 1.0), True)
     yield "binomial 5x5, normalised", smooth(raw, (1.0, 4.0, 6.0, 4.0, 1.0), True)
     yield "binomial 3x3, zero-padded (centre prior)", smooth(raw, (1.0, 2.0, 1.0), False)
-    # odds of survival P / (1 - P): a softmax over patches of logit(P), as attention weights are
-    # a softmax of logits, so the mass goes to the patches the interpreters are surest of
-    odds = raw / (1 - raw).clamp(min=1e-6)
-    yield "odds of survival, unsmoothed", odds
-    yield "odds of survival, binomial 3x3, normalised", smooth(odds, (1.0, 2.0, 1.0), True)
-    smoothed = heatmap_from_scores(out.scores, model.grid_size)
-    yield "odds of the smoothed survival", smoothed / (1 - smoothed).clamp(min=1e-6)
+    yield "odds of survival, unsmoothed", odds(raw)
+    yield "odds of survival, binomial 3x3, normalised", smooth(odds(raw), (1.0, 2.0, 1.0), True)
+    yield "odds of the smoothed survival", odds(out.heatmap)
 
 
 @torch.no_grad()

@@ -448,3 +448,64 @@ def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(img, policy="all").logits, model(img, policy="all").logits)
     assert again.flops().item() == pytest.approx(model.flops().item())
+
+
+def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypatch):
+    """--ema-decay: a backbone phase averages its weights step by step (checked against the
+    recurrence run in float64 on the weights after each step), checkpoints the average, resumes
+    it, and hands it on to the next phase; a checkpoint is not resumed with the other setting."""
+    import timm
+    from timm.utils import ModelEmaV3
+    from iared_edge.demo import train
+    from iared_edge.demo.train import Schedule, phase_weights, train_backbone
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 16)
+
+    def as_float64(v):  # counters (BatchNorm's num_batches_tracked) stay integers: they are copied
+        return v.detach().double() if v.is_floating_point() else v.detach().clone()
+
+    seen = []
+    update = ModelEmaV3.update
+    def recording_update(self, model, step=None):
+        seen.append({k: as_float64(v) for k, v in model.state_dict().items()})
+        return update(self, model, step)
+    monkeypatch.setattr(ModelEmaV3, "update", recording_update)
+
+    def expected(start, decay):  # the average, from `start`, over the weights `seen` after each step
+        ref = {k: as_float64(v) for k, v in start.items()}
+        for w in seen:
+            for k in ref:
+                ref[k] = decay * ref[k] + (1 - decay) * w[k] if ref[k].is_floating_point() else w[k]
+        return ref
+
+    def close(state, ref):
+        for k, v in state.items():
+            assert torch.allclose(as_float64(v), ref[k], atol=1e-6) and v.dtype.is_floating_point == ref[k].is_floating_point(), k
+
+    torch.manual_seed(0)
+    init = timm.create_model("iared_digits_tiny", img_size=112).state_dict()
+    s = Schedule(batch=4, small_steps=3, small_black=0, small_fade=1, warmup=1, lr=1e-3, ema_decay=0.6)
+    out = str(tmp_path)
+    returned = train_backbone(out, "small", s, init=init)
+    state = torch.load(tmp_path / "small.pt", weights_only=True)
+    assert len(seen) == 3 and state["step"] == 3
+    close(state["ema"], expected(init, 0.6))
+    assert phase_weights(state) is state["ema"]
+    close(returned.state_dict(), {k: as_float64(v) for k, v in state["ema"].items()})
+    assert not torch.allclose(state["ema"]["head.weight"], state["model"]["head.weight"])  # it lags
+
+    # resumed for 2 more steps: the average goes on from the checkpointed one
+    first, seen[:] = state["ema"], []
+    train_backbone(out, "small", Schedule(**{**s.__dict__, "small_steps": 5}))
+    state = torch.load(tmp_path / "small.pt", weights_only=True)
+    assert len(seen) == 2 and state["step"] == 5
+    close(state["ema"], expected(first, 0.6))
+
+    with pytest.raises(ValueError, match="ema-decay"):
+        train_backbone(out, "small", Schedule(**{**s.__dict__, "small_steps": 6, "ema_decay": 0.0}))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    train_backbone(str(plain), "small", Schedule(**{**s.__dict__, "small_steps": 1, "ema_decay": 0.0}), init=init)
+    no_ema = torch.load(plain / "small.pt", weights_only=True)
+    assert "ema" not in no_ema and phase_weights(no_ema) is no_ema["model"]
+    with pytest.raises(ValueError, match="without --ema-decay"):
+        train_backbone(str(plain), "small", Schedule(**{**s.__dict__, "small_steps": 2}))

@@ -67,6 +67,9 @@ class Schedule:
                                    # instructions (runs/demo to demo13r), float32 where torch emulates it
     stem_blocks: int = 0           # residual blocks in the convolutional stem (iared_digits_tiny's
                                    # stem_blocks); added ones start as the identity on --init-backbone
+    ema_decay: float = 0.0         # > 0: backbone phases also keep an exponential moving average of the
+                                   # weights (and BatchNorm statistics), updated every step; it is what
+                                   # the phase hands on (0: the last weights)
 
 
 def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
@@ -151,9 +154,19 @@ def _log(out: str, record: Dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+MONITOR_IMAGES = 500  # validation images a backbone phase scores every 250 steps (the logs' val_acc)
+
+
+def phase_weights(state: Dict) -> Dict[str, torch.Tensor]:
+    """What a backbone phase's checkpoint hands on: its moving average of the weights when it kept
+    one (--ema-decay), else its last weights."""
+    return state["ema"] if "ema" in state else state["model"]
+
+
 def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, torch.Tensor]] = None):
     """Supervised training of the plain backbone for one phase ("small" or "full"); resumable."""
     import timm
+    from timm.utils import ModelEmaV3
     size, steps, lr = (112, s.small_steps, s.lr) if phase == "small" else (224, s.full_steps, s.full_lr)
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
@@ -163,7 +176,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    start = 0
+    start, state = 0, None
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -172,9 +185,19 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
         load_backbone_init(model, resize_pos_embed(init, model.patch_embed.grid_size[0]))
+    ema = None
+    if s.ema_decay > 0:
+        # a constant decay (no step passed to update): the average starts at the phase's first weights
+        ema = ModelEmaV3(model, decay=s.ema_decay)
+        if state is not None:
+            if "ema" not in state:
+                raise ValueError(f"{ckpt} was trained without --ema-decay: resume it without, or start a new --out")
+            ema.module.load_state_dict(state["ema"])
+    elif state is not None and "ema" in state:
+        raise ValueError(f"{ckpt} keeps a moving average (--ema-decay): resume it with the same --ema-decay")
     if start >= steps:
-        return model
-    val_x, val_y = fixed_set("val", 500, size, s.seed)
+        return ema.module if ema is not None else model
+    val_x, val_y = fixed_set("val", MONITOR_IMAGES, size, s.seed)
     amp = amp_dtype(s)
     t0 = time.time()
     losses = []
@@ -191,6 +214,8 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema.update(model)
         losses.append(loss.item())
         done = step + 1
         if done % 50 == 0 or done == steps:
@@ -198,12 +223,15 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
                    "clutter": clutter_fn(step), "s_per_step": (time.time() - t0) / len(losses)}
             if done % 250 == 0 or done == steps:
                 rec["val_acc"] = accuracy(model, val_x, val_y, amp=amp)
+                if ema is not None:
+                    rec["val_acc_ema"] = accuracy(ema.module, val_x, val_y, amp=amp)
             _log(out, rec)
             losses, t0 = [], time.time()
         if done % 100 == 0 or done == steps:
             atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                               "schedule": asdict(s)})
-    return model
+                               "schedule": asdict(s),
+                               **({"ema": ema.module.state_dict()} if ema is not None else {})})
+    return ema.module if ema is not None else model
 
 
 def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, torch.Tensor]:
@@ -447,7 +475,7 @@ def main(argv=None) -> None:
         path = os.path.join(args.out, f"{name}.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: run phase {name!r} first")
-        return torch.load(path, map_location="cpu", weights_only=True)["model"]
+        return phase_weights(torch.load(path, map_location="cpu", weights_only=True))
 
     def init_backbone():
         from ..checkpoint import resolve_model

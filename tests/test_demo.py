@@ -454,6 +454,7 @@ def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypa
     """--ema-decay: a backbone phase averages its weights step by step (checked against the
     recurrence run in float64 on the weights after each step), checkpoints the average, resumes
     it, and hands it on to the next phase; a checkpoint is not resumed with the other setting."""
+    import dataclasses
     import timm
     from timm.utils import ModelEmaV3
     from iared_edge.demo import train
@@ -495,17 +496,17 @@ def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypa
 
     # resumed for 2 more steps: the average goes on from the checkpointed one
     first, seen[:] = state["ema"], []
-    train_backbone(out, "small", Schedule(**{**s.__dict__, "small_steps": 5}))
+    train_backbone(out, "small", dataclasses.replace(s, small_steps=5))
     state = torch.load(tmp_path / "small.pt", weights_only=True)
     assert len(seen) == 2 and state["step"] == 5
     close(state["ema"], expected(first, 0.6))
 
     with pytest.raises(ValueError, match="ema-decay"):
-        train_backbone(out, "small", Schedule(**{**s.__dict__, "small_steps": 6, "ema_decay": 0.0}))
+        train_backbone(out, "small", dataclasses.replace(s, small_steps=6, ema_decay=0.0))
     plain = tmp_path / "plain"
     plain.mkdir()
-    train_backbone(str(plain), "small", Schedule(**{**s.__dict__, "small_steps": 1, "ema_decay": 0.0}), init=init)
+    train_backbone(str(plain), "small", dataclasses.replace(s, small_steps=1, ema_decay=0.0), init=init)
     no_ema = torch.load(plain / "small.pt", weights_only=True)
     assert "ema" not in no_ema and phase_weights(no_ema) is no_ema["model"]
     with pytest.raises(ValueError, match="without --ema-decay"):
-        train_backbone(str(plain), "small", Schedule(**{**s.__dict__, "small_steps": 2}))
+        train_backbone(str(plain), "small", dataclasses.replace(s, small_steps=2))

@@ -195,8 +195,9 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             ema.module.load_state_dict(state["ema"])
     elif state is not None and "ema" in state:
         raise ValueError(f"{ckpt} keeps a moving average (--ema-decay): resume it with the same --ema-decay")
+    handed_on = ema.module if ema is not None else model  # what phase_weights reads back from the checkpoint
     if start >= steps:
-        return ema.module if ema is not None else model
+        return handed_on
     val_x, val_y = fixed_set("val", MONITOR_IMAGES, size, s.seed)
     amp = amp_dtype(s)
     t0 = time.time()
@@ -231,7 +232,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                "schedule": asdict(s),
                                **({"ema": ema.module.state_dict()} if ema is not None else {})})
-    return ema.module if ema is not None else model
+    return handed_on
 
 
 def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, torch.Tensor]:

@@ -292,10 +292,10 @@ def test_sample_runs_headless_on_the_bundled_clip(tmp_path, small_model, capsys)
     assert n == 4
 
 
-# The demo issue's smoke target is 90% on these images; the shipped model reads 87% of them (87.3%
-# on 1,000 test images with every token, docs/demo.md), so this is a regression floor for the
-# shipped file, 7 points under what it reads, to be raised as training continues.
-SHIPPED_MODEL_MIN_ACCURACY = 0.80
+# The demo issue's smoke target is 90% on these images; the shipped model (runs/demo17) reads 93% of
+# them (89.9% on 1,000 test images with every token, docs/demo.md). The floor sits 7 points under
+# what it reads, so a changed preprocessing path or a damaged file fails while noise does not.
+SHIPPED_MODEL_MIN_ACCURACY = 0.86
 
 
 def test_shipped_demo_model_meets_the_smoke_check():

@@ -15,8 +15,7 @@ import torch
 from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
-from iared_edge.explain import box_overlap, map_box, pointing_hit, rollout_heatmap
-from iared_edge.preprocess import model_normalization
+from iared_edge.explain import box_overlap, pointing_hit, rollout_heatmap
 
 
 @torch.no_grad()
@@ -29,7 +28,6 @@ def main():
     a = ap.parse_args()
     model = resolve_model(a.model).float().eval()
     gen = DigitsInClutter(a.split, seed=a.seed)
-    size, crop_pct = tuple(model.input_size[1:]), model_normalization(model)[2]
     patch, (gh, gw) = tuple(model.vit.patch_embed.patch_size), model.grid_size
     hit_i, hit_r, right, dist, border, ratio, box_kept = [], [], [], [], [], [], []
     for s in range(0, a.images, 100):
@@ -38,7 +36,7 @@ def main():
         out = model(x, policy="threshold")
         roll = rollout_heatmap(model, x)
         for j in range(len(labels)):
-            ov = box_overlap(map_box(boxes[j], imgs[j].shape[:2], size, crop_pct), (gh, gw), patch)
+            ov = box_overlap(boxes[j], (gh, gw), patch)  # to_input neither resizes nor crops
             heat = out.heatmap[j]
             hit_i.append(pointing_hit(heat, ov))
             hit_r.append(pointing_hit(roll[j], ov))
@@ -63,8 +61,8 @@ def main():
         print(f"  peak on the border: {np.mean(border):.0%}; best in-box patch / peak: median "
               f"{np.median(ratio):.2f}, 10-90% {np.percentile(ratio, 10):.2f}-{np.percentile(ratio, 90):.2f}")
     bk = np.array(box_kept)
-    print(f"share of the box's patches kept through stage 3: {bk.mean():.2f} (on interpreter misses "
-          f"{bk[~hi].mean():.2f})" if (~hi).any() else f"share of the box's patches kept through stage 3: {bk.mean():.2f}")
+    on_misses = f" (on interpreter misses {bk[~hi].mean():.2f})" if (~hi).any() else ""
+    print(f"share of the box's patches kept through stage 3: {bk.mean():.2f}{on_misses}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class Schedule:
                                    # instructions (runs/demo to demo13r), float32 where torch emulates it
     stem_blocks: int = 0           # residual blocks in the convolutional stem (iared_digits_tiny's
                                    # stem_blocks); added ones start as the identity on --init-backbone
+    stem_fine_blocks: int = 0      # the same at 1/4 resolution (iared_digits_tiny's stem_fine_blocks)
     ema_decay: float = 0.0         # > 0: backbone phases also keep an exponential moving average of the
                                    # weights (and BatchNorm statistics), updated every step; it is what
                                    # the phase hands on (0: the last weights)
@@ -171,7 +172,8 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
     torch.manual_seed(s.seed)
-    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, stem_blocks=s.stem_blocks)
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, stem_blocks=s.stem_blocks,
+                               stem_fine_blocks=s.stem_fine_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -246,21 +248,29 @@ def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, tor
 
 
 STEM_BLOCKS = "patch_embed.proj.blocks."
+STEM_FINE_BLOCKS = "patch_embed.proj.fine_blocks."
 
 
-def stem_blocks_of(state: Dict[str, torch.Tensor]) -> int:
-    """How many residual stem blocks a backbone state dict has."""
-    return len({k.split(".")[3] for k in state if k.startswith(STEM_BLOCKS)})
+def stem_blocks_of(state: Dict[str, torch.Tensor], prefix: str = STEM_BLOCKS) -> int:
+    """How many residual stem blocks (at 1/8 resolution; `prefix=STEM_FINE_BLOCKS`: at 1/4) a
+    backbone state dict has."""
+    return len({k.split(".")[3] for k in state if k.startswith(prefix)})
+
+
+def stem_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
+    """iared_digits_tiny's stem arguments for a backbone state dict (none for a plain stem)."""
+    counts = {"stem_blocks": stem_blocks_of(state), "stem_fine_blocks": stem_blocks_of(state, STEM_FINE_BLOCKS)}
+    return {k: n for k, n in counts.items() if n}
 
 
 def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
     """Load a backbone to continue from. Stem blocks the model has and `state` lacks keep their
     identity start (a wider stem grown on trained weights); anything else must match exactly."""
     result = model.load_state_dict(state, strict=False)
-    grown = [k for k in result.missing_keys if k.startswith(STEM_BLOCKS)]
+    grown = [k for k in result.missing_keys if k.startswith((STEM_BLOCKS, STEM_FINE_BLOCKS))]
     if result.unexpected_keys or len(grown) != len(result.missing_keys):
-        raise ValueError(f"--init-backbone does not fit iared_digits_tiny(stem_blocks={stem_blocks_of(model.state_dict())}): "
-                         f"it has {stem_blocks_of(state)} stem blocks; missing "
+        raise ValueError(f"--init-backbone does not fit iared_digits_tiny({stem_kwargs(model.state_dict())}): "
+                         f"it has {stem_kwargs(state) or 'no'} stem blocks; missing "
                          f"{[k for k in result.missing_keys if k not in grown][:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
@@ -284,8 +294,7 @@ def demo_model(backbone: Dict[str, torch.Tensor]):
     """The IA-RED² demo model on a trained backbone, interpreters at their training-free start."""
     from ..model import IARedViT
     import timm
-    blocks = stem_blocks_of(backbone)
-    kwargs = {"num_classes": 10, **({"stem_blocks": blocks} if blocks else {})}
+    kwargs = {"num_classes": 10, **stem_kwargs(backbone)}
     vit = timm.create_model("iared_digits_tiny", **kwargs)
     vit.load_state_dict(backbone)
     return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",

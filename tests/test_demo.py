@@ -450,6 +450,56 @@ def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
     assert again.flops().item() == pytest.approx(model.flops().item())
 
 
+def test_stem_fine_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
+    """`stem_fine_blocks`: residual blocks at 1/4 resolution (after the second conv) start as the
+    identity too, next to the 1/8-resolution ones; their cost is counted against the convolutions'
+    real output shapes; save_model / load_model carry both counts."""
+    import timm
+    from iared_edge import load_model, save_model
+    from iared_edge.demo.train import STEM_FINE_BLOCKS, demo_model, load_backbone_init, stem_blocks_of, stem_kwargs
+    coarse = timm.create_model("iared_digits_tiny", depth=2, stem_blocks=1).eval()
+    grown = timm.create_model("iared_digits_tiny", depth=2, stem_blocks=1, stem_fine_blocks=2).eval()
+    load_backbone_init(grown, coarse.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(grown(x), coarse(x))
+    assert stem_kwargs(grown.state_dict()) == {"stem_blocks": 1, "stem_fine_blocks": 2}
+    assert stem_blocks_of(grown.state_dict(), STEM_FINE_BLOCKS) == 2 and stem_kwargs(coarse.state_dict()) == {"stem_blocks": 1}
+    stem = grown.patch_embed.proj
+    seen = {}
+    for i, block in enumerate(stem.fine_blocks):  # they run at 1/4 resolution on 48 channels
+        block.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, tuple(out.shape)))
+    counted = []
+    def hook(m, inp, out):
+        counted.append(2.0 * out.shape[2] * out.shape[3] * m.out_channels * m.in_channels
+                       * m.kernel_size[0] * m.kernel_size[1] / m.groups)
+    handles = [c.register_forward_hook(hook) for c in stem.modules() if isinstance(c, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for block in stem.fine_blocks:  # once they have learnt something, the output differs
+            block.body[-1].weight.fill_(0.5)
+        out = grown(x[:1])
+    for h in handles:
+        h.remove()
+    assert seen == {0: (1, 48, 56, 56), 1: (1, 48, 56, 56)}
+    assert not torch.allclose(out, coarse(x[:1]))
+    assert len(counted) == 4 + 3 * 1 + 3 * 2
+    assert stem.flops(224, 224) == pytest.approx(sum(counted))
+
+    with pytest.raises(ValueError, match="stem blocks"):
+        load_backbone_init(coarse, grown.state_dict())
+    with pytest.raises(ValueError, match="stem_fine_blocks"):
+        timm.create_model("iared_digits_tiny", stem_fine_blocks=-1)
+
+    model = demo_model(timm.create_model("iared_digits_tiny", stem_fine_blocks=3).state_dict())
+    assert model.timm_kwargs == {"num_classes": 10, "stem_fine_blocks": 3}
+    save_model(model, str(tmp_path / "m.safetensors"))
+    again = load_model(str(tmp_path / "m.safetensors"))
+    assert stem_kwargs(again.vit.state_dict()) == {"stem_fine_blocks": 3}
+    img = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(again(img, policy="all").logits, model(img, policy="all").logits)
+
+
 def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypatch):
     """--ema-decay: a backbone phase averages its weights step by step (checked against the
     recurrence run in float64 on the weights after each step), checkpoints the average, resumes

@@ -41,3 +41,22 @@ def autocast_dtype(device: str | torch.device = "cpu", amp: str = "auto") -> tor
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.bfloat16 if native else None
+
+
+PRECISIONS = ("fp32", "fp16", "bf16", "auto")
+
+
+def inference_dtype(device: str | torch.device = "cpu", precision: str = "fp32") -> torch.dtype:
+    """The weight dtype that `precision` ("fp32", "fp16", "bf16" or "auto") means for inference on
+    `device`. "auto": float16 on CUDA (every GPU the SDK targets, Jetson Xavier and Orin included,
+    has fp16 arithmetic; bfloat16 needs sm_80); on a CPU, bfloat16 only where it has bf16
+    instructions (AVX512-BF16 or AMX), else float32 (torch emulates both half types there, and
+    float16 matmuls ran 7x slower than float32 on an AVX-512 CPU)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if torch.device(device).type == "cuda":
+        return torch.float16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if native else torch.float32

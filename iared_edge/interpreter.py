@@ -35,6 +35,10 @@ class Interpreter(nn.Module):
     def fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32),
         so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h]."""
+        with torch.autocast(cls.device.type, enabled=False):  # float32 even inside a caller's autocast
+            return self._fold(cls)
+
+    def _fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         C, H, D = cls.shape[-1], self.num_heads, self.head_dim
         w_q, w_k = self.qk.weight.float().split(C, 0)
         b_q, b_k = self.qk.bias.float().split(C, 0)

@@ -53,8 +53,9 @@ def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Te
     per_patch = (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
     k1 = torch.tensor(_HEATMAP_KERNEL, dtype=per_patch.dtype, device=per_patch.device)
     k = torch.outer(k1, k1).view(1, 1, 3, 3)
-    heat = F.conv2d(per_patch.view(B, 1, gh, gw), k, padding=1)
-    weight = F.conv2d(torch.ones(1, 1, gh, gw, dtype=k.dtype, device=k.device), k, padding=1)
+    with torch.autocast(per_patch.device.type, enabled=False):  # the scores' dtype, not a caller's autocast
+        heat = F.conv2d(per_patch.view(B, 1, gh, gw), k, padding=1)
+        weight = F.conv2d(torch.ones(1, 1, gh, gw, dtype=k.dtype, device=k.device), k, padding=1)
     return (heat / weight).view(B, gh, gw)
 
 

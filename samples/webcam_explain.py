@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from iared_edge import Runtime  # noqa: E402
 from iared_edge.checkpoint import resolve_model  # noqa: E402
+from iared_edge.devices import PRECISIONS  # noqa: E402
 from iared_edge.preprocess import overlay  # noqa: E402
 
 
@@ -104,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="demo", help='"demo" (bundled), a saved .safetensors, or a timm name')
     ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
     ap.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame (ms)")
+    ap.add_argument("--precision", choices=PRECISIONS, default=None,
+                    help="weights to run: fp32, fp16, bf16, or auto (fp16 on a GPU, bf16 on a CPU with bf16 "
+                         "instructions, else fp32); default: the model's own (fp32 for saved models)")
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None)
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     truth = load_truth(source)
     show_heat = show_mask = True
     writer, frames, t_prev, fps = None, [], None, 0.0
-    with Runtime(model, budget_ms=args.budget_ms) as rt:
+    with Runtime(model, budget_ms=args.budget_ms, precision=args.precision) as rt:
         for frame, res in rt.stream(source):
             now = time.perf_counter()
             if t_prev is not None:

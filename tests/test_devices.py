@@ -64,3 +64,16 @@ def test_demo_schedule_amp_is_resolved_or_refused(monkeypatch):
     assert amp_dtype(Schedule(amp="none")) is None
     with pytest.raises(ValueError, match="amp must be"):
         amp_dtype(Schedule(amp="fp8"))
+
+
+@pytest.mark.parametrize("device, avx512_bf16, amx, expected", [
+    ("cpu", False, False, torch.float32), ("cpu", True, False, torch.bfloat16), ("cpu", False, True, torch.bfloat16)])
+def test_inference_precision_auto_picks_what_the_hardware_runs_natively(monkeypatch, device, avx512_bf16, amx, expected):
+    from iared_edge.devices import inference_dtype
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert inference_dtype(device, "auto") is expected
+    assert inference_dtype("cuda", "auto") is torch.float16  # no GPU needed to name the choice
+    assert [inference_dtype(device, p) for p in ("fp32", "fp16", "bf16")] == [torch.float32, torch.float16, torch.bfloat16]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        inference_dtype(device, "half")

@@ -151,6 +151,23 @@ def test_folded_scores_equal_unfolded(tiny):
     assert torch.allclose(interp(x).double(), _naive_scores(interp, x), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_packed_forward_runs_under_autocast_and_scores_in_float32(tiny, images, dtype):
+    """Under a caller's autocast the folded query stays float32 (the fused scoring op takes only
+    that) and the packed forward runs; its every-token logits are timm's own forward under the same
+    autocast, within that dtype's rounding."""
+    interp = tiny.interpreters[0]
+    with torch.autocast("cpu", dtype=dtype):
+        vecs, biases = interp.fold(torch.randn(2, tiny.vit.embed_dim))
+        out = tiny(images, policy="all")
+        want = tiny.vit(images)
+        thr = tiny(images)
+    assert vecs.dtype == biases.dtype == torch.float32
+    assert out.scores.dtype == torch.float32 and out.heatmap.dtype == torch.float32
+    scale = want.float().abs().max()
+    assert (out.logits.float() - want.float()).abs().max() <= 0.05 * scale
+    assert thr.keep_masks.shape == out.keep_masks.shape and bool((thr.kept_counts <= out.kept_counts).all())
+
 def test_heatmap_and_flops(tiny, images):
     with torch.no_grad():
         full = tiny(images, policy="all")

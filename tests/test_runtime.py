@@ -591,3 +591,75 @@ def test_cuda_graphs_per_level_give_the_eager_result():
     assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-4)
     assert np.array_equal(a.stage_masks, b.stage_masks)
     assert not np.array_equal(a.heatmap, a2.heatmap)
+
+
+def _demo_test_images(n):
+    from iared_edge.demo.digits import DigitsInClutter
+    imgs, labels, _ = DigitsInClutter("test", seed=1).batch(range(n))
+    return [img[..., ::-1].copy() for img in imgs], labels  # BGR, as a camera gives them
+
+
+@pytest.mark.parametrize("precision, dtype, tol", [("bf16", torch.bfloat16, 0.05), ("fp16", torch.float16, 0.01)])
+def test_reduced_precision_matches_float64_within_its_rounding(precision, dtype, tol):
+    """precision= casts the weights the Runtime runs (a copy: the caller's model is not changed);
+    with every token its logits stay within a few units of the dtype's rounding of a float64
+    forward of the same weights (bf16 keeps 8 bits of mantissa, fp16 11), and the frame's answer
+    is the float32 Runtime's."""
+    import copy
+    from iared_edge import load_model
+    model = load_model("demo")
+    frames, _ = _demo_test_images(8)
+    ref64 = copy.deepcopy(model).double()
+    with Runtime(model, policy="all", topk=10) as full, Runtime(model, policy="all", topk=10, precision=precision) as low:
+        assert next(model.parameters()).dtype == torch.float32 and low.model is not model
+        assert next(low.model.parameters()).dtype == dtype
+        assert low.precision == precision and low.stats()["precision"] == precision and full.precision == "fp32"
+        for frame in frames:
+            x = low.preprocess(frame)
+            with torch.no_grad():
+                want = ref64(x.double(), policy="all", execution="masked").logits[0]
+            res, res32 = low(frame), full(frame)
+            got = torch.zeros(10, dtype=torch.float64)
+            got[res.indices] = torch.tensor(res.probs, dtype=torch.float64).log()
+            # log-probabilities: logits up to a constant, which the softmax removes
+            want = want.log_softmax(-1)
+            assert (got - want).abs().max().item() <= tol * want.abs().max().item()
+            assert res.indices[0] == res32.indices[0]
+            assert res.heatmap.dtype == np.float32 and 0 <= res.heatmap.min() and res.heatmap.max() <= 1
+
+
+def test_reduced_precision_threshold_policy_keeps_the_same_tokens_nearly():
+    """The interpreters score in float32 from the cast model's tokens: bf16 and fp16 weights keep
+    almost exactly the tokens float32 keeps, and the heatmap moves by little (the float32 Runtime
+    is the reference; the float64 one is above, with every token)."""
+    from iared_edge import load_model
+    model = load_model("demo")
+    frames, _ = _demo_test_images(8)
+    with Runtime(model) as full, Runtime(model, precision="bf16") as bf16, Runtime(model, precision="fp16") as fp16:
+        for frame in frames:
+            r32 = full(frame)
+            for low in (bf16, fp16):
+                r = low(frame)
+                assert (r.stage_masks == r32.stage_masks).mean() >= 0.97
+                # a token whose probability sits at the threshold may flip, so the mean, not the max
+                assert np.abs(r.heatmap - r32.heatmap).mean() <= 0.01
+                assert np.corrcoef(r.heatmap.ravel(), r32.heatmap.ravel())[0, 1] >= 0.98
+                assert r.indices[0] == r32.indices[0]
+
+
+def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
+    from iared_edge import load_model
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Runtime("demo", precision="int8")
+    with pytest.raises(ValueError, match='backend "onnxruntime" runs float32'):
+        Runtime("demo", backend="onnxruntime", policy="ratio", ratio=0.5, precision="bf16")
+    # "auto" on a CPU: bf16 only with bf16 instructions, else float32 (the model as it is)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model = load_model("demo")
+    rt = Runtime(model, precision="auto")
+    assert rt.precision == "fp32" and rt.model is model
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert Runtime(model, precision="auto").precision == "bf16"
+    # None: the model's own dtype, whatever it is
+    assert Runtime(load_model("demo").to(torch.bfloat16)).precision == "bf16"

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import queue
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import resolve_model
-from ..devices import resolve_device
+from ..devices import PRECISIONS, inference_dtype, resolve_device
 from ..preprocess import model_normalization
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
@@ -62,9 +63,10 @@ class Runtime:
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
                  backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels",
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, precision: Optional[str] = None):
         self.device = resolve_device(device)
         self.model = resolve_model(model).to(self.device).eval()
+        self.precision = self._set_precision(precision, backend, given=self.model is model)
         if policy not in ("all", "threshold", "ratio"):
             raise ValueError(f'policy must be "all", "threshold" or "ratio", got {policy!r}')
         if policy == "ratio" and ratio is None:
@@ -132,7 +134,8 @@ class Runtime:
                 self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form)
             else:
                 from ..export.tensorrt_backend import TensorRTBackend
-                self._graphs = TensorRTBackend(self.model, graph_levels, onnx_cache, form=onnx_form, device=self.device)
+                self._graphs = TensorRTBackend(self.model, graph_levels, onnx_cache, form=onnx_form, device=self.device,
+                                              fp16=self.precision == "fp16")
         elif cuda_graphs and self.device.type == "cuda" and (policy == "ratio" or budget_ms is not None):
             # static token counts per keep level: capture each level once, replay per frame
             from .cuda_graphs import CudaGraphLevels
@@ -142,6 +145,28 @@ class Runtime:
             self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
 
     # -- set-up ----------------------------------------------------------------------------------
+    def _set_precision(self, precision: Optional[str], backend: str, given: bool) -> str:
+        """Cast the model's weights for `precision` (None: as the model is) and say what runs.
+        A model object the caller passed is copied before a cast, not changed under them."""
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} or None (the model's own), got {precision!r}")
+        names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+        if backend == "onnxruntime":
+            if precision not in (None, "fp32", "auto"):
+                raise ValueError(f'backend "onnxruntime" runs float32 graphs: precision "fp32" or "auto", not {precision!r}')
+            return "fp32"
+        if backend == "tensorrt":  # TensorRT builds its own engines: fp16 unless told fp32
+            if precision == "bf16":
+                raise ValueError('backend "tensorrt": precision "fp16" (its default) or "fp32", not "bf16"')
+            return "fp32" if precision == "fp32" else "fp16"
+        current = next(self.model.parameters()).dtype
+        dtype = current if precision is None else inference_dtype(self.device, precision)
+        if dtype not in names:
+            raise ValueError(f"model weights are {dtype}: give precision= one of {PRECISIONS}")
+        if dtype != current:
+            self.model = (copy.deepcopy(self.model) if given else self.model).to(dtype)
+        return names[dtype]
+
     def _warm_up(self) -> None:
         x = torch.zeros(1, *self.model.input_size)
         for _ in range(2):
@@ -418,6 +443,7 @@ class Runtime:
                 "skipped": list(self._skipped),
                 "budget_unmet_frames": self.controller.unmet_frames if self.controller else 0,
                 "end_reason": self._end_reason,
+                "precision": self.precision,
             }
 
     def close(self) -> None:

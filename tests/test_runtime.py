@@ -662,4 +662,9 @@ def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert Runtime(model, precision="auto").precision == "bf16"
     # None: the model's own dtype, whatever it is
-    assert Runtime(load_model("demo").to(torch.bfloat16)).precision == "bf16"
+    half = load_model("demo").to(torch.bfloat16)
+    assert Runtime(half).precision == "bf16"
+    # the exported graphs are built from float32 weights, whatever the model's
+    onnx = Runtime(half, backend="onnxruntime", policy="ratio", ratio=0.5)
+    assert onnx.precision == "fp32" and next(onnx.model.parameters()).dtype == torch.float32
+    assert next(half.parameters()).dtype == torch.bfloat16

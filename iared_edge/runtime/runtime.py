@@ -151,21 +151,23 @@ class Runtime:
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS} or None (the model's own), got {precision!r}")
         names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+        current = next(self.model.parameters()).dtype
         if backend == "onnxruntime":
             if precision not in (None, "fp32", "auto"):
                 raise ValueError(f'backend "onnxruntime" runs float32 graphs: precision "fp32" or "auto", not {precision!r}')
-            return "fp32"
-        if backend == "tensorrt":  # TensorRT builds its own engines: fp16 unless told fp32
+            name, dtype = "fp32", torch.float32
+        elif backend == "tensorrt":  # TensorRT builds its own engines from float32 ones: fp16 unless told fp32
             if precision == "bf16":
                 raise ValueError('backend "tensorrt": precision "fp16" (its default) or "fp32", not "bf16"')
-            return "fp32" if precision == "fp32" else "fp16"
-        current = next(self.model.parameters()).dtype
-        dtype = current if precision is None else inference_dtype(self.device, precision)
-        if dtype not in names:
-            raise ValueError(f"model weights are {dtype}: give precision= one of {PRECISIONS}")
+            name, dtype = ("fp32" if precision == "fp32" else "fp16"), torch.float32
+        else:
+            dtype = current if precision is None else inference_dtype(self.device, precision)
+            if dtype not in names:
+                raise ValueError(f"model weights are {dtype}: give precision= one of {PRECISIONS}")
+            name = names[dtype]
         if dtype != current:
             self.model = (copy.deepcopy(self.model) if given else self.model).to(dtype)
-        return names[dtype]
+        return name
 
     def _warm_up(self) -> None:
         x = torch.zeros(1, *self.model.input_size)

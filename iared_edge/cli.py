@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional
 
 from .checkpoint import names_saved_model, resolve_model
-from .devices import AMP_CHOICES, autocast_dtype
+from .devices import AMP_CHOICES, PRECISIONS, autocast_dtype, inference_dtype
 
 MODEL_HELP = 'a timm name, a saved .safetensors, or "demo" (the bundled digits model)'
 
@@ -22,6 +22,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint)
+    if args.precision is not None:
+        model = model.to(inference_dtype("cpu", args.precision))
     if args.checkpoint is None and not names_saved_model(args.model):
         print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
               "meaningless, the token dropping and timings are real")
@@ -31,10 +33,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         out = model(x, policy=args.policy, **kwargs)
         full = model.flops()[0].item()
-    probs = out.logits.softmax(-1)[0]
+    probs = out.logits.float().softmax(-1)[0]
     top = probs.topk(min(5, probs.numel()))
     labels = model.class_names()
-    print(f"image: {image}  model: {args.model}  policy: {args.policy}  ops backend: {ops.backend('cpu')}")
+    print(f"image: {image}  model: {args.model}  policy: {args.policy}  weights: "
+          f"{str(next(model.parameters()).dtype).replace('torch.', '')}  ops backend: {ops.backend('cpu')}")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
         print(f"  {p:6.2%}  {labels[i]}")
     ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[0].tolist())
@@ -198,6 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--checkpoint", help="timm/DeiT weights for a timm name (.pth or .safetensors)")
     p.add_argument("--policy", default="threshold", choices=["all", "threshold", "ratio"])
     p.add_argument("--ratio", type=float, default=0.7, help='keep ratio per stage for --policy ratio')
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weights to run (auto: bf16 on a CPU with bf16 instructions, else fp32); default: as loaded")
     p.add_argument("--out", default="heatmap.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     p.set_defaults(func=cmd_predict)

@@ -29,6 +29,21 @@ def test_predict_notes_random_weights_only_for_untrained_models(tmp_path, capsys
     assert "random weights" not in text and "model: demo" in text
 
 
+def test_predict_in_reduced_precision_reads_a_digit_as_float32_does(tmp_path, capsys):
+    import cv2
+    from iared_edge.demo import DigitsInClutter
+    img, _, _ = DigitsInClutter("test", seed=1).sample(3)
+    path = str(tmp_path / "digit.png")
+    cv2.imwrite(path, img[..., ::-1])
+    tops = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["predict", path, "--model", "demo", "--policy", "all", "--precision", precision,
+                     "--out", str(tmp_path / f"{precision}.png")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert {"fp32": "weights: float32", "bf16": "weights: bfloat16"}[precision] in lines[0]
+        tops[precision] = lines[1].split()[-1]  # "  97.12%  7": the best label
+    assert tops["fp32"] == tops["bf16"] and tops["fp32"] in [str(d) for d in range(10)]
+
 def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00" * 100)

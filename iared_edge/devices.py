@@ -51,7 +51,7 @@ def inference_dtype(device: str | torch.device = "cpu", precision: str = "fp32")
     `device`. "auto": float16 on CUDA (every GPU the SDK targets, Jetson Xavier and Orin included,
     has fp16 arithmetic; bfloat16 needs sm_80); on a CPU, bfloat16 only where it has bf16
     instructions (AVX512-BF16 or AMX), else float32 (torch emulates both half types there, and
-    float16 matmuls ran 7x slower than float32 on an AVX-512 CPU)."""
+    the demo model in float16 ran 7-12x slower than in float32 on an AVX-512 CPU)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":

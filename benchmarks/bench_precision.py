@@ -16,20 +16,14 @@ import argparse
 import copy
 import platform
 import statistics
-import time
 
 import torch
 
+from bench_demo import ms  # this folder's bench_demo.py: the same timer
 from iared_edge import load_model, ops
 from iared_edge.demo import DEMO_MODEL, DigitsInClutter
 from iared_edge.devices import inference_dtype
 from iared_edge.preprocess import model_input
-
-
-def ms(fn):
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def instruction_bound(name: str) -> str:

@@ -39,11 +39,16 @@ def autocast_dtype(device: str | torch.device = "cpu", amp: str = "auto") -> tor
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if native else None
+    return torch.bfloat16 if cpu_has_bf16() else None
 
 
-PRECISIONS = ("fp32", "fp16", "bf16", "auto")
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere torch emulates bf16."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = (*PRECISION_DTYPES, "auto")
 
 
 def inference_dtype(device: str | torch.device = "cpu", precision: str = "fp32") -> torch.dtype:
@@ -55,8 +60,7 @@ def inference_dtype(device: str | torch.device = "cpu", precision: str = "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        return PRECISION_DTYPES[precision]
     if torch.device(device).type == "cuda":
         return torch.float16
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32

@@ -410,6 +410,20 @@ def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
         seed_interpreters(str(tmp_path / "fresh"), str(tmp_path / "other.safetensors"))
 
 
+def _conv_flops_as_run(stem, x):
+    """2 x multiply-adds of each convolution of `stem`, from the output shapes it really produces on x."""
+    counted = []
+    def hook(m, inp, out):
+        counted.append(2.0 * out.shape[2] * out.shape[3] * m.out_channels * m.in_channels
+                       * m.kernel_size[0] * m.kernel_size[1] / m.groups)
+    handles = [c.register_forward_hook(hook) for c in stem.modules() if isinstance(c, torch.nn.Conv2d)]
+    with torch.no_grad():
+        stem(x)
+    for h in handles:
+        h.remove()
+    return counted
+
+
 def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
     """`stem_blocks`: residual blocks added to the demo model's stem start as the identity, so a
     backbone trained without them loads (--init-backbone) and computes the same logits; the blocks'
@@ -431,16 +445,8 @@ def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
             block.body[-1].weight.fill_(0.5)
         assert not torch.allclose(grown(x), plain(x))
 
-    counted = []
-    def hook(m, inp, out):
-        counted.append(2.0 * out.shape[2] * out.shape[3] * m.out_channels * m.in_channels
-                       * m.kernel_size[0] * m.kernel_size[1] / m.groups)
     stem = grown.patch_embed.proj
-    handles = [c.register_forward_hook(hook) for c in stem.modules() if isinstance(c, torch.nn.Conv2d)]
-    with torch.no_grad():
-        stem(x[:1])
-    for h in handles:
-        h.remove()
+    counted = _conv_flops_as_run(stem, x[:1])
     assert len(counted) == 4 + 3 * 3
     assert stem.flops(224, 224) == pytest.approx(sum(counted))
     assert stem.flops(224, 224) > plain.patch_embed.proj.flops(224, 224)
@@ -481,17 +487,11 @@ def test_stem_fine_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
     seen = {}
     for i, block in enumerate(stem.fine_blocks):  # they run at 1/4 resolution on 48 channels
         block.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, tuple(out.shape)))
-    counted = []
-    def hook(m, inp, out):
-        counted.append(2.0 * out.shape[2] * out.shape[3] * m.out_channels * m.in_channels
-                       * m.kernel_size[0] * m.kernel_size[1] / m.groups)
-    handles = [c.register_forward_hook(hook) for c in stem.modules() if isinstance(c, torch.nn.Conv2d)]
     with torch.no_grad():
         for block in stem.fine_blocks:  # once they have learnt something, the output differs
             block.body[-1].weight.fill_(0.5)
         out = grown(x[:1])
-    for h in handles:
-        h.remove()
+    counted = _conv_flops_as_run(stem, x[:1])
     assert seen == {0: (1, 48, 56, 56), 1: (1, 48, 56, 56)}
     assert not torch.allclose(out, coarse(x[:1]))
     assert len(counted) == 4 + 3 * 1 + 3 * 2

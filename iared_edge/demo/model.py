@@ -39,6 +39,9 @@ class StemBlock(nn.Module):
         return x + self.body(x)
 
 
+FINE_AFTER = 2  # `fine_blocks` run after this many stride-2 conv-BN-ReLUs: 1/4 resolution
+
+
 class ConvStem(nn.Sequential):
     """3x3 stride-2 conv-BN-ReLU x3, then a 3x3 stride-2 conv to the embedding: a 16x16 patch per
     token. `blocks` residual `StemBlock`s run before that last conv (1/8 resolution) and
@@ -58,13 +61,13 @@ class ConvStem(nn.Sequential):
         if blocks:
             self.blocks = nn.Sequential(*(StemBlock(c) for _ in range(blocks)))
         if fine_blocks:
-            self.fine_blocks = nn.Sequential(*(StemBlock(widths[1]) for _ in range(fine_blocks)))
+            self.fine_blocks = nn.Sequential(*(StemBlock(widths[FINE_AFTER - 1]) for _ in range(fine_blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self.children())[:self._layers]
         for i, m in enumerate(layers[:-1]):
             x = m(x)
-            if i == 5 and hasattr(self, "fine_blocks"):  # after the second conv-BN-ReLU: 1/4 resolution
+            if i == 3 * FINE_AFTER - 1 and hasattr(self, "fine_blocks"):  # after that conv-BN-ReLU
                 x = self.fine_blocks(x)
         if hasattr(self, "blocks"):
             x = self.blocks(x)
@@ -75,7 +78,7 @@ class ConvStem(nn.Sequential):
         total, h, w = 0.0, height, width
         convs = [m for m in list(self.children())[:self._layers] if isinstance(m, nn.Conv2d)]
         for i, m in enumerate(convs):
-            name = "blocks" if i == len(convs) - 1 else "fine_blocks" if i == 2 else None
+            name = "blocks" if i == len(convs) - 1 else "fine_blocks" if i == FINE_AFTER else None
             if name and hasattr(self, name):  # at that conv's input resolution
                 total += sum(2.0 * h * w * c.out_channels * c.in_channels * c.kernel_size[0] * c.kernel_size[1]
                              for c in getattr(self, name).modules() if isinstance(c, nn.Conv2d))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import resolve_model
-from ..devices import PRECISIONS, inference_dtype, resolve_device
+from ..devices import PRECISION_DTYPES, PRECISIONS, inference_dtype, resolve_device
 from ..preprocess import model_normalization
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
@@ -150,7 +150,7 @@ class Runtime:
         A model object the caller passed is copied before a cast, not changed under them."""
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS} or None (the model's own), got {precision!r}")
-        names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+        names = {dtype: name for name, dtype in PRECISION_DTYPES.items()}
         current = next(self.model.parameters()).dtype
         if backend == "onnxruntime":
             if precision not in (None, "fp32", "auto"):

@@ -9,6 +9,12 @@ Pointing game and energy in the box on `--images` validation images (generator s
 1000..). Zero padding lowers the border patches: a pull towards the image centre, which suits
 this task (digits lie inside the image) but not a camera, so the model does not use it; it is
 listed to show how much of a gain such a prior would be. Prints a markdown table.
+
+`--heads` adds rows built from each interpreter's per-head probabilities (the keep probability is
+their mean): each head alone, all heads agreeing (their product), the least sure head (their
+minimum) and their geometric mean, each as a survival product over the stages, smoothed as the
+model smooths; and, for reference on the same images, raw attention and rollout. They answer
+whether another reading of the same scores would beat the baselines.
 """
 import argparse
 
@@ -19,8 +25,8 @@ import torch.nn.functional as F
 from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
-from iared_edge.explain import auc, box_overlap, deletion_insertion, energy_in_box, pointing_hit
-from iared_edge.model import HEATMAP_TIE_BREAK
+from iared_edge.explain import attention_heatmap, auc, rollout_heatmap, box_overlap, deletion_insertion, energy_in_box, pointing_hit
+from iared_edge.model import HEATMAP_TIE_BREAK, heatmap_from_scores
 
 
 def survival(scores: torch.Tensor) -> torch.Tensor:
@@ -42,7 +48,43 @@ def odds(p: torch.Tensor) -> torch.Tensor:
     return p / (1 - p).clamp(min=1e-6)
 
 
-def variants(model, x):
+def head_probs(model, x):
+    """The threshold forward (masked execution: the same decisions as packed) and every stage's
+    per-head keep probabilities [B, S, H, N] over the patch tokens, 0 where a patch was dropped
+    before that stage."""
+    logits = []
+
+    def hook(mod, inp, _):
+        t = inp[0]
+        B, L, _ = t.shape
+        q, k = mod.qk(mod.norm(t)).view(B, L, 2, mod.num_heads, mod.head_dim).unbind(2)
+        logits.append((k.transpose(1, 2) @ (q[:, 0] * mod.scale).unsqueeze(-1)).squeeze(-1))
+
+    hooks = [it.register_forward_hook(hook) for it in model.interpreters]
+    try:
+        out = model(x, policy="threshold", execution="masked")
+    finally:
+        for h in hooks:
+            h.remove()
+    probs = torch.sigmoid(torch.stack(logits, 1)[..., model.num_prefix:])
+    scored = torch.cat([torch.ones_like(out.keep_masks[:, :1]), out.keep_masks[:, :-1]], 1)
+    return out, probs * scored[:, :, None]
+
+
+def head_variants(model, x):
+    _, hp = head_probs(model, x)
+    g, smoothed_survival = model.grid_size, heatmap_from_scores  # the model's recipe, on other scores
+    yield "mean over heads (the model's heatmap, masked execution)", smoothed_survival(hp.mean(2), g)
+    for h in range(hp.shape[2]):
+        yield f"head {h} alone", smoothed_survival(hp[:, :, h], g)
+    yield "all heads agree (product over heads)", smoothed_survival(hp.prod(2), g)
+    yield "least sure head (minimum over heads)", smoothed_survival(hp.amin(2), g)
+    yield "geometric mean over heads", smoothed_survival(hp.prod(2).pow(1.0 / hp.shape[2]), g)
+    yield "(baseline) raw class-token attention, last block", attention_heatmap(model, x)
+    yield "(baseline) attention rollout", rollout_heatmap(model, x)
+
+
+def variants(model, x, heads: bool = False):
     out = model(x, policy="threshold")
     raw = survival(out.scores).view(-1, *model.grid_size)
     yield "survival probability, unsmoothed (before)", raw
@@ -53,6 +95,8 @@ def variants(model, x):
     yield "odds of survival, unsmoothed", odds(raw)
     yield "odds of survival, binomial 3x3, normalised", smooth(odds(raw), (1.0, 2.0, 1.0), True)
     yield "odds of the smoothed survival", odds(out.heatmap)
+    if heads:
+        yield from head_variants(model, x)
 
 
 @torch.no_grad()
@@ -61,6 +105,7 @@ def main():
     ap.add_argument("model", nargs="?", default="demo")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--curves", type=int, default=100)
+    ap.add_argument("--heads", action="store_true", help="also the per-head readings of the scores")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = resolve_model(args.model).float().eval()
@@ -69,7 +114,7 @@ def main():
     x = to_input(imgs)
     stats = {}
     for i in range(0, args.images, 50):
-        for name, maps in variants(model, x[i:i + 50]):
+        for name, maps in variants(model, x[i:i + 50], args.heads):
             r = stats.setdefault(name, {"pointing": [], "energy": [], "deletion": [], "insertion": []})
             for j, h in enumerate(maps):
                 ov = box_overlap(boxes[i + j], model.grid_size, model.vit.patch_embed.patch_size)
@@ -77,7 +122,7 @@ def main():
                 r["energy"].append(energy_in_box(h, ov))
     cimgs, clabels, _ = gen.batch(range(1000, 1000 + args.curves))
     cx = to_input(cimgs)
-    for name, maps in variants(model, cx):
+    for name, maps in variants(model, cx, args.heads):
         for j, h in enumerate(maps):
             d, ins = deletion_insertion(model, cx[j], h, int(clabels[j]))
             stats[name]["deletion"].append(auc(d))

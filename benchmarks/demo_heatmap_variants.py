@@ -54,13 +54,8 @@ def head_probs(model, x):
     before that stage."""
     logits = []
 
-    def hook(mod, inp, _):
-        t = inp[0]
-        B, L, _ = t.shape
-        q, k = mod.qk(mod.norm(t)).view(B, L, 2, mod.num_heads, mod.head_dim).unbind(2)
-        logits.append((k.transpose(1, 2) @ (q[:, 0] * mod.scale).unsqueeze(-1)).squeeze(-1))
-
-    hooks = [it.register_forward_hook(hook) for it in model.interpreters]
+    hooks = [it.register_forward_hook(lambda mod, inp, _: logits.append(mod.head_logits(inp[0])))
+             for it in model.interpreters]
     try:
         out = model(x, policy="threshold", execution="masked")
     finally:

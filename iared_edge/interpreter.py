@@ -26,11 +26,15 @@ class Interpreter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unfolded form (training, masked execution): x [B, L, C], class token at 0 -> probs [B, L]."""
+        return torch.sigmoid(self.head_logits(x)).mean(1)
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C], class token at 0 -> per-head logits [B, H, L] (the keep probability is the
+        mean over heads of their sigmoids)."""
         B, L, C = x.shape
         q, k = self.qk(self.norm(x)).view(B, L, 2, self.num_heads, self.head_dim).unbind(2)
         # [B, H, L, D] @ [B, H, D, 1]: plain MatMul (exports to ONNX/TensorRT without Einsum)
-        logits = (k.transpose(1, 2) @ (q[:, 0] * self.scale).unsqueeze(-1)).squeeze(-1)
-        return torch.sigmoid(logits).mean(1)
+        return (k.transpose(1, 2) @ (q[:, 0] * self.scale).unsqueeze(-1)).squeeze(-1)
 
     def fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32),

@@ -110,20 +110,37 @@ def test_ratio_zero_keeps_only_class_token(tiny, images):
     assert torch.allclose(p.logits, m.logits, atol=1e-5)
 
 
-def _naive_scores(interp: Interpreter, x: torch.Tensor) -> torch.Tensor:
-    """Float64 loop over images, heads and tokens: the paper's definition."""
+def _naive_head_logits(interp: Interpreter, x: torch.Tensor) -> torch.Tensor:
+    """Float64 loop over images and heads: the paper's per-head class-token query . key x head_dim^-0.5."""
     x = x.double()
     w, b = interp.qk.weight.double(), interp.qk.bias.double()
     C, H, D = x.shape[-1], interp.num_heads, interp.head_dim
-    out = torch.zeros(x.shape[:2], dtype=torch.float64)
+    out = torch.zeros(x.shape[0], H, x.shape[1], dtype=torch.float64)
     for i in range(x.shape[0]):
         xn = torch.nn.functional.layer_norm(x[i], (C,), eps=interp.norm.eps)
         qk = xn @ w.t() + b
         q, k = qk[0, :C], qk[:, C:]
         for h in range(H):
             sl = slice(h * D, (h + 1) * D)
-            out[i] += torch.sigmoid((k[:, sl] @ q[sl]) * D ** -0.5) / H
+            out[i, h] = (k[:, sl] @ q[sl]) * D ** -0.5
     return out
+
+
+def _naive_scores(interp: Interpreter, x: torch.Tensor) -> torch.Tensor:
+    """The keep probability: mean over heads of the sigmoid."""
+    return torch.sigmoid(_naive_head_logits(interp, x)).mean(1)
+
+
+def test_head_logits_match_the_definition(tiny):
+    torch.manual_seed(6)
+    interp = tiny.interpreters[2]
+    x = torch.randn(3, 197, tiny.vit.embed_dim)
+    with torch.no_grad():
+        logits = interp.head_logits(x)
+        probs = interp(x)
+    assert logits.shape == (3, interp.num_heads, 197)
+    assert torch.allclose(logits.double(), _naive_head_logits(interp, x), atol=1e-4)
+    assert torch.allclose(probs.double(), _naive_scores(interp, x), atol=1e-5)
 
 
 def test_threshold_drops_exactly_tokens_under_threshold(tiny, images):

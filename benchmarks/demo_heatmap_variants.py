@@ -49,11 +49,10 @@ def odds(p: torch.Tensor) -> torch.Tensor:
 
 
 def head_probs(model, x):
-    """The threshold forward (masked execution: the same decisions as packed) and every stage's
-    per-head keep probabilities [B, S, H, N] over the patch tokens, 0 where a patch was dropped
-    before that stage."""
+    """Every stage's per-head keep probabilities [B, S, H, N] over the patch tokens in the threshold
+    forward (masked execution: the same decisions as packed), 0 where a patch was dropped before
+    that stage."""
     logits = []
-
     hooks = [it.register_forward_hook(lambda mod, inp, _: logits.append(mod.head_logits(inp[0])))
              for it in model.interpreters]
     try:
@@ -63,18 +62,18 @@ def head_probs(model, x):
             h.remove()
     probs = torch.sigmoid(torch.stack(logits, 1)[..., model.num_prefix:])
     scored = torch.cat([torch.ones_like(out.keep_masks[:, :1]), out.keep_masks[:, :-1]], 1)
-    return out, probs * scored[:, :, None]
+    return probs * scored[:, :, None]
 
 
 def head_variants(model, x):
-    _, hp = head_probs(model, x)
-    g, smoothed_survival = model.grid_size, heatmap_from_scores  # the model's recipe, on other scores
-    yield "mean over heads (the model's heatmap, masked execution)", smoothed_survival(hp.mean(2), g)
+    """Each reading goes through the model's own recipe (survival product, smoothing)."""
+    hp, g = head_probs(model, x), model.grid_size
+    yield "mean over heads (the model's heatmap, masked execution)", heatmap_from_scores(hp.mean(2), g)
     for h in range(hp.shape[2]):
-        yield f"head {h} alone", smoothed_survival(hp[:, :, h], g)
-    yield "all heads agree (product over heads)", smoothed_survival(hp.prod(2), g)
-    yield "least sure head (minimum over heads)", smoothed_survival(hp.amin(2), g)
-    yield "geometric mean over heads", smoothed_survival(hp.prod(2).pow(1.0 / hp.shape[2]), g)
+        yield f"head {h} alone", heatmap_from_scores(hp[:, :, h], g)
+    yield "all heads agree (product over heads)", heatmap_from_scores(hp.prod(2), g)
+    yield "least sure head (minimum over heads)", heatmap_from_scores(hp.amin(2), g)
+    yield "geometric mean over heads", heatmap_from_scores(hp.prod(2).pow(1.0 / hp.shape[2]), g)
     yield "(baseline) raw class-token attention, last block", attention_heatmap(model, x)
     yield "(baseline) attention rollout", rollout_heatmap(model, x)
 

@@ -44,6 +44,7 @@ def test_predict_in_reduced_precision_reads_a_digit_as_float32_does(tmp_path, ca
         tops[precision] = lines[1].split()[-1]  # "  97.12%  7": the best label
     assert tops["fp32"] == tops["bf16"] and tops["fp32"] in [str(d) for d in range(10)]
 
+
 def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00" * 100)

@@ -15,6 +15,12 @@ their mean): each head alone, all heads agreeing (their product), the least sure
 minimum) and their geometric mean, each as a survival product over the stages, smoothed as the
 model smooths; and, for reference on the same images, raw attention and rollout. They answer
 whether another reading of the same scores would beat the baselines.
+
+`--every-token` adds rows read from the forward that drops nothing (policy "all"): there every
+interpreter scores every patch, so stages 2 and 3 also score the patches the threshold forward
+drops. Not free at inference (it is the plain backbone's cost), but the same interpreters: their
+survival product, each stage alone, and the last two stages' product, smoothed as the model
+smooths; with raw attention and rollout on the same images.
 """
 import argparse
 
@@ -74,11 +80,18 @@ def head_variants(model, x):
     yield "all heads agree (product over heads)", heatmap_from_scores(hp.prod(2), g)
     yield "least sure head (minimum over heads)", heatmap_from_scores(hp.amin(2), g)
     yield "geometric mean over heads", heatmap_from_scores(hp.prod(2).pow(1.0 / hp.shape[2]), g)
-    yield "(baseline) raw class-token attention, last block", attention_heatmap(model, x)
-    yield "(baseline) attention rollout", rollout_heatmap(model, x)
 
 
-def variants(model, x, heads: bool = False):
+def every_token_variants(model, x):
+    """Readings of the interpreters' scores when no patch is dropped (policy "all")."""
+    sc, g = model(x, policy="all").scores, model.grid_size
+    yield "every token kept: survival product over the stages", heatmap_from_scores(sc, g)
+    for s in range(sc.shape[1]):
+        yield f"every token kept: stage {s + 1} alone", heatmap_from_scores(sc[:, s:s + 1], g)
+    yield "every token kept: stages 2-3 product", heatmap_from_scores(sc[:, 1:], g)
+
+
+def variants(model, x, heads: bool = False, every_token: bool = False):
     out = model(x, policy="threshold")
     raw = survival(out.scores).view(-1, *model.grid_size)
     yield "survival probability, unsmoothed (before)", raw
@@ -91,6 +104,11 @@ def variants(model, x, heads: bool = False):
     yield "odds of the smoothed survival", odds(out.heatmap)
     if heads:
         yield from head_variants(model, x)
+    if every_token:
+        yield from every_token_variants(model, x)
+    if heads or every_token:
+        yield "(baseline) raw class-token attention, last block", attention_heatmap(model, x)
+        yield "(baseline) attention rollout", rollout_heatmap(model, x)
 
 
 @torch.no_grad()
@@ -100,6 +118,7 @@ def main():
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--curves", type=int, default=100)
     ap.add_argument("--heads", action="store_true", help="also the per-head readings of the scores")
+    ap.add_argument("--every-token", action="store_true", help='also the readings of the forward that drops nothing (policy "all")')
     args = ap.parse_args()
     torch.manual_seed(0)
     model = resolve_model(args.model).float().eval()
@@ -108,7 +127,7 @@ def main():
     x = to_input(imgs)
     stats = {}
     for i in range(0, args.images, 50):
-        for name, maps in variants(model, x[i:i + 50], args.heads):
+        for name, maps in variants(model, x[i:i + 50], args.heads, args.every_token):
             r = stats.setdefault(name, {"pointing": [], "energy": [], "deletion": [], "insertion": []})
             for j, h in enumerate(maps):
                 ov = box_overlap(boxes[i + j], model.grid_size, model.vit.patch_embed.patch_size)
@@ -116,7 +135,7 @@ def main():
                 r["energy"].append(energy_in_box(h, ov))
     cimgs, clabels, _ = gen.batch(range(1000, 1000 + args.curves))
     cx = to_input(cimgs)
-    for name, maps in variants(model, cx, args.heads):
+    for name, maps in variants(model, cx, args.heads, args.every_token):
         for j, h in enumerate(maps):
             d, ins = deletion_insertion(model, cx[j], h, int(clabels[j]))
             stats[name]["deletion"].append(auc(d))

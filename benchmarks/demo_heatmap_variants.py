@@ -32,12 +32,7 @@ from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
 from iared_edge.explain import attention_heatmap, auc, rollout_heatmap, box_overlap, deletion_insertion, energy_in_box, pointing_hit
-from iared_edge.model import HEATMAP_TIE_BREAK, heatmap_from_scores
-
-
-def survival(scores: torch.Tensor) -> torch.Tensor:
-    """[B, S, N] -> [B, N]: the per-patch value before any smoothing."""
-    return (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
+from iared_edge.model import heatmap_from_scores, survival_probability
 
 
 def smooth(h: torch.Tensor, k1, normalised: bool) -> torch.Tensor:
@@ -93,7 +88,7 @@ def every_token_variants(model, x):
 
 def variants(model, x, heads: bool = False, every_token: bool = False):
     out = model(x, policy="threshold")
-    raw = survival(out.scores).view(-1, *model.grid_size)
+    raw = survival_probability(out.scores).view(-1, *model.grid_size)
     yield "survival probability, unsmoothed (before)", raw
     yield "binomial 3x3, normalised (the model's heatmap)", out.heatmap
     yield "box 3x3, normalised", smooth(raw, (1.0, 1.0, 1.0), True)

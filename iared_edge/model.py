@@ -39,6 +39,12 @@ HEATMAP_TIE_BREAK = 0.01
 _HEATMAP_KERNEL = (1.0, 2.0, 1.0)
 
 
+def survival_probability(scores: torch.Tensor) -> torch.Tensor:
+    """[B, S, N] per-stage keep probabilities (0 once dropped) -> [B, N]: the probability that each
+    patch survives every stage, plus HEATMAP_TIE_BREAK of their mean (the heatmap before smoothing)."""
+    return (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
+
+
 def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """[B, S, N] per-stage keep probabilities (0 once dropped) -> [B, gh, gw] heatmap in [0, 1].
     Per patch: the probability that it survives every stage (the product: what the interpreters,
@@ -50,7 +56,7 @@ def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Te
     gh, gw = grid
     if gh * gw != N:
         raise ValueError(f"heatmap: {N} patch scores do not fill a {gh}x{gw} grid")
-    per_patch = (1 - HEATMAP_TIE_BREAK) * scores.prod(1) + HEATMAP_TIE_BREAK * scores.mean(1)
+    per_patch = survival_probability(scores)
     k1 = torch.tensor(_HEATMAP_KERNEL, dtype=per_patch.dtype, device=per_patch.device)
     k = torch.outer(k1, k1).view(1, 1, 3, 3)
     with torch.autocast(per_patch.device.type, enabled=False):  # the scores' dtype, not a caller's autocast

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -176,12 +176,30 @@ def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndar
     return cv2.LUT(np.ascontiguousarray(img), lut)
 
 
+def _photo_probabilities(split: str, names: Sequence[str], weights: Mapping[str, float]) -> np.ndarray:
+    """`weights` ({photo name: relative weight}, every photo of the split named) as probabilities."""
+    unknown = sorted(set(weights) - set(names))
+    missing = sorted(set(names) - set(weights))
+    if unknown or missing:
+        raise ValueError(f"photo_weights for split {split!r}: "
+                         + "; ".join(([f"not photos of this split: {unknown}"] if unknown else [])
+                                     + ([f"photos without a weight: {missing}"] if missing else [])))
+    w = np.array([float(weights[n]) for n in names], np.float64)
+    bad = [n for n, v in zip(names, w) if not np.isfinite(v) or v < 0]
+    if bad or w.sum() <= 0:
+        raise ValueError(f"photo_weights for split {split!r} must be finite, >= 0 and not all 0"
+                         + (f"; bad: {bad}" if bad else ""))
+    return w / w.sum()
+
+
 class DigitsInClutter:
     """Deterministic generator of one split. `clutter` in [0, 1] scales the photo's brightness
-    (0 = black background, the curriculum's start; 1 = the real task)."""
+    (0 = black background, the curriculum's start; 1 = the real task). `photo_weights`: a relative
+    weight for every photo of the split (by name), to draw hard scenes more often than easy ones
+    (default: each photo equally often; with weights the images differ from the default's)."""
 
     def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition(),
-                 augment: Optional[bool] = None):
+                 augment: Optional[bool] = None, photo_weights: Optional[Mapping[str, float]] = None):
         import cv2
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -195,6 +213,8 @@ class DigitsInClutter:
         self.background_names = _background_names(split)
         if not self.backgrounds:
             raise FileNotFoundError(f"no background photos for split {split!r} under {ASSETS}")
+        self.photo_p = None if photo_weights is None else _photo_probabilities(
+            split, self.background_names, photo_weights)
 
     def __len__(self) -> int:
         """Distinct digits in this split (images are unlimited: index any non-negative integer)."""
@@ -207,7 +227,10 @@ class DigitsInClutter:
     def _choices(self, rng: np.random.Generator) -> Tuple[int, int, int]:
         """An image's first draws, in this order: (label, glyph, photo), indices."""
         label = int(rng.integers(10))
-        return label, int(rng.integers(self.digits.shape[1])), int(rng.integers(len(self.backgrounds)))
+        glyph = int(rng.integers(self.digits.shape[1]))
+        if self.photo_p is None:
+            return label, glyph, int(rng.integers(len(self.backgrounds)))
+        return label, glyph, int(rng.choice(len(self.backgrounds), p=self.photo_p))
 
     def _background(self, rng: np.random.Generator, size: int, index: int, photo: int) -> np.ndarray:
         import cv2

@@ -71,6 +71,9 @@ class Schedule:
     ema_decay: float = 0.0         # > 0: backbone phases also keep an exponential moving average of the
                                    # weights (and BatchNorm statistics), updated every step; it is what
                                    # the phase hands on (0: the last weights)
+    photo_weights: str = ""        # a JSON file of sampling weights for the training photos
+                                   # ({"weights": {photo: weight}}, benchmarks/demo_photo_weights.py),
+                                   # used by every phase that draws training images ("": uniform)
 
 
 def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
@@ -92,13 +95,29 @@ def clutter_at(step: int, s: Schedule) -> float:
     return min(1.0, (step - s.small_black) / max(1, s.small_fade))
 
 
+def read_photo_weights(path: str) -> Optional[Dict[str, float]]:
+    """The {photo: weight} of a --photo-weights file (None for "": every photo equally often)."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--photo-weights {path}: cannot read it as JSON ({exc})") from exc
+    weights = doc.get("weights") if isinstance(doc, dict) else None
+    if not isinstance(weights, dict):
+        raise ValueError(f'--photo-weights {path}: expected {{"weights": {{photo: weight}}}}')
+    return weights
+
+
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3, offset: int = 0) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+            prefetch: int = 3, offset: int = 0,
+            photo_weights: Optional[Dict[str, float]] = None) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
     """(step, images, labels) from `start` on, generated on a background thread. Batch `step`
     holds images k*batch .. (k+1)*batch-1 of the split, k = step + offset, so a resumed run sees
     the same data.
     A quarter of each batch gets a random lighter clutter, so the easy case is never forgotten."""
-    gen = DigitsInClutter(split, seed=seed)
+    gen = DigitsInClutter(split, seed=seed, photo_weights=photo_weights)
     q: "queue.Queue" = queue.Queue(prefetch)
     stop = threading.Event()
 
@@ -204,7 +223,8 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     amp = amp_dtype(s)
     t0 = time.time()
     losses = []
-    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset):
+    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
+                              photo_weights=read_photo_weights(s.photo_weights)):
         if step >= steps:
             break
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -274,10 +294,11 @@ def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None
                          f"{[k for k in result.missing_keys if k not in grown][:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
-def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000):
+def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000,
+                        photo_weights: Optional[Dict[str, float]] = None):
     """An endless loader of full-clutter 224 px batches for train_interpreters (fresh images,
     disjoint from the backbone's by index)."""
-    for _, x, y in batches(split, start, batch, 224, lambda step: 1.0, seed):
+    for _, x, y in batches(split, start, batch, 224, lambda step: 1.0, seed, photo_weights=photo_weights):
         yield x, y
 
 
@@ -321,7 +342,7 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
         _log(out, {"phase": "interpreters", "step": 0, "training_free": True,
                    **{f"val_{k}": v for k, v in start.items()},
                    "val_acc_all": evaluate(model, val, policy="all")["accuracy"]})
-    history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed), val,
+    history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed, photo_weights=read_photo_weights(s.photo_weights)), val,
                                  steps_per_stage=s.interp_steps_per_stage, lr=s.interp_lr,
                                  config=ReinforceConfig(penalty=s.interp_penalty),
                                  checkpoint=os.path.join(out, "interpreters.pt"), save_every=25, val_every=50,
@@ -379,7 +400,8 @@ def finetune_phase(out: str, s: Schedule, model):
     from ..train import finetune_backbone
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
     done = _steps_done(os.path.join(out, "finetune.pt"))
-    history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000),
+    history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000,
+                                                    photo_weights=read_photo_weights(s.photo_weights)),
                                 _Cycle(val_x, val_y, 64), steps=s.finetune_steps, lr=s.finetune_lr,
                                 checkpoint=os.path.join(out, "finetune.pt"), save_every=25, val_every=50,
                                 amp=amp_dtype(s), seed=s.seed, progress=False)

@@ -137,6 +137,74 @@ def test_background_of_names_the_photo_each_image_is_drawn_on():
     assert len(seen) == len(gen.background_names)
 
 
+def test_photo_weights_set_how_often_each_photo_is_drawn():
+    """`photo_weights`: photos are drawn in proportion to their weights (a weight of 0: never),
+    deterministically, and `background_of` still names the photo each image is drawn on."""
+    w = {"board": 0.0, "building": 3.0, "smarties": 1.0, "starry_night": 0.0}
+    gen = DigitsInClutter("test", augment=False, photo_weights=w)
+    names = [gen.background_of(i) for i in range(600)]
+    assert set(names) == {"building", "smarties"}
+    assert names.count("building") / 600 == pytest.approx(0.75, abs=0.06)  # 5 binomial s.d.
+    again = DigitsInClutter("test", augment=False, photo_weights=w)
+    assert all(np.array_equal(gen.sample(i)[0], again.sample(i)[0]) for i in (0, 9))
+    colours = {n: np.full((300, 300, 3), 40 + 50 * k, np.uint8) for k, n in enumerate(gen.background_names)}
+    gen.backgrounds = [colours[n] for n in gen.background_names]
+    for i in range(12):
+        img, _, (x0, y0, x1, y1) = gen.sample(i)
+        outside = np.ones(img.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        assert abs(np.median(img[outside]) - colours[names[i]][0, 0, 0]) <= 4, i
+    # without weights: the default stream, unchanged by the option's existence
+    plain = DigitsInClutter("test", augment=False)
+    assert plain.photo_p is None
+    assert [plain.background_of(i) for i in range(200)] != names[:200]
+
+
+@pytest.mark.parametrize("weights, match", [
+    ({"board": 1, "building": 1, "smarties": 1}, "without a weight: \\['starry_night'\\]"),
+    ({"board": 1, "building": 1, "smarties": 1, "starry_night": 1, "graf1": 1}, "not photos of this split: \\['graf1'\\]"),
+    ({"board": 1, "building": -1, "smarties": 1, "starry_night": 1}, "bad: \\['building'\\]"),
+    ({"board": 0, "building": 0, "smarties": 0, "starry_night": 0}, "not all 0"),
+    ({"board": float("nan"), "building": 1, "smarties": 1, "starry_night": 1}, "bad: \\['board'\\]"),
+])
+def test_photo_weights_are_checked(weights, match):
+    with pytest.raises(ValueError, match=match):
+        DigitsInClutter("test", photo_weights=weights)
+
+
+def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_path, monkeypatch):
+    """--photo-weights: the file's weights are what the training generator gets (backbone phase,
+    interpreters and fine-tune loaders); a file that is not such JSON is refused by name."""
+    from iared_edge.demo import train
+    names = DigitsInClutter("train").background_names
+    w = {n: float(k % 3) for k, n in enumerate(names)}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"weights": w}))
+    assert train.read_photo_weights(str(path)) == w and train.read_photo_weights("") is None
+    seen = []
+    real = train.DigitsInClutter
+    def recording(split, *args, **kwargs):
+        seen.append((split, kwargs.get("photo_weights")))
+        return real(split, *args, **kwargs)
+    monkeypatch.setattr(train, "DigitsInClutter", recording)
+    loader = train.interpreter_batches("train", 2, 0, photo_weights=train.read_photo_weights(str(path)))
+    x, y = next(loader)
+    loader.close()
+    assert seen == [("train", w)] and x.shape == (2, 3, 224, 224)
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
+    s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, photo_weights=str(path))
+    seen.clear()
+    (tmp_path / "run").mkdir()
+    train.train_backbone(str(tmp_path / "run"), "small", s, init=None)
+    assert ("train", w) in seen and all(weights == w for split, weights in seen if split == "train")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"board": 1}')
+    with pytest.raises(ValueError, match="bad.json"):
+        train.read_photo_weights(str(bad))
+    with pytest.raises(ValueError, match="missing.json"):
+        train.read_photo_weights(str(tmp_path / "missing.json"))
+
+
 def test_generator_rejects_bad_arguments():
     with pytest.raises(ValueError, match="split"):
         DigitsInClutter("holdout")

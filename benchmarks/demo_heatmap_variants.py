@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
-from iared_edge.explain import attention_heatmap, auc, rollout_heatmap, box_overlap, deletion_insertion, energy_in_box, pointing_hit
+from iared_edge.explain import attention_heatmap, attention_maps, auc, rollout_heatmap, box_overlap, deletion_insertion, energy_in_box, pointing_hit
 from iared_edge.model import heatmap_from_scores, survival_probability
 
 
@@ -102,8 +102,9 @@ def variants(model, x, heads: bool = False, every_token: bool = False):
     if every_token:
         yield from every_token_variants(model, x)
     if heads or every_token:
-        yield "(baseline) raw class-token attention, last block", attention_heatmap(model, x)
-        yield "(baseline) attention rollout", rollout_heatmap(model, x)
+        att = attention_maps(model, x)  # one backbone pass for both baselines
+        yield "(baseline) raw class-token attention, last block", attention_heatmap(model, x, maps=att)
+        yield "(baseline) attention rollout", rollout_heatmap(model, x, maps=att)
 
 
 @torch.no_grad()
@@ -115,6 +116,8 @@ def main():
     ap.add_argument("--heads", action="store_true", help="also the per-head readings of the scores")
     ap.add_argument("--every-token", action="store_true", help='also the readings of the forward that drops nothing (policy "all")')
     args = ap.parse_args()
+    if args.images < 1 or args.curves < 1:
+        ap.error(f"--images and --curves must be >= 1, got {args.images} and {args.curves}")
     torch.manual_seed(0)
     model = resolve_model(args.model).float().eval()
     gen = DigitsInClutter("val", seed=0)

@@ -55,16 +55,20 @@ def attention_maps(model, images: torch.Tensor) -> List[torch.Tensor]:
     return maps
 
 
-def attention_heatmap(model, images: torch.Tensor, block: int = -1) -> torch.Tensor:
+def attention_heatmap(model, images: torch.Tensor, block: int = -1,
+                      maps: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+    """`maps`: `attention_maps(model, images)` when the caller has them already (one pass for
+    this and `rollout_heatmap`)."""
     _require_images(model, images)
-    att = attention_maps(model, images)[block]
+    att = (attention_maps(model, images) if maps is None else maps)[block]
     P = model.num_prefix
     return att[:, :, 0, P:].mean(1).view(-1, *model.grid_size)
 
 
-def rollout_heatmap(model, images: torch.Tensor) -> torch.Tensor:
+def rollout_heatmap(model, images: torch.Tensor, maps: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+    """`maps`: as for `attention_heatmap`."""
     _require_images(model, images)
-    maps = attention_maps(model, images)
+    maps = attention_maps(model, images) if maps is None else maps
     L = maps[0].shape[-1]
     eye = torch.eye(L, dtype=maps[0].dtype)
     joint = eye.expand(images.shape[0], L, L)
@@ -219,8 +223,14 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
                 r["keep"] += out.keep_ratio.sum(0).numpy()
                 r["flops"] += float(out.flops.sum())
         patch = tuple(model.vit.patch_embed.patch_size)
+        att = attention_maps(model, x) if {"attention", "rollout"} & set(methods) else None  # one pass for both
         for m in methods:
-            maps = gradcam_heatmap(model, x, y.tolist()) if m == "gradcam" else HEATMAPS[m](model, x)
+            if m == "gradcam":
+                maps = gradcam_heatmap(model, x, y.tolist())
+            elif m in ("attention", "rollout"):
+                maps = HEATMAPS[m](model, x, maps=att)
+            else:
+                maps = HEATMAPS[m](model, x)
             r = res["methods"][m]
             for i in range(len(chunk)):
                 ov = box_overlap(bxs[i], model.grid_size, patch)

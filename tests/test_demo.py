@@ -278,6 +278,19 @@ def test_rollout_against_float64_loop(small_model):
         joint = (a / a.sum(1, keepdims=True)) @ joint
     ref = joint[0, 1:].reshape(14, 14)
     assert np.allclose(explain.rollout_heatmap(small_model, x)[0].numpy(), ref, atol=1e-5)
+    given = explain.attention_maps(small_model, x)  # a caller's maps give the same heatmaps
+    assert torch.equal(explain.rollout_heatmap(small_model, x, maps=given), explain.rollout_heatmap(small_model, x))
+    assert torch.equal(explain.attention_heatmap(small_model, x, maps=given), explain.attention_heatmap(small_model, x))
+
+
+def test_eval_runs_the_attention_pass_once_per_batch_for_both_baselines(tmp_path, small_model, monkeypatch):
+    write_dataset(str(tmp_path), sizes={"test": 6}, progress=False)
+    calls = []
+    real = explain.attention_maps
+    monkeypatch.setattr(explain, "attention_maps", lambda m, x: calls.append(len(x)) or real(m, x))
+    s = explain.evaluate_boxes(small_model, str(tmp_path), methods=("attention", "rollout"), curve_images=0,
+                               batch=4, progress=False)
+    assert calls == [4, 2] and set(s["methods"]) == {"attention", "rollout"}
 
 
 def test_gradcam_and_interpreter_heatmaps_have_the_grid_shape(small_model):

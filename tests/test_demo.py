@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from iared_edge import IARedViT, save_model
 from iared_edge.cli import main as cli
@@ -653,3 +654,81 @@ def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypa
     assert "ema" not in no_ema and phase_weights(no_ema) is no_ema["model"]
     with pytest.raises(ValueError, match="without --ema-decay"):
         train_backbone(str(plain), "small", dataclasses.replace(s, small_steps=2))
+
+
+def test_distillation_loss_against_float64_formula():
+    """(1 - w) CE + w T^2 KL(teacher || student / T), checked in float64 by hand; no teacher (or
+    w = 0) is the plain cross-entropy."""
+    from iared_edge.demo.train import Schedule, distillation_loss
+    torch.manual_seed(0)
+    logits, y = torch.randn(5, 10), torch.randint(0, 10, (5,))
+    teacher_p = torch.randn(5, 10).softmax(-1)
+    s = Schedule(distill_weight=0.3, distill_temperature=2.5, label_smoothing=0.1)
+    z, p = logits.double(), teacher_p.double()
+    q = (1 - 0.1) * F.one_hot(y, 10).double() + 0.1 / 10
+    ce = -(q * z.log_softmax(-1)).sum(-1).mean()
+    kl = (p * (p.log() - (z / 2.5).log_softmax(-1))).sum(-1).mean()
+    ref = 0.7 * ce + 0.3 * 2.5 ** 2 * kl
+    assert float(distillation_loss(logits, y, teacher_p, s)) == pytest.approx(float(ref), rel=1e-5)
+    assert float(distillation_loss(logits, y, None, s)) == pytest.approx(float(ce), rel=1e-5)
+    s0 = Schedule(distill_weight=0.0, label_smoothing=0.1)
+    assert float(distillation_loss(logits, y, teacher_p, s0)) == pytest.approx(float(ce), rel=1e-5)
+
+
+def test_teacher_probabilities_follow_each_teachers_input(tmp_path):
+    """The teachers' mean softmax; a teacher gets the image in its own normalisation and size
+    (checked against its plain forward on the image prepared by hand), and one whose labels are
+    not the demo's is refused by name."""
+    import timm
+    from iared_edge.demo.train import load_teachers, teacher_probabilities, to_input
+    torch.manual_seed(0)
+    a = IARedViT.from_timm("iared_digits_tiny", depth=2, groups=(1, 1), labels=[str(d) for d in range(10)]).eval()
+    b = IARedViT.from_timm("iared_digits_tiny", depth=2, groups=(1, 1), labels=[str(d) for d in range(10)],
+                           img_size=112).eval()
+    b.vit.pretrained_cfg = {**b.vit.pretrained_cfg, "mean": (0.4, 0.45, 0.5), "std": (0.2, 0.25, 0.3)}
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_model(a, str(pa)), save_model(b, str(pb))
+    loaded = load_teachers(f"{pa}, {pb}")
+    assert len(loaded) == 2 and loaded[1].input_size == (3, 112, 112)
+    imgs = DigitsInClutter("val").batch(range(3))[0]
+    x = to_input(imgs)
+    got = teacher_probabilities([a, b], x, 2.0)
+    with torch.no_grad():
+        ref_a = (a(x, policy="all").logits / 2.0).softmax(-1)
+        pix = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+        small = F.interpolate(pix, size=(112, 112), mode="bilinear", align_corners=False, antialias=True)
+        tb = (small - torch.tensor((0.4, 0.45, 0.5)).view(1, 3, 1, 1)) / torch.tensor((0.2, 0.25, 0.3)).view(1, 3, 1, 1)
+        ref_b = (b(tb, policy="all").logits / 2.0).softmax(-1)
+    assert torch.allclose(got, (ref_a + ref_b) / 2, atol=1e-5)
+    assert torch.allclose(got.sum(-1), torch.ones(3))
+    five = IARedViT.from_timm("iared_digits_tiny", depth=1, groups=(1,), num_classes=5).eval()
+    save_model(five, str(tmp_path / "five.safetensors"))
+    with pytest.raises(ValueError, match="five.safetensors: its labels"):
+        load_teachers(str(tmp_path / "five.safetensors"))
+    with pytest.raises(ValueError, match="no model named"):
+        load_teachers(" , ")
+
+
+def test_backbone_phase_distils_from_its_teacher(tmp_path, monkeypatch):
+    """--teacher: each backbone step asks the teacher for soft targets on that step's images and
+    trains on the distillation loss; bad weights or temperatures are refused by name."""
+    import dataclasses
+    from iared_edge.demo import train
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
+    torch.manual_seed(0)
+    t = IARedViT.from_timm("iared_digits_tiny", depth=1, groups=(1,), labels=[str(d) for d in range(10)],
+                           img_size=112).eval()
+    path = tmp_path / "t.safetensors"
+    save_model(t, str(path))
+    calls, losses = [], []
+    real_tp, real_loss = train.teacher_probabilities, train.distillation_loss
+    monkeypatch.setattr(train, "teacher_probabilities", lambda ts, x, T, amp=None: calls.append(x.shape) or real_tp(ts, x, T, amp))
+    monkeypatch.setattr(train, "distillation_loss", lambda lg, y, p, s: losses.append(p) or real_loss(lg, y, p, s))
+    s = train.Schedule(batch=2, small_steps=2, small_black=0, small_fade=1, warmup=1, teacher=str(path), amp="none")
+    (tmp_path / "run").mkdir()
+    train.train_backbone(str(tmp_path / "run"), "small", s)
+    assert calls == [(2, 3, 112, 112)] * 2 and len(losses) == 2 and all(p.shape == (2, 10) for p in losses)
+    for bad in (dict(distill_weight=1.5), dict(distill_temperature=0.0)):
+        (tmp_path / str(bad)).mkdir()
+        with pytest.raises(ValueError, match="distill"):
+            train.train_backbone(str(tmp_path / str(bad)), "small", dataclasses.replace(s, **bad))

@@ -16,6 +16,8 @@ Phases (each resumes from its own checkpoint in --out; the log is --out/log.json
   6. `report`: REINFORCE against the training-free start on held-out test images (both at the
      same mean keep), and the training curve as a PNG (docs/demo_reinforce.png).
 Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
+`--teacher A.safetensors,B.safetensors` adds knowledge distillation to phases 1-2: the backbone also
+learns the teachers' mean softmax (`--distill-weight`, `--distill-temperature`).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -74,6 +76,10 @@ class Schedule:
     photo_weights: str = ""        # a JSON file of sampling weights for the training photos
                                    # ({"weights": {photo: weight}}, benchmarks/demo_photo_weights.py),
                                    # used by every phase that draws training images ("": uniform)
+    teacher: str = ""              # saved model(s), comma-separated, whose mean softmax the backbone
+                                   # phases also learn from (knowledge distillation; "": none)
+    distill_weight: float = 0.5    # the loss: (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
+    distill_temperature: float = 2.0
 
 
 def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
@@ -108,6 +114,53 @@ def read_photo_weights(path: str) -> Optional[Dict[str, float]]:
     if not isinstance(weights, dict):
         raise ValueError(f'--photo-weights {path}: expected {{"weights": {{photo: weight}}}}')
     return weights
+
+
+def load_teachers(spec: str) -> List[nn.Module]:
+    """The --teacher models (comma-separated saved models or "demo"), float32, eval mode. Each must
+    have the demo's labels in the demo's order: the soft targets are read class by class."""
+    from ..checkpoint import resolve_model
+    teachers = []
+    for path in [p.strip() for p in spec.split(",") if p.strip()]:
+        t = resolve_model(path).float().eval()
+        if t.class_names() != CLASSES:
+            raise ValueError(f"--teacher {path}: its labels {t.class_names()} are not the demo's {CLASSES}")
+        teachers.append(t)
+    if not teachers:
+        raise ValueError(f"--teacher {spec!r}: no model named")
+    return teachers
+
+
+@torch.no_grad()
+def teacher_probabilities(teachers: List[nn.Module], x: torch.Tensor, temperature: float,
+                          amp: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The teachers' mean softmax at `temperature` [B, classes] for training input `x` (the demo's
+    normalisation, any size): each teacher sees `x` in its own normalisation and input size,
+    every token kept."""
+    from ..preprocess import model_normalization
+    pixels = x * STD + MEAN
+    probs = []
+    for t in teachers:
+        mean, std, _ = model_normalization(t)
+        tx = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        if tuple(tx.shape[-2:]) != tuple(t.input_size[1:]):
+            tx = F.interpolate(tx, size=tuple(t.input_size[1:]), mode="bilinear", align_corners=False, antialias=True)
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            logits = t(tx, policy="all").logits
+        probs.append((logits.float() / temperature).softmax(-1))
+    return torch.stack(probs).mean(0)
+
+
+def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Optional[torch.Tensor],
+                      s: "Schedule") -> torch.Tensor:
+    """(1 - w) * cross-entropy (label smoothing as the schedule's) + w * T^2 * KL(teacher || student
+    at temperature T), Hinton et al. 2015; plain cross-entropy without a teacher."""
+    ce = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
+    if teacher_p is None:
+        return ce
+    T, w = s.distill_temperature, s.distill_weight
+    kl = F.kl_div((logits.float() / T).log_softmax(-1), teacher_p, reduction="batchmean")
+    return (1 - w) * ce + w * T * T * kl
 
 
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
@@ -221,6 +274,12 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         return handed_on
     val_x, val_y = fixed_set("val", MONITOR_IMAGES, size, s.seed)
     amp = amp_dtype(s)
+    teachers = None
+    if s.teacher:
+        if not 0.0 <= s.distill_weight <= 1.0 or not s.distill_temperature > 0:
+            raise ValueError(f"--distill-weight must be in [0, 1] and --distill-temperature > 0, got "
+                             f"{s.distill_weight} and {s.distill_temperature}")
+        teachers = load_teachers(s.teacher)
     t0 = time.time()
     losses = []
     for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
@@ -231,8 +290,9 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         for g in opt.param_groups:
             g["lr"] = cur
         model.train()
+        teacher_p = teacher_probabilities(teachers, x, s.distill_temperature, amp) if teachers else None
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(model(x), y, label_smoothing=s.label_smoothing)
+            loss = distillation_loss(model(x), y, teacher_p, s)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -732,3 +732,32 @@ def test_backbone_phase_distils_from_its_teacher(tmp_path, monkeypatch):
         (tmp_path / str(bad)).mkdir()
         with pytest.raises(ValueError, match="distill"):
             train.train_backbone(str(tmp_path / str(bad)), "small", dataclasses.replace(s, **bad))
+
+
+def test_width_trains_a_wider_backbone_that_exports_and_teaches(tmp_path, monkeypatch):
+    """--width: the backbone phase builds iared_digits_tiny at that width (64 per head); the
+    demo model rebuilt from its weights has that width, survives save / load unchanged, and is
+    accepted as a --teacher; a width that is not a multiple of 64, or an --init-backbone of
+    another width, is refused by name."""
+    import dataclasses
+    from iared_edge import load_model
+    from iared_edge.demo import train
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
+    s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, width=128, amp="none")
+    (tmp_path / "run").mkdir()
+    train.train_backbone(str(tmp_path / "run"), "small", s)
+    state = train.phase_weights(torch.load(tmp_path / "run" / "small.pt", weights_only=True))
+    assert state["cls_token"].shape[-1] == 128
+    model = train.demo_model(train.resize_pos_embed(state, 14))
+    assert model.vit.embed_dim == 128 and model.vit.blocks[0].attn.num_heads == 2
+    path = tmp_path / "wide.safetensors"
+    save_model(model, str(path))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(load_model(str(path))(x, policy="all").logits, model(x, policy="all").logits, atol=1e-5)
+    assert train.load_teachers(str(path))[0].vit.embed_dim == 128
+    with pytest.raises(ValueError, match="--width must be"):
+        train.width_kwargs(100)
+    (tmp_path / "narrow").mkdir()
+    with pytest.raises(ValueError, match="token width 128"):
+        train.train_backbone(str(tmp_path / "narrow"), "small", dataclasses.replace(s, width=0), init=state)

@@ -17,7 +17,8 @@ Phases (each resumes from its own checkpoint in --out; the log is --out/log.json
      same mean keep), and the training curve as a PNG (docs/demo_reinforce.png).
 Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
 `--teacher A.safetensors,B.safetensors` adds knowledge distillation to phases 1-2: the backbone also
-learns the teachers' mean softmax (`--distill-weight`, `--distill-temperature`).
+learns the teachers' mean softmax (`--distill-weight`, `--distill-temperature`); `--width 384`
+trains a wider backbone (such a teacher, free of the shipped model's 12 MB).
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ class Schedule:
     photo_weights: str = ""        # a JSON file of sampling weights for the training photos
                                    # ({"weights": {photo: weight}}, benchmarks/demo_photo_weights.py),
                                    # used by every phase that draws training images ("": uniform)
+    width: int = 0                 # > 0: the backbone's token width, heads = width / 64 as in DeiT (0:
+                                   # iared_digits_tiny's 192): a teacher free of the 12 MB limit
     teacher: str = ""              # saved model(s), comma-separated, whose mean softmax the backbone
                                    # phases also learn from (knowledge distillation; "": none)
     distill_weight: float = 0.5    # the loss: (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
@@ -244,7 +247,8 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
     torch.manual_seed(s.seed)
-    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, stem_blocks=s.stem_blocks,
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, **width_kwargs(s.width),
+                              stem_blocks=s.stem_blocks,
                                stem_fine_blocks=s.stem_fine_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
@@ -343,9 +347,27 @@ def stem_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
     return {k: n for k, n in counts.items() if n}
 
 
+def width_kwargs(width: int) -> Dict[str, int]:
+    """iared_digits_tiny's arguments for token width `width` (0: its own 192 / 3 heads)."""
+    if width == 0:
+        return {}
+    if width < 64 or width % 64:
+        raise ValueError(f"--width must be 0 or a positive multiple of 64 (64 per head, as DeiT), got {width}")
+    return {"embed_dim": width, "num_heads": width // 64}
+
+
+def backbone_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
+    """iared_digits_tiny's arguments for a backbone state dict: its stem and, when not 192, its width."""
+    width = int(state["cls_token"].shape[-1])
+    return {**stem_kwargs(state), **(width_kwargs(width) if width != 192 else {})}
+
+
 def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
     """Load a backbone to continue from. Stem blocks the model has and `state` lacks keep their
     identity start (a wider stem grown on trained weights); anything else must match exactly."""
+    have, want = int(state["cls_token"].shape[-1]), int(model.cls_token.shape[-1])
+    if have != want:
+        raise ValueError(f"--init-backbone has token width {have}, the model being trained {want} (--width)")
     result = model.load_state_dict(state, strict=False)
     grown = [k for k in result.missing_keys if k.startswith((STEM_BLOCKS, STEM_FINE_BLOCKS))]
     if result.unexpected_keys or len(grown) != len(result.missing_keys):
@@ -375,7 +397,7 @@ def demo_model(backbone: Dict[str, torch.Tensor]):
     """The IA-RED² demo model on a trained backbone, interpreters at their training-free start."""
     from ..model import IARedViT
     import timm
-    kwargs = {"num_classes": 10, **stem_kwargs(backbone)}
+    kwargs = {"num_classes": 10, **backbone_kwargs(backbone)}
     vit = timm.create_model("iared_digits_tiny", **kwargs)
     vit.load_state_dict(backbone)
     return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",

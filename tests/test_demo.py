@@ -121,21 +121,28 @@ def test_splits_share_no_digits_or_photos():
     assert len(train) == 4000 and len(test) == 500
 
 
+def _photos_seen(gen, n):
+    """Each photo of `gen` (augment off) replaced by a flat colour of its own: for images 0..n-1,
+    the photo whose colour the pixels away from the digit have (None: no photo's, within 4)."""
+    colours = [40 + 50 * k for k in range(len(gen.background_names))]
+    gen.backgrounds = [np.full((300, 300, 3), c, np.uint8) for c in colours]
+    seen = []
+    for i in range(n):
+        img, _, (x0, y0, x1, y1) = gen.sample(i)
+        outside = np.ones(img.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        hits = [name for name, c in zip(gen.background_names, colours) if abs(np.median(img[outside]) - c) <= 4]
+        seen.append(hits[0] if hits else None)
+    return seen
+
+
 def test_background_of_names_the_photo_each_image_is_drawn_on():
     """Each photo replaced by a flat colour of its own: the image's pixels away from the digit
     have the colour of the photo `background_of` names."""
     gen = DigitsInClutter("test", augment=False)
-    colours = {n: np.full((300, 300, 3), 40 + 50 * k, np.uint8) for k, n in enumerate(gen.background_names)}
-    gen.backgrounds = [colours[n] for n in gen.background_names]
-    seen = set()
-    for i in range(40):
-        img, _, (x0, y0, x1, y1) = gen.sample(i)
-        outside = np.ones(img.shape[:2], bool)
-        outside[y0:y1, x0:x1] = False
-        name = gen.background_of(i)
-        seen.add(name)
-        assert abs(np.median(img[outside]) - colours[name][0, 0, 0]) <= 4, (i, name)
-    assert len(seen) == len(gen.background_names)
+    seen = _photos_seen(gen, 40)
+    assert seen == [gen.background_of(i) for i in range(40)]
+    assert set(seen) == set(gen.background_names)
 
 
 def test_photo_weights_set_how_often_each_photo_is_drawn():
@@ -148,13 +155,7 @@ def test_photo_weights_set_how_often_each_photo_is_drawn():
     assert names.count("building") / 600 == pytest.approx(0.75, abs=0.06)  # 5 binomial s.d.
     again = DigitsInClutter("test", augment=False, photo_weights=w)
     assert all(np.array_equal(gen.sample(i)[0], again.sample(i)[0]) for i in (0, 9))
-    colours = {n: np.full((300, 300, 3), 40 + 50 * k, np.uint8) for k, n in enumerate(gen.background_names)}
-    gen.backgrounds = [colours[n] for n in gen.background_names]
-    for i in range(12):
-        img, _, (x0, y0, x1, y1) = gen.sample(i)
-        outside = np.ones(img.shape[:2], bool)
-        outside[y0:y1, x0:x1] = False
-        assert abs(np.median(img[outside]) - colours[names[i]][0, 0, 0]) <= 4, i
+    assert _photos_seen(gen, 12) == names[:12]
     # without weights: the default stream, unchanged by the option's existence
     plain = DigitsInClutter("test", augment=False)
     assert plain.photo_p is None

@@ -140,6 +140,39 @@ def add_distractors(rng: np.random.Generator, bgr: np.ndarray) -> np.ndarray:
     return img
 
 
+# Printed characters `add_printed_text` draws: capitals, digits and the marks of part labels.
+PRINTED_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-+/.:#"
+
+
+def add_printed_text(rng: np.random.Generator, bgr: np.ndarray, max_height: float = 22.0) -> np.ndarray:
+    """Small printed labels drawn over a uint8 BGR crop (same shape and dtype): 1-6 runs of 1-8
+    capitals and digits, as on circuit boards, signs and packaging, in OpenCV's Hershey fonts, 5 to
+    `max_height` pixels tall (half the smallest handwritten digit at 224 px), a quarter of them
+    running vertically. The label stays the handwritten digit's: printed digits here are always
+    far smaller, so the model learns to read the large digit and not every digit in the scene."""
+    import cv2
+    img = np.ascontiguousarray(bgr).copy()
+    fonts = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
+             cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL)
+    for _ in range(int(rng.integers(1, 7))):
+        text = "".join(PRINTED_CHARS[i] for i in rng.integers(len(PRINTED_CHARS), size=int(rng.integers(1, 9))))
+        font = fonts[int(rng.integers(len(fonts)))]
+        height = rng.uniform(5.0, max_height)
+        (_, h_one), _ = cv2.getTextSize("0", font, 1.0, 1)  # a digit's height at scale 1
+        scale = height / max(1, h_one)
+        thick = 1 if height < 12 or rng.random() < 0.6 else 2
+        vertical = rng.random() < 0.25
+        canvas = np.ascontiguousarray(np.rot90(img)) if vertical else img
+        h, w = canvas.shape[:2]
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+        x = int(rng.integers(0, max(1, w - tw)))
+        y = int(rng.integers(th, max(th + 1, h)))
+        cv2.putText(canvas, text, (x, y), font, scale, tuple(int(v) for v in rng.integers(0, 256, 3)),
+                    thick, cv2.LINE_AA)
+        img = np.ascontiguousarray(np.rot90(canvas, -1)) if vertical else canvas
+    return img
+
+
 def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = (),
              distractors: float = DISTRACTOR_P) -> np.ndarray:
     """A random re-colouring (and, for a square crop, re-orientation) of a uint8 BGR background
@@ -196,15 +229,21 @@ class DigitsInClutter:
     """Deterministic generator of one split. `clutter` in [0, 1] scales the photo's brightness
     (0 = black background, the curriculum's start; 1 = the real task). `photo_weights`: a relative
     weight for every photo of the split (by name), to draw hard scenes more often than easy ones
-    (default: each photo equally often; with weights the images differ from the default's)."""
+    (default: each photo equally often; with weights the images differ from the default's).
+    `printed_text`: with augmentation, the chance that a background gets `add_printed_text` (its
+    own random stream: at 0, the default, the images are those of runs before it existed)."""
 
     def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition(),
-                 augment: Optional[bool] = None, photo_weights: Optional[Mapping[str, float]] = None):
+                 augment: Optional[bool] = None, photo_weights: Optional[Mapping[str, float]] = None,
+                 printed_text: float = 0.0):
         import cv2
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.seed, self.comp = split, int(seed), composition
         self.augment = split == "train" if augment is None else bool(augment)
+        if not 0.0 <= printed_text <= 1.0:
+            raise ValueError(f"printed_text is a probability in [0, 1], got {printed_text}")
+        self.printed_text = float(printed_text)
         digits = _load_digits()
         cols = list(SPLIT_COLUMNS[split])
         self.digits = digits[:, :, cols].reshape(10, -1, 20, 20)  # [10, 5 * len(cols), 20, 20]
@@ -242,7 +281,9 @@ class DigitsInClutter:
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if self.augment:
-            # Its own random stream, so the digit and its box are the same with or without it.
+            # Their own random streams, so the digit and its box are the same with or without them.
+            if self.printed_text and (text_rng := self._rng(index, 2)).random() < self.printed_text:
+                crop = add_printed_text(text_rng, crop)
             crop = recolour(self._rng(index, 1), np.ascontiguousarray(crop), self.backgrounds)
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 

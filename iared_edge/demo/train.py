@@ -77,6 +77,8 @@ class Schedule:
     photo_weights: str = ""        # a JSON file of sampling weights for the training photos
                                    # ({"weights": {photo: weight}}, benchmarks/demo_photo_weights.py),
                                    # used by every phase that draws training images ("": uniform)
+    printed_text: float = 0.0      # the chance that a training background gets small printed labels
+                                   # (digits_in_clutter.add_printed_text; runs/demo25 on; 0: none)
     width: int = 0                 # > 0: the backbone's token width, heads = width / 64 as in DeiT (0:
                                    # iared_digits_tiny's 192): a teacher free of the 12 MB limit
     teacher: str = ""              # saved model(s), comma-separated, whose mean softmax the backbone
@@ -117,6 +119,11 @@ def read_photo_weights(path: str) -> Optional[Dict[str, float]]:
     if not isinstance(weights, dict):
         raise ValueError(f'--photo-weights {path}: expected {{"weights": {{photo: weight}}}}')
     return weights
+
+
+def generator_kwargs(s: Schedule) -> Dict:
+    """How every phase that draws training images draws them (DigitsInClutter's keywords)."""
+    return {"photo_weights": read_photo_weights(s.photo_weights), "printed_text": s.printed_text}
 
 
 def load_teachers(spec: str) -> List[nn.Module]:
@@ -167,13 +174,13 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Opt
 
 
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3, offset: int = 0,
-            photo_weights: Optional[Dict[str, float]] = None) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+            prefetch: int = 3, offset: int = 0, **generator) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
     """(step, images, labels) from `start` on, generated on a background thread. Batch `step`
     holds images k*batch .. (k+1)*batch-1 of the split, k = step + offset, so a resumed run sees
     the same data.
-    A quarter of each batch gets a random lighter clutter, so the easy case is never forgotten."""
-    gen = DigitsInClutter(split, seed=seed, photo_weights=photo_weights)
+    A quarter of each batch gets a random lighter clutter, so the easy case is never forgotten.
+    `generator`: DigitsInClutter's keywords (`generator_kwargs`)."""
+    gen = DigitsInClutter(split, seed=seed, **generator)
     q: "queue.Queue" = queue.Queue(prefetch)
     stop = threading.Event()
 
@@ -287,7 +294,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     t0 = time.time()
     losses = []
     for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
-                              photo_weights=read_photo_weights(s.photo_weights)):
+                              **generator_kwargs(s)):
         if step >= steps:
             break
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -376,11 +383,10 @@ def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None
                          f"{[k for k in result.missing_keys if k not in grown][:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
-def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000,
-                        photo_weights: Optional[Dict[str, float]] = None):
+def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000, **generator):
     """An endless loader of full-clutter 224 px batches for train_interpreters (fresh images,
     disjoint from the backbone's by index)."""
-    for _, x, y in batches(split, start, batch, 224, lambda step: 1.0, seed, photo_weights=photo_weights):
+    for _, x, y in batches(split, start, batch, 224, lambda step: 1.0, seed, **generator):
         yield x, y
 
 
@@ -424,7 +430,7 @@ def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Te
         _log(out, {"phase": "interpreters", "step": 0, "training_free": True,
                    **{f"val_{k}": v for k, v in start.items()},
                    "val_acc_all": evaluate(model, val, policy="all")["accuracy"]})
-    history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed, photo_weights=read_photo_weights(s.photo_weights)), val,
+    history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed, **generator_kwargs(s)), val,
                                  steps_per_stage=s.interp_steps_per_stage, lr=s.interp_lr,
                                  config=ReinforceConfig(penalty=s.interp_penalty),
                                  checkpoint=os.path.join(out, "interpreters.pt"), save_every=25, val_every=50,
@@ -483,7 +489,7 @@ def finetune_phase(out: str, s: Schedule, model):
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
     done = _steps_done(os.path.join(out, "finetune.pt"))
     history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000,
-                                                    photo_weights=read_photo_weights(s.photo_weights)),
+                                                           **generator_kwargs(s)),
                                 _Cycle(val_x, val_y, 64), steps=s.finetune_steps, lr=s.finetune_lr,
                                 checkpoint=os.path.join(out, "finetune.pt"), save_every=25, val_every=50,
                                 amp=amp_dtype(s), seed=s.seed, progress=False)

@@ -162,6 +162,44 @@ def test_photo_weights_set_how_often_each_photo_is_drawn():
     assert [plain.background_of(i) for i in range(200)] != names[:200]
 
 
+def test_printed_text_changes_the_background_only():
+    """--printed-text: the label and the box are those of the image without it (the text has its
+    own random stream), the background changes where text was drawn, a share of 0 gives the
+    default images exactly, and splits without augmentation (val, test) are not touched."""
+    plain, texted = DigitsInClutter("train", seed=5), DigitsInClutter("train", seed=5, printed_text=1.0)
+    zero = DigitsInClutter("train", seed=5, printed_text=0.0)
+    changed = 0
+    for i in range(12):
+        a, la, ba = plain.sample(i)
+        b, lb, bb = texted.sample(i)
+        assert (la, ba) == (lb, bb)
+        changed += int(np.abs(a.astype(int) - b.astype(int)).max() > 60)
+        assert np.array_equal(zero.sample(i)[0], a)
+    assert changed >= 10  # a label can fall behind the digit or off a dark-on-dark crop, rarely
+    held = DigitsInClutter("test", seed=5, printed_text=1.0)
+    assert all(np.array_equal(held.sample(i)[0], DigitsInClutter("test", seed=5).sample(i)[0]) for i in (0, 1))
+    with pytest.raises(ValueError, match="printed_text"):
+        DigitsInClutter("train", printed_text=1.5)
+
+
+def test_printed_text_is_far_smaller_than_the_handwritten_digit():
+    """Every printed character (a connected blob of ink on black) is at most `max_height` tall
+    across its narrow side, with room for serifs and a blob or two touching: half the smallest
+    handwritten digit (Composition.min_digit 44 px) at the default 22, so a label never reads as
+    the digit to classify."""
+    import cv2
+    from iared_edge.demo.digits import Composition, add_printed_text
+    sizes = []
+    for seed in range(40):
+        img = add_printed_text(np.random.default_rng(seed), np.zeros((224, 224, 3), np.uint8))
+        ink = (img.max(2) > 60).astype(np.uint8)
+        assert ink.any(), seed
+        n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+        sizes += [min(w, h) for w, h in stats[1:, 2:4]]
+    assert max(sizes) <= 1.5 * 22 and np.median(sizes) >= 3
+    assert Composition().min_digit >= 2 * 22
+
+
 @pytest.mark.parametrize("weights, match", [
     ({"board": 1, "building": 1, "smarties": 1}, "without a weight: \\['starry_night'\\]"),
     ({"board": 1, "building": 1, "smarties": 1, "starry_night": 1, "graf1": 1}, "not photos of this split: \\['graf1'\\]"),
@@ -175,8 +213,9 @@ def test_photo_weights_are_checked(weights, match):
 
 
 def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_path, monkeypatch):
-    """--photo-weights: the file's weights are what the training generator gets (backbone phase,
-    interpreters and fine-tune loaders); a file that is not such JSON is refused by name."""
+    """--photo-weights and --printed-text: what the training generator gets (backbone phase,
+    interpreters and fine-tune loaders, all through generator_kwargs); a weights file that is not
+    such JSON is refused by name."""
     from iared_edge.demo import train
     names = DigitsInClutter("train").background_names
     w = {n: float(k % 3) for k, n in enumerate(names)}
@@ -186,19 +225,21 @@ def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_p
     seen = []
     real = train.DigitsInClutter
     def recording(split, *args, **kwargs):
-        seen.append((split, kwargs.get("photo_weights")))
+        seen.append((split, kwargs.get("photo_weights"), kwargs.get("printed_text")))
         return real(split, *args, **kwargs)
     monkeypatch.setattr(train, "DigitsInClutter", recording)
-    loader = train.interpreter_batches("train", 2, 0, photo_weights=train.read_photo_weights(str(path)))
+    s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, photo_weights=str(path),
+                       printed_text=0.5)
+    loader = train.interpreter_batches("train", 2, 0, **train.generator_kwargs(s))
     x, y = next(loader)
     loader.close()
-    assert seen == [("train", w)] and x.shape == (2, 3, 224, 224)
+    assert seen == [("train", w, 0.5)] and x.shape == (2, 3, 224, 224)
     monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
-    s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, photo_weights=str(path))
     seen.clear()
     (tmp_path / "run").mkdir()
     train.train_backbone(str(tmp_path / "run"), "small", s, init=None)
-    assert ("train", w) in seen and all(weights == w for split, weights in seen if split == "train")
+    train_draws = [(wt, pt) for split, wt, pt in seen if split == "train"]
+    assert train_draws and all(d == (w, 0.5) for d in train_draws)
     bad = tmp_path / "bad.json"
     bad.write_text('{"board": 1}')
     with pytest.raises(ValueError, match="bad.json"):

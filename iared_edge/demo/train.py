@@ -78,7 +78,7 @@ class Schedule:
                                    # ({"weights": {photo: weight}}, benchmarks/demo_photo_weights.py),
                                    # used by every phase that draws training images ("": uniform)
     printed_text: float = 0.0      # the chance that a training background gets small printed labels
-                                   # (digits_in_clutter.add_printed_text; runs/demo25 on; 0: none)
+                                   # (demo.digits.add_printed_text; runs/demo25 on; 0: none)
     width: int = 0                 # > 0: the backbone's token width, heads = width / 64 as in DeiT (0:
                                    # iared_digits_tiny's 192): a teacher free of the 12 MB limit
     teacher: str = ""              # saved model(s), comma-separated, whose mean softmax the backbone

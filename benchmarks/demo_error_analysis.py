@@ -7,7 +7,11 @@ Rows: test/test, val/val, test digits on val photos, val digits on test photos, 
 on train photos shown as they are (not re-coloured: how well the model fits its own scenes).
 Images from generator seed 1. Prints a markdown table. `--grid` also writes the first 48
 misclassified test / test images, cropped around the digit, labelled true / predicted / confidence:
-whether the errors are illegible digits or legible ones the model misreads.
+whether the errors are illegible digits or legible ones the model misreads. `--by-image` also
+prints test / test accuracy by thirds of three measures of each image: the digit's height (its
+box), the ink's contrast (mean difference between the ink and the ground around it, 0-255) and
+the ground's busyness under the digit (standard deviation of the non-ink pixels in its box). The
+ink mask is the same image drawn on black (clutter 0: same digit, same place).
 """
 import argparse
 from collections import defaultdict
@@ -21,8 +25,37 @@ from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
 
 
+def image_measures(gen, n):
+    """{measure: [n] values} for images 0..n-1 of `gen` (see the module docstring)."""
+    height, contrast, busy = [], [], []
+    for i in range(n):
+        img, _, (x0, y0, x1, y1) = gen.sample(i)
+        ink = gen.sample(i, clutter=0.0)[0].max(2) > 60
+        grey = img.astype(np.float32).mean(2)
+        near = cv2.dilate(ink.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~ink
+        inbox = np.zeros_like(ink)
+        inbox[y0:y1, x0:x1] = True
+        height.append(y1 - y0)
+        contrast.append(abs(grey[ink].mean() - grey[near].mean()) if ink.any() and near.any() else 0.0)
+        busy.append(grey[inbox & ~ink].std() if (inbox & ~ink).any() else 0.0)
+    return {"digit height (px)": np.array(height), "ink contrast": np.array(contrast),
+            "ground busyness under the digit": np.array(busy)}
+
+
+def by_thirds(correct, measures):
+    """Markdown rows: accuracy on each third of the images by each measure."""
+    out = []
+    for name, v in measures.items():
+        cuts = np.quantile(v, [1 / 3, 2 / 3])
+        part = np.digitize(v, cuts)
+        cells = [f"{correct[part == k].mean():.1%} ({v[part == k].min():.0f}-{v[part == k].max():.0f})"
+                 for k in range(3)]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
 @torch.no_grad()
-def row(model, gen, n, bs=100, grid=None):
+def row(model, gen, n, bs=100, grid=None, by_image=False):
     imgs, labels, boxes = gen.batch(range(n))
     prob = torch.cat([model(to_input(imgs[i:i + bs]), policy="all").logits.softmax(-1)
                       for i in range(0, n, bs)])
@@ -33,6 +66,8 @@ def row(model, gen, n, bs=100, grid=None):
     photos = ", ".join(f"{k} {np.mean(v):.0%}" for k, v in sorted(per.items()))
     if grid:
         write_grid(grid, imgs, labels, boxes, pred, prob.max(-1).values.numpy())
+    if by_image:
+        row.thirds = by_thirds(pred == labels, image_measures(gen, n))
     return f"{(pred == labels).mean():.1%}", photos
 
 
@@ -60,6 +95,8 @@ def main():
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grid", default=None, help="write the misread test / test digits to this image")
+    ap.add_argument("--by-image", action="store_true", help="also test / test accuracy by digit height, "
+                    "ink contrast and the ground's busyness (thirds)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = resolve_model(args.model).float().eval()
@@ -78,8 +115,14 @@ def main():
                     ("test digits / val photos", gen("test", "val")),
                     ("val digits / test photos", gen("val", "test")),
                     ("train / train photos, not re-coloured", gen("train", "train", augment=False))]:
-        acc, photos = row(model, g, args.images, grid=args.grid if name == "test / test" else None)
+        first = name == "test / test"
+        acc, photos = row(model, g, args.images, grid=args.grid if first else None, by_image=args.by_image and first)
         print(f"| {name} | {acc} | {photos} |", flush=True)
+    if args.by_image:
+        print("\n# test / test by thirds of each measure (range in brackets)")
+        print("| measure | lowest third | middle third | highest third |")
+        print("| --- | --- | --- | --- |")
+        print("\n".join(row.thirds))
 
 
 if __name__ == "__main__":

@@ -246,6 +246,29 @@ def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_p
         train.read_photo_weights(str(bad))
     with pytest.raises(ValueError, match="missing.json"):
         train.read_photo_weights(str(tmp_path / "missing.json"))
+    bad_s = train.Schedule(min_contrast=1.5)
+    with pytest.raises(ValueError, match="--min-contrast"):
+        train.generator_kwargs(bad_s)
+
+
+def test_min_contrast_draws_fainter_training_ink_only_when_asked():
+    """--min-contrast: the training generator's digits are drawn with ink contrast down to it
+    (measured on a flat grey ground: the ink's distance from the grey, against the same image
+    drawn at the default 0.7 floor); 0 leaves the default composition."""
+    from iared_edge.demo import train
+    from iared_edge.demo.digits import Composition
+    assert "composition" not in train.generator_kwargs(train.Schedule())
+    kw = train.generator_kwargs(train.Schedule(min_contrast=0.3))
+    assert kw["composition"] == Composition(min_contrast=0.3)
+
+    def ink_depth(composition):  # each image's deepest ink, as a distance from the grey ground
+        gen = DigitsInClutter("train", seed=2, augment=False, composition=composition)
+        gen.backgrounds = [np.full((300, 300, 3), 128, np.uint8)]
+        gen.photo_p = None
+        return np.array([np.abs(gen.sample(i)[0].astype(float) - 128).max() for i in range(60)])
+    faint, default = ink_depth(kw["composition"]), ink_depth(Composition())
+    # contrast uniform in [0.3, 1] against [0.7, 1]: means 0.65 and 0.85, a ratio of 0.76
+    assert faint.mean() < 0.9 * default.mean() and faint.min() < default.min()
 
 
 def test_generator_rejects_bad_arguments():

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..devices import autocast_dtype
 from ..train.loop import atomic_save
-from .digits import CLASSES, DigitsInClutter
+from .digits import CLASSES, Composition, DigitsInClutter
 
 MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
 
@@ -79,6 +79,8 @@ class Schedule:
                                    # used by every phase that draws training images ("": uniform)
     printed_text: float = 0.0      # the chance that a training background gets small printed labels
                                    # (demo.digits.add_printed_text; runs/demo25 on; 0: none)
+    min_contrast: float = 0.0      # > 0: the training digits' lowest ink contrast (Composition.min_contrast;
+                                   # 0: the generator's 0.7, what val / test draw): fainter ink to learn on
     width: int = 0                 # > 0: the backbone's token width, heads = width / 64 as in DeiT (0:
                                    # iared_digits_tiny's 192): a teacher free of the 12 MB limit
     teacher: str = ""              # saved model(s), comma-separated, whose mean softmax the backbone
@@ -123,7 +125,12 @@ def read_photo_weights(path: str) -> Optional[Dict[str, float]]:
 
 def generator_kwargs(s: Schedule) -> Dict:
     """How every phase that draws training images draws them (DigitsInClutter's keywords)."""
-    return {"photo_weights": read_photo_weights(s.photo_weights), "printed_text": s.printed_text}
+    kwargs = {"photo_weights": read_photo_weights(s.photo_weights), "printed_text": s.printed_text}
+    if s.min_contrast:
+        if not 0.0 < s.min_contrast <= 1.0:
+            raise ValueError(f"--min-contrast must be in (0, 1], got {s.min_contrast}")
+        kwargs["composition"] = Composition(min_contrast=s.min_contrast)
+    return kwargs
 
 
 def load_teachers(spec: str) -> List[nn.Module]:

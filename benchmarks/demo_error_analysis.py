@@ -25,19 +25,20 @@ from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
 
 
-def image_measures(gen, n):
-    """{measure: [n] values} for images 0..n-1 of `gen` (see the module docstring)."""
+def image_measures(gen, imgs, boxes):
+    """{measure: [n] values} for images 0..n-1 of `gen`, drawn as `imgs` with ink boxes `boxes`
+    (see the module docstring)."""
     height, contrast, busy = [], [], []
-    for i in range(n):
-        img, _, (x0, y0, x1, y1) = gen.sample(i)
+    for i, (img, (x0, y0, x1, y1)) in enumerate(zip(imgs, boxes)):
         ink = gen.sample(i, clutter=0.0)[0].max(2) > 60
         grey = img.astype(np.float32).mean(2)
         near = cv2.dilate(ink.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~ink
-        inbox = np.zeros_like(ink)
-        inbox[y0:y1, x0:x1] = True
+        ground = np.zeros_like(ink)
+        ground[y0:y1, x0:x1] = True
+        ground &= ~ink
         height.append(y1 - y0)
         contrast.append(abs(grey[ink].mean() - grey[near].mean()) if ink.any() and near.any() else 0.0)
-        busy.append(grey[inbox & ~ink].std() if (inbox & ~ink).any() else 0.0)
+        busy.append(grey[ground].std() if ground.any() else 0.0)
     return {"digit height (px)": np.array(height), "ink contrast": np.array(contrast),
             "ground busyness under the digit": np.array(busy)}
 
@@ -55,8 +56,9 @@ def by_thirds(correct, measures):
 
 
 @torch.no_grad()
-def row(model, gen, n, bs=100, grid=None, by_image=False):
-    imgs, labels, boxes = gen.batch(range(n))
+def row(model, gen, imgs, labels, boxes, bs=100, grid=None):
+    """(top-1, per-photo top-1, per-image correctness) on images 0..n-1 of `gen`, drawn as `imgs`."""
+    n = len(imgs)
     prob = torch.cat([model(to_input(imgs[i:i + bs]), policy="all").logits.softmax(-1)
                       for i in range(0, n, bs)])
     pred = prob.argmax(-1).numpy()
@@ -66,9 +68,7 @@ def row(model, gen, n, bs=100, grid=None, by_image=False):
     photos = ", ".join(f"{k} {np.mean(v):.0%}" for k, v in sorted(per.items()))
     if grid:
         write_grid(grid, imgs, labels, boxes, pred, prob.max(-1).values.numpy())
-    if by_image:
-        row.thirds = by_thirds(pred == labels, image_measures(gen, n))
-    return f"{(pred == labels).mean():.1%}", photos
+    return f"{(pred == labels).mean():.1%}", photos, pred == labels
 
 
 def write_grid(path, imgs, labels, boxes, pred, conf, n=48, cols=8, tile=128):
@@ -116,13 +116,16 @@ def main():
                     ("val digits / test photos", gen("val", "test")),
                     ("train / train photos, not re-coloured", gen("train", "train", augment=False))]:
         first = name == "test / test"
-        acc, photos = row(model, g, args.images, grid=args.grid if first else None, by_image=args.by_image and first)
+        imgs, labels, boxes = g.batch(range(args.images))
+        acc, photos, correct = row(model, g, imgs, labels, boxes, grid=args.grid if first else None)
         print(f"| {name} | {acc} | {photos} |", flush=True)
+        if first and args.by_image:
+            thirds = by_thirds(correct, image_measures(g, imgs, boxes))
     if args.by_image:
         print("\n# test / test by thirds of each measure (range in brackets)")
         print("| measure | lowest third | middle third | highest third |")
         print("| --- | --- | --- | --- |")
-        print("\n".join(row.thirds))
+        print("\n".join(thirds))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from iared_edge import IARedViT, save_model
 from iared_edge.cli import main as cli
 from iared_edge.demo import DigitsInClutter, read_boxes, write_dataset
+from iared_edge.demo.digits import Composition
 from iared_edge.demo.digits import SPLIT_COLUMNS
 from iared_edge import explain
 
@@ -188,7 +189,7 @@ def test_printed_text_is_far_smaller_than_the_handwritten_digit():
     handwritten digit (Composition.min_digit 44 px) at the default 22, so a label never reads as
     the digit to classify."""
     import cv2
-    from iared_edge.demo.digits import Composition, add_printed_text
+    from iared_edge.demo.digits import add_printed_text
     sizes = []
     for seed in range(40):
         img = add_printed_text(np.random.default_rng(seed), np.zeros((224, 224, 3), np.uint8))
@@ -256,7 +257,6 @@ def test_min_contrast_draws_fainter_training_ink_only_when_asked():
     (measured on a flat grey ground: the ink's distance from the grey, against the same image
     drawn at the default 0.7 floor); 0 leaves the default composition."""
     from iared_edge.demo import train
-    from iared_edge.demo.digits import Composition
     assert "composition" not in train.generator_kwargs(train.Schedule())
     kw = train.generator_kwargs(train.Schedule(min_contrast=0.3))
     assert kw["composition"] == Composition(min_contrast=0.3)
@@ -269,6 +269,21 @@ def test_min_contrast_draws_fainter_training_ink_only_when_asked():
     faint, default = ink_depth(kw["composition"]), ink_depth(Composition())
     # contrast uniform in [0.3, 1] against [0.7, 1]: means 0.65 and 0.85, a ratio of 0.76
     assert faint.mean() < 0.9 * default.mean() and faint.min() < default.min()
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(size=8), "size must be an int >= 16"),
+    (dict(size=224.0), "size must be an int"),
+    (dict(min_digit=0), "min_digit"),
+    (dict(min_digit=120, max_digit=100), "min_digit <= max_digit"),
+    (dict(max_digit=300), "max_digit <= size"),
+    (dict(max_rotation=-1), "max_rotation"),
+    (dict(min_contrast=0), "min_contrast must be in \\(0, 1\\]"),
+    (dict(min_contrast=1.2), "min_contrast"),
+])
+def test_composition_refuses_bad_fields_by_name(fields, match):
+    with pytest.raises(ValueError, match=match):
+        Composition(**fields)
 
 
 def test_generator_rejects_bad_arguments():
@@ -477,7 +492,6 @@ def test_shipped_demo_model_meets_the_smoke_check():
 def test_generator_survives_extreme_compositions():
     """Every glyph at the largest size and rotation still fits the image (a flat glyph once made
     the placement range negative and stopped a training run)."""
-    from iared_edge.demo.digits import Composition
     gen = DigitsInClutter("train", composition=Composition(min_digit=100, max_digit=100, max_rotation=15))
     for i in range(300):
         img, _, (x0, y0, x1, y1) = gen.sample(i)

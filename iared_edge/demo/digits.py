@@ -47,6 +47,19 @@ class Composition:
     max_rotation: float = 15.0
     min_contrast: float = 0.7
 
+    def __post_init__(self):
+        # Checked here, where the fields are defined, so that every caller (the generator's CLI,
+        # the training flags) refuses the same values by name instead of drawing nonsense.
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
+            raise ValueError(f"Composition.size must be an int >= 16 (pixels), got {self.size!r}")
+        if not 0.0 < self.min_digit <= self.max_digit <= self.size:
+            raise ValueError(f"Composition: need 0 < min_digit <= max_digit <= size, got min_digit "
+                             f"{self.min_digit}, max_digit {self.max_digit}, size {self.size}")
+        if not 0.0 <= self.max_rotation <= 180.0:
+            raise ValueError(f"Composition.max_rotation must be in [0, 180] degrees, got {self.max_rotation}")
+        if not 0.0 < self.min_contrast <= 1.0:
+            raise ValueError(f"Composition.min_contrast must be in (0, 1], got {self.min_contrast}")
+
 
 def _imread(path: str, flags: int):
     import cv2

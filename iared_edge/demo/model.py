@@ -21,6 +21,8 @@ from timm.layers import PatchEmbed
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+EMBED_DIM, NUM_HEADS = 192, 3  # DeiT-Tiny's token width and heads (64 per head)
+
 
 class StemBlock(nn.Module):
     """Residual bottleneck: 1x1 to half width, 3x3, 1x1 back, each conv-BN (ReLU between), added to
@@ -107,7 +109,7 @@ def iared_digits_tiny(pretrained: bool = False, stem_blocks: int = 0, stem_fine_
     for name, n in (("stem_blocks", stem_blocks), ("stem_fine_blocks", stem_fine_blocks)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"iared_digits_tiny: {name} must be an int >= 0, got {n!r}")
-    args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=10,
+    args = dict(img_size=224, patch_size=16, embed_dim=EMBED_DIM, depth=12, num_heads=NUM_HEADS, num_classes=10,
                 embed_layer=partial(ConvStemPatchEmbed, stem_blocks=stem_blocks, stem_fine_blocks=stem_fine_blocks)
                 if stem_blocks or stem_fine_blocks else ConvStemPatchEmbed)
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's factory passes these

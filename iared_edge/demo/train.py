@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from ..devices import autocast_dtype
 from ..train.loop import atomic_save
 from .digits import CLASSES, Composition, DigitsInClutter
+from .model import EMBED_DIM
 
 MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
 
@@ -127,9 +128,10 @@ def generator_kwargs(s: Schedule) -> Dict:
     """How every phase that draws training images draws them (DigitsInClutter's keywords)."""
     kwargs = {"photo_weights": read_photo_weights(s.photo_weights), "printed_text": s.printed_text}
     if s.min_contrast:
-        if not 0.0 < s.min_contrast <= 1.0:
-            raise ValueError(f"--min-contrast must be in (0, 1], got {s.min_contrast}")
-        kwargs["composition"] = Composition(min_contrast=s.min_contrast)
+        try:
+            kwargs["composition"] = Composition(min_contrast=s.min_contrast)
+        except ValueError as e:
+            raise ValueError(f"--min-contrast {s.min_contrast}: {e}") from None
     return kwargs
 
 
@@ -362,7 +364,7 @@ def stem_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
 
 
 def width_kwargs(width: int) -> Dict[str, int]:
-    """iared_digits_tiny's arguments for token width `width` (0: its own 192 / 3 heads)."""
+    """iared_digits_tiny's arguments for token width `width` (0: its own EMBED_DIM / NUM_HEADS)."""
     if width == 0:
         return {}
     if width < 64 or width % 64:
@@ -371,9 +373,9 @@ def width_kwargs(width: int) -> Dict[str, int]:
 
 
 def backbone_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
-    """iared_digits_tiny's arguments for a backbone state dict: its stem and, when not 192, its width."""
+    """iared_digits_tiny's arguments for a backbone state dict: its stem and, when not its own, its width."""
     width = int(state["cls_token"].shape[-1])
-    return {**stem_kwargs(state), **(width_kwargs(width) if width != 192 else {})}
+    return {**stem_kwargs(state), **(width_kwargs(width) if width != EMBED_DIM else {})}
 
 
 def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:

@@ -193,7 +193,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import __version__
     parser = argparse.ArgumentParser(prog="iared-edge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"iared-edge {__version__}",
+                        help="print the version and exit (`iared-edge info`: also the build and backend)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify one image, print top-5, write the heatmap PNG")
     p.add_argument("image", nargs="?", help="image file (default: a bundled photo)")

@@ -20,6 +20,16 @@ def test_predict_writes_heatmap(tmp_path, capsys):
     assert im.shape == (224, 448, 3) and im[:, 224:].std() > 0
 
 
+def test_version_and_info_name_the_package_version(capsys):
+    from iared_edge import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"iared-edge {__version__}"
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"iared-edge {__version__};") and "ops backend: cpu -> " in text
+
+
 def test_predict_notes_random_weights_only_for_untrained_models(tmp_path, capsys):
     out = str(tmp_path / "h.png")
     assert main(["predict", "--model", "deit_tiny_patch16_224", "--out", out]) == 0

@@ -8,9 +8,10 @@ on train photos shown as they are (not re-coloured: how well the model fits its 
 Images from generator seed 1. Prints a markdown table. `--grid` also writes the first 48
 misclassified test / test images, cropped around the digit, labelled true / predicted / confidence:
 whether the errors are illegible digits or legible ones the model misreads. `--by-image` also
-prints test / test accuracy by thirds of three measures of each image: the digit's height (its
+prints test / test accuracy by thirds of four measures of each image: the digit's height (its
 box), the ink's contrast (mean difference between the ink and the ground around it, 0-255) and
-the ground's busyness under the digit (standard deviation of the non-ink pixels in its box). The
+the ground's busyness under the digit (standard deviation of the non-ink pixels in its box), and
+the photo crop's side as a share of the photo's shorter side (how far the scene is zoomed in). The
 ink mask is the same image drawn on black (clutter 0: same digit, same place).
 """
 import argparse
@@ -28,8 +29,9 @@ from iared_edge.demo.train import to_input
 def image_measures(gen, imgs, boxes):
     """{measure: [n] values} for images 0..n-1 of `gen`, drawn as `imgs` with ink boxes `boxes`
     (see the module docstring)."""
-    height, contrast, busy = [], [], []
+    height, contrast, busy, share = [], [], [], []
     for i, (img, (x0, y0, x1, y1)) in enumerate(zip(imgs, boxes)):
+        share.append(gen.crop_of(i)[1])
         ink = gen.sample(i, clutter=0.0)[0].max(2) > 60
         grey = img.astype(np.float32).mean(2)
         near = cv2.dilate(ink.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~ink
@@ -40,7 +42,8 @@ def image_measures(gen, imgs, boxes):
         contrast.append(abs(grey[ink].mean() - grey[near].mean()) if ink.any() and near.any() else 0.0)
         busy.append(grey[ground].std() if ground.any() else 0.0)
     return {"digit height (px)": np.array(height), "ink contrast": np.array(contrast),
-            "ground busyness under the digit": np.array(busy)}
+            "ground busyness under the digit": np.array(busy),
+            "photo crop (% of its shorter side; small: zoomed in)": 100 * np.array(share)}
 
 
 def by_thirds(correct, measures):
@@ -96,7 +99,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grid", default=None, help="write the misread test / test digits to this image")
     ap.add_argument("--by-image", action="store_true", help="also test / test accuracy by digit height, "
-                    "ink contrast and the ground's busyness (thirds)")
+                    "ink contrast, the ground's busyness and the photo crop's zoom (thirds)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = resolve_model(args.model).float().eval()

@@ -146,6 +146,24 @@ def test_background_of_names_the_photo_each_image_is_drawn_on():
     assert set(seen) == set(gen.background_names)
 
 
+def test_crop_of_gives_each_images_photo_and_crop_share():
+    """Each photo replaced by a horizontal ramp (pixel value = column, 0-255): the range of the
+    ground's values along rows clear of the digit is the crop's side, so share x 255."""
+    gen = DigitsInClutter("test", augment=False)
+    ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None], (256, 256, 3)).copy()
+    gen.backgrounds = [ramp] * len(gen.background_names)
+    shares = []
+    for i in range(30):
+        img, _, (x0, y0, x1, y1) = gen.sample(i)
+        rows = [r for r in range(img.shape[0]) if r < y0 or r >= y1]
+        profile = np.median(img[rows].astype(float).mean(2), axis=0)  # per column, noise averaged out
+        photo, share = gen.crop_of(i)
+        assert photo == gen.background_of(i)
+        assert abs((profile.max() - profile.min()) / 255 - share) < 0.03, (i, share)
+        shares.append(share)
+    assert 0.45 <= min(shares) and max(shares) <= 1.0 and np.ptp(shares) > 0.3
+
+
 def test_photo_weights_set_how_often_each_photo_is_drawn():
     """`photo_weights`: photos are drawn in proportion to their weights (a weight of 0: never),
     deterministically, and `background_of` still names the photo each image is drawn on."""

@@ -288,7 +288,7 @@ class DigitsInClutter:
         import cv2
         bg = self.backgrounds[photo]
         h, w = bg.shape[:2]
-        side = int(rng.uniform(0.45, 1.0) * min(h, w))
+        side = int(self._crop_share(rng) * min(h, w))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         crop = cv2.resize(bg[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
         if rng.random() < 0.5:
@@ -300,9 +300,21 @@ class DigitsInClutter:
             crop = recolour(self._rng(index, 1), np.ascontiguousarray(crop), self.backgrounds)
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 
+    @staticmethod
+    def _crop_share(rng: np.random.Generator) -> float:
+        """The background crop's side as a share of the photo's shorter side (the draw after `_choices`)."""
+        return float(rng.uniform(0.45, 1.0))
+
     def background_of(self, index: int) -> str:
         """The name of the photo image `index` is drawn on."""
         return self.background_names[self._choices(self._rng(index))[2]]
+
+    def crop_of(self, index: int) -> Tuple[str, float]:
+        """(photo, crop share) of image `index`: the photo it is drawn on, and its square crop's
+        side as a share of the photo's shorter side (0.45-1: small shares zoom the photo in)."""
+        rng = self._rng(index)
+        photo = self._choices(rng)[2]
+        return self.background_names[photo], self._crop_share(rng)
 
     def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
         """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""

@@ -9,7 +9,7 @@ Images from generator seed 1. Prints a markdown table. `--grid` also writes the 
 misclassified test / test images, cropped around the digit, labelled true / predicted / confidence:
 whether the errors are illegible digits or legible ones the model misreads. `--by-image` also
 prints test / test accuracy by thirds of four measures of each image: the digit's height (its
-box), the ink's contrast (mean difference between the ink and the ground around it, 0-255) and
+box), the ink's contrast (mean difference between the ink and the ground around it, 0-255),
 the ground's busyness under the digit (standard deviation of the non-ink pixels in its box), and
 the photo crop's side as a share of the photo's shorter side (how far the scene is zoomed in). The
 ink mask is the same image drawn on black (clutter 0: same digit, same place).

@@ -2,12 +2,14 @@
 split's photos (so writers and scenes can be told apart), policy "all".
 
     .venv/bin/python benchmarks/demo_error_analysis.py [MODEL] [--images 400] [--grid errors.jpg]
+        [--by-image] [--faint-grid faint_errors.jpg]
 
 Rows: test/test, val/val, test digits on val photos, val digits on test photos, and train digits
 on train photos shown as they are (not re-coloured: how well the model fits its own scenes).
 Images from generator seed 1. Prints a markdown table. `--grid` also writes the first 48
 misclassified test / test images, cropped around the digit, labelled true / predicted / confidence:
-whether the errors are illegible digits or legible ones the model misreads. `--by-image` also
+whether the errors are illegible digits or legible ones the model misreads (`--faint-grid`: the
+same for those in the faintest third of ink contrast, below). `--by-image` also
 prints test / test accuracy by thirds of four measures of each image: the digit's height (its
 box), the ink's contrast (mean difference between the ink and the ground around it, 0-255),
 the ground's busyness under the digit (standard deviation of the non-ink pixels in its box), and
@@ -59,8 +61,9 @@ def by_thirds(correct, measures):
 
 
 @torch.no_grad()
-def row(model, gen, imgs, labels, boxes, bs=100, grid=None):
-    """(top-1, per-photo top-1, per-image correctness) on images 0..n-1 of `gen`, drawn as `imgs`."""
+def row(model, gen, imgs, labels, boxes, bs=100, grids=()):
+    """(top-1, per-photo top-1, per-image correctness) on images 0..n-1 of `gen`, drawn as `imgs`.
+    `grids`: (path, mask) pairs; each writes the misread images among those `mask` selects (None: all)."""
     n = len(imgs)
     prob = torch.cat([model(to_input(imgs[i:i + bs]), policy="all").logits.softmax(-1)
                       for i in range(0, n, bs)])
@@ -69,8 +72,10 @@ def row(model, gen, imgs, labels, boxes, bs=100, grid=None):
     for i, ok in enumerate(pred == labels):
         per[gen.background_of(i)].append(ok)
     photos = ", ".join(f"{k} {np.mean(v):.0%}" for k, v in sorted(per.items()))
-    if grid:
-        write_grid(grid, imgs, labels, boxes, pred, prob.max(-1).values.numpy())
+    conf = prob.max(-1).values.numpy()
+    for path, mask in grids:
+        sel = np.ones(n, bool) if mask is None else mask
+        write_grid(path, imgs[sel], labels[sel], boxes[sel], pred[sel], conf[sel])
     return f"{(pred == labels).mean():.1%}", photos, pred == labels
 
 
@@ -98,6 +103,8 @@ def main():
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grid", default=None, help="write the misread test / test digits to this image")
+    ap.add_argument("--faint-grid", default=None, help="write the misread test / test digits in the faintest "
+                    "third of ink contrast to this image")
     ap.add_argument("--by-image", action="store_true", help="also test / test accuracy by digit height, "
                     "ink contrast, the ground's busyness and the photo crop's zoom (thirds)")
     args = ap.parse_args()
@@ -120,10 +127,17 @@ def main():
                     ("train / train photos, not re-coloured", gen("train", "train", augment=False))]:
         first = name == "test / test"
         imgs, labels, boxes = g.batch(range(args.images))
-        acc, photos, correct = row(model, g, imgs, labels, boxes, grid=args.grid if first else None)
+        grids = []
+        if first and (args.by_image or args.faint_grid):
+            measures = image_measures(g, imgs, boxes)
+            ink = measures["ink contrast"]
+            grids = [(args.faint_grid, ink < np.quantile(ink, 1 / 3))] if args.faint_grid else []
+        if first and args.grid:
+            grids.append((args.grid, None))
+        acc, photos, correct = row(model, g, imgs, labels, boxes, grids=grids)
         print(f"| {name} | {acc} | {photos} |", flush=True)
         if first and args.by_image:
-            thirds = by_thirds(correct, image_measures(g, imgs, boxes))
+            thirds = by_thirds(correct, measures)
     if args.by_image:
         print("\n# test / test by thirds of each measure (range in brackets)")
         print("| measure | lowest third | middle third | highest third |")

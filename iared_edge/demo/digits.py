@@ -48,8 +48,8 @@ class Composition:
     min_contrast: float = 0.7
 
     def __post_init__(self):
-        # Checked here, where the fields are defined, so that every caller (the generator's CLI,
-        # the training flags) refuses the same values by name instead of drawing nonsense.
+        # Checked here, where the fields are defined, so that every caller (the training flags
+        # included) refuses the same values by name instead of drawing nonsense.
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
             raise ValueError(f"Composition.size must be an int >= 16 (pixels), got {self.size!r}")
         if not 0.0 < self.min_digit <= self.max_digit <= self.size:

@@ -6,6 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
+from . import __version__
 from .checkpoint import names_saved_model, resolve_model
 from .devices import AMP_CHOICES, PRECISIONS, autocast_dtype, inference_dtype
 
@@ -181,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from . import __version__, ops
+    from . import ops
     try:
         from ._build_info import BUILT
     except ImportError:
@@ -193,7 +194,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from . import __version__
     parser = argparse.ArgumentParser(prog="iared-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"iared-edge {__version__}",
                         help="print the version and exit (`iared-edge info`: also the build and backend)")

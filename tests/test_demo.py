@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from iared_edge import IARedViT, save_model
 from iared_edge.cli import main as cli
 from iared_edge.demo import DigitsInClutter, read_boxes, write_dataset
-from iared_edge.demo.digits import Composition
-from iared_edge.demo.digits import SPLIT_COLUMNS
+from iared_edge.demo.digits import SPLIT_COLUMNS, Composition
 from iared_edge import explain
 
 

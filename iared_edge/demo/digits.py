@@ -307,7 +307,7 @@ class DigitsInClutter:
 
     def background_of(self, index: int) -> str:
         """The name of the photo image `index` is drawn on."""
-        return self.background_names[self._choices(self._rng(index))[2]]
+        return self.crop_of(index)[0]
 
     def crop_of(self, index: int) -> Tuple[str, float]:
         """(photo, crop share) of image `index`: the photo it is drawn on, and its square crop's

@@ -140,7 +140,11 @@ def resolve_model(model, checkpoint: Optional[str] = None):
     if isinstance(model, IARedViT):
         return model
     if isinstance(model, (str, os.PathLike)):
-        if names_saved_model(model):
-            return load_model(os.fspath(model))
-        return IARedViT.from_timm(os.fspath(model), checkpoint=checkpoint).eval()
+        path = os.fspath(model)
+        if names_saved_model(path):
+            return load_model(path)
+        if os.path.exists(path):
+            raise ValueError(f"{path}: not a model saved by save_model (a .safetensors file); timm/DeiT "
+                             "weights (.pth) go with a timm model name as the checkpoint")
+        return IARedViT.from_timm(path, checkpoint=checkpoint).eval()
     raise TypeError(f"model must be an IARedViT, a .safetensors path or a timm model name, got {type(model).__name__}")

@@ -21,6 +21,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from . import ops
     from .preprocess import ASSETS, load_rgb, model_input, model_normalization, overlay
 
+    image = args.image or os.path.join(ASSETS, "squirrel_cls.jpg")
+    rgb = load_rgb(image)  # a bad image fails before the model is built
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint)
     if args.precision is not None:
@@ -28,8 +30,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not names_saved_model(args.model):
         print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
               "meaningless, the token dropping and timings are real")
-    image = args.image or os.path.join(ASSETS, "squirrel_cls.jpg")
-    x = model_input(model, load_rgb(image))
+    x = model_input(model, rgb)
     kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
     with torch.inference_mode():
         out = model(x, policy=args.policy, **kwargs)
@@ -63,6 +64,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .preprocess import load_rgb, model_input
     from .train import calibrate_thresholds
 
+    if not 0 < args.keep <= 1:
+        raise ValueError(f"--keep must be in (0, 1], got {args.keep}")
+    if args.limit < 1 or args.batch < 1:
+        raise ValueError(f"--limit and --batch must be >= 1, got {args.limit} and {args.batch}")
+    if not os.path.isdir(args.images):
+        raise FileNotFoundError(f"no such image folder: {args.images}")
     model = resolve_model(args.model, args.checkpoint)
     paths = sorted(p for ext in ("jpg", "jpeg", "png", "bmp") for p in glob.glob(os.path.join(args.images, f"**/*.{ext}"), recursive=True))
     if not paths:
@@ -132,7 +139,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_onnx_counts, keep_counts_for
 
     model = resolve_model(args.model, args.checkpoint).eval()
-    levels = [float(v) for v in args.keep_levels.split(",")]
+    try:
+        levels = [float(v) for v in args.keep_levels.split(",")]
+    except ValueError:
+        raise ValueError(f"--keep-levels: expected comma-separated numbers in [0, 1], got {args.keep_levels!r}") from None
     os.makedirs(args.out_dir, exist_ok=True)
     if args.keep_counts_input:
         path = os.path.join(args.out_dir, "keep_counts.onnx")
@@ -155,7 +165,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from .demo import write_dataset
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    write_dataset(args.out, sizes={k: v for k, v in sizes.items() if v > 0}, seed=args.seed,
+    write_dataset(args.out, sizes={k: v for k, v in sizes.items() if v != 0}, seed=args.seed,
                   clutter=args.clutter, progress=not args.quiet)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if v > 0)
           + f" images; boxes in {os.path.join(args.out, 'boxes.json')}")

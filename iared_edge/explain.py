@@ -179,6 +179,8 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     `iared-edge make-digits` (ImageFolder + boxes.json)."""
     from .demo.digits import read_boxes
     from .preprocess import load_rgb, model_input, model_normalization
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (None: every image), got {limit}")
     if curve_images < 0:
         raise ValueError(f"curve_images must be >= 0 (0: no deletion/insertion curves), got {curve_images}")
     unknown = set(methods) - set(HEATMAPS)

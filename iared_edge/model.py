@@ -133,6 +133,20 @@ def scaled_keep_targets(keep: float, current: Sequence[float]) -> List[float]:
     return [min(1.0, hi * c) for c in cur]
 
 
+def check_timm_name(name: str) -> None:
+    """Raise a ValueError naming `name` (and the closest timm names) unless timm knows it; names with
+    a source prefix (``hf-hub:``, ``local-dir:``) are left to timm."""
+    import difflib
+    import timm
+    from timm.models import parse_model_name
+    source, arch = parse_model_name(name)
+    if source is not None or timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+    hint = f"; closest timm names: {', '.join(close)}" if close else ""
+    raise ValueError(f"unknown model {name!r}: not a timm model name{hint}")
+
+
 class IARedViT(nn.Module):
     def __init__(self, vit: VisionTransformer, groups: Sequence[int] = (4, 4, 4),
                  thresholds: PerStage = 0.5, labels: Optional[Sequence[str]] = None,
@@ -165,6 +179,7 @@ class IARedViT(nn.Module):
         weights_only=True, or .safetensors) for the backbone. `pretrained=True` downloads (online only)."""
         import timm
         from .checkpoint import load_backbone_state_dict
+        check_timm_name(name)
         vit = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
         if checkpoint is not None:
             load_backbone_state_dict(vit, checkpoint)

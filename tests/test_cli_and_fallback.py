@@ -61,6 +61,30 @@ def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
     assert main(["predict", str(bad), "--model", "deit_tiny_patch16_224"]) == 2
     assert "bad.jpg: not a readable image" in capsys.readouterr().err
     assert main(["predict", "missing.jpg", "--model", "deit_tiny_patch16_224"]) == 2
+    err = capsys.readouterr()
+    assert "no such image file: missing.jpg" in err.err
+    assert "random weights" not in err.out  # the image is checked before the model is built
+
+
+def test_bad_model_names_are_clear_errors(tmp_path, capsys):
+    assert main(["predict", "--model", "deit_smal_patch16_224"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'deit_smal_patch16_224'" in err and "deit_small_patch16_224" in err  # closest name
+    assert main(["predict", "--model", "no_such_net"]) == 2
+    assert "unknown model 'no_such_net'" in capsys.readouterr().err
+    weights = tmp_path / "deit.pth"
+    torch.save({"w": torch.zeros(1)}, weights)
+    assert main(["predict", "--model", str(weights)]) == 2  # a weights file given as the model
+    assert "deit.pth: not a model saved by save_model" in capsys.readouterr().err
+
+
+def test_calibrate_checks_its_arguments_before_reading_images(tmp_path, capsys):
+    assert main(["calibrate", "--model", "demo", "--images", str(tmp_path), "--keep", "1.5"]) == 2
+    assert "--keep must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["calibrate", "--model", "demo", "--images", str(tmp_path / "nope")]) == 2
+    assert "no such image folder" in capsys.readouterr().err
+    assert main(["calibrate", "--model", "demo", "--images", str(tmp_path), "--limit", "0"]) == 2
+    assert "--limit and --batch must be >= 1" in capsys.readouterr().err
 
 
 def test_preprocess_matches_timm_eval_transform():

@@ -443,6 +443,11 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
     assert not os.path.exists(str(out0) + ".png") and "not measured" in capsys.readouterr().out
     assert cli(["eval", "--model", str(model_path), "--data", str(data), "--curve-images", "-1"]) == 2
     assert "curve_images" in capsys.readouterr().err
+    assert cli(["eval", "--model", str(model_path), "--data", str(data), "--limit", "0"]) == 2
+    assert "limit must be >= 1" in capsys.readouterr().err
+    assert cli(["make-digits", "--out", str(tmp_path / "neg"), "--test", "-1", "--quiet"]) == 2
+    assert "test: image count must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()  # the default 5,000 train images were not written first
 
 
 def _run_sample(args):

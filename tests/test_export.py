@@ -55,6 +55,10 @@ def test_export_rejects_bad_levels(model, tmp_path):
     from iared_edge.export import export_onnx
     with pytest.raises(ValueError, match="ratio"):
         export_onnx(model, str(tmp_path / "x.onnx"), 0.0)
+    with pytest.raises(ValueError, match="opset must be >= 14"):
+        export_onnx(model, str(tmp_path / "x.onnx"), 0.5, opset=13)
+    assert main(["export", "--model", "deit_tiny_patch16_224", "--keep-levels", "1.0,half", "--out-dir", str(tmp_path)]) == 2
+    assert not list(tmp_path.glob("*.onnx"))  # nothing written before the bad level was found
 
 
 @pytest.mark.parametrize("profile", [None, [0.5, 0.5, 0.1]])

@@ -251,6 +251,8 @@ def test_bad_arguments(tiny, images):
         tiny(images, thresholds=(0.5, 0.5))
     with pytest.raises(ValueError, match="sum to"):
         IARedViT.from_timm("deit_tiny_patch16_224", groups=(4, 4))
+    with pytest.raises(ValueError, match="unknown model 'deit_tiny_patch16'.*deit_tiny_patch16_224"):
+        IARedViT.from_timm("deit_tiny_patch16")
     with pytest.raises(ValueError, match="class token"):
         IARedViT(timm.create_model("vit_tiny_patch16_224", global_pool="avg", class_token=False))
 

@@ -86,6 +86,14 @@ def test_sources_that_fail(rt, tmp_path):
             next(rt.stream("videotestsrc num-buffers=1 ! videoconvert ! appsink"))
 
 
+def test_bad_model_is_a_clear_error(tmp_path):
+    from iared_edge import Runtime
+    with pytest.raises(ValueError, match="unknown model 'deit_tiny'"):
+        Runtime("deit_tiny")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        Runtime(str(tmp_path / "missing.safetensors"))
+
+
 def test_demo_source_is_the_bundled_clip(rt):
     frames = 0
     for frame, res in rt.stream("demo"):

@@ -373,10 +373,11 @@ def write_dataset(root: str, sizes: Dict[str, int] = None, seed: int = 0, clutte
     unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; splits are {SPLITS}")
-    boxes: Dict[str, List[int]] = {}
-    for split, n in sizes.items():
+    for split, n in sizes.items():  # all checked before any image is written
         if n < 0:
             raise ValueError(f"{split}: image count must be >= 0, got {n}")
+    boxes: Dict[str, List[int]] = {}
+    for split, n in sizes.items():
         gen = DigitsInClutter(split, seed=seed)
         for d in CLASSES:
             os.makedirs(os.path.join(root, split, d), exist_ok=True)

@@ -96,9 +96,18 @@ class CountsGraph(nn.Module):
         return dense_ratio_forward(self.model, images, lambda s, probs: _TopKIndices.apply(probs, keep_counts[s]))
 
 
+MIN_OPSET = 14  # the attention is exported as scaled_dot_product_attention, which needs 14
+
+
+def check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ValueError(f"ONNX opset must be >= {MIN_OPSET} (attention needs it), got {opset}")
+
+
 def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:
     """Write `path` (.onnx): one graph for every keep level, inputs `images` and `keep_counts`
     (int64 [S], each in 1..the previous stage's count); returns the output names."""
+    check_opset(opset)
     graph = CountsGraph(model).eval()
     S = model.num_stages
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(S)] + ["heatmap"]
@@ -115,6 +124,7 @@ def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:
 
 def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: int = 17) -> List[str]:
     """Write `path` (.onnx) for one keep level; returns the output names."""
+    check_opset(opset)
     graph = RatioGraph(model, ratio).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
     x = torch.zeros(2, *model.input_size)

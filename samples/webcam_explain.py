@@ -110,13 +110,24 @@ def main(argv=None) -> int:
                          "instructions, else fp32); default: the model's own (fp32 for saved models)")
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
-    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
     args = ap.parse_args(argv)
+    if args.max_frames is not None and args.max_frames < 1:
+        ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
+    try:
+        return run(args)
+    except (ValueError, OSError, TypeError, RuntimeError) as exc:  # bad model, source, budget, output
+        print(f"webcam_explain: error: {exc}", file=sys.stderr)
+        return 2
 
+
+def run(args) -> int:
     headless = args.headless or not has_display()
     if headless and not args.headless:
         print("no display: running headless")
     output = args.output or ("webcam_explain.mp4" if headless else None)
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise FileNotFoundError(f"--output {output}: no such folder")
     source = pick_source(args.source)
     model = resolve_model(args.model, args.checkpoint)
     truth = load_truth(source)
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
                 if writer is None:
                     writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, pic.shape[1::-1])
                     if not writer.isOpened():
-                        raise SystemExit(f"cannot write {output}")
+                        raise OSError(f"cannot write {output}")
                 writer.write(pic)
             if not headless:
                 cv2.imshow("iared-edge", pic)

@@ -94,6 +94,24 @@ def test_bad_model_is_a_clear_error(tmp_path):
         Runtime(str(tmp_path / "missing.safetensors"))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(policy="ratio"), 'policy "ratio" needs ratio='),
+    (dict(ratio=0.5), "with policy 'threshold' it would be ignored"),
+    (dict(policy="ratio", ratio=1.5), r"keep level in \(0, 1\], got 1.5"),
+    (dict(policy="ratio", ratio=0), r"keep level in \(0, 1\], got 0"),
+    (dict(policy="best"), "policy must be"),
+    (dict(color="yuv"), "color must be"),
+    (dict(topk=0), "topk must be at least 1"),
+    (dict(budget_ms=0), "budget_ms must be a positive number"),
+    (dict(precision="int8"), "precision must be one of"),
+    (dict(device="tpu"), "device must be"),
+])
+def test_bad_runtime_arguments_are_clear_errors(kwargs, message):
+    from iared_edge import Runtime
+    with pytest.raises(ValueError, match=message):
+        Runtime("demo", **kwargs)
+
+
 def test_demo_source_is_the_bundled_clip(rt):
     frames = 0
     for frame, res in rt.stream("demo"):

@@ -71,6 +71,11 @@ class Runtime:
             raise ValueError(f'policy must be "all", "threshold" or "ratio", got {policy!r}')
         if policy == "ratio" and ratio is None:
             raise ValueError('policy "ratio" needs ratio=')
+        if ratio is not None and policy != "ratio":
+            raise ValueError(f'ratio= is the keep level of policy "ratio"; with policy {policy!r} it would be '
+                             'ignored (a budget picks its own levels)')
+        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+            raise ValueError(f"ratio is a keep level in (0, 1], got {ratio!r}")
         if color not in ("bgr", "rgb"):
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
         if backend not in ("torch", "onnxruntime", "tensorrt"):

@@ -78,6 +78,10 @@ def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path, prof
         with Runtime(model, policy="ratio", ratio=0.6, topk=3) as rt_torch, \
                 Runtime(model, policy="ratio", ratio=0.6, topk=3, backend="onnxruntime", onnx_cache=str(tmp_path)) as rt_ort:
             a, b = rt_torch(frame), rt_ort(frame)
+            # a batch runs through the same graph (dynamic batch axis)
+            pair = [frame, np.ascontiguousarray(frame[::-1])]
+            for x, y in zip(rt_torch.batch(pair), rt_ort.batch(pair)):
+                assert x.indices == y.indices and np.array_equal(x.stage_masks, y.stage_masks)
     finally:
         model.keep_profile = None
     assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-5)

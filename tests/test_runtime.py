@@ -86,6 +86,37 @@ def test_sources_that_fail(rt, tmp_path):
             next(rt.stream("videotestsrc num-buffers=1 ! videoconvert ! appsink"))
 
 
+def test_batch_matches_one_frame_at_a_time():
+    """Frames of several sizes in one forward (policy "threshold": each image keeps its own
+    number of tokens, packed together) give each frame's own answer, in order."""
+    from iared_edge.demo.digits import DigitsInClutter
+    digits, _, _ = DigitsInClutter("test", seed=0).batch(range(5))
+    frames = [np.ascontiguousarray(d[..., ::-1]) for d in digits] + clip_frames(2)
+    frames[1] = cv2.resize(frames[1], (320, 200))
+    with Runtime("demo", topk=3) as rt:
+        batched = rt.batch(frames)
+        one = [rt(f) for f in frames]
+        assert rt.stats()["frames"] == 2 * len(frames)
+    assert [r.frame_index for r in batched] == list(range(len(frames)))
+    kept = {round(r.keep_ratio, 4) for r in batched}
+    assert len(kept) > 1  # the batch really held different token counts
+    for b, o, f in zip(batched, one, frames):
+        assert b.indices == o.indices and np.allclose(b.probs, o.probs, atol=1e-4)
+        assert (b.stage_masks == o.stage_masks).all() and b.stage_keep == o.stage_keep
+        assert b.heatmap.shape == f.shape[:2] and np.abs(b.heatmap - o.heatmap).max() < 1e-4
+        assert b.latency_ms == batched[0].latency_ms  # the batch's, shared
+
+
+def test_batch_refuses_what_it_cannot_do(rt):
+    with pytest.raises(ValueError, match="at least one frame"):
+        rt.batch([])
+    with pytest.raises(ValueError, match="frame 1: frame must be H x W x 3 uint8"):
+        rt.batch([clip_frames(1)[0], np.zeros((8, 8, 3), np.float32)])
+    with Runtime("demo", budget_ms=500, calibrate_runs=1) as budgeted:
+        with pytest.raises(ValueError, match="without a latency budget"):
+            budgeted.batch(clip_frames(2))
+
+
 def test_bad_model_is_a_clear_error(tmp_path):
     from iared_edge import Runtime
     with pytest.raises(ValueError, match="unknown model 'deit_tiny'"):

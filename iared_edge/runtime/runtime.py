@@ -293,12 +293,13 @@ class Runtime:
             self._ratio_cache[key] = self.model.stage_ratios(level)
         return self._ratio_cache[key]
 
-    def _time_model(self, x: torch.Tensor, ratio: Optional[float]):
-        """One forward at keep level `ratio` (None: the Runtime's own policy), timed."""
+    def _time_model(self, x: torch.Tensor, ratio: Optional[float], graphs: bool = True):
+        """One forward at keep level `ratio` (None: the Runtime's own policy), timed. `graphs=False`:
+        eager even where CUDA graphs (captured for batch 1) were made."""
         if ratio is None and self.policy == "ratio":
             ratio = self.ratio
         t0 = time.perf_counter()
-        if self._graphs is not None:
+        if self._graphs is not None and (graphs or self.backend != "torch"):
             out = self._graphs(x, max(self._graphs.levels) if ratio is None else ratio)
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
@@ -311,7 +312,6 @@ class Runtime:
         return out, (time.perf_counter() - t0) * 1e3
 
     def _infer(self, frame: np.ndarray, x: torch.Tensor, pre_ms: float, timestamp: float) -> Result:
-        cv2 = import_cv2()
         with self._lock:
             level = self.controller.choose() if self.controller else None
             ratio = self.controller.keep_ratio if self.controller else None
@@ -321,29 +321,38 @@ class Runtime:
                 started = time.perf_counter()
                 out, model_ms = self._time_model(x, ratio)
                 t0 = time.perf_counter()
-                probs = out.logits[0].float().softmax(-1)
-                top = probs.topk(self.topk)
-                h, w = frame.shape[:2]
-                heat = cv2.resize(out.heatmap[0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-                masks = out.keep_masks[0].view(-1, *self.model.grid_size).cpu().numpy()
-                stage_keep = out.keep_ratio[0].tolist()
+                answer = self._answer(out, 0, frame)
                 post_ms = (time.perf_counter() - t0) * 1e3
             total = pre_ms + model_ms + post_ms
             if self.controller:
                 if model_ms > 1.5 * (self.controller.predict(level, mode) - self.controller.overhead_ms):
                     self._slow_at = started
                 self.controller.observe(level, model_ms, pre_ms + post_ms, mode, self._quiet())
-            index = self._frames
-            self._frames += 1
-            now = time.perf_counter()
-            self._t_first = self._t_first or now
-            self._t_last = now
-            keep = float(np.mean(stage_keep))
-            self._records.append((total, keep, self.budget_ms))
-        return Result([self.labels[i] for i in top.indices.tolist()], top.values.tolist(), top.indices.tolist(),
-                      np.clip(heat, 0, 1).astype(np.float32), masks, stage_keep, keep,
-                      {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total},
+            index = self._record(answer, total)
+        return Result(*answer, {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total},
                       index, timestamp, ratio, self.thread_modes[mode] if self.controller else None)
+
+    def _answer(self, out, i: int, frame: np.ndarray) -> tuple:
+        """Image `i` of a forward's output as Result's first fields: top-k labels, probabilities and
+        indices, the heatmap at the frame's size, per-stage masks and keeps, the mean keep."""
+        cv2 = import_cv2()
+        top = out.logits[i].float().softmax(-1).topk(self.topk)
+        h, w = frame.shape[:2]
+        heat = cv2.resize(out.heatmap[i].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+        masks = out.keep_masks[i].view(-1, *self.model.grid_size).cpu().numpy()
+        stage_keep = out.keep_ratio[i].tolist()
+        return ([self.labels[j] for j in top.indices.tolist()], top.values.tolist(), top.indices.tolist(),
+                np.clip(heat, 0, 1).astype(np.float32), masks, stage_keep, float(np.mean(stage_keep)))
+
+    def _record(self, answer: tuple, total_ms: float) -> int:
+        """Count one answered frame in stats() (caller holds the lock); returns its frame index."""
+        index = self._frames
+        self._frames += 1
+        now = time.perf_counter()
+        self._t_first = self._t_first or now
+        self._t_last = now
+        self._records.append((total_ms, answer[-1], self.budget_ms))
+        return index
 
     def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
         """One frame (H x W x 3 uint8, BGR unless color="rgb"; H x W grey; H x W x 4 with alpha;
@@ -357,6 +366,37 @@ class Runtime:
                 x = self.preprocess(frame, color)
         pre_ms = (time.perf_counter() - t0) * 1e3
         return self._infer(np.asarray(frame) if not isinstance(frame, np.ndarray) else frame, x, pre_ms, timestamp)
+
+    def batch(self, frames: Sequence[Any], color: Optional[str] = None) -> List[Result]:
+        """Several frames (one per camera, say) in one forward; Results in order, as `rt(frame)`
+        gives them. With policy "threshold" each image keeps its own number of tokens, and the
+        batch's kept tokens share one packed buffer, no padding. Each Result's latency is the whole
+        batch's (what every frame waited). No latency budget: the controller is calibrated per
+        frame, so a Runtime with budget_ms= refuses (use rt(frame) or rt.stream)."""
+        if self.controller is not None:
+            raise ValueError("batch() runs without a latency budget (the budget controller is calibrated per "
+                             "frame): create the Runtime without budget_ms=, or call it per frame")
+        frames = list(frames)
+        if not frames:
+            raise ValueError("batch() needs at least one frame")
+        timestamp = time.time()
+        t0 = time.perf_counter()
+        xs = []
+        for i, frame in enumerate(frames):
+            try:
+                xs.append(self.preprocess(frame, color))
+            except ValueError as exc:
+                raise ValueError(f"frame {i}: {exc}") from None
+        pre_ms = (time.perf_counter() - t0) * 1e3
+        arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
+        with self._lock:
+            out, model_ms = self._time_model(self._to_device(torch.cat(xs)), None, graphs=False)
+            t0 = time.perf_counter()
+            answers = [self._answer(out, i, a) for i, a in enumerate(arrays)]
+            post_ms = (time.perf_counter() - t0) * 1e3
+            latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms,
+                       "total": pre_ms + model_ms + post_ms}
+            return [Result(*a, dict(latency), self._record(a, latency["total"]), timestamp) for a in answers]
 
     # -- streams ---------------------------------------------------------------------------------
     def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None

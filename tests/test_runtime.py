@@ -648,6 +648,11 @@ def test_cuda_graphs_per_level_give_the_eager_result():
     assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-4)
     assert np.array_equal(a.stage_masks, b.stage_masks)
     assert not np.array_equal(a.heatmap, a2.heatmap)
+    # a batch bypasses the batch-1 graphs and gives each frame's own answer
+    frames = [frame, frame[::-1].copy(), frame[:, ::-1].copy()]
+    for res, f in zip(graphs.batch(frames), frames):
+        one = eager(f)
+        assert res.indices == one.indices and np.array_equal(res.stage_masks, one.stage_masks)
 
 
 def _demo_test_images(n):

@@ -28,6 +28,9 @@ def test_version_and_info_name_the_package_version(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"iared-edge {__version__};") and "ops backend: cpu -> " in text
+    # `python -m iared_edge` is the same command line
+    run = subprocess.run([sys.executable, "-m", "iared_edge", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == f"iared-edge {__version__}"
 
 
 def test_predict_notes_random_weights_only_for_untrained_models(tmp_path, capsys):

@@ -9,12 +9,13 @@ Keys: + / - change the latency budget (start with --budget-ms), h heatmap on/off
 on/off, q quit. Headless (--headless, or when there is no display) it writes the annotated video and
 OUTPUT.json: per frame the label, confidence, keep ratio and latency, and the Runtime's stats.
 
-The whole of a camera app, without the drawing:
+The whole of a camera app, without the text panel:
 
+    import cv2
     from iared_edge import Runtime
     with Runtime("demo", budget_ms=30) as rt:
         for frame, res in rt.stream(0):
-            print(res.label, res.score, res.keep_ratio, res.latency_ms)
+            cv2.imshow(res.label, res.overlay(frame)); cv2.waitKey(1)
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import numpy as np  # noqa: E402
 from iared_edge import Runtime  # noqa: E402
 from iared_edge.checkpoint import resolve_model  # noqa: E402
 from iared_edge.devices import PRECISIONS  # noqa: E402
-from iared_edge.preprocess import overlay  # noqa: E402
 
 
 def pick_source(arg: str):
@@ -56,10 +56,7 @@ def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool 
              min_side: int = 560, keys: bool = False) -> np.ndarray:
     """The frame (enlarged to `min_side`) with the heatmap blended in, dropped patches dimmed,
     and a text panel: label and confidence, fps, latency against the budget, keep per stage."""
-    rgb = frame_bgr[..., ::-1]
-    heat = res.heatmap if show_heat else np.zeros_like(res.heatmap)
-    kept = res.stage_masks[-1] if show_mask else None
-    pic = overlay(np.ascontiguousarray(rgb), heat, kept, alpha=0.45 if show_heat else 0.0)[..., ::-1]
+    pic = res.overlay(frame_bgr, heatmap=show_heat, mask=show_mask)
     h, w = pic.shape[:2]
     s = max(1.0, min_side / min(h, w))
     pic = np.ascontiguousarray(cv2.resize(pic, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR))

@@ -86,6 +86,27 @@ def test_sources_that_fail(rt, tmp_path):
             next(rt.stream("videotestsrc num-buffers=1 ! videoconvert ! appsink"))
 
 
+def test_result_overlay_shows_heatmap_and_dropped_patches(rt):
+    from iared_edge.preprocess import overlay
+    frame = clip_frames(1)[0]
+    res = rt(frame)
+    shown = res.overlay(frame)
+    ref = overlay(np.ascontiguousarray(frame[..., ::-1]), res.heatmap, res.stage_masks[-1], alpha=0.45)[..., ::-1]
+    assert shown.shape == frame.shape and np.array_equal(shown, ref)
+    assert np.array_equal(res.overlay(frame[..., ::-1].copy(), color="rgb"), ref[..., ::-1])
+    assert np.array_equal(res.overlay(frame, heatmap=False, mask=False), frame)  # both off: the frame itself
+    # dimmed where the last stage dropped the patch, not where it kept it
+    no_heat = res.overlay(frame, heatmap=False).astype(int)
+    kept = cv2.resize(res.stage_masks[-1].astype(np.uint8), frame.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+    assert (no_heat[~kept] <= frame[~kept]).all() and np.array_equal(no_heat[kept], frame[kept].astype(int))
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    assert rt(grey).overlay(grey).shape == frame.shape
+    with pytest.raises(ValueError, match="this Result answers a 384x288 frame"):
+        res.overlay(frame[:100])
+    with pytest.raises(ValueError, match="color must be"):
+        res.overlay(frame, color="yuv")
+
+
 def test_batch_matches_one_frame_at_a_time():
     """Frames of several sizes in one forward (policy "threshold": each image keeps its own
     number of tokens, packed together) give each frame's own answer, in order."""

@@ -23,7 +23,7 @@ import torch
 
 from ..checkpoint import resolve_model
 from ..devices import PRECISION_DTYPES, PRECISIONS, inference_dtype, resolve_device
-from ..preprocess import model_normalization
+from ..preprocess import model_normalization, overlay
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
@@ -54,6 +54,28 @@ class Result:
     @property
     def score(self) -> float:
         return self.probs[0]
+
+    def overlay(self, frame: np.ndarray, color: str = "bgr", heatmap: bool = True, mask: bool = True,
+                alpha: float = 0.45) -> np.ndarray:
+        """`frame` (the one this Result answers; H x W x 3 uint8, BGR unless color="rgb"; H x W grey
+        or H x W x 4 with alpha give 3 channels) with the heatmap blended in and the patches dropped
+        by the last stage dimmed, in the frame's colour order: what to show in a camera app."""
+        if color not in ("bgr", "rgb"):
+            raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
+        frame = np.asarray(frame)
+        if frame.dtype == np.uint8 and frame.ndim == 2:
+            frame = frame[..., None]
+        if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] in (1, 4):
+            frame = np.repeat(frame, 3, 2) if frame.shape[2] == 1 else frame[..., :3]
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4), got {frame.dtype} {frame.shape}")
+        if frame.shape[:2] != self.heatmap.shape:
+            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, but this Result answers a "
+                             f"{self.heatmap.shape[1]}x{self.heatmap.shape[0]} frame")
+        rgb = np.ascontiguousarray(frame[..., ::-1] if color == "bgr" else frame)
+        heat = self.heatmap if heatmap else np.zeros_like(self.heatmap)
+        pic = overlay(rgb, heat, self.stage_masks[-1] if mask else None, alpha=alpha if heatmap else 0.0)
+        return np.ascontiguousarray(pic[..., ::-1]) if color == "bgr" else pic
 
 
 class Runtime:

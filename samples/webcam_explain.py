@@ -15,7 +15,7 @@ The whole of a camera app, without the text panel:
     from iared_edge import Runtime
     with Runtime("demo", budget_ms=30) as rt:
         for frame, res in rt.stream(0):
-            cv2.imshow(res.label, res.overlay(frame)); cv2.waitKey(1)
+            cv2.imshow("iared-edge", res.overlay(frame)); cv2.waitKey(1)
 """
 from __future__ import annotations
 

@@ -13,6 +13,28 @@ from .devices import AMP_CHOICES, PRECISIONS, autocast_dtype, inference_dtype
 MODEL_HELP = 'a timm name, a saved .safetensors, or "demo" (the bundled digits model)'
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def find_images(folder: str) -> List[str]:
+    """The images under `folder` (searched recursively), sorted."""
+    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not found:
+        raise ValueError(f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
+    return found
+
+
+def heatmap_names(paths: List[str]) -> List[str]:
+    """One PNG name per image: its file name's stem, made unique with -2, -3, ... where stems repeat."""
+    names, seen = [], {}
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -21,8 +43,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from . import ops
     from .preprocess import ASSETS, load_rgb, model_input, model_normalization, overlay
 
-    image = args.image or os.path.join(ASSETS, "squirrel_cls.jpg")
-    rgb = load_rgb(image)  # a bad image fails before the model is built
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    paths = [p for item in args.images for p in (find_images(item) if os.path.isdir(item) else [item])]
+    paths = paths or [os.path.join(ASSETS, "squirrel_cls.jpg")]
+    rgbs = [load_rgb(p) for p in paths]  # a bad image fails before the model is built
+    if len(paths) == 1:
+        outs = [args.out or "heatmap.png"]
+    else:  # one PNG per image in a folder
+        os.makedirs(args.out or "heatmaps", exist_ok=True)
+        outs = [os.path.join(args.out or "heatmaps", n) for n in heatmap_names(paths)]
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint)
     if args.precision is not None:
@@ -30,34 +60,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not names_saved_model(args.model):
         print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
               "meaningless, the token dropping and timings are real")
-    x = model_input(model, rgb)
-    kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
-    with torch.inference_mode():
-        out = model(x, policy=args.policy, **kwargs)
-        full = model.flops()[0].item()
-    probs = out.logits.float().softmax(-1)[0]
-    top = probs.topk(min(5, probs.numel()))
-    labels = model.class_names()
-    print(f"image: {image}  model: {args.model}  policy: {args.policy}  weights: "
+    print(f"model: {args.model}  policy: {args.policy}  weights: "
           f"{str(next(model.parameters()).dtype).replace('torch.', '')}  ops backend: {ops.backend('cpu')}")
-    for p, i in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"  {p:6.2%}  {labels[i]}")
-    ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[0].tolist())
-    print(f"patch tokens kept per stage: {ratios}; FLOPs {out.flops[0].item() / 1e9:.2f} G "
-          f"vs {full / 1e9:.2f} G for the plain backbone ({full / out.flops[0].item():.2f}x fewer)")
+    labels = model.class_names()
     mean, std, _ = model_normalization(model)
-    crop = ((x[0] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1) * 255)
-    crop = crop.permute(1, 2, 0).byte().numpy()
-    final_kept = out.keep_masks[0, -1].view(model.grid_size).numpy()
-    pic = overlay(crop, out.heatmap[0].numpy(), final_kept)
-    Image.fromarray(np.concatenate([crop, pic], 1)).save(args.out)
-    print(f"heatmap written to {args.out} (left: input, right: interpreter heatmap, dropped patches dimmed)")
+    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
+    full = model.flops()[0].item()
+    for first in range(0, len(paths), args.batch):  # a batch's images each keep their own tokens
+        x = torch.cat([model_input(model, rgb) for rgb in rgbs[first:first + args.batch]])
+        with torch.inference_mode():
+            out = model(x, policy=args.policy, **kwargs)
+        for i in range(len(x)):
+            path, dest = paths[first + i], outs[first + i]
+            top = out.logits[i].float().softmax(-1).topk(min(5, out.logits.shape[-1]))
+            ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[i].tolist())
+            flops = out.flops[i].item()
+            print(f"{path}:")
+            for p, c in zip(top.values.tolist(), top.indices.tolist()):
+                print(f"  {p:6.2%}  {labels[c]}")
+            print(f"  patch tokens kept per stage: {ratios}; FLOPs {flops / 1e9:.2f} G vs {full / 1e9:.2f} G "
+                  f"for the plain backbone ({full / flops:.2f}x fewer)")
+            crop = ((x[i].float() * std + mean).clamp(0, 1) * 255).permute(1, 2, 0).byte().numpy()
+            pic = overlay(crop, out.heatmap[i].float().numpy(), out.keep_masks[i, -1].view(model.grid_size).numpy())
+            Image.fromarray(np.concatenate([crop, pic], 1)).save(dest)
+    where = f"heatmap written to {outs[0]}" if len(outs) == 1 else f"{len(outs)} heatmaps written to {os.path.dirname(outs[0])}/"
+    print(f"{where} (left: input, right: interpreter heatmap, dropped patches dimmed)")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import glob
-
     import torch
 
     from .checkpoint import save_model
@@ -71,10 +103,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.images):
         raise FileNotFoundError(f"no such image folder: {args.images}")
     model = resolve_model(args.model, args.checkpoint)
-    paths = sorted(p for ext in ("jpg", "jpeg", "png", "bmp") for p in glob.glob(os.path.join(args.images, f"**/*.{ext}"), recursive=True))
-    if not paths:
-        raise ValueError(f"{args.images}: no .jpg/.png/.bmp images found")
-    paths = paths[: args.limit]
+    paths = find_images(args.images)[: args.limit]
     tensors = [model_input(model, load_rgb(p)) for p in paths]
     batches = [torch.cat(tensors[i:i + args.batch]) for i in range(0, len(tensors), args.batch)]
     thresholds = calibrate_thresholds(model, batches, args.keep, shape=args.shape)
@@ -208,15 +237,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--version", action="version", version=f"iared-edge {__version__}",
                         help="print the version and exit (`iared-edge info`: also the build and backend)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="classify one image, print top-5, write the heatmap PNG")
-    p.add_argument("image", nargs="?", help="image file (default: a bundled photo)")
+    p = sub.add_parser("predict", help="classify images, print top-5, write heatmap PNGs")
+    p.add_argument("images", nargs="*", help="image files or folders of them (default: a bundled photo)")
     p.add_argument("--model", default="deit_small_patch16_224", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="timm/DeiT weights for a timm name (.pth or .safetensors)")
     p.add_argument("--policy", default="threshold", choices=["all", "threshold", "ratio"])
     p.add_argument("--ratio", type=float, default=0.7, help='keep ratio per stage for --policy ratio')
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="weights to run (auto: bf16 on a CPU with bf16 instructions, else fp32); default: as loaded")
-    p.add_argument("--out", default="heatmap.png")
+    p.add_argument("--out", default=None, help="the heatmap PNG (default heatmap.png); for several images "
+                   "a folder, one PNG per image (default heatmaps/)")
+    p.add_argument("--batch", type=int, default=8, help="images per forward")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     p.set_defaults(func=cmd_predict)
     c = sub.add_parser("calibrate", help="set per-stage thresholds so that a target share of tokens is kept")

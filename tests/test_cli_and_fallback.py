@@ -54,8 +54,41 @@ def test_predict_in_reduced_precision_reads_a_digit_as_float32_does(tmp_path, ca
                      "--out", str(tmp_path / f"{precision}.png")]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert {"fp32": "weights: float32", "bf16": "weights: bfloat16"}[precision] in lines[0]
-        tops[precision] = lines[1].split()[-1]  # "  97.12%  7": the best label
+        tops[precision] = lines[2].split()[-1]  # "  97.12%  7": the best label, after the image's path
     assert tops["fp32"] == tops["bf16"] and tops["fp32"] in [str(d) for d in range(10)]
+
+
+def test_predict_many_images_reads_each_as_alone(tmp_path, capsys):
+    """Files and folders together, in batches whose images keep their own tokens: each image's
+    answer is the one `predict` gives it alone; one PNG per image, repeated names made unique."""
+    import cv2
+    from iared_edge.demo import DigitsInClutter
+    imgs, _, _ = DigitsInClutter("test", seed=1).batch(range(5))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / "a" / "0.png", tmp_path / "a" / "1.PNG", tmp_path / "b" / "0.png", tmp_path / "b" / "2.jpg",
+             tmp_path / "single.png"]
+    for img, p in zip(imgs, paths):
+        cv2.imwrite(str(p), img[..., ::-1])
+
+    def answers(text):
+        lines = text.splitlines()
+        return {l[:-1]: lines[i + 1].split()[-1] for i, l in enumerate(lines) if l.endswith(":")}
+
+    out = tmp_path / "maps"
+    assert main(["predict", str(tmp_path / "a"), str(tmp_path / "b"), str(paths[4]), "--model", "demo",
+                 "--batch", "2", "--out", str(out)]) == 0
+    together = answers(capsys.readouterr().out)
+    assert sorted(together) == sorted(str(p) for p in paths)
+    assert sorted(os.listdir(out)) == ["0-2.png", "0.png", "1.png", "2.png", "single.png"]
+    for p in paths:
+        assert main(["predict", str(p), "--model", "demo", "--out", str(tmp_path / "one.png")]) == 0
+        assert answers(capsys.readouterr().out) == {str(p): together[str(p)]}
+    assert main(["predict", str(tmp_path / "b"), str(tmp_path / "empty_is_not_here")]) == 2
+    assert main(["predict", str(tmp_path / "a"), "--batch", "0"]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty")]) == 2
+    assert "no .jpg/.jpeg/.png/.bmp images found" in capsys.readouterr().err
 
 
 def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):

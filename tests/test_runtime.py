@@ -138,6 +138,35 @@ def test_batch_refuses_what_it_cannot_do(rt):
             budgeted.batch(clip_frames(2))
 
 
+def test_streams_answers_every_source_per_round(rt, tmp_path):
+    """Two sources of different lengths, one with a bad frame: rounds hold one answer per running
+    source, each the answer `rt(frame)` gives; the short source's end does not end the other."""
+    clip = clip_frames(30)
+    short = [f[::-1].copy() for f in clip[:6]]
+    short.insert(2, np.zeros((5, 5, 3), np.float32))  # a bad frame: skipped, recorded
+    before = len(rt.stats()["skipped"])
+    rounds = list(rt.streams([CLIP, short]))
+    assert [sorted(i for i, _, _ in r) for r in rounds] == [[0, 1]] * 6 + [[0]] * 24
+    for r in rounds[:6] + rounds[-2:]:
+        for _, frame, res in r:
+            one = rt(frame)
+            assert res.indices == one.indices and np.array_equal(res.stage_masks, one.stage_masks)
+    assert all(np.array_equal(f, s) for (_, f, _), s in zip((r[1] for r in rounds[:6]), short[:2] + short[3:]))
+    st = rt.stats()
+    assert st["skipped"][before:] == ["source 1: frame 2: frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 "
+                                      "with alpha), got float32 (5, 5, 3)"]
+    assert st["end_reason"] == "source 0: end of source; source 1: end of source"
+    # a source that cannot be opened fails at the start, naming it, and leaves no capture running
+    with pytest.raises(FileNotFoundError, match="missing.avi"):
+        next(rt.streams([CLIP, str(tmp_path / "missing.avi")]))
+    assert rt._streams == []
+    with pytest.raises(ValueError, match="at least one source"):
+        next(rt.streams([]))
+    with Runtime("demo", budget_ms=500, calibrate_runs=1) as budgeted:
+        with pytest.raises(ValueError, match="without a latency budget"):
+            next(budgeted.streams([CLIP]))
+
+
 def test_bad_model_is_a_clear_error(tmp_path):
     from iared_edge import Runtime
     with pytest.raises(ValueError, match="unknown model 'deit_tiny'"):

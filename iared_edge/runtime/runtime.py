@@ -410,6 +410,10 @@ class Runtime:
             except ValueError as exc:
                 raise ValueError(f"frame {i}: {exc}") from None
         pre_ms = (time.perf_counter() - t0) * 1e3
+        return self._answer_batch(frames, xs, pre_ms, timestamp)
+
+    def _answer_batch(self, frames: List[Any], xs: List[torch.Tensor], pre_ms: float, timestamp: float) -> List[Result]:
+        """One forward for preprocessed frames; their Results, each with the whole batch's latency."""
         arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
         with self._lock:
             out, model_ms = self._time_model(self._to_device(torch.cat(xs)), None, graphs=False)
@@ -428,74 +432,54 @@ class Runtime:
         Live sources drop the oldest frame under overload, files and iterables drop none unless
         `drop=True`. A bad frame is skipped and recorded; the end of the source, a lost camera or a
         source that raises ends the stream with the reason in `stats()["end_reason"]`."""
-        src = open_source(source)
-        drop = src.kind == LIVE if drop is None else drop
-        q: queue.Queue = queue.Queue(maxsize=self.queue_size)
-        stop = threading.Event()
-        self._streams.append(stop)
+        capture = _Capture(self, source, drop, color, "")
         self._end_reason = None
-
-        def put(item) -> None:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.05)
-                    return
-                except queue.Full:
-                    if drop:
-                        try:
-                            q.get_nowait()
-                            self._dropped["overload"] += 1
-                        except queue.Empty:
-                            pass
-
-        def produce() -> None:
-            reason = "end of source"
-            index = 0
-            try:
-                for ok, frame in src.frames():
-                    if stop.is_set():
-                        reason = "stopped"
-                        break
-                    if not ok:
-                        reason = "end of source" if src.kind != LIVE or index else f"{src.name}: no frame could be read"
-                        break
-                    timestamp = time.time()
-                    t0 = time.perf_counter()
-                    try:
-                        x = self.preprocess(frame, color)
-                    except (ValueError, TypeError) as exc:
-                        self._skipped.append(f"frame {index}: {exc}")
-                        index += 1
-                        continue
-                    put((frame, x, (time.perf_counter() - t0) * 1e3, timestamp))
-                    index += 1
-            except Exception as exc:  # a source that raises ends the stream, recorded
-                reason = f"source raised {type(exc).__name__}: {exc}"
-            finally:
-                put((_END, reason, None, None))
-
-        thread = threading.Thread(target=produce, name="iared-capture", daemon=True)
-        thread.start()
         try:
             while True:
-                frame, x, pre_ms, timestamp = q.get()
-                if frame is _END:
-                    self._end_reason = x
+                item = capture.get()
+                if item is None:
+                    self._end_reason = capture.reason
                     return
+                frame, x, pre_ms, timestamp = item
                 yield frame, self._infer(frame, x, pre_ms, timestamp)
         finally:
-            stop.set()
-            while True:  # unblock the producer, then wait for it
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    break
-            thread.join(timeout=5)
-            src.release()
-            if stop in self._streams:
-                self._streams.remove(stop)
+            capture.close()
 
-    # -- reporting and lifetime -------------------------------------------------------------------
+    def streams(self, sources: Sequence[Any], drop: Optional[bool] = None, color: Optional[str] = None
+                ) -> Iterator[List[Tuple[int, np.ndarray, Result]]]:
+        """Several sources (one per camera) at once: yield, per round, one (source index, frame,
+        result) for each source still running, all answered in one forward (`batch`). Each source
+        is captured as `stream` captures one (live ones drop their oldest frames under overload); a
+        round waits for a frame from every running source; the ends and their reasons go into
+        `stats()["end_reason"]`, one per source, and the rounds go on while any source runs. No
+        latency budget, as for `batch`."""
+        if self.controller is not None:
+            raise ValueError("streams() runs without a latency budget (the budget controller is calibrated per "
+                             "frame): create the Runtime without budget_ms=, or stream each source on its own")
+        sources = list(sources)
+        if not sources:
+            raise ValueError("streams() needs at least one source")
+        captures: List[_Capture] = []
+        try:
+            for i, source in enumerate(sources):  # all opened (or failed) before the first round
+                captures.append(_Capture(self, source, drop, color, f"source {i}: "))
+            self._end_reason = None
+            running = list(range(len(captures)))
+            while running:
+                items = {i: captures[i].get() for i in running}
+                running = [i for i in running if items[i] is not None]
+                if not running:
+                    break
+                frames = [items[i][0] for i in running]
+                pre_ms = sum(items[i][2] for i in running)
+                yield list(zip(running, frames, self._answer_batch(frames, [items[i][1] for i in running],
+                                                                   pre_ms, min(items[i][3] for i in running))))
+            self._end_reason = "; ".join(f"source {i}: {c.reason}" for i, c in enumerate(captures))
+        finally:
+            for c in captures:
+                c.close()
+
+        # -- reporting and lifetime -------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
         with self._lock:
             records = list(self._records)
@@ -524,3 +508,81 @@ class Runtime:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Capture:
+    """One source read and preprocessed on a background thread into a bounded queue (a live source
+    drops its oldest frame when the queue is full); `get()` gives (frame, input, preprocess ms,
+    timestamp) or None at the end, with the reason in `reason`. Bad frames are skipped and recorded
+    in the Runtime's stats, named with `prefix`."""
+
+    def __init__(self, rt: "Runtime", source: Any, drop: Optional[bool], color: Optional[str], prefix: str):
+        self.src = open_source(source)
+        self.rt, self.color, self.prefix = rt, color, prefix
+        self.drop = self.src.kind == LIVE if drop is None else drop
+        self.q: queue.Queue = queue.Queue(maxsize=rt.queue_size)
+        self.stop = threading.Event()
+        self.reason: Optional[str] = None
+        rt._streams.append(self.stop)
+        self.thread = threading.Thread(target=self._produce, name="iared-capture", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self.drop:
+                    try:
+                        self.q.get_nowait()
+                        self.rt._dropped["overload"] += 1
+                    except queue.Empty:
+                        pass
+
+    def _produce(self) -> None:
+        reason = "end of source"
+        index = 0
+        try:
+            for ok, frame in self.src.frames():
+                if self.stop.is_set():
+                    reason = "stopped"
+                    break
+                if not ok:
+                    reason = "end of source" if self.src.kind != LIVE or index else f"{self.src.name}: no frame could be read"
+                    break
+                timestamp = time.time()
+                t0 = time.perf_counter()
+                try:
+                    x = self.rt.preprocess(frame, self.color)
+                except (ValueError, TypeError) as exc:
+                    self.rt._skipped.append(f"{self.prefix}frame {index}: {exc}")
+                    index += 1
+                    continue
+                self._put((frame, x, (time.perf_counter() - t0) * 1e3, timestamp))
+                index += 1
+        except Exception as exc:  # a source that raises ends the stream, recorded
+            reason = f"source raised {type(exc).__name__}: {exc}"
+        finally:
+            self._put((_END, reason, None, None))
+
+    def get(self) -> Optional[tuple]:
+        if self.reason is not None:
+            return None
+        item = self.q.get()
+        if item[0] is _END:
+            self.reason = item[1]
+            return None
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        while True:  # unblock the producer, then wait for it
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(timeout=5)
+        self.src.release()
+        if self.stop in self.rt._streams:
+            self.rt._streams.remove(self.stop)

@@ -125,6 +125,7 @@ class Runtime:
         self._frames = 0
         self._records: deque = deque(maxlen=10000)
         self._dropped: Counter = Counter()
+        self._dropped_lock = threading.Lock()  # several capture threads count drops (streams)
         self._skipped: List[str] = []
         self._end_reason: Optional[str] = None
         self._t_first: Optional[float] = None
@@ -536,7 +537,8 @@ class _Capture:
                 if self.drop:
                     try:
                         self.q.get_nowait()
-                        self.rt._dropped["overload"] += 1
+                        with self.rt._dropped_lock:
+                            self.rt._dropped["overload"] += 1
                     except queue.Empty:
                         pass
 

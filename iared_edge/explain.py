@@ -198,7 +198,7 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     model.eval()
     res: Dict = {"images": len(items), "split": split,
                  "policies": {p: {"correct": 0, "keep": np.zeros(model.num_stages), "flops": 0.0} for p in policies},
-                 "methods": {m: {"pointing": 0, "energy": 0.0, "deletion": [], "insertion": []} for m in methods}}
+                 "methods": {m: {"pointing": [], "energy": 0.0, "deletion": [], "insertion": []} for m in methods}}
     full_flops = model.flops()[0].item()
     it = range(0, len(items), batch)
     if progress:
@@ -236,7 +236,7 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
             r = res["methods"][m]
             for i in range(len(chunk)):
                 ov = box_overlap(bxs[i], model.grid_size, patch)
-                r["pointing"] += pointing_hit(maps[i], ov)
+                r["pointing"].append(bool(pointing_hit(maps[i], ov)))
                 r["energy"] += energy_in_box(maps[i], ov)
                 if done + i < curve_images:
                     d, ins = deletion_insertion(model, x[i], maps[i], int(y[i]))
@@ -244,7 +244,7 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
                     r["insertion"].append(ins)
         done += len(chunk)
     n = len(items)
-    summary = {"images": n, "split": split, "full_flops": full_flops, "policies": {}, "methods": {}}
+    summary = {"images": n, "split": split, "files": items, "full_flops": full_flops, "policies": {}, "methods": {}}
     for p, r in res["policies"].items():
         keep = r["keep"] / n
         summary["policies"][p] = {"accuracy": r["correct"] / n, "keep_per_stage": keep.tolist(),
@@ -253,12 +253,16 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     for m, r in res["methods"].items():
         curves = bool(r["deletion"])  # None where no curve was asked for (curve_images=0)
         summary["methods"][m] = {
-            "pointing": r["pointing"] / n, "energy": r["energy"] / n,
+            "pointing": sum(r["pointing"]) / n, "energy": r["energy"] / n,
             "deletion_auc": float(np.mean([auc(c) for c in r["deletion"]])) if curves else None,
             "insertion_auc": float(np.mean([auc(c) for c in r["insertion"]])) if curves else None,
             "curve_images": len(r["deletion"]),
             "deletion_curve": np.mean(r["deletion"], 0).tolist() if curves else None,
-            "insertion_curve": np.mean(r["insertion"], 0).tolist() if curves else None}
+            "insertion_curve": np.mean(r["insertion"], 0).tolist() if curves else None,
+            # per image, in file order, for paired comparisons between methods
+            "pointing_hits": r["pointing"],
+            "deletion_aucs": [float(auc(c)) for c in r["deletion"]],
+            "insertion_aucs": [float(auc(c)) for c in r["insertion"]]}
     return summary
 
 

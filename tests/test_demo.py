@@ -429,6 +429,11 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
                 "--out", str(out), "--quiet"]) == 0
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["images"] == 12 and set(summary["methods"]) == set(explain.METHODS)
+    assert len(summary["files"]) == 12 and all(f.startswith("test/") for f in summary["files"])
+    for r in summary["methods"].values():  # the per-image values the means are made of
+        assert len(r["pointing_hits"]) == 12 and np.mean(r["pointing_hits"]) == pytest.approx(r["pointing"])
+        assert len(r["deletion_aucs"]) == 2 and np.mean(r["deletion_aucs"]) == pytest.approx(r["deletion_auc"])
+        assert np.mean(r["insertion_aucs"]) == pytest.approx(r["insertion_auc"])
     assert os.path.getsize(str(out) + ".png") > 1000
     assert "pointing game" in capsys.readouterr().out
     assert cli(["eval", "--model", str(model_path), "--data", str(tmp_path / "nowhere")]) == 2

@@ -480,7 +480,7 @@ class Runtime:
             for c in captures:
                 c.close()
 
-        # -- reporting and lifetime -------------------------------------------------------------------
+    # -- reporting and lifetime -------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
         with self._lock:
             records = list(self._records)

@@ -395,7 +395,8 @@ class Runtime:
         gives them. With policy "threshold" each image keeps its own number of tokens, and the
         batch's kept tokens share one packed buffer, no padding. Each Result's latency is the whole
         batch's (what every frame waited). No latency budget: the controller is calibrated per
-        frame, so a Runtime with budget_ms= refuses (use rt(frame) or rt.stream)."""
+        frame, so a Runtime with budget_ms= refuses (use rt(frame) or rt.stream). The TensorRT
+        backend takes at most its engines' max_batch (8) frames at once."""
         if self.controller is not None:
             raise ValueError("batch() runs without a latency budget (the budget controller is calibrated per "
                              "frame): create the Runtime without budget_ms=, or call it per frame")

@@ -47,7 +47,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     paths = [p for item in args.images for p in (find_images(item) if os.path.isdir(item) else [item])]
     paths = paths or [os.path.join(ASSETS, "squirrel_cls.jpg")]
-    rgbs = [load_rgb(p) for p in paths]  # a bad image fails before the model is built
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    # one image: a bad one fails before the model is built; several: read a batch at a time (a
+    # folder may not fit in memory), an unreadable one skipped and reported, the rest go on
+    first_rgb = {paths[0]: load_rgb(paths[0])} if len(paths) == 1 else {}
     if len(paths) == 1:
         outs = [args.out or "heatmap.png"]
     else:  # one PNG per image in a folder
@@ -67,12 +72,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
     full = model.flops()[0].item()
+    skipped = []
     for first in range(0, len(paths), args.batch):  # a batch's images each keep their own tokens
-        x = torch.cat([model_input(model, rgb) for rgb in rgbs[first:first + args.batch]])
+        chunk, xs = [], []
+        for path, dest in zip(paths[first:first + args.batch], outs[first:first + args.batch]):
+            try:
+                xs.append(model_input(model, first_rgb.pop(path) if path in first_rgb else load_rgb(path)))
+                chunk.append((path, dest))
+            except ValueError as exc:
+                skipped.append(path)
+                print(f"skipped: {exc}", file=sys.stderr)
+        if not chunk:
+            continue
+        x = torch.cat(xs)
         with torch.inference_mode():
             out = model(x, policy=args.policy, **kwargs)
-        for i in range(len(x)):
-            path, dest = paths[first + i], outs[first + i]
+        for i, (path, dest) in enumerate(chunk):
             top = out.logits[i].float().softmax(-1).topk(min(5, out.logits.shape[-1]))
             ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[i].tolist())
             flops = out.flops[i].item()
@@ -84,8 +99,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             crop = ((x[i].float() * std + mean).clamp(0, 1) * 255).permute(1, 2, 0).byte().numpy()
             pic = overlay(crop, out.heatmap[i].float().numpy(), out.keep_masks[i, -1].view(model.grid_size).numpy())
             Image.fromarray(np.concatenate([crop, pic], 1)).save(dest)
-    where = f"heatmap written to {outs[0]}" if len(outs) == 1 else f"{len(outs)} heatmaps written to {os.path.dirname(outs[0])}/"
+    done = len(paths) - len(skipped)
+    where = f"heatmap written to {outs[0]}" if len(outs) == 1 else f"{done} heatmaps written to {os.path.dirname(outs[0])}/"
     print(f"{where} (left: input, right: interpreter heatmap, dropped patches dimmed)")
+    if skipped:
+        print(f"iared-edge: {len(skipped)} of {len(paths)} images unreadable, skipped", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -84,7 +84,15 @@ def test_predict_many_images_reads_each_as_alone(tmp_path, capsys):
     for p in paths:
         assert main(["predict", str(p), "--model", "demo", "--out", str(tmp_path / "one.png")]) == 0
         assert answers(capsys.readouterr().out) == {str(p): together[str(p)]}
+    # an unreadable image among several is skipped and reported, the others are answered; exit 1
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    assert main(["predict", str(tmp_path / "b"), "--model", "demo", "--out", str(tmp_path / "maps2")]) == 1
+    err = capsys.readouterr()
+    assert "broken.png: not a readable image" in err.err and "1 of 3 images unreadable, skipped" in err.err
+    assert sorted(answers(err.out)) == [str(paths[2]), str(paths[3])]
+    assert sorted(os.listdir(tmp_path / "maps2")) == ["0.png", "2.png"]
     assert main(["predict", str(tmp_path / "b"), str(tmp_path / "empty_is_not_here")]) == 2
+    assert "no such image file" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "a"), "--batch", "0"]) == 2
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty")]) == 2

@@ -175,7 +175,8 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
                    methods: Sequence[str] = METHODS, policies: Sequence[str] = ("all", "threshold"),
                    curve_images: int = 100, batch: int = 32, progress: bool = True) -> Dict:
     """Accuracy and keep per policy, and per heatmap method the pointing game, energy in the box
-    and deletion/insertion AUC (on the first `curve_images` images), for a dataset written by
+    and deletion/insertion AUC (on `curve_images` images evenly spaced over the split's sorted
+    files, so every class folder is among them), for a dataset written by
     `iared-edge make-digits` (ImageFolder + boxes.json)."""
     from .demo.digits import read_boxes
     from .preprocess import load_rgb, model_input, model_normalization
@@ -204,6 +205,9 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     if progress:
         from tqdm import tqdm
         it = tqdm(it, desc="eval", dynamic_ncols=True)
+    # evenly spaced, not the first N: the files sort by class, so the first 100 were all one digit
+    curve_at = set(np.linspace(0, len(items) - 1, min(curve_images, len(items))).round().astype(int).tolist()) \
+        if curve_images else set()
     done = 0
     for start in it:
         chunk = items[start:start + batch]
@@ -238,13 +242,14 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
                 ov = box_overlap(bxs[i], model.grid_size, patch)
                 r["pointing"].append(bool(pointing_hit(maps[i], ov)))
                 r["energy"] += energy_in_box(maps[i], ov)
-                if done + i < curve_images:
+                if done + i in curve_at:
                     d, ins = deletion_insertion(model, x[i], maps[i], int(y[i]))
                     r["deletion"].append(d)
                     r["insertion"].append(ins)
         done += len(chunk)
     n = len(items)
-    summary = {"images": n, "split": split, "files": items, "full_flops": full_flops, "policies": {}, "methods": {}}
+    summary = {"images": n, "split": split, "files": items, "curve_files": [items[k] for k in sorted(curve_at)],
+               "full_flops": full_flops, "policies": {}, "methods": {}}
     for p, r in res["policies"].items():
         keep = r["keep"] / n
         summary["policies"][p] = {"accuracy": r["correct"] / n, "keep_per_stage": keep.tolist(),

@@ -430,6 +430,8 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["images"] == 12 and set(summary["methods"]) == set(explain.METHODS)
     assert len(summary["files"]) == 12 and all(f.startswith("test/") for f in summary["files"])
+    # the curve images span the split (its files sort by class), not its first files
+    assert summary["curve_files"] == [summary["files"][0], summary["files"][-1]]
     for r in summary["methods"].values():  # the per-image values the means are made of
         assert len(r["pointing_hits"]) == 12 and np.mean(r["pointing_hits"]) == pytest.approx(r["pointing"])
         assert len(r["deletion_aucs"]) == 2 and np.mean(r["deletion_aucs"]) == pytest.approx(r["deletion_auc"])

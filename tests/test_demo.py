@@ -588,6 +588,44 @@ def test_training_batches_with_an_offset_are_later_batches():
     plain.close(), shifted.close()
 
 
+def test_training_batches_from_worker_processes_are_the_same_batches():
+    """--workers: batches drawn by a pool of processes (for a GPU the one generator thread cannot
+    feed) are the thread's batches, in step order, with the offset and the clutter schedule."""
+    from iared_edge.demo.train import batches
+    fade = lambda step: min(1.0, step / 4)
+    one = batches("train", 1, 3, 112, fade, seed=0, offset=2)
+    pool = batches("train", 1, 3, 112, fade, seed=0, offset=2, workers=2, prefetch=1)
+    for _ in range(4):
+        (s1, x1, y1), (s2, x2, y2) = next(one), next(pool)
+        assert s1 == s2 and torch.equal(x1, x2) and torch.equal(y1, y2)
+    one.close(), pool.close()
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        next(batches("train", 0, 2, 112, fade, seed=0, workers=-1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gives")
+def test_backbone_phase_on_a_missing_gpu_is_a_clear_error(tmp_path):
+    from iared_edge.demo import train
+    s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train.train_backbone(str(tmp_path), "small", s)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_backbone_phase_trains_on_a_gpu_and_resumes_on_the_cpu(tmp_path, monkeypatch):
+    """--device cuda --workers 2: a few steps on the GPU; the checkpoint resumes on the CPU."""
+    import dataclasses
+    from iared_edge.demo import train
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
+    s = train.Schedule(batch=4, small_steps=3, small_black=0, small_fade=1, warmup=1, device="cuda", workers=2)
+    model = train.train_backbone(str(tmp_path), "small", s)
+    assert next(model.parameters()).is_cuda
+    state = torch.load(str(tmp_path / "small.pt"), map_location="cpu", weights_only=True)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    cpu = train.train_backbone(str(tmp_path), "small", dataclasses.replace(s, small_steps=4, device="cpu", workers=0))
+    assert not next(cpu.parameters()).is_cuda
+
+
 def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
     """--init-interpreters: the interpreters phase resumes from the seeded checkpoint with nothing
     to train, and the model it hands on (to the fine-tune, the export) carries exactly the source

@@ -88,13 +88,17 @@ class Schedule:
                                    # phases also learn from (knowledge distillation; "": none)
     distill_weight: float = 0.5    # the loss: (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
     distill_temperature: float = 2.0
+    device: str = "cpu"            # where the backbone phases train: "cpu", "cuda[:N]" or "auto" (the
+                                   # interpreter and fine-tune phases run on the CPU)
+    workers: int = 0               # > 0: backbone batches drawn by this many processes (a GPU outruns one
+                                   # CPU thread of the generator); the same images either way
 
 
-def amp_dtype(s: Schedule) -> Optional[torch.dtype]:
-    """The autocast dtype of schedule `s` on the CPU (None: float32)."""
+def amp_dtype(s: Schedule, device: str = "cpu") -> Optional[torch.dtype]:
+    """The autocast dtype of schedule `s` on `device` (None: float32)."""
     if s.amp not in ("auto", "bf16", "none"):
         raise ValueError(f'amp must be "auto", "bf16" or "none", got {s.amp!r}')
-    return autocast_dtype("cpu", s.amp)
+    return autocast_dtype(device, s.amp)
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -161,10 +165,10 @@ def teacher_probabilities(teachers: List[nn.Module], x: torch.Tensor, temperatur
     probs = []
     for t in teachers:
         mean, std, _ = model_normalization(t)
-        tx = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        tx = (pixels - x.new_tensor(mean).view(1, 3, 1, 1)) / x.new_tensor(std).view(1, 3, 1, 1)
         if tuple(tx.shape[-2:]) != tuple(t.input_size[1:]):
             tx = F.interpolate(tx, size=tuple(t.input_size[1:]), mode="bilinear", align_corners=False, antialias=True)
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             logits = t(tx, policy="all").logits
         probs.append((logits.float() / temperature).softmax(-1))
     return torch.stack(probs).mean(0)
@@ -182,13 +186,40 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Opt
     return (1 - w) * ce + w * T * T * kl
 
 
+def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int):
+    """Batch `k` of `gen`'s split at `clutter`: (images uint8 [B, H, W, 3], labels). A quarter of
+    it gets a random lighter clutter, so the easy case is never forgotten."""
+    rng = np.random.default_rng([seed, 7, k])
+    cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, clutter, batch), clutter)
+    imgs, labels, _ = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size)
+    return imgs, labels
+
+
+_WORKER_GENERATOR: Optional[DigitsInClutter] = None  # each batch process's own generator
+
+
+def _start_batch_worker(split: str, seed: int, generator: Dict) -> None:
+    global _WORKER_GENERATOR
+    torch.set_num_threads(1)
+    _WORKER_GENERATOR = DigitsInClutter(split, seed=seed, **generator)
+
+
+def _worker_batch(k: int, batch: int, size: int, clutter: float, seed: int):
+    return draw_batch(_WORKER_GENERATOR, k, batch, size, clutter, seed)
+
+
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3, offset: int = 0, **generator) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-    """(step, images, labels) from `start` on, generated on a background thread. Batch `step`
-    holds images k*batch .. (k+1)*batch-1 of the split, k = step + offset, so a resumed run sees
-    the same data.
-    A quarter of each batch gets a random lighter clutter, so the easy case is never forgotten.
+            prefetch: int = 3, offset: int = 0, workers: int = 0,
+            **generator) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, images, labels) from `start` on, generated on a background thread (`workers` > 0:
+    in that many processes, the same batches). Batch `step` holds images k*batch .. (k+1)*batch-1
+    of the split, k = step + offset, so a resumed run sees the same data (`draw_batch`).
     `generator`: DigitsInClutter's keywords (`generator_kwargs`)."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers:
+        yield from _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator)
+        return
     gen = DigitsInClutter(split, seed=seed, **generator)
     q: "queue.Queue" = queue.Queue(prefetch)
     stop = threading.Event()
@@ -197,11 +228,7 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         step = start
         try:
             while not stop.is_set():
-                f = clutter_fn(step)
-                k = step + offset
-                rng = np.random.default_rng([seed, 7, k])
-                cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, f, batch), f)
-                imgs, labels, _ = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size)
+                imgs, labels = draw_batch(gen, step + offset, batch, size, clutter_fn(step), seed)
                 q.put((step, to_input(imgs), torch.from_numpy(labels)))
                 step += 1
         except BaseException as exc:  # hand it to the consumer instead of leaving it waiting
@@ -225,6 +252,30 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         t.join()
 
 
+def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator):
+    """`batches` drawn by a pool of processes, in step order, `workers + prefetch` in flight."""
+    import collections
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold CUDA and torch's threads
+    with ctx.Pool(workers, initializer=_start_batch_worker, initargs=(split, seed, generator)) as pool:
+        pending: "collections.deque" = collections.deque()
+        next_step = start
+        for _ in range(workers + prefetch):
+            pending.append((next_step, pool.apply_async(
+                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
+            next_step += 1
+        while True:
+            step, result = pending.popleft()
+            try:
+                imgs, labels = result.get()
+            except Exception as exc:
+                raise RuntimeError(f"data generation failed: {exc}") from exc
+            pending.append((next_step, pool.apply_async(
+                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
+            next_step += 1
+            yield step, to_input(imgs), torch.from_numpy(labels)
+
+
 def fixed_set(split: str, n: int, size: int, seed: int, clutter: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
     imgs, labels, _ = DigitsInClutter(split, seed=seed).batch(range(n), clutter, size=size)
     return to_input(imgs), torch.from_numpy(labels)
@@ -235,7 +286,7 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, bs: int = 128, amp: Option
     model.eval()
     correct = 0
     for i in range(0, len(x), bs):
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             correct += (model(x[i:i + bs]).argmax(-1) == y[i:i + bs]).sum().item()
     return correct / len(x)
 
@@ -259,13 +310,17 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     """Supervised training of the plain backbone for one phase ("small" or "full"); resumable."""
     import timm
     from timm.utils import ModelEmaV3
+    from ..devices import resolve_device
+    device = resolve_device(s.device)
+    if s.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {s.workers}")
     size, steps, lr = (112, s.small_steps, s.lr) if phase == "small" else (224, s.full_steps, s.full_lr)
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
     torch.manual_seed(s.seed)
     model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, **width_kwargs(s.width),
                               stem_blocks=s.stem_blocks,
-                               stem_fine_blocks=s.stem_fine_blocks)
+                              stem_fine_blocks=s.stem_fine_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -274,11 +329,13 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
         load_backbone_init(model, resize_pos_embed(init, model.patch_embed.grid_size[0]))
+    model.to(device)  # before the optimizer's state is loaded: it follows its parameters' device
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
     ema = None
     if s.ema_decay > 0:
         # a constant decay (no step passed to update): the average starts at the phase's first weights
@@ -292,26 +349,27 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     handed_on = ema.module if ema is not None else model  # what phase_weights reads back from the checkpoint
     if start >= steps:
         return handed_on
-    val_x, val_y = fixed_set("val", MONITOR_IMAGES, size, s.seed)
-    amp = amp_dtype(s)
+    val_x, val_y = (t.to(device) for t in fixed_set("val", MONITOR_IMAGES, size, s.seed))
+    amp = amp_dtype(s, device)
     teachers = None
     if s.teacher:
         if not 0.0 <= s.distill_weight <= 1.0 or not s.distill_temperature > 0:
             raise ValueError(f"--distill-weight must be in [0, 1] and --distill-temperature > 0, got "
                              f"{s.distill_weight} and {s.distill_temperature}")
-        teachers = load_teachers(s.teacher)
+        teachers = [t.to(device) for t in load_teachers(s.teacher)]
     t0 = time.time()
     losses = []
     for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
-                              **generator_kwargs(s)):
+                              workers=s.workers, **generator_kwargs(s)):
         if step >= steps:
             break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = cur
         model.train()
         teacher_p = teacher_probabilities(teachers, x, s.distill_temperature, amp) if teachers else None
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = distillation_loss(model(x), y, teacher_p, s)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -137,9 +137,7 @@ def run(args) -> int:
                 fps = 0.9 * fps + 0.1 / max(now - t_prev, 1e-6) if fps else 1.0 / max(now - t_prev, 1e-6)
             t_prev = now
             pic = annotate(frame, res, fps, rt.budget_ms, show_heat, show_mask, keys=not headless)
-            frames.append({"frame": res.frame_index, "label": res.label, "confidence": res.score,
-                           "keep_ratio": res.keep_ratio, "stage_keep": res.stage_keep,
-                           "latency_ms": res.latency_ms, "keep_level": res.keep_level})
+            frames.append(res.summary())
             if output:
                 if writer is None:
                     writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, pic.shape[1::-1])

@@ -45,6 +45,12 @@ def test_one_frame_result_matches_the_model(rt):
     assert res.keep_ratio == pytest.approx(np.mean(res.stage_keep))
     assert set(res.latency_ms) == {"preprocess", "model", "postprocess", "total"}
     assert res.latency_ms["total"] == pytest.approx(sum(v for k, v in res.latency_ms.items() if k != "total"))
+    # the JSON-ready summary says the same, without the arrays
+    import json
+    s = json.loads(json.dumps(res.summary()))
+    assert s["label"] == res.label and s["confidence"] == pytest.approx(res.score) and s["frame"] == res.frame_index
+    assert [t["label"] for t in s["top"]] == res.labels and s["stage_keep"] == pytest.approx(res.stage_keep)
+    assert s["latency_ms"] == pytest.approx(res.latency_ms) and s["keep_ratio"] == pytest.approx(res.keep_ratio)
     # RGB input of the same frame gives the same answer
     assert rt(frame[..., ::-1].copy(), color="rgb").indices == res.indices
 

@@ -55,6 +55,14 @@ class Result:
     def score(self) -> float:
         return self.probs[0]
 
+    def summary(self) -> Dict[str, Any]:
+        """This Result without its arrays, ready for `json.dumps`: frame index, timestamp, label and
+        confidence, the top-k, keep ratios, latency, and the budget's keep level and threads."""
+        return {"frame": self.frame_index, "timestamp": self.timestamp, "label": self.label,
+                "confidence": self.score, "top": [{"label": l, "prob": p} for l, p in zip(self.labels, self.probs)],
+                "keep_ratio": self.keep_ratio, "stage_keep": list(self.stage_keep),
+                "latency_ms": dict(self.latency_ms), "keep_level": self.keep_level, "threads": self.threads}
+
     def overlay(self, frame: np.ndarray, color: str = "bgr", heatmap: bool = True, mask: bool = True,
                 alpha: float = 0.45) -> np.ndarray:
         """`frame` (the one this Result answers; H x W x 3 uint8, BGR unless color="rgb"; H x W grey

@@ -162,6 +162,13 @@ def test_streams_answers_every_source_per_round(rt, tmp_path):
     assert st["skipped"][before:] == ["source 1: frame 2: frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 "
                                       "with alpha), got float32 (5, 5, 3)"]
     assert st["end_reason"] == "source 0: end of source; source 1: end of source"
+    # a source that raises ends, with its reason; the other goes on
+    def failing():
+        yield clip[0]
+        raise OSError("camera unplugged")
+    rounds = list(rt.streams([failing(), clip[:3]]))
+    assert [sorted(i for i, _, _ in r) for r in rounds] == [[0, 1], [1], [1]]
+    assert rt.stats()["end_reason"] == "source 0: source raised OSError: camera unplugged; source 1: end of source"
     # a source that cannot be opened fails at the start, naming it, and leaves no capture running
     with pytest.raises(FileNotFoundError, match="missing.avi"):
         next(rt.streams([CLIP, str(tmp_path / "missing.avi")]))

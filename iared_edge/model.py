@@ -148,6 +148,11 @@ def check_timm_name(name: str) -> None:
 
 
 class IARedViT(nn.Module):
+    """IA-RED² on a timm VisionTransformer (`self.vit`, under timm's own names): before each group
+    of blocks an interpreter scores the surviving patch tokens, and the forward drops those its
+    policy drops (the class token never). `IARedViT.from_timm(name, checkpoint=...)` builds one;
+    `forward(images, policy=...)` gives an `IARedOutput` (logits, heatmap, keep masks, FLOPs)."""
+
     def __init__(self, vit: VisionTransformer, groups: Sequence[int] = (4, 4, 4),
                  thresholds: PerStage = 0.5, labels: Optional[Sequence[str]] = None,
                  timm_name: Optional[str] = None, timm_kwargs: Optional[Dict[str, Any]] = None,

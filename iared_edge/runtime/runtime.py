@@ -87,6 +87,29 @@ class Result:
 
 
 class Runtime:
+    """Frames in, `Result`s out: `rt(frame)`, `rt.batch(frames)`, `rt.stream(source)`,
+    `rt.streams(sources)`; `rt.stats()` sums up. A context manager (leaving it stops the streams).
+
+    model: an IARedViT, "demo" (the bundled model), a .safetensors saved by `save_model`, or a timm
+        name (random weights: pass an IARedViT built with `IARedViT.from_timm(name, checkpoint=...)`).
+    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+    budget_ms: a latency budget per frame: a controller picks each frame's keep level (policy
+        "ratio" at `model.stage_ratios(level)`) and, on a CPU, its thread count. None: no budget.
+    policy: without a budget, "threshold" (each frame its own tokens; the paper's inference),
+        "all", or "ratio" with `ratio` (a keep level in (0, 1]).
+    input_size: checked against the model's (H, W). labels: class names to report, one per class
+        (default: the model's).
+    topk: how many labels a Result lists. color: "bgr" (OpenCV frames) or "rgb".
+    levels: the budget's keep levels (default 1.0, 0.9, ..., 0.1).
+    queue_size: frames a stream holds between capture and model (live sources drop the oldest).
+    calibrate_runs: timed forwards per level in the budget's start-up calibration.
+    threads: "auto", an int or a list: CPU thread counts the budget controller may choose between.
+    backend: "torch", "onnxruntime" or "tensorrt" (the last two run policy-"ratio" graphs, cached in
+        `onnx_cache`, one per level or, `onnx_form="counts"`, one with the counts as input).
+    cuda_graphs: on a GPU, replay a CUDA graph per keep level (policy "ratio" or a budget).
+    precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); a copy is cast.
+    """
+
     def __init__(self, model: Any, device: str = "auto", budget_ms: Optional[float] = None,
                  policy: str = "threshold", ratio: Optional[float] = None,
                  input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,

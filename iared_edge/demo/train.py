@@ -312,8 +312,6 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     from timm.utils import ModelEmaV3
     from ..devices import resolve_device
     device = resolve_device(s.device)
-    if s.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {s.workers}")
     size, steps, lr = (112, s.small_steps, s.lr) if phase == "small" else (224, s.full_steps, s.full_lr)
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")

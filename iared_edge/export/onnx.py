@@ -13,6 +13,7 @@ Attention is permutation-equivariant, so kept tokens need not be re-sorted.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from typing import List, Sequence, Union
 
 import torch
@@ -96,12 +97,18 @@ class CountsGraph(nn.Module):
         return dense_ratio_forward(self.model, images, lambda s, probs: _TopKIndices.apply(probs, keep_counts[s]))
 
 
-def _quiet_legacy_exporter() -> None:
-    """The TorchScript exporter (dynamo=False) is deliberate: the torch.export-based one needs
-    onnxscript, which is not a dependency here; its deprecation notice would only alarm users."""
-    warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
-                            category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")  # its own internals
+@contextmanager
+def _exporting():
+    """No autograd, and only warnings worth a user's attention: tracer warnings are expected (the
+    shapes are static by design here), and the TorchScript exporter (dynamo=False) is deliberate
+    (the torch.export-based one needs onnxscript, not a dependency here), so its deprecation
+    notices, its own and its internals', would only alarm."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+        yield
 
 
 MIN_OPSET = 14  # the attention is exported as scaled_dot_product_attention, which needs 14
@@ -123,9 +130,7 @@ def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:
     counts = torch.tensor(keep_counts_for(model, 0.7), dtype=torch.int64)
     dyn = {"images": {0: "batch"}, "logits": {0: "batch"}, "heatmap": {0: "batch"},
            **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        _quiet_legacy_exporter()
+    with _exporting():
         torch.onnx.export(graph, (x, counts), path, input_names=["images", "keep_counts"], output_names=names,
                           opset_version=opset, dynamic_axes=dyn, dynamo=False)
     return names
@@ -137,9 +142,7 @@ def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: i
     graph = RatioGraph(model, ratio).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
     x = torch.zeros(2, *model.input_size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are static by design here
-        _quiet_legacy_exporter()
+    with _exporting():
         torch.onnx.export(graph, (x,), path, input_names=["images"], output_names=names, opset_version=opset,
                           dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
     return names

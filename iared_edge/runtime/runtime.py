@@ -31,6 +31,19 @@ from .sources import LIVE, import_cv2, open_source
 _END = object()
 
 
+def _three_channels(frame: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 from that, H x W grey (or H x W x 1) or H x W x 4 with alpha; anything else
+    a ValueError naming what it got. Mono cameras and BGRA capture pipelines are common on robots."""
+    if frame.dtype == np.uint8 and frame.ndim == 2:
+        frame = frame[..., None]
+    if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] in (1, 4):
+        frame = np.broadcast_to(frame, frame.shape[:2] + (3,)) if frame.shape[2] == 1 else frame[..., :3]
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), "
+                         f"got {frame.dtype} {frame.shape}")
+    return frame
+
+
 @dataclass
 class Result:
     """One frame's answer."""
@@ -70,13 +83,7 @@ class Result:
         by the last stage dimmed, in the frame's colour order: what to show in a camera app."""
         if color not in ("bgr", "rgb"):
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
-        frame = np.asarray(frame)
-        if frame.dtype == np.uint8 and frame.ndim == 2:
-            frame = frame[..., None]
-        if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] in (1, 4):
-            frame = np.repeat(frame, 3, 2) if frame.shape[2] == 1 else frame[..., :3]
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4), got {frame.dtype} {frame.shape}")
+        frame = _three_channels(np.asarray(frame))
         if frame.shape[:2] != self.heatmap.shape:
             raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, but this Result answers a "
                              f"{self.heatmap.shape[1]}x{self.heatmap.shape[0]} frame")
@@ -317,14 +324,7 @@ class Runtime:
             frame = frame.detach().cpu().numpy()
         if not isinstance(frame, np.ndarray):
             raise ValueError(f"frame must be an H x W x 3 uint8 array, a PIL image or a tensor, got {type(frame).__name__}")
-        # Mono cameras give H x W (or H x W x 1), some capture pipelines BGRA: both are common on robots.
-        if frame.dtype == np.uint8 and frame.ndim == 2:
-            frame = frame[..., None]
-        if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] in (1, 4):
-            frame = np.broadcast_to(frame, frame.shape[:2] + (3,)) if frame.shape[2] == 1 else frame[..., :3]
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), "
-                             f"got {frame.dtype} {frame.shape}")
+        frame = _three_channels(frame)
         if frame.shape[0] < 2 or frame.shape[1] < 2:
             raise ValueError(f"frame too small: {frame.shape[1]}x{frame.shape[0]}")
         return frame[..., ::-1] if color == "bgr" else frame
@@ -447,7 +447,7 @@ class Runtime:
 
     def _answer_batch(self, frames: List[Any], xs: List[torch.Tensor], pre_ms: float, timestamp: float) -> List[Result]:
         """One forward for preprocessed frames; their Results, each with the whole batch's latency."""
-        arrays = [f if isinstance(f, np.ndarray) else np.asarray(f) for f in frames]
+        arrays = [np.asarray(f) for f in frames]
         with self._lock:
             out, model_ms = self._time_model(self._to_device(torch.cat(xs)), None, graphs=False)
             t0 = time.perf_counter()

@@ -1,29 +1,23 @@
 """The bundled demo model on held-out demo-task images: timm's plain forward against IA-RED²
 (policy "threshold": each image keeps its own number of tokens), side by side in one run.
 
-For each batch size, every repeat times the plain backbone (model.vit, timm's own forward) and
-the IA-RED² model on the same batch back to back, so load changes hit both. Prints medians, the
-speed-up, the FLOPs bound it is judged against (plain FLOPs / IA-RED² FLOPs from the real token
-counts, interpreters included) and their ratio, plus top-1 of both on the images used.
+The timing is `iared-edge bench`'s (`iared_edge.bench.compare_speed`): for each batch size, every
+repeat times the plain backbone (model.vit, timm's own forward) and the IA-RED² model on the same
+batch back to back, so load changes hit both. Prints medians, the speed-up, the FLOPs bound it is
+judged against (plain FLOPs / IA-RED² FLOPs from the real token counts, interpreters included) and
+their ratio, plus top-1 of both on the images used (this script knows the labels).
 
     .venv/bin/python benchmarks/bench_demo.py [--images 64] [--repeats 5] [--threads 2]
 """
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
 from iared_edge import load_model, ops
+from iared_edge.bench import compare_speed
 from iared_edge.demo import DEMO_MODEL, DigitsInClutter
 from iared_edge.preprocess import model_input
-
-
-def ms(fn):
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def main():
@@ -45,26 +39,14 @@ def main():
     print("| batch | timm ms / batch | IA-RED² ms / batch | speed-up | FLOPs bound | speed-up / bound | "
           "patch tokens kept per stage | top-1 timm / IA-RED² |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    full_flops = model.flops()[0].item()
     with torch.inference_mode():
-        for bs in [int(b) for b in args.batches.split(",")]:
-            chunks = [x[i:i + bs] for i in range(0, len(x) - bs + 1, bs)]
-            for c in chunks[:2]:  # warm-up
-                model.vit(c)
-                model(c, policy="threshold")
-            t_plain, t_ours = [], []
-            for _ in range(args.repeats):
-                for c in chunks:
-                    t_plain.append(ms(lambda: model.vit(c)))
-                    t_ours.append(ms(lambda: model(c, policy="threshold")))
-            out = model(x, policy="threshold")
-            plain_acc = (model.vit(x).argmax(-1) == y).float().mean().item()
-            ours_acc = (out.logits.argmax(-1) == y).float().mean().item()
-            bound = full_flops / out.flops.mean().item()
-            a, b = statistics.median(t_plain), statistics.median(t_ours)
-            keep = " / ".join(f"{k:.2f}" for k in out.keep_ratio.mean(0).tolist())
-            print(f"| {bs} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {bound:.2f}x | {a / b / bound:.2f} | {keep} | "
-                  f"{plain_acc:.1%} / {ours_acc:.1%} |")
+        plain_acc = (model.vit(x).argmax(-1) == y).float().mean().item()
+        ours_acc = (model(x, policy="threshold").logits.argmax(-1) == y).float().mean().item()
+    for r in compare_speed(model, x, [int(b) for b in args.batches.split(",")], repeats=args.repeats):
+        keep = " / ".join(f"{k:.2f}" for k in r["kept_per_stage"])
+        print(f"| {r['batch']} | {r['plain_ms']:.2f} | {r['iared_ms']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['flops_bound']:.2f}x | {r['speedup'] / r['flops_bound']:.2f} | {keep} | "
+              f"{plain_acc:.1%} / {ours_acc:.1%} |")
 
 
 if __name__ == "__main__":

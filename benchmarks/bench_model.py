@@ -18,18 +18,11 @@ On a GPU (`--device cuda`, float32) every timed forward ends with a device synch
 import argparse
 import platform
 import statistics
-import time
 
 import torch
 
 from iared_edge import IARedViT, ops
-
-
-def once_ms(fn, sync=lambda: None):
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return (time.perf_counter() - t0) * 1e3
+from iared_edge.bench import timed_ms
 
 
 def timm_at_counts(model, x, counts):
@@ -57,7 +50,7 @@ def main():
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = IARedViT.from_timm(args.model).eval().to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{args.threads} threads, {platform.processor() or platform.machine()}"
     print(f"# {args.model}, torch {torch.__version__}, {where}, "
@@ -82,7 +75,7 @@ def main():
             for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
                 for k, fn in runs.items():
                     ops.use_reference(k[0] == "ref" if isinstance(k, tuple) else False)
-                    times[k].append(once_ms(fn, sync))
+                    times[k].append(timed_ms(fn, sync))
             ops.use_reference(False)
             t = statistics.median(times["timm"])
             for rho in ratios:

@@ -19,8 +19,8 @@ import statistics
 
 import torch
 
-from bench_demo import ms  # this folder's bench_demo.py: the same timer
 from iared_edge import load_model, ops
+from iared_edge.bench import timed_ms
 from iared_edge.demo import DEMO_MODEL, DigitsInClutter
 from iared_edge.devices import inference_dtype
 from iared_edge.preprocess import model_input
@@ -100,8 +100,8 @@ def main():
                 for c in chunks:
                     for n, m in models.items():
                         cd = c.to(next(m.parameters()).dtype)
-                        times[n][0].append(ms(lambda: m.vit(cd)))
-                        times[n][1].append(ms(lambda: m(c, policy="threshold")))
+                        times[n][0].append(timed_ms(lambda: m.vit(cd)))
+                        times[n][1].append(timed_ms(lambda: m(c, policy="threshold")))
             ours32 = statistics.median(times["fp32"][1])
             for n in names:
                 a, b = statistics.median(times[n][0]), statistics.median(times[n][1])

@@ -17,8 +17,8 @@ import statistics
 import numpy as np
 import torch
 
-from bench_demo import ms  # this folder's bench_demo.py: the same timer
 from iared_edge import Runtime, ops
+from iared_edge.bench import timed_ms
 from iared_edge.demo import DigitsInClutter
 
 
@@ -47,8 +47,8 @@ def main():
                 [rt(f) for f in fs]
             one, many = [], []
             for _ in range(args.repeats):
-                one.append(ms(lambda: [rt(f) for f in fs]))
-                many.append(ms(lambda: rt.batch(fs)))
+                one.append(timed_ms(lambda: [rt(f) for f in fs]))
+                many.append(timed_ms(lambda: rt.batch(fs)))
             keep = float(np.mean([r.keep_ratio for r in rt.batch(fs)]))
             a, b = statistics.median(one), statistics.median(many)
             print(f"| {n} | {a:.1f} | {b:.1f} | {a / b:.2f}x | 1.00x | {keep:.0%} |")

@@ -237,6 +237,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from . import ops
+    from .bench import bench_images, compare_speed, device_name, markdown
+    from .devices import resolve_device
+
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise ValueError(f"--batch: expected comma-separated integers, got {args.batch!r}") from None
+    if min(batches) < 1 or args.count < max(batches):
+        raise ValueError(f"--batch sizes must be >= 1 and at most --count ({args.count}), got {args.batch}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.images is not None and not os.path.isdir(args.images):
+        raise FileNotFoundError(f"no such image folder: {args.images}")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    model = resolve_model(args.model, args.checkpoint).eval()
+    if args.precision is not None:
+        model = model.to(inference_dtype(device, args.precision))
+    model = model.to(device)
+    x, what = bench_images(model, args.count, args.images)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    print(f"model: {args.model}  device: {device_name(device)}  weights: {dtype}  ops backend: "
+          f"{ops.backend(device.type)}  torch {torch.__version__}")
+    print(f"policy: {args.policy}{f' {args.ratio}' if args.policy == 'ratio' else ''}  {args.count} images: "
+          f"{what}; medians of {args.repeats} passes, plain and IA-RED² timed back to back")
+    if args.checkpoint is None and not names_saved_model(args.model):
+        print(f"note: {args.model} has random weights (no --checkpoint): what its interpreters keep is not what "
+              "trained ones keep; the timings of those token counts are real")
+    rows = compare_speed(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats)
+    print(markdown(rows))
+    print(f"IA-RED²'s top-1 equals the plain backbone's on {rows[0]['top1_agreement']:.1%} of the images")
+    slower = [r["batch"] for r in rows if r["speedup"] < 1]
+    if slower:
+        print(f"warning: IA-RED² was slower than the plain backbone at batch {', '.join(map(str, slower))} "
+              "here", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "device": device_name(device), "weights": dtype, "torch": torch.__version__,
+                       "ops_backend": ops.backend(device.type), "policy": args.policy,
+                       "ratio": args.ratio if args.policy == "ratio" else None, "images": args.count,
+                       "repeats": args.repeats, "rows": rows}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -335,6 +388,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_eval)
+    b = sub.add_parser("bench", help="time the plain backbone and IA-RED² side by side on this device: "
+                       "speed-up against the FLOPs bound")
+    b.add_argument("--model", default="demo", help=MODEL_HELP)
+    b.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
+    b.add_argument("--images", help="a folder of images to time on (default: the demo task's test images for "
+                   "the demo model, else a bundled photo); what the interpreters keep depends on them")
+    b.add_argument("--count", type=int, default=32, help="images per pass (cycled if the folder has fewer)")
+    b.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    b.add_argument("--policy", default="threshold", choices=["threshold", "ratio"])
+    b.add_argument("--ratio", type=float, default=0.7, help="keep ratio per stage for --policy ratio")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    b.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weights to run (auto: fp16 on a GPU, bf16 on a CPU with bf16 instructions, else fp32); "
+                   "default: as loaded")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    b.add_argument("--repeats", type=int, default=11, help="passes over the images")
+    b.add_argument("--json", help="also write the results here")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
+    b.set_defaults(func=cmd_bench)
     i = sub.add_parser("info", help="version, build and active ops backend")
     i.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)

@@ -1,0 +1,114 @@
+"""The plain backbone against IA-RED² on this device, timed side by side (`iared-edge bench`).
+
+Each repeat times timm's own forward (`model.vit`) and the IA-RED² forward on the same batch back
+to back, so a change in the machine's load hits both alike; the speed-up is the ratio of their
+medians, printed beside the bound it is judged against: the plain FLOPs over IA-RED²'s, counted
+from the tokens each image really kept (interpreters included).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+POLICIES = ("threshold", "ratio")
+
+
+def device_name(device: torch.device, threads: Optional[int] = None) -> str:
+    """The GPU's name, or the CPU's model and the thread count torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {threads or torch.get_num_threads()} threads"
+
+
+def bench_images(model, count: int, folder: Optional[str] = None) -> Tuple[torch.Tensor, str]:
+    """`count` model inputs [count, 3, h, w] and what they are: the images of `folder` (cycled if
+    fewer), the demo task's held-out test images for a demo-task model, else the bundled photo."""
+    from .preprocess import ASSETS, load_rgb, model_input
+    if folder is not None:
+        from .cli import find_images
+        paths = find_images(folder)
+        rgbs = [load_rgb(p) for p in paths[:count]]
+        what = f"{len(rgbs)} images of {folder}"
+    elif (model.vit.pretrained_cfg or {}).get("architecture") == "iared_digits_tiny":
+        from .demo import DigitsInClutter
+        rgbs = list(DigitsInClutter("test", seed=0).batch(range(count))[0])
+        what = "held-out demo-task test images"
+    else:
+        rgbs = [load_rgb(os.path.join(ASSETS, "squirrel_cls.jpg"))]
+        what = "the bundled photo, repeated; --images DIR for your own"
+    x = torch.cat([model_input(model, im) for im in rgbs])
+    return x.repeat((count + len(x) - 1) // len(x), 1, 1, 1)[:count], what
+
+
+def timed_ms(fn, sync=None) -> float:
+    """Milliseconds `fn()` takes, up to `sync()` (a CUDA synchronise, so GPU work is counted)."""
+    t0 = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
+                  ratio: float = 0.7, repeats: int = 11) -> List[Dict]:
+    """Per batch size: the median ms per batch of the plain backbone and of IA-RED² over `repeats`
+    passes of all `images` (split into batches; a last partial batch is left out), the speed-up,
+    the FLOPs bound, patch tokens kept per stage and how often IA-RED²'s top-1 is the plain one's.
+    The model runs where its weights are, in their dtype."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {list(batches)}")
+    if max(batches) > len(images):
+        raise ValueError(f"batch size {max(batches)} is larger than the {len(images)} images given")
+    weight = next(model.parameters())
+    images = images.to(weight.device, weight.dtype)
+    sync = (lambda: torch.cuda.synchronize(weight.device)) if weight.device.type == "cuda" else None
+    kwargs = {"ratio": ratio} if policy == "ratio" else {}
+
+    full = model.flops()[0].item()
+    rows = []
+    with torch.inference_mode():
+        out = model(images, policy=policy, **kwargs)  # what each image keeps: the same in every batching
+        agree = (out.logits.argmax(-1) == model.vit(images).argmax(-1)).float().mean().item()
+        for bs in batches:
+            chunks = [images[i:i + bs] for i in range(0, len(images) - bs + 1, bs)]
+            for c in chunks[:2]:  # warm-up: allocator, thread pools, cuDNN/cuBLAS choices
+                model.vit(c)
+                model(c, policy=policy, **kwargs)
+            timed_ms(lambda: None, sync)
+            t_plain, t_ours = [], []
+            for _ in range(repeats):
+                for c in chunks:
+                    t_plain.append(timed_ms(lambda: model.vit(c), sync))
+                    t_ours.append(timed_ms(lambda: model(c, policy=policy, **kwargs), sync))
+            used = out.flops[:len(chunks) * bs]
+            plain, ours = statistics.median(t_plain), statistics.median(t_ours)
+            rows.append({"batch": bs, "plain_ms": plain, "iared_ms": ours, "speedup": plain / ours,
+                         "flops_bound": full / used.mean().item(),
+                         "kept_per_stage": out.keep_ratio[:len(chunks) * bs].float().mean(0).tolist(),
+                         "top1_agreement": agree})
+    return rows
+
+
+def markdown(rows: List[Dict]) -> str:
+    lines = ["| batch | plain ms / batch | IA-RED² ms / batch | speed-up | FLOPs bound | speed-up / bound | "
+             "patch tokens kept per stage |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        kept = " / ".join(f"{k:.2f}" for k in r["kept_per_stage"])
+        lines.append(f"| {r['batch']} | {r['plain_ms']:.2f} | {r['iared_ms']:.2f} | {r['speedup']:.2f}x | "
+                     f"{r['flops_bound']:.2f}x | {r['speedup'] / r['flops_bound']:.2f} | {kept} |")
+    return "\n".join(lines)

@@ -108,9 +108,13 @@ def main(argv=None) -> int:
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
+    ap.add_argument("--reconnect", type=int, default=0,
+                    help="a camera or URL that stops giving frames is opened again up to this many times in a row")
     args = ap.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.reconnect < 0:
+        ap.error(f"--reconnect must be >= 0, got {args.reconnect}")
     try:
         return run(args)
     except (ValueError, OSError, TypeError, RuntimeError) as exc:  # bad model, source, budget, output
@@ -131,7 +135,7 @@ def run(args) -> int:
     show_heat = show_mask = True
     writer, frames, t_prev, fps = None, [], None, 0.0
     with Runtime(model, budget_ms=args.budget_ms, precision=args.precision) as rt:
-        for frame, res in rt.stream(source):
+        for frame, res in rt.stream(source, reconnect=args.reconnect):
             now = time.perf_counter()
             if t_prev is not None:
                 fps = 0.9 * fps + 0.1 / max(now - t_prev, 1e-6) if fps else 1.0 / max(now - t_prev, 1e-6)

@@ -505,8 +505,10 @@ def test_sample_bad_arguments_are_one_line_errors(tmp_path, capsys):
         assert _run_sample(["--source", "demo", "--headless", "--max-frames", "1", *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("webcam_explain: error: ") and message in err and "Traceback" not in err
-    with pytest.raises(SystemExit):
-        _run_sample(["--source", "demo", "--headless", "--max-frames", "0"])
+    for args in (["--max-frames", "0"], ["--reconnect", "-1"]):
+        with pytest.raises(SystemExit):
+            _run_sample(["--source", "demo", "--headless", *args])
+        assert "must be >= " in capsys.readouterr().err
 
 
 # The demo issue's smoke target: 90% on these images. The shipped model (runs/demo24) reads 91% of

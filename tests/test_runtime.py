@@ -230,6 +230,10 @@ def test_http_url_source(rt):
         except ValueError as exc:
             pytest.skip(f"this OpenCV build cannot read HTTP: {exc}")
         assert len(results) == 30 and rt.stats()["end_reason"] == "end of source"
+        # a video served over HTTP ends at its last frame: reconnect does not play it again
+        before = rt.stats()["reconnects"]
+        assert len(list(rt.stream(url, drop=False, reconnect=2))) == 30
+        assert rt.stats()["end_reason"] == "end of source" and rt.stats()["reconnects"] == before
     finally:
         server.shutdown()
 
@@ -793,3 +797,83 @@ def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
     onnx = Runtime(half, backend="onnxruntime", policy="ratio", ratio=0.5)
     assert onnx.precision == "fp32" and next(onnx.model.parameters()).dtype == torch.float32
     assert next(half.parameters()).dtype == torch.bfloat16
+
+
+class _FlakyCamera:
+    """A stand-in for cv2.VideoCapture on a network camera: opening number k gives `sessions[k]`
+    frames (numbered on), then reads fail; openings past the list fail."""
+    sessions: list = []
+    openings = 0
+    served = 0
+
+    def __init__(self, *args):
+        k = type(self).openings
+        type(self).openings += 1
+        self.left = type(self).sessions[k] if k < len(type(self).sessions) else None
+
+    def isOpened(self):
+        return self.left is not None
+
+    def read(self):
+        if not self.left:
+            return False, None
+        self.left -= 1
+        type(self).served += 1
+        return True, np.full((64, 64, 3), type(self).served, np.uint8)
+
+    def get(self, prop):
+        return 0.0  # a live stream knows no frame count
+
+    def release(self):
+        pass
+
+
+def _flaky(monkeypatch, sessions, delay=0.0):
+    from iared_edge.runtime import sources
+    cam = type("Cam", (_FlakyCamera,), {"sessions": sessions, "openings": 0, "served": 0})
+    monkeypatch.setattr(cv2, "VideoCapture", cam)
+    monkeypatch.setattr(sources, "reconnect_delay", lambda attempt: delay)
+    return cam
+
+
+def test_a_lost_network_camera_comes_back_with_reconnect(rt, monkeypatch):
+    cam = _flaky(monkeypatch, [3, 2])
+    before = rt.stats()["reconnects"]
+    got = [int(f[0, 0, 0]) for f, _ in rt.stream("rtsp://cam/1", drop=False, reconnect=2)]
+    assert got == [1, 2, 3, 4, 5] and cam.openings == 4  # the first, one that worked, two that failed
+    st = rt.stats()
+    assert st["reconnects"] == before + 1
+    assert st["end_reason"] == "rtsp://cam/1: lost (2 reconnect attempts failed)"
+    # without reconnect a loss ends the stream, named as a loss
+    cam = _flaky(monkeypatch, [3, 2])
+    assert len(list(rt.stream("rtsp://cam/1", drop=False))) == 3 and cam.openings == 1
+    assert rt.stats()["end_reason"] == "rtsp://cam/1: lost"
+    # a video file ends; there is nothing to reconnect to
+    monkeypatch.undo()
+    assert len(list(rt.stream(CLIP, reconnect=3))) == 30 and rt.stats()["end_reason"] == "end of source"
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="reconnect must be an int >= 0"):
+            next(rt.stream("rtsp://cam/1", reconnect=bad))
+
+
+def test_closing_a_stream_does_not_wait_out_a_reconnect(rt, monkeypatch):
+    import time
+    _flaky(monkeypatch, [2], delay=30.0)
+    stream = rt.stream("rtsp://cam/1", reconnect=5)
+    next(stream)
+    next(stream)
+    time.sleep(0.2)  # the capture thread is now waiting to reconnect
+    t0 = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - t0 < 5 and rt._streams == []
+
+
+def test_streams_go_on_without_a_camera_while_it_reconnects(rt, monkeypatch):
+    clip = clip_frames(10)
+    cam = _flaky(monkeypatch, [2, 3], delay=2.0)
+    rounds = [sorted(i for i, _, _ in r) for r in rt.streams(["rtsp://cam/1", clip], drop=False, reconnect=1)]
+    assert sum(r.count(0) for r in rounds) == 5 and sum(r.count(1) for r in rounds) == 10
+    # rounds without the camera came while it was away, and it was read again after them
+    first_without = next(k for k, r in enumerate(rounds) if 0 not in r)
+    assert any(0 in r for r in rounds[first_without:]) and cam.openings == 3
+    assert rt.stats()["end_reason"] == "source 0: rtsp://cam/1: lost (1 reconnect attempts failed); source 1: end of source"

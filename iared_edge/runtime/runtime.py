@@ -29,6 +29,7 @@ from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
 
 _END = object()
+_PENDING = object()  # a source being reconnected, nothing queued
 
 
 def _three_channels(frame: np.ndarray) -> np.ndarray:
@@ -163,6 +164,7 @@ class Runtime:
         self._frames = 0
         self._records: deque = deque(maxlen=10000)
         self._dropped: Counter = Counter()
+        self._reconnects = 0  # live sources that came back after a loss (stream(..., reconnect=N))
         self._dropped_lock = threading.Lock()  # several capture threads count drops (streams)
         self._skipped: List[str] = []
         self._end_reason: Optional[str] = None
@@ -458,14 +460,17 @@ class Runtime:
             return [Result(*a, dict(latency), self._record(a, latency["total"]), timestamp) for a in answers]
 
     # -- streams ---------------------------------------------------------------------------------
-    def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None
-               ) -> Iterator[Tuple[np.ndarray, Result]]:
+    def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None,
+               reconnect: int = 0) -> Iterator[Tuple[np.ndarray, Result]]:
         """Yield (frame, result) for a camera index, a video file, an RTSP/HTTP URL or an iterable
         of frames. Capture and preprocessing run on a background thread; the queue is bounded.
         Live sources drop the oldest frame under overload, files and iterables drop none unless
         `drop=True`. A bad frame is skipped and recorded; the end of the source, a lost camera or a
-        source that raises ends the stream with the reason in `stats()["end_reason"]`."""
-        capture = _Capture(self, source, drop, color, "")
+        source that raises ends the stream with the reason in `stats()["end_reason"]`.
+        `reconnect=N`: a live source (camera, URL, GStreamer pipeline) that stops giving frames is
+        opened again, up to N attempts in a row, 0.5 s, 1 s, 2 s, 4 s, then 8 s apart; the stream
+        goes on when it comes back (`stats()["reconnects"]` counts the returns)."""
+        capture = _Capture(self, source, drop, color, "", reconnect)
         self._end_reason = None
         try:
             while True:
@@ -478,12 +483,13 @@ class Runtime:
         finally:
             capture.close()
 
-    def streams(self, sources: Sequence[Any], drop: Optional[bool] = None, color: Optional[str] = None
-                ) -> Iterator[List[Tuple[int, np.ndarray, Result]]]:
+    def streams(self, sources: Sequence[Any], drop: Optional[bool] = None, color: Optional[str] = None,
+                reconnect: int = 0) -> Iterator[List[Tuple[int, np.ndarray, Result]]]:
         """Several sources (one per camera) at once: yield, per round, one (source index, frame,
         result) for each source still running, all answered in one forward (`batch`). Each source
         is captured as `stream` captures one (live ones drop their oldest frames under overload); a
-        round waits for a frame from every running source; the ends and their reasons go into
+        round waits for a frame from every running source except one being opened again
+        (`reconnect`, as for `stream`, per source); the ends and their reasons go into
         `stats()["end_reason"]`, one per source, and the rounds go on while any source runs. No
         latency budget, as for `batch`."""
         if self.controller is not None:
@@ -495,18 +501,19 @@ class Runtime:
         captures: List[_Capture] = []
         try:
             for i, source in enumerate(sources):  # all opened (or failed) before the first round
-                captures.append(_Capture(self, source, drop, color, f"source {i}: "))
+                captures.append(_Capture(self, source, drop, color, f"source {i}: ", reconnect))
             self._end_reason = None
             running = list(range(len(captures)))
             while running:
-                items = {i: captures[i].get() for i in running}
+                items = {i: captures[i].get(wait_while_reconnecting=False) for i in running}
                 running = [i for i in running if items[i] is not None]
-                if not running:
-                    break
-                frames = [items[i][0] for i in running]
-                pre_ms = sum(items[i][2] for i in running)
-                yield list(zip(running, frames, self._answer_batch(frames, [items[i][1] for i in running],
-                                                                   pre_ms, min(items[i][3] for i in running))))
+                ready = [i for i in running if items[i] is not _PENDING]  # not those reconnecting
+                if not ready:
+                    continue
+                frames = [items[i][0] for i in ready]
+                pre_ms = sum(items[i][2] for i in ready)
+                yield list(zip(ready, frames, self._answer_batch(frames, [items[i][1] for i in ready],
+                                                                 pre_ms, min(items[i][3] for i in ready))))
             self._end_reason = "; ".join(f"source {i}: {c.reason}" for i, c in enumerate(captures))
         finally:
             for c in captures:
@@ -526,6 +533,7 @@ class Runtime:
                 "deadline_hit_rate": (sum(t <= b for t, b in budgets) / len(budgets)) if budgets else None,
                 "mean_keep_ratio": float(np.mean([r[1] for r in records])) if records else None,
                 "dropped": dict(self._dropped),
+                "reconnects": self._reconnects,
                 "skipped": list(self._skipped),
                 "budget_unmet_frames": self.controller.unmet_frames if self.controller else 0,
                 "end_reason": self._end_reason,
@@ -549,12 +557,13 @@ class _Capture:
     timestamp) or None at the end, with the reason in `reason`. Bad frames are skipped and recorded
     in the Runtime's stats, named with `prefix`."""
 
-    def __init__(self, rt: "Runtime", source: Any, drop: Optional[bool], color: Optional[str], prefix: str):
-        self.src = open_source(source)
+    def __init__(self, rt: "Runtime", source: Any, drop: Optional[bool], color: Optional[str], prefix: str,
+                 reconnect: int = 0):
+        self.stop = threading.Event()
+        self.src = open_source(source, reconnect, self.stop)
         self.rt, self.color, self.prefix = rt, color, prefix
         self.drop = self.src.kind == LIVE if drop is None else drop
         self.q: queue.Queue = queue.Queue(maxsize=rt.queue_size)
-        self.stop = threading.Event()
         self.reason: Optional[str] = None
         rt._streams.append(self.stop)
         self.thread = threading.Thread(target=self._produce, name="iared-capture", daemon=True)
@@ -576,14 +585,26 @@ class _Capture:
 
     def _produce(self) -> None:
         reason = "end of source"
-        index = 0
+        index = reconnects = 0
         try:
             for ok, frame in self.src.frames():
+                if getattr(self.src, "reconnects", 0) > reconnects:
+                    with self.rt._dropped_lock:
+                        self.rt._reconnects += self.src.reconnects - reconnects
+                    reconnects = self.src.reconnects
                 if self.stop.is_set():
                     reason = "stopped"
                     break
                 if not ok:
-                    reason = "end of source" if self.src.kind != LIVE or index else f"{self.src.name}: no frame could be read"
+                    if self.stop.is_set():
+                        reason = "stopped"
+                    elif self.src.kind != LIVE or self.src.at_end():
+                        reason = "end of source"
+                    elif not index:
+                        reason = f"{self.src.name}: no frame could be read"
+                    else:
+                        tries = getattr(self.src, "failed_attempts", 0)
+                        reason = f"{self.src.name}: lost" + (f" ({tries} reconnect attempts failed)" if tries else "")
                     break
                 timestamp = time.time()
                 t0 = time.perf_counter()
@@ -600,10 +621,18 @@ class _Capture:
         finally:
             self._put((_END, reason, None, None))
 
-    def get(self) -> Optional[tuple]:
+    def get(self, wait_while_reconnecting: bool = True) -> Optional[tuple]:
+        """The next item; None at the end; _PENDING, with `wait_while_reconnecting=False`, while the
+        source is being opened again and nothing is queued."""
         if self.reason is not None:
             return None
-        item = self.q.get()
+        while True:
+            try:
+                item = self.q.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if not wait_while_reconnecting and getattr(self.src, "reconnecting", False):
+                    return _PENDING
         if item[0] is _END:
             self.reason = item[1]
             return None

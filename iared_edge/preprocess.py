@@ -79,3 +79,61 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, kept: np.ndarray | None = None
                           mode="nearest")[0, 0].numpy()
         out *= (dim + (1 - dim) * k)[..., None]
     return out.clip(0, 255).astype(np.uint8)
+
+
+# -- camera frames onto the model's input, and back ------------------------------------------------
+FITS = ("squash", "crop", "letterbox")
+
+
+def fit_boxes(frame_hw: Tuple[int, int], input_hw: Tuple[int, int], fit: str = "squash"):
+    """How a frame of size (h, w) becomes a model input of size (H, W): (frame box, input box), each
+    (x0, y0, x1, y1) in pixels: the part of the frame the model sees and where it lands in the input.
+    "squash": the whole frame onto the whole input (its aspect ratio changes); "crop": the largest
+    centred part of the frame with the input's aspect ratio; "letterbox": the whole frame, its aspect
+    ratio kept, centred in the input, the rest padded."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    (h, w), (H, W) = frame_hw, input_hw
+    if fit == "crop":
+        s = max(W / w, H / h)
+        cw, ch = min(w, max(1, round(W / s))), min(h, max(1, round(H / s)))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        return (x0, y0, x0 + cw, y0 + ch), (0, 0, W, H)
+    if fit == "letterbox":
+        s = min(W / w, H / h)
+        rw, rh = min(W, max(1, round(w * s))), min(H, max(1, round(h * s)))
+        x0, y0 = (W - rw) // 2, (H - rh) // 2
+        return (0, 0, w, h), (x0, y0, x0 + rw, y0 + rh)
+    return (0, 0, w, h), (0, 0, W, H)
+
+
+def fit_frame(rgb: np.ndarray, input_hw: Tuple[int, int], fit: str = "squash", pad=(0, 0, 0)) -> np.ndarray:
+    """An H x W x 3 uint8 frame as the model's H x W x 3 uint8 input, placed by `fit_boxes`;
+    `pad` fills what the frame does not cover (letterbox)."""
+    import cv2
+    (fx0, fy0, fx1, fy1), (ix0, iy0, ix1, iy1) = fit_boxes(rgb.shape[:2], input_hw, fit)
+    part = cv2.resize(np.ascontiguousarray(rgb[fy0:fy1, fx0:fx1]), (ix1 - ix0, iy1 - iy0), interpolation=cv2.INTER_AREA)
+    if (ix0, iy0, ix1, iy1) == (0, 0, input_hw[1], input_hw[0]):
+        return part
+    canvas = np.empty((*input_hw, 3), np.uint8)
+    canvas[:] = np.asarray(pad, np.uint8)
+    canvas[iy0:iy1, ix0:ix1] = part
+    return canvas
+
+
+def grid_to_frame(grid: np.ndarray, frame_hw: Tuple[int, int], input_hw: Tuple[int, int], fit: str = "squash",
+                  nearest: bool = False) -> np.ndarray:
+    """A patch-grid map [gh, gw] (heatmap, kept mask) back onto the frame it answers: h x w float32,
+    0 where the model did not see the frame (outside the crop)."""
+    import cv2
+    (h, w), (H, W) = frame_hw, input_hw
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    grid = np.ascontiguousarray(grid, dtype=np.float32)
+    (fx0, fy0, fx1, fy1), (ix0, iy0, ix1, iy1) = fit_boxes(frame_hw, input_hw, fit)
+    if (ix0, iy0, ix1, iy1) != (0, 0, W, H):  # letterbox: the frame is part of the input
+        grid = cv2.resize(grid, (W, H), interpolation=interp)[iy0:iy1, ix0:ix1]
+    if (fx0, fy0, fx1, fy1) == (0, 0, w, h):
+        return cv2.resize(grid, (w, h), interpolation=interp)
+    out = np.zeros((h, w), np.float32)
+    out[fy0:fy1, fx0:fx1] = cv2.resize(grid, (fx1 - fx0, fy1 - fy0), interpolation=interp)
+    return out

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from iared_edge import Runtime  # noqa: E402
 from iared_edge.checkpoint import resolve_model  # noqa: E402
 from iared_edge.devices import PRECISIONS  # noqa: E402
+from iared_edge.preprocess import FITS  # noqa: E402
 
 
 def pick_source(arg: str):
@@ -108,6 +109,9 @@ def main(argv=None) -> int:
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
+    ap.add_argument("--fit", choices=FITS, default="squash",
+                    help="how a frame becomes the model's input: squash (whole frame, aspect ratio changed), "
+                         "crop (centre, aspect kept) or letterbox (whole frame, aspect kept, padded)")
     ap.add_argument("--reconnect", type=int, default=0,
                     help="a camera or URL that stops giving frames is opened again up to this many times in a row")
     args = ap.parse_args(argv)
@@ -134,7 +138,7 @@ def run(args) -> int:
     truth = load_truth(source)
     show_heat = show_mask = True
     writer, frames, t_prev, fps = None, [], None, 0.0
-    with Runtime(model, budget_ms=args.budget_ms, precision=args.precision) as rt:
+    with Runtime(model, budget_ms=args.budget_ms, precision=args.precision, fit=args.fit) as rt:
         for frame, res in rt.stream(source, reconnect=args.reconnect):
             now = time.perf_counter()
             if t_prev is not None:

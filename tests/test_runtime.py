@@ -877,3 +877,67 @@ def test_streams_go_on_without_a_camera_while_it_reconnects(rt, monkeypatch):
     first_without = next(k for k, r in enumerate(rounds) if 0 not in r)
     assert any(0 in r for r in rounds[first_without:]) and cam.openings == 3
     assert rt.stats()["end_reason"] == "source 0: rtsp://cam/1: lost (1 reconnect attempts failed); source 1: end of source"
+
+
+@pytest.mark.parametrize("input_hw", [(224, 224), (224, 320)])
+def test_fit_boxes_keep_aspect_ratios_centred(input_hw):
+    from iared_edge.preprocess import fit_boxes
+    H, W = input_hw
+    for h, w in [(576, 768), (768, 576), (100, 1000), (224, 224), (33, 47)]:
+        (fx0, fy0, fx1, fy1), inp = fit_boxes((h, w), input_hw, "crop")
+        assert inp == (0, 0, W, H) and 0 <= fx0 < fx1 <= w and 0 <= fy0 < fy1 <= h
+        assert (fx1 - fx0 == w) or (fy1 - fy0 == h)  # the largest such part: one side whole
+        assert abs((fx1 - fx0) / (fy1 - fy0) - W / H) <= W / H * 2 / min(fx1 - fx0, fy1 - fy0)
+        assert abs(fx0 - (w - fx1)) <= 1 and abs(fy0 - (h - fy1)) <= 1
+        frame_box, (ix0, iy0, ix1, iy1) = fit_boxes((h, w), input_hw, "letterbox")
+        assert frame_box == (0, 0, w, h) and 0 <= ix0 < ix1 <= W and 0 <= iy0 < iy1 <= H
+        assert (ix1 - ix0 == W) or (iy1 - iy0 == H)
+        assert abs((ix1 - ix0) / (iy1 - iy0) - w / h) <= w / h * 2 / min(ix1 - ix0, iy1 - iy0)
+        assert abs(ix0 - (W - ix1)) <= 1 and abs(iy0 - (H - iy1)) <= 1
+        assert fit_boxes((h, w), input_hw, "squash") == ((0, 0, w, h), (0, 0, W, H))
+    with pytest.raises(ValueError, match="fit must be one of"):
+        fit_boxes((10, 10), input_hw, "stretch")
+
+
+def test_fit_crop_and_letterbox_against_hand_made_frames(rt):
+    frame = clip_frames(1)[0]  # 288 x 384, the street clip
+    assert frame.shape[:2] == (288, 384)
+    crop, box = Runtime(rt.model, fit="crop", topk=3), Runtime(rt.model, fit="letterbox", topk=3)
+    # crop: the centre 288 x 288, by hand, squashed (a no-op on the aspect ratio)
+    by_hand = np.ascontiguousarray(frame[:, 48:336])
+    assert torch.equal(crop.preprocess(frame), rt.preprocess(by_hand))
+    res, ref = crop(frame), rt(by_hand)
+    assert res.heatmap.shape == (288, 384) and not res.heatmap[:, :48].any() and not res.heatmap[:, 336:].any()
+    assert np.array_equal(res.heatmap[:, 48:336], ref.heatmap) and np.array_equal(res.stage_masks, ref.stage_masks)
+    assert res.indices == ref.indices
+    # letterbox: the frame at 224 x 168, by hand, centred on a canvas of the normalisation mean
+    mean = np.array(rt.model.vit.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
+    canvas = np.empty((224, 224, 3), np.uint8)
+    canvas[:] = np.round(mean[::-1] * 255).astype(np.uint8)  # BGR, as the frame
+    canvas[28:196] = cv2.resize(frame, (224, 168), interpolation=cv2.INTER_AREA)
+    x = box.preprocess(frame)
+    assert torch.equal(x, rt.preprocess(canvas))
+    assert x[:, :, :28].abs().max() < 0.01 and x[:, :, 196:].abs().max() < 0.01  # the padding is ~0
+    res, ref = box(frame), rt(canvas)
+    assert res.indices == ref.indices and np.array_equal(res.stage_masks, ref.stage_masks)
+    expected = cv2.resize(cv2.resize(ref.heatmap, (224, 224))[28:196], (384, 288))
+    assert res.heatmap.shape == (288, 384) and np.allclose(res.heatmap, expected, atol=1e-6)
+    # several frames at once place each the same way
+    for r, one in zip(crop.batch([frame, by_hand]), [crop(frame), crop(by_hand)]):
+        assert np.allclose(r.heatmap, one.heatmap, atol=1e-5) and r.indices == one.indices
+    with pytest.raises(ValueError, match="fit must be one of"):
+        Runtime(rt.model, fit="stretch")
+
+
+def test_overlay_dims_what_a_crop_does_not_see(rt):
+    frame = clip_frames(1)[0]  # 288 x 384: the crop is columns 48-335
+    res = Runtime(rt.model, fit="crop")(frame)
+    pic = res.overlay(frame, heatmap=False).astype(np.float32)
+    f = frame.astype(np.float32)
+    assert np.abs(pic[:, :48] - f[:, :48] * 0.35).max() <= 1 and np.abs(pic[:, 336:] - f[:, 336:] * 0.35).max() <= 1
+    cell = 288 / 14  # each patch's centre pixel in the frame: itself if kept, dimmed if dropped
+    for r in range(14):
+        for c in range(14):
+            y, x = int((r + 0.5) * cell), 48 + int((c + 0.5) * cell)
+            expect = f[y, x] if res.stage_masks[-1][r, c] else f[y, x] * 0.35
+            assert np.abs(pic[y, x] - expect).max() <= 1, (r, c)

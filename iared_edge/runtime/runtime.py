@@ -23,7 +23,7 @@ import torch
 
 from ..checkpoint import resolve_model
 from ..devices import PRECISION_DTYPES, PRECISIONS, inference_dtype, resolve_device
-from ..preprocess import model_normalization, overlay
+from ..preprocess import FITS, fit_frame, grid_to_frame, model_normalization, overlay
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
@@ -60,6 +60,8 @@ class Result:
     timestamp: float               # time.time() when the frame was taken in
     keep_level: Optional[float] = None  # the budget controller's keep ratio, when a budget is set
     threads: Optional[int] = None       # CPU threads the controller ran this frame with
+    fit: str = "squash"                 # how the frame became the model's input (Runtime's fit=)
+    input_size: Optional[Tuple[int, int]] = None  # the model's input (H, W)
 
     @property
     def label(self) -> str:
@@ -90,7 +92,10 @@ class Result:
                              f"{self.heatmap.shape[1]}x{self.heatmap.shape[0]} frame")
         rgb = np.ascontiguousarray(frame[..., ::-1] if color == "bgr" else frame)
         heat = self.heatmap if heatmap else np.zeros_like(self.heatmap)
-        pic = overlay(rgb, heat, self.stage_masks[-1] if mask else None, alpha=alpha if heatmap else 0.0)
+        kept = self.stage_masks[-1]
+        if self.fit != "squash":  # the grid covers part of the frame (crop) or the frame part of it (letterbox)
+            kept = grid_to_frame(kept, frame.shape[:2], self.input_size, self.fit, nearest=True) > 0.5
+        pic = overlay(rgb, heat, kept if mask else None, alpha=alpha if heatmap else 0.0)
         return np.ascontiguousarray(pic[..., ::-1]) if color == "bgr" else pic
 
 
@@ -108,6 +113,10 @@ class Runtime:
     input_size: checked against the model's (H, W). labels: class names to report, one per class
         (default: the model's).
     topk: how many labels a Result lists. color: "bgr" (OpenCV frames) or "rgb".
+    fit: how a frame becomes the model's input: "squash" (the whole frame resized, its aspect ratio
+        changed), "crop" (the largest centred part with the model's aspect ratio; the rest is not
+        seen: heatmap 0, dimmed) or "letterbox" (the whole frame, aspect ratio kept, padded with the
+        normalisation mean). The heatmap and masks always map back onto the frame.
     levels: the budget's keep levels (default 1.0, 0.9, ..., 0.1).
     queue_size: frames a stream holds between capture and model (live sources drop the oldest).
     calibrate_runs: timed forwards per level in the budget's start-up calibration.
@@ -124,7 +133,7 @@ class Runtime:
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
                  backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels",
-                 cuda_graphs: bool = True, precision: Optional[str] = None):
+                 cuda_graphs: bool = True, precision: Optional[str] = None, fit: str = "squash"):
         self.device = resolve_device(device)
         self.model = resolve_model(model).to(self.device).eval()
         self.precision = self._set_precision(precision, backend, given=self.model is model)
@@ -139,6 +148,9 @@ class Runtime:
             raise ValueError(f"ratio is a keep level in (0, 1], got {ratio!r}")
         if color not in ("bgr", "rgb"):
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+        self.fit = fit
         if backend not in ("torch", "onnxruntime", "tensorrt"):
             raise ValueError(f'backend must be "torch", "onnxruntime" or "tensorrt", got {backend!r}')
         if backend != "torch" and budget_ms is None and policy != "ratio":
@@ -156,6 +168,7 @@ class Runtime:
         self.input_size = expected
         mean, std, _ = model_normalization(self.model)
         self._mean, self._std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self._pad = np.clip(np.round(self._mean * 255), 0, 255).astype(np.uint8)  # letterbox: ~0 once normalised
         if labels is not None and len(labels) != self.model.vit.num_classes:
             raise ValueError(f"labels: {len(labels)} given for {self.model.vit.num_classes} classes")
         self.labels = list(labels) if labels is not None else self.model.class_names()
@@ -332,11 +345,11 @@ class Runtime:
         return frame[..., ::-1] if color == "bgr" else frame
 
     def preprocess(self, frame: Any, color: Optional[str] = None) -> torch.Tensor:
-        """Frame -> normalised [1, 3, h, w]. The whole frame is resized (no crop), so the heatmap
-        maps back onto all of it."""
-        cv2 = import_cv2()
+        """Frame -> normalised [1, 3, h, w], placed as `fit` says (by default the whole frame
+        resized, so the heatmap maps back onto all of it)."""
+        import_cv2()
         rgb = self._to_rgb(frame, color)
-        small = cv2.resize(np.ascontiguousarray(rgb), self.input_size[::-1], interpolation=cv2.INTER_AREA)
+        small = fit_frame(rgb, self.input_size, self.fit, self._pad)
         # Normalised in numpy (one thread), not torch: a torch op here would wake torch's thread
         # pool, whose worker sharing a core with a busy process stalls the frame by tens of ms.
         x = (small.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
@@ -386,15 +399,15 @@ class Runtime:
                 self.controller.observe(level, model_ms, pre_ms + post_ms, mode, self._quiet())
             index = self._record(answer, total)
         return Result(*answer, {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total},
-                      index, timestamp, ratio, self.thread_modes[mode] if self.controller else None)
+                      index, timestamp, ratio, self.thread_modes[mode] if self.controller else None,
+                      self.fit, self.input_size)
 
     def _answer(self, out, i: int, frame: np.ndarray) -> tuple:
         """Image `i` of a forward's output as Result's first fields: top-k labels, probabilities and
         indices, the heatmap at the frame's size, per-stage masks and keeps, the mean keep."""
-        cv2 = import_cv2()
         top = out.logits[i].float().softmax(-1).topk(self.topk)
         h, w = frame.shape[:2]
-        heat = cv2.resize(out.heatmap[i].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+        heat = grid_to_frame(out.heatmap[i].float().cpu().numpy(), (h, w), self.input_size, self.fit)
         masks = out.keep_masks[i].view(-1, *self.model.grid_size).cpu().numpy()
         stage_keep = out.keep_ratio[i].tolist()
         return ([self.labels[j] for j in top.indices.tolist()], top.values.tolist(), top.indices.tolist(),
@@ -457,7 +470,8 @@ class Runtime:
             post_ms = (time.perf_counter() - t0) * 1e3
             latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms,
                        "total": pre_ms + model_ms + post_ms}
-            return [Result(*a, dict(latency), self._record(a, latency["total"]), timestamp) for a in answers]
+            return [Result(*a, dict(latency), self._record(a, latency["total"]), timestamp, fit=self.fit,
+                           input_size=self.input_size) for a in answers]
 
     # -- streams ---------------------------------------------------------------------------------
     def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None,

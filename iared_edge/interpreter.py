@@ -47,8 +47,9 @@ class Interpreter(nn.Module):
         w_q, w_k = self.qk.weight.float().split(C, 0)
         b_q, b_k = self.qk.bias.float().split(C, 0)
         q = F.linear(self.norm(cls.float()), w_q, b_q).view(-1, H, D) * self.scale
-        vecs = torch.einsum("bhd,hdc->bhc", q, w_k.view(H, D, C))
-        biases = torch.einsum("bhd,hd->bh", q, b_k.view(H, D))
+        # matmul, not einsum: the same arithmetic without einsum's per-call parsing (batch 1)
+        vecs = (q.unsqueeze(2) @ w_k.view(H, D, C)).squeeze(2)
+        biases = (q * b_k.view(H, D)).sum(-1)
         return vecs.contiguous(), biases.contiguous()
 
     @torch.no_grad()

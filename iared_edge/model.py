@@ -225,9 +225,11 @@ class IARedViT(nn.Module):
             return [info.index_to_description(i) for i in range(n)]
         return [str(i) for i in range(n)]
 
-    def stage_blocks(self, stage: int) -> nn.ModuleList:
+    def stage_blocks(self, stage: int) -> List[nn.Module]:
+        """The blocks of group `stage` (a list: slicing the ModuleList would build a new one per
+        call, a visible cost at batch 1)."""
         start = sum(self.groups[:stage])
-        return self.vit.blocks[start:start + self.groups[stage]]
+        return list(self.vit.blocks)[start:start + self.groups[stage]]
 
     @torch.no_grad()
     def init_interpreters_from_attention(self) -> None:
@@ -415,8 +417,15 @@ class IARedViT(nn.Module):
         n = kept_counts.double() + P
         block = 2 * n * C * 3 * C + 4 * n * n * C + 2 * n * C * C + 4 * n * C * hidden
         total = (block * torch.tensor(self.groups, dtype=torch.float64, device=n.device)).sum(1)
-        # A plain patch projection, or a convolutional stem that counts its own cost.
-        embed = proj.flops(*self.input_size[1:]) if hasattr(proj, "flops") else 2 * N * C * in_ch * ph * pw
+        # A plain patch projection, or a convolutional stem that counts its own cost (a walk over
+        # its modules: counted once per stem and input size, since every forward reports FLOPs)
+        if hasattr(proj, "flops"):
+            key = (id(proj), tuple(self.input_size[1:]))
+            if getattr(self, "_stem_flops", (None,))[0] != key:
+                self._stem_flops = (key, proj.flops(*self.input_size[1:]))
+            embed = self._stem_flops[1]
+        else:
+            embed = 2 * N * C * in_ch * ph * pw
         total += embed + 2 * C * vit.num_classes * (2 if P > 1 and hasattr(vit, "head_dist") else 1)
         if interpreters:  # class-token query 2C², folding 2C², then 2·C·H per token
             heads = self.interpreters[0].num_heads

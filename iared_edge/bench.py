@@ -34,9 +34,8 @@ def device_name(device: torch.device, threads: Optional[int] = None) -> str:
 def bench_images(model, count: int, folder: Optional[str] = None) -> Tuple[torch.Tensor, str]:
     """`count` model inputs [count, 3, h, w] and what they are: the images of `folder` (cycled if
     fewer), the demo task's held-out test images for a demo-task model, else the bundled photo."""
-    from .preprocess import ASSETS, load_rgb, model_input
+    from .preprocess import ASSETS, find_images, load_rgb, model_input
     if folder is not None:
-        from .cli import find_images
         paths = find_images(folder)
         rgbs = [load_rgb(p) for p in paths[:count]]
         what = f"{len(rgbs)} images of {folder}"
@@ -89,7 +88,8 @@ def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), 
             for c in chunks[:2]:  # warm-up: allocator, thread pools, cuDNN/cuBLAS choices
                 model.vit(c)
                 model(c, policy=policy, **kwargs)
-            timed_ms(lambda: None, sync)
+            if sync is not None:
+                sync()
             t_plain, t_ours = [], []
             for _ in range(repeats):
                 for c in chunks:

@@ -9,20 +9,9 @@ from typing import List, Optional
 from . import __version__
 from .checkpoint import names_saved_model, resolve_model
 from .devices import AMP_CHOICES, PRECISIONS, autocast_dtype, inference_dtype
+from .preprocess import find_images
 
 MODEL_HELP = 'a timm name, a saved .safetensors, or "demo" (the bundled digits model)'
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def find_images(folder: str) -> List[str]:
-    """The images under `folder` (searched recursively), sorted."""
-    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
-    if not found:
-        raise ValueError(f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
-    return found
 
 
 def heatmap_names(paths: List[str]) -> List[str]:

@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def find_images(folder: str) -> List[str]:
+    """The images under `folder` (searched recursively), sorted."""
+    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not found:
+        raise ValueError(f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
+    return found
 
 
 def load_rgb(path: str) -> np.ndarray:

@@ -347,7 +347,7 @@ class Runtime:
     def preprocess(self, frame: Any, color: Optional[str] = None) -> torch.Tensor:
         """Frame -> normalised [1, 3, h, w], placed as `fit` says (by default the whole frame
         resized, so the heatmap maps back onto all of it)."""
-        import_cv2()
+        import_cv2()  # without OpenCV: its clear ImportError, here
         rgb = self._to_rgb(frame, color)
         small = fit_frame(rgb, self.input_size, self.fit, self._pad)
         # Normalised in numpy (one thread), not torch: a torch op here would wake torch's thread

@@ -38,7 +38,7 @@ class CaptureSource:
         self.reconnecting = False  # lost, and being opened again
         self._stop = stop if stop is not None else threading.Event()
         self._first = None  # a file's first frame, read at open to refuse files with none
-        self._open_args: Tuple = (source,)
+        self._open_args: Tuple = (source,)  # what VideoCapture was given: reconnect opens it again
         if isinstance(source, int):
             self.kind = LIVE
             self.cap = cv2.VideoCapture(source)
@@ -58,7 +58,6 @@ class CaptureSource:
             if not is_url and not os.path.isfile(source):
                 raise FileNotFoundError(f"no such video file: {source}")
             self.kind = LIVE if is_url else FILE
-            self._open_args = (source,)
             self.cap = cv2.VideoCapture(source)
             if not self.cap.isOpened():
                 raise ValueError(f"{source}: cannot be opened as a video (corrupt, or an unsupported format)")

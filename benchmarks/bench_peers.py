@@ -1,5 +1,11 @@
-"""IA-RED² against a peer, token merging (ToMe, Bolya et al., ICLR 2023), on the same backbone, side
-by side in one run: top-1 on held-out images, FLOPs and latency at batch 1 and 8.
+"""IA-RED² against two peers on the same backbone, side by side in one run: token merging (ToMe,
+Bolya et al., ICLR 2023) and attentive-token keeping with fusion (EViT, Liang et al., ICLR 2022);
+top-1 on held-out images, FLOPs and latency at batch 1 and 8.
+
+EViT is applied training-free too: in blocks 4, 7 and 10 (its DeiT-S setting), after attention, the
+patch tokens the class token attends to most (mean over heads) are kept, ceil(rate x n) of them, and
+the rest are fused into one token (their average weighted by that attention), before the MLP
+(`evit_block`); with rate 1 it is timm's forward.
 
 ToMe is applied training-free, as its paper offers it: in every block, after attention, the r most
 similar (token, token) pairs of a bipartite split are merged by a size-weighted average, and
@@ -71,28 +77,70 @@ def tome_block(blk, x, size, r):
     return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))), size
 
 
+EVIT_BLOCKS = (3, 6, 9)  # 0-based: EViT reorganises tokens in the 4th, 7th and 10th blocks
+
+
+def evit_block(blk, x, rate):
+    """timm Block.forward with EViT's token reorganisation between attention and the MLP."""
+    attn = blk.attn
+    B, N, C = x.shape
+    q, k, v = attn.qkv(blk.norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)  # EViT needs the class row
+    out = (weights @ v).transpose(1, 2).reshape(B, N, C)
+    x = x + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(attn.norm(out)))))
+    if rate < 1:
+        cls_attn = weights[:, :, 0, 1:].mean(1)  # [B, N - 1]: the class token's attention to the others
+        keep = math.ceil(rate * (N - 1))
+        order = cls_attn.argsort(dim=1, descending=True)
+        kept, rest = order[:, :keep], order[:, keep:]
+        tokens = x[:, 1:]
+        w = cls_attn.gather(1, rest)[..., None]
+        fused = (tokens.gather(1, rest[..., None].expand(-1, -1, C)) * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+        x = torch.cat([x[:, :1], tokens.gather(1, kept[..., None].expand(-1, -1, C)), fused], 1)
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+
+def evit_forward(model, images, rate):
+    """The backbone with EViT's reorganisation in EVIT_BLOCKS; -> (logits, (tokens into attention,
+    tokens into the MLP) per block)."""
+    x = model._embed(images)
+    counts = []
+    for i, blk in enumerate(model.vit.blocks):
+        n = x.shape[1]
+        x = evit_block(blk, x, rate if i in EVIT_BLOCKS else 1.0)
+        counts.append((n, x.shape[1]))
+    return model._head(x[:, :model.num_prefix]), counts
+
+
 def tome_forward(model, images, r):
-    """The IA-RED² model's timm backbone with ToMe in every block; -> (logits, tokens per block)."""
+    """The IA-RED² model's timm backbone with ToMe in every block; -> (logits, (tokens into attention,
+    tokens into the MLP) per block)."""
     x = model._embed(images)
     size = torch.ones(*x.shape[:2], 1, dtype=x.dtype, device=x.device)
     counts = []
     for blk in model.vit.blocks:
-        counts.append(x.shape[1])
+        n = x.shape[1]
         x, size = tome_block(blk, x, size, r)
+        counts.append((n, x.shape[1]))
     return model._head(x[:, :model.num_prefix]), counts
 
 
-def block_flops(n, C, hidden):
-    return 2 * n * C * 3 * C + 4 * n * n * C + 2 * n * C * C + 4 * n * C * hidden
+def block_flops(n, C, hidden, n_mlp=None):
+    """A timm block's FLOPs: attention (qkv, the quadratic term, projection) on n tokens, the MLP on
+    n_mlp (the peers reduce tokens between the two; default n)."""
+    n_mlp = n if n_mlp is None else n_mlp
+    return 2 * n * C * 3 * C + 4 * n * n * C + 2 * n * C * C + 4 * n_mlp * C * hidden
 
 
-def tome_flops(model, counts, r):
-    """FLOPs per image of a ToMe forward from its tokens per block, plus the matching (N/2 x N/2
-    similarities of the head-mean keys) and the stem and head as IA-RED² counts them."""
+def peer_flops(model, counts, matching: bool):
+    """FLOPs per image of a peer's forward from its (attention, MLP) token counts per block, plus
+    ToMe's matching (N/2 x N/2 similarities of the head-mean keys) and the stem and head as IA-RED²
+    counts them."""
     vit = model.vit
     C, hidden = vit.embed_dim, vit.blocks[0].mlp.fc1.out_features
-    total = sum(block_flops(n, C, hidden) for n in counts)
-    total += sum(2 * (n // 2) * (n // 2) * C for n in counts) if r > 0 else 0
+    total = sum(block_flops(n, C, hidden, m) for n, m in counts)
+    total += sum(2 * (n // 2) * (n // 2) * C for n, _ in counts) if matching else 0
     plain_blocks = sum(block_flops(model.num_patches + model.num_prefix, C, hidden) for _ in counts)
     return total + model.flops()[0].item() - plain_blocks  # the stem and head, as in model.flops
 
@@ -105,6 +153,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rs", default="4,8,12,16", help="ToMe's r (tokens merged per block)")
+    ap.add_argument("--rates", default="0.7,0.5", help="EViT's keep rates")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
@@ -112,17 +161,20 @@ def main():
     x = torch.cat([model_input(model, im) for im in imgs])
     y = torch.from_numpy(labels)
     rs = [int(r) for r in args.rs.split(",")]
+    rates = [float(r) for r in args.rates.split(",")]
     with torch.inference_mode():
         ref = model.vit(x[:8])
         got, _ = tome_forward(model, x[:8], 0)
         assert (ref - got).abs().max().item() < 1e-4, "ToMe with r = 0 must be timm's forward"
+        got, _ = evit_forward(model, x[:8], 1.0)
+        assert (ref - got).abs().max().item() < 1e-4, "EViT with rate 1 must be timm's forward"
         e = model._embed(x[:2])  # merging keeps the tokens' total size and mass
         m, size = bipartite_merge(e, torch.ones(*e.shape[:2], 1), e[..., :16], 8)
         assert m.shape[1] == e.shape[1] - 8 and torch.allclose(size.sum(1), torch.full((2, 1), float(e.shape[1])))
         assert torch.allclose((m * size).sum(1), e.sum(1), atol=1e-3) and torch.equal(m[:, 0], e[:, 0])
         plain_flops = model.flops()[0].item()
         # IA-RED² at the keep level whose FLOPs match ToMe's largest r
-        tome_max = tome_flops(model, tome_forward(model, x[:1], max(rs))[1], max(rs))
+        tome_max = peer_flops(model, tome_forward(model, x[:1], max(rs))[1], True)
         levels = [i / 100 for i in range(5, 101)]
         level = min(levels, key=lambda rho: abs(model(x[:1], policy="ratio", ratio=model.stage_ratios(rho)).flops[0].item() - tome_max))
         variants = {"timm (every token)": lambda c: model.vit(c),
@@ -130,16 +182,17 @@ def main():
                     f"IA-RED², keep level {level:.2f} (ToMe r={max(rs)}'s FLOPs)":
                         lambda c: model(c, policy="ratio", ratio=model.stage_ratios(level))}
         for r in rs:
-            variants[f"ToMe r={r}"] = lambda c, r=r: tome_forward(model, c, r)[0]
+            variants[f"ToMe r={r}"] = lambda c, r=r: tome_forward(model, c, r)
+        for rate in rates:
+            variants[f"EViT keep rate {rate}"] = lambda c, rate=rate: evit_forward(model, c, rate)
         rows = {}
         for name, fn in variants.items():
             logits, flops = [], []
             for i in range(0, len(x), 50):
                 c = x[i:i + 50]
-                if name.startswith("ToMe"):
-                    r = int(name.split("=")[1])
-                    lg, counts = tome_forward(model, c, r)
-                    flops += [tome_flops(model, counts, r)] * len(c)
+                if name.startswith(("ToMe", "EViT")):
+                    lg, counts = fn(c)
+                    flops += [peer_flops(model, counts, name.startswith("ToMe"))] * len(c)
                 elif name.startswith("timm"):
                     lg = model.vit(c)
                     flops += [plain_flops] * len(c)

@@ -99,3 +99,16 @@ def test_cli_bench_checks_its_arguments(capsys):
     assert "no such image folder" in capsys.readouterr().err
     assert main(["bench", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_bench_warns_when_iared_is_slower(monkeypatch, capsys):
+    import iared_edge.bench as bench
+
+    def slower(model, images, batches, **kwargs):
+        return [{"batch": b, "plain_ms": 10.0, "iared_ms": 12.5, "speedup": 0.8, "flops_bound": 2.0,
+                 "kept_per_stage": [0.5, 0.5, 0.5], "top1_agreement": 1.0} for b in batches]
+    monkeypatch.setattr(bench, "compare_speed", slower)
+    assert main(["bench", "--count", "2", "--batch", "1,2", "--repeats", "1"]) == 0
+    out = capsys.readouterr()
+    assert "| 1 | 10.00 | 12.50 | 0.80x | 2.00x | 0.40 |" in out.out
+    assert "warning: IA-RED² was slower than the plain backbone at batch 1, 2" in out.err

@@ -44,13 +44,13 @@ class Interpreter(nn.Module):
 
     def _fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         C, H, D = cls.shape[-1], self.num_heads, self.head_dim
-        w_q, w_k = self.qk.weight.float().split(C, 0)
-        b_q, b_k = self.qk.bias.float().split(C, 0)
-        q = F.linear(self.norm(cls.float()), w_q, b_q).view(-1, H, D) * self.scale
-        # matmul, not einsum: the same arithmetic without einsum's per-call parsing (batch 1)
-        vecs = (q.unsqueeze(2) @ w_k.view(H, D, C)).squeeze(2)
-        biases = (q * b_k.view(H, D)).sum(-1)
-        return vecs.contiguous(), biases.contiguous()
+        w, b = self.qk.weight.float(), self.qk.bias.float()
+        q = F.linear(self.norm(cls.float()), w[:C], b[:C]).view(-1, H, 1, D) * self.scale
+        # Per head q_h W_k,h and q_h . b_k,h as two batched matmuls, outputs contiguous as made:
+        # the fewest small ops, since at batch 1 each costs more than its arithmetic
+        vecs = torch.matmul(q, w[C:].view(H, D, C)).view(-1, H, C)
+        biases = torch.matmul(q, b[C:].view(H, D, 1)).view(-1, H)
+        return vecs, biases
 
     @torch.no_grad()
     def init_from_attention(self, norm: nn.LayerNorm, qkv: nn.Linear) -> None:

@@ -495,6 +495,22 @@ def test_sample_runs_in_reduced_precision(tmp_path, small_model):
         _run_sample(["--source", "demo", "--headless", "--precision", "int8"])
 
 
+def test_sample_fits_a_wide_video_without_squashing_it(tmp_path, small_model):
+    """--fit crop / letterbox on a 4:3 clip: the annotated video keeps the frame's shape."""
+    model_path = tmp_path / "m.safetensors"
+    save_model(small_model, str(model_path))
+    clip = os.path.join(os.path.dirname(__file__), "data", "vtest_short.avi")  # 384 x 288
+    for fit in ("crop", "letterbox"):
+        out = tmp_path / f"{fit}.mp4"
+        assert _run_sample(["--source", clip, "--model", str(model_path), "--headless", "--max-frames", "2",
+                            "--output", str(out), "--fit", fit]) == 0
+        ok, frame = cv2.VideoCapture(str(out)).read()
+        assert ok and abs(frame.shape[1] / frame.shape[0] - 4 / 3) < 0.01  # (the encoder may trim a pixel)
+        assert len(json.loads((tmp_path / f"{fit}.json").read_text())["frames"]) == 2
+    with pytest.raises(SystemExit):
+        _run_sample(["--source", "demo", "--headless", "--fit", "stretch"])
+
+
 def test_sample_bad_arguments_are_one_line_errors(tmp_path, capsys):
     """No traceback for a user's mistake: one line naming it, exit status 2."""
     cases = [(["--source", str(tmp_path / "missing.mp4")], "no such video file"),

@@ -178,7 +178,7 @@ class Runtime:
         self._records: deque = deque(maxlen=10000)
         self._dropped: Counter = Counter()
         self._reconnects = 0  # live sources that came back after a loss (stream(..., reconnect=N))
-        self._dropped_lock = threading.Lock()  # several capture threads count drops (streams)
+        self._dropped_lock = threading.Lock()  # several capture threads count drops and reconnects (streams)
         self._skipped: List[str] = []
         self._end_reason: Optional[str] = None
         self._t_first: Optional[float] = None
@@ -609,10 +609,8 @@ class _Capture:
                 if self.stop.is_set():
                     reason = "stopped"
                     break
-                if not ok:
-                    if self.stop.is_set():
-                        reason = "stopped"
-                    elif self.src.kind != LIVE or self.src.at_end():
+                if not ok:  # (a stop while reconnecting was caught just above)
+                    if self.src.kind != LIVE or self.src.at_end():
                         reason = "end of source"
                     elif not index:
                         reason = f"{self.src.name}: no frame could be read"
@@ -640,13 +638,16 @@ class _Capture:
         source is being opened again and nothing is queued."""
         if self.reason is not None:
             return None
-        while True:
-            try:
-                item = self.q.get(timeout=0.05)
-                break
-            except queue.Empty:
-                if not wait_while_reconnecting and getattr(self.src, "reconnecting", False):
-                    return _PENDING
+        if wait_while_reconnecting:
+            item = self.q.get()
+        else:  # look every 50 ms whether the source is away
+            while True:
+                try:
+                    item = self.q.get(timeout=0.05)
+                    break
+                except queue.Empty:
+                    if getattr(self.src, "reconnecting", False):
+                        return _PENDING
         if item[0] is _END:
             self.reason = item[1]
             return None

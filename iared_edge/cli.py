@@ -181,21 +181,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--keep-levels: expected comma-separated numbers in [0, 1], got {args.keep_levels!r}") from None
     os.makedirs(args.out_dir, exist_ok=True)
+    int8 = args.precision == "int8"
+    suffix, weights = (".int8", "; int8 weights") if int8 else ("", "")
     if args.keep_counts_input:
-        path = os.path.join(args.out_dir, "keep_counts.onnx")
-        export_onnx_counts(model, path, opset=args.opset)
+        path = os.path.join(args.out_dir, f"keep_counts{suffix}.onnx")
+        export_onnx_counts(model, path, opset=args.opset, int8=int8)
         table = {f"{rho:.2f}": keep_counts_for(model, model.stage_ratios(rho)) for rho in levels}
         with open(os.path.join(args.out_dir, "keep_levels.json"), "w") as f:
             json.dump(table, f, indent=1)
-        print(f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch) and "
+        print(f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch{weights}) and "
               f"keep_levels.json: " + ", ".join(f"{k} -> {v}" for k, v in table.items()))
         return 0
     for rho in levels:
-        path = os.path.join(args.out_dir, f"keep{rho:.2f}.onnx")
+        path = os.path.join(args.out_dir, f"keep{rho:.2f}{suffix}.onnx")
         ratios = model.stage_ratios(rho)
-        export_onnx(model, path, ratios, opset=args.opset)
+        export_onnx(model, path, ratios, opset=args.opset, int8=int8)
         print(f"wrote {path} (keep level {rho}: policy ratio {', '.join(f'{r:.3f}' for r in ratios)} per stage, "
-              "dynamic batch)")
+              f"dynamic batch{weights})")
     return 0
 
 
@@ -353,6 +355,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     e.add_argument("--keep-counts-input", action="store_true",
                    help="one graph whose per-stage keep counts are an input (TensorRT >= 10), instead of one file per level")
     e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: the blocks' and head's weights in int8 (ONNX Runtime's dynamic quantization), "
+                        "for CPUs; the interpreters stay float32")
     e.set_defaults(func=cmd_export)
     d = sub.add_parser("make-digits", help="write the digits-in-clutter demo dataset (ImageFolder + boxes.json)")
     d.add_argument("--out", default="data/digits")

@@ -49,6 +49,8 @@ def cpu_has_bf16() -> bool:
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = (*PRECISION_DTYPES, "auto")
+# A Runtime also runs int8 graphs (backend "onnxruntime"): weights quantized, not a torch dtype
+RUNTIME_PRECISIONS = (*PRECISIONS, "int8")
 
 
 def inference_dtype(device: str | torch.device = "cpu", precision: str = "fp32") -> torch.dtype:

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from iared_edge import Runtime  # noqa: E402
 from iared_edge.checkpoint import resolve_model  # noqa: E402
-from iared_edge.devices import PRECISIONS  # noqa: E402
+from iared_edge.devices import RUNTIME_PRECISIONS  # noqa: E402
 from iared_edge.preprocess import FITS  # noqa: E402
 
 
@@ -103,9 +103,13 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="demo", help='"demo" (bundled), a saved .safetensors, or a timm name')
     ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
     ap.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame (ms)")
-    ap.add_argument("--precision", choices=PRECISIONS, default=None,
+    ap.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
                     help="weights to run: fp32, fp16, bf16, or auto (fp16 on a GPU, bf16 on a CPU with bf16 "
-                         "instructions, else fp32); default: the model's own (fp32 for saved models)")
+                         "instructions, else fp32); int8 with --backend onnxruntime; default: the model's own "
+                         "(fp32 for saved models)")
+    ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="torch (drops tokens per image, or keeps what --budget-ms allows), or onnxruntime "
+                         "(exported graphs, one per keep level; needs --budget-ms)")
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
@@ -119,6 +123,10 @@ def main(argv=None) -> int:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.reconnect < 0:
         ap.error(f"--reconnect must be >= 0, got {args.reconnect}")
+    if args.backend == "onnxruntime" and args.budget_ms is None:
+        ap.error("--backend onnxruntime runs one graph per keep level: give --budget-ms")
+    if args.precision == "int8" and args.backend != "onnxruntime":
+        ap.error("--precision int8 runs int8 ONNX Runtime graphs: give --backend onnxruntime")
     try:
         return run(args)
     except (ValueError, OSError, TypeError, RuntimeError) as exc:  # bad model, source, budget, output
@@ -138,7 +146,7 @@ def run(args) -> int:
     truth = load_truth(source)
     show_heat = show_mask = True
     writer, frames, t_prev, fps = None, [], None, 0.0
-    with Runtime(model, budget_ms=args.budget_ms, precision=args.precision, fit=args.fit) as rt:
+    with Runtime(model, budget_ms=args.budget_ms, precision=args.precision, fit=args.fit, backend=args.backend) as rt:
         for frame, res in rt.stream(source, reconnect=args.reconnect):
             now = time.perf_counter()
             if t_prev is not None:

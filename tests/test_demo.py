@@ -491,8 +491,24 @@ def test_sample_runs_in_reduced_precision(tmp_path, small_model):
                         "--output", str(out), "--precision", "bf16"]) == 0
     summary = json.loads((tmp_path / "bf16.json").read_text())
     assert summary["stats"]["precision"] == "bf16" and len(summary["frames"]) == 2
-    with pytest.raises(SystemExit):  # argparse names the choices
+    with pytest.raises(SystemExit):  # int8 graphs are ONNX Runtime's
         _run_sample(["--source", "demo", "--headless", "--precision", "int8"])
+    with pytest.raises(SystemExit):  # argparse names the choices
+        _run_sample(["--source", "demo", "--headless", "--precision", "int4"])
+
+
+def test_sample_runs_int8_onnxruntime_graphs(tmp_path, small_model, capsys):
+    model_path = tmp_path / "m.safetensors"
+    save_model(small_model, str(model_path))
+    out = tmp_path / "int8.mp4"
+    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "3",
+                        "--output", str(out), "--backend", "onnxruntime", "--precision", "int8",
+                        "--budget-ms", "500"]) == 0
+    summary = json.loads((tmp_path / "int8.json").read_text())
+    assert summary["stats"]["precision"] == "int8" and len(summary["frames"]) == 3
+    with pytest.raises(SystemExit):
+        _run_sample(["--source", "demo", "--headless", "--backend", "onnxruntime"])
+    assert "give --budget-ms" in capsys.readouterr().err
 
 
 def test_sample_fits_a_wide_video_without_squashing_it(tmp_path, small_model):
@@ -548,6 +564,27 @@ def test_shipped_demo_model_meets_the_smoke_check():
     acc = (out.logits.argmax(-1).numpy() == labels).mean()
     assert acc >= SHIPPED_MODEL_MIN_ACCURACY, acc
     assert out.keep_ratio.mean().item() < 0.9  # it does drop tokens
+
+
+def test_shipped_demo_model_in_int8_reads_as_float32_does(tmp_path):
+    """`Runtime(backend="onnxruntime", precision="int8")` on the bundled model: on the smoke
+    check's 100 held-out images, through the users' path, the same top-1 as the float32 PyTorch
+    Runtime at the same keep level on nearly every image, and above the smoke floor."""
+    from iared_edge import Runtime, load_model
+    model = load_model("demo").float()
+    imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(100))
+    frames = list(imgs)
+    with Runtime(model, policy="ratio", ratio=0.5, color="rgb") as rt32, \
+            Runtime(model, policy="ratio", ratio=0.5, color="rgb", backend="onnxruntime", precision="int8",
+                    onnx_cache=str(tmp_path)) as rt8:
+        a, b = rt32.batch(frames), rt8.batch(frames)
+        assert rt8.stats()["precision"] == "int8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep0.5000.int8.onnx"]
+    top32 = np.array([r.indices[0] for r in a])
+    top8 = np.array([r.indices[0] for r in b])
+    assert (top8 == top32).mean() >= 0.97
+    assert (top8 == labels).mean() >= SHIPPED_MODEL_MIN_ACCURACY
+    assert [r.stage_keep for r in a] == [r.stage_keep for r in b]  # policy "ratio": the same counts
 
 
 def test_generator_survives_extreme_compositions():

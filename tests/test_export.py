@@ -1,5 +1,6 @@
 """ONNX export of policy "ratio", checked by onnx's checker and run by onnxruntime against PyTorch."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -187,3 +188,67 @@ def test_tensorrt_backend_matches_pytorch(model, tmp_path, form):
     TensorRTBackend(m, [1.0, 0.5], str(tmp_path), fp16=False, form=form)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".engine") == engines
     model.cpu()
+
+
+def _matmuls(graph):
+    """(float MatMul names, MatMulInteger names) of an ONNX graph."""
+    nodes = graph.graph.node
+    return [n.name for n in nodes if n.op_type == "MatMul"], [n.name for n in nodes if n.op_type == "MatMulInteger"]
+
+
+def test_int8_graph_quantizes_the_blocks_and_head_not_the_interpreters(model, tmp_path, capsys):
+    """`export --precision int8`: every block's qkv, projection and MLP and the head read int8
+    weights; the interpreters and attention's activation products stay float32, so stage 1 keeps
+    exactly the tokens the float32 model keeps; logits and later stages stay close to PyTorch's."""
+    assert main(["export", "--model", "deit_tiny_patch16_224", "--keep-levels", "0.6", "--precision", "int8",
+                 "--out-dir", str(tmp_path)]) == 0
+    assert "int8 weights" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep0.60.int8.onnx"]  # no float32 file left behind
+    # the CLI exported a fresh random-weight model: export ours to compare against PyTorch
+    from iared_edge.export import export_onnx
+    path = str(tmp_path / "ours.onnx")
+    names = export_onnx(model, path, 0.6, int8=True)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    floats, ints = _matmuls(graph)
+    assert len(ints) == 4 * len(model.vit.blocks) + 1  # qkv, proj, fc1, fc2 per block; the head
+    assert not [n for n in ints if n.startswith("/interpreters.")]
+    assert len([n for n in floats if n.startswith("/interpreters.")]) == 2 * model.num_stages
+    assert len([n for n in floats if "/attn/" in n]) == 2 * len(model.vit.blocks)  # q @ k^T, attn @ v
+    export_onnx(model, str(tmp_path / "f.onnx"), 0.6)
+    assert os.path.getsize(path) < 0.4 * os.path.getsize(tmp_path / "f.onnx")  # int8 weights: a quarter of the bytes
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    outs = dict(zip(names, sess.run(None, {"images": x.numpy()})))
+    with torch.no_grad():
+        ref = model(x, policy="ratio", ratio=0.6)
+    kept = np.zeros((4, 3, model.num_patches), bool)
+    for s in range(3):
+        np.put_along_axis(kept[:, s], outs[f"kept_stage{s + 1}"], True, 1)
+    assert (kept[:, 0] == ref.keep_masks[:, 0].numpy()).all()  # stage 1 scores the float32 patch embedding
+    overlap = (kept[:, 1:] & ref.keep_masks[:, 1:].numpy()).sum() / ref.keep_masks[:, 1:].sum().item()
+    assert overlap >= 0.9, overlap
+    a, b = outs["logits"], ref.logits.numpy()
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.98, cos
+    assert not np.allclose(a, b, atol=1e-4)  # it really runs int8 arithmetic
+
+
+def test_int8_needs_an_exported_graph_and_the_onnxruntime_backend(model, tmp_path):
+    from iared_edge import Runtime
+    from iared_edge.export import quantize_int8
+    with pytest.raises(FileNotFoundError, match="no ONNX graph"):
+        quantize_int8(str(tmp_path / "missing.onnx"), str(tmp_path / "out.onnx"))
+    from onnx import TensorProto, helper
+    lone = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/relu")], "lone",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(lone), str(tmp_path / "lone.onnx"))  # a graph not exported by iared_edge
+    with pytest.raises(ValueError, match="no interpreter nodes"):
+        quantize_int8(str(tmp_path / "lone.onnx"), str(tmp_path / "out.onnx"))
+    with pytest.raises(ValueError, match='backend="onnxruntime"'):
+        Runtime(model, policy="ratio", ratio=0.6, precision="int8")
+    with pytest.raises(ValueError, match="int8"):
+        Runtime(model, policy="ratio", ratio=0.6, precision="bf16", backend="onnxruntime")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Runtime(model, policy="ratio", ratio=0.6, precision="int4", backend="onnxruntime")

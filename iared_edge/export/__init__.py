@@ -1,4 +1,6 @@
-"""Export for deployment: ONNX of policy "ratio" (a graph per keep level, or keep counts as an input)."""
+"""Export for deployment: ONNX of policy "ratio" (a graph per keep level, or keep counts as an input),
+in float32 or with int8 weights for CPUs."""
 from .onnx import CountsGraph, RatioGraph, export_onnx, export_onnx_counts, keep_counts_for
+from .quantize import quantize_int8
 
-__all__ = ["RatioGraph", "CountsGraph", "export_onnx", "export_onnx_counts", "keep_counts_for"]
+__all__ = ["RatioGraph", "CountsGraph", "export_onnx", "export_onnx_counts", "keep_counts_for", "quantize_int8"]

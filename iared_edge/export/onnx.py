@@ -8,10 +8,12 @@
 The batch axis is dynamic. Outputs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
 heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage keep probabilities).
-Attention is permutation-equivariant, so kept tokens need not be re-sorted.
+Attention is permutation-equivariant, so kept tokens need not be re-sorted. Either form can be
+written with int8 weights for CPUs (`int8=True`; what is quantized: `iared_edge.export.quantize`).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
 from typing import List, Sequence, Union
@@ -119,9 +121,25 @@ def check_opset(opset: int) -> None:
         raise ValueError(f"ONNX opset must be >= {MIN_OPSET} (attention needs it), got {opset}")
 
 
-def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:
+def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, **export_kwargs) -> None:
+    """torch.onnx.export to `path`; with `int8`, the float32 graph goes to a file beside it first
+    and `path` gets its int8 form (`quantize.quantize_int8`)."""
+    target = path + ".fp32.tmp" if int8 else path
+    try:
+        with _exporting():
+            torch.onnx.export(graph, inputs, target, dynamo=False, **export_kwargs)
+        if int8:
+            from .quantize import quantize_int8
+            quantize_int8(target, path)
+    finally:
+        if int8 and os.path.exists(target):
+            os.remove(target)
+
+
+def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False) -> List[str]:
     """Write `path` (.onnx): one graph for every keep level, inputs `images` and `keep_counts`
-    (int64 [S], each in 1..the previous stage's count); returns the output names."""
+    (int64 [S], each in 1..the previous stage's count); returns the output names. `int8`: the
+    blocks' and head's weights in int8 (`quantize.quantize_int8`), for CPUs."""
     check_opset(opset)
     graph = CountsGraph(model).eval()
     S = model.num_stages
@@ -130,19 +148,19 @@ def export_onnx_counts(model, path: str, opset: int = 17) -> List[str]:
     counts = torch.tensor(keep_counts_for(model, 0.7), dtype=torch.int64)
     dyn = {"images": {0: "batch"}, "logits": {0: "batch"}, "heatmap": {0: "batch"},
            **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)}}
-    with _exporting():
-        torch.onnx.export(graph, (x, counts), path, input_names=["images", "keep_counts"], output_names=names,
-                          opset_version=opset, dynamic_axes=dyn, dynamo=False)
+    _write(graph, (x, counts), path, int8, input_names=["images", "keep_counts"], output_names=names,
+           opset_version=opset, dynamic_axes=dyn)
     return names
 
 
-def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: int = 17) -> List[str]:
-    """Write `path` (.onnx) for one keep level; returns the output names."""
+def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: int = 17,
+                int8: bool = False) -> List[str]:
+    """Write `path` (.onnx) for one keep level; returns the output names. `int8`: the blocks' and
+    head's weights in int8 (`quantize.quantize_int8`), for CPUs."""
     check_opset(opset)
     graph = RatioGraph(model, ratio).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
     x = torch.zeros(2, *model.input_size)
-    with _exporting():
-        torch.onnx.export(graph, (x,), path, input_names=["images"], output_names=names, opset_version=opset,
-                          dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}, dynamo=False)
+    _write(graph, (x,), path, int8, input_names=["images"], output_names=names, opset_version=opset,
+           dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     return names

@@ -5,7 +5,8 @@ Gives the Runtime the same fields the PyTorch model does (logits, heatmap, keep 
 ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are written
 to `cache_dir` at every construction (a graph another model left there is never reused); keep
 levels map to per-stage ratios by `model.stage_ratios`. Providers: CUDA and TensorRT execution
-providers first when this onnxruntime build has them, else the CPU.
+providers first when this onnxruntime build has them, else the CPU. `int8`: graphs with int8
+weights (`iared_edge.export.quantize`), for CPUs.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class GraphOutput:
 
 class OnnxRuntimeBackend:
     def __init__(self, model, levels: Sequence[float], cache_dir: Optional[str] = None, threads: Optional[int] = None,
-                 form: str = "levels"):
+                 form: str = "levels", int8: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -49,15 +50,16 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         self.sessions: Dict[float, object] = {}
+        suffix = ".int8" if int8 else ""
         if form == "counts":
-            path = os.path.join(self.cache_dir, "keep_counts.onnx")
-            export_onnx_counts(model, path)  # every time: a file left by another model must not be reused
+            path = os.path.join(self.cache_dir, f"keep_counts{suffix}.onnx")
+            export_onnx_counts(model, path, int8=int8)  # every time: a file left by another model must not be reused
             session = ort.InferenceSession(path, options, providers=self.providers)
             self.sessions = {r: session for r in self.levels}
         else:
             for rho in self.levels:
-                path = os.path.join(self.cache_dir, f"keep{rho:.4f}.onnx")
-                export_onnx(model, path, model.stage_ratios(rho))
+                path = os.path.join(self.cache_dir, f"keep{rho:.4f}{suffix}.onnx")
+                export_onnx(model, path, model.stage_ratios(rho), int8=int8)
                 self.sessions[rho] = ort.InferenceSession(path, options, providers=self.providers)
 
     def __call__(self, images: torch.Tensor, rho: float) -> GraphOutput:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import resolve_model
-from ..devices import PRECISION_DTYPES, PRECISIONS, inference_dtype, resolve_device
+from ..devices import PRECISION_DTYPES, PRECISIONS, RUNTIME_PRECISIONS, inference_dtype, resolve_device
 from ..preprocess import FITS, fit_frame, grid_to_frame, model_normalization, overlay
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
@@ -124,7 +124,8 @@ class Runtime:
     backend: "torch", "onnxruntime" or "tensorrt" (the last two run policy-"ratio" graphs, cached in
         `onnx_cache`, one per level or, `onnx_form="counts"`, one with the counts as input).
     cuda_graphs: on a GPU, replay a CUDA graph per keep level (policy "ratio" or a budget).
-    precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); a copy is cast.
+    precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); a copy is cast. "int8"
+        (backend "onnxruntime" only): graphs with int8 weights in the blocks and head, for CPUs.
     """
 
     def __init__(self, model: Any, device: str = "auto", budget_ms: Optional[float] = None,
@@ -212,7 +213,8 @@ class Runtime:
         if backend != "torch":
             if backend == "onnxruntime":
                 from ..export.onnxruntime_backend import OnnxRuntimeBackend
-                self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form)
+                self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form,
+                                                  int8=self.precision == "int8")
             else:
                 from ..export.tensorrt_backend import TensorRTBackend
                 self._graphs = TensorRTBackend(self.model, graph_levels, onnx_cache, form=onnx_form, device=self.device,
@@ -229,14 +231,18 @@ class Runtime:
     def _set_precision(self, precision: Optional[str], backend: str, given: bool) -> str:
         """Cast the model's weights for `precision` (None: as the model is) and say what runs.
         A model object the caller passed is copied before a cast, not changed under them."""
-        if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS} or None (the model's own), got {precision!r}")
+        if precision is not None and precision not in RUNTIME_PRECISIONS:
+            raise ValueError(f"precision must be one of {RUNTIME_PRECISIONS} or None (the model's own), got {precision!r}")
+        if precision == "int8" and backend != "onnxruntime":
+            raise ValueError(f'precision "int8" runs int8 ONNX Runtime graphs: give backend="onnxruntime" '
+                             f'(with policy="ratio" or a budget), not backend={backend!r}')
         names = {dtype: name for name, dtype in PRECISION_DTYPES.items()}
         current = next(self.model.parameters()).dtype
         if backend == "onnxruntime":
-            if precision not in (None, "fp32", "auto"):
-                raise ValueError(f'backend "onnxruntime" runs float32 graphs: precision "fp32" or "auto", not {precision!r}')
-            name, dtype = "fp32", torch.float32
+            if precision not in (None, "fp32", "auto", "int8"):
+                raise ValueError('backend "onnxruntime" runs float32 graphs, or int8 ones for CPUs: precision '
+                                 f'"fp32", "auto" or "int8", not {precision!r}')
+            name, dtype = ("int8" if precision == "int8" else "fp32"), torch.float32
         elif backend == "tensorrt":  # TensorRT builds its own engines from float32 ones: fp16 unless told fp32
             if precision == "bf16":
                 raise ValueError('backend "tensorrt": precision "fp16" (its default) or "fp32", not "bf16"')

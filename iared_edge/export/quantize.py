@@ -1,0 +1,59 @@
+"""int8 graphs for CPUs: ONNX Runtime's dynamic quantization of an exported policy-"ratio" graph.
+
+What is quantized: the weights of the blocks' and the head's MatMul/Gemm (int8, one scale per
+tensor), with each activation quantized on the fly (`MatMulInteger`, VNNI / dot-product
+instructions where the CPU has them). What stays float32:
+- the interpreters: they decide which tokens go, and in float32 they keep the same tokens as the
+  float32 graph on nearly every image (benchmarks: 99% of the patches kept at stage 3 against 97%
+  with them quantized);
+- attention's activation-by-activation products (no weight to quantize);
+- convolutions (a convolutional stem): ONNX Runtime's `ConvInteger` ran slower than the float32
+  convolution on the CPUs measured (docs/benchmarks.md), so quantizing it would cost time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+import onnx
+
+INT8_OP_TYPES = ("MatMul", "Gemm")
+
+
+def interpreter_nodes(graph: onnx.ModelProto):
+    """Names of the nodes the exported interpreters became (`/interpreters.<s>/...`)."""
+    return [n.name for n in graph.graph.node if n.name.startswith("/interpreters.")]
+
+
+@contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs a root-logger warning suggesting its shape-inference
+    pre-pass on every call; the exported graphs carry static shapes, and the pre-pass changed
+    nothing measurable, so the warning would only alarm."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: str, dst: str) -> None:
+    """Write `dst`: the exported graph `src` with int8 weights in its blocks and head (see the
+    module's docstring for what stays float32). Same inputs and outputs as `src`."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise ImportError("int8 graphs need ONNX Runtime's quantizer: pip install onnxruntime") from exc
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"quantize_int8: no ONNX graph at {src}")
+    graph = onnx.load(src)
+    keep_float = interpreter_nodes(graph)
+    if not keep_float:
+        raise ValueError(f"quantize_int8: {src} has no interpreter nodes (/interpreters.*): "
+                         "not a graph exported by iared_edge.export")
+    with _quiet_quantizer():
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
+                         nodes_to_exclude=keep_float)

@@ -1,11 +1,13 @@
 """int8 ONNX Runtime graphs against float32 ones and the torch backend, side by side (CPU).
 
-    .venv/bin/python benchmarks/bench_int8.py [--models demo,deit_small_patch16_224] [--levels 1.0,0.5]
-                                              [--repeats 11] [--accuracy-images 1000]
+    .venv/bin/python benchmarks/bench_int8.py [--models demo,deit_small_patch16_224]
+                                              [--levels threshold,1.0,0.5] [--repeats 11] [--accuracy-images 1000]
 
-Per model, keep level and batch size: the PyTorch packed forward (policy "ratio", float32),
-ONNX Runtime's float32 graph and its int8 graph (`export_onnx(..., int8=True)`), each batch timed
-in the three back to back (medians). The bound int8 is judged against: the quantized GEMMs'
+Per model, policy and batch size: the PyTorch packed forward (float32), ONNX Runtime's float32
+graph and its int8 graph (`export_onnx(..., int8=True)`, or `export_onnx_threshold` for policy
+"threshold", whose graph takes one image per run: a batch runs image by image), each batch timed
+in the three back to back (medians). A level is policy "ratio" at that keep level; "threshold"
+is the model's own thresholds (each image keeps its own tokens; the mean per stage is shown). The bound int8 is judged against: the quantized GEMMs'
 share f of the graph's FLOPs at that keep level, at most 4x faster each (VNNI's int8 dot product
 does four multiply-adds per 32-bit lane where an FMA does one), so at most 1 / ((1 - f) + f / 4)
 over float32. Accuracy (the demo model, real weights): top-1 on held-out test images of the demo
@@ -24,7 +26,7 @@ import torch
 
 from iared_edge import IARedViT, load_model
 from iared_edge.bench import device_name, timed_ms
-from iared_edge.export import export_onnx, keep_counts_for
+from iared_edge.export import export_onnx, export_onnx_threshold, keep_counts_for
 from iared_edge.preprocess import model_input
 
 
@@ -55,7 +57,7 @@ def demo_images(model, n: int):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="demo,deit_small_patch16_224")
-    ap.add_argument("--levels", default="1.0,0.5")
+    ap.add_argument("--levels", default="threshold,1.0,0.5")
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--accuracy-images", type=int, default=1000)
@@ -64,7 +66,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench-int8-")
     print(f"# {device_name(torch.device('cpu'), args.threads)}; onnxruntime {ort.__version__}, torch {torch.__version__}; "
           f"medians of {args.repeats}, the three timed back to back per batch")
-    print("| model | keep level | patches kept per stage | batch | torch fp32 ms | ORT fp32 ms | ORT int8 ms | "
+    print("| model | policy / keep level | patches kept per stage | batch | torch fp32 ms | ORT fp32 ms | ORT int8 ms | "
           "int8 over ORT fp32 | bound (GEMM share f) | int8 over torch fp32 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     accuracy = []
@@ -74,20 +76,34 @@ def main():
                  else IARedViT.from_timm(name)).float().eval()
         real = name == "demo"
         x_all, labels = demo_images(model, max(args.accuracy_images, 8)) if real else (torch.randn(8, *model.input_size), None)
-        for level in [float(v) for v in args.levels.split(",")]:
-            ratios = model.stage_ratios(level)
-            counts = keep_counts_for(model, ratios)
+        for level in args.levels.split(","):
+            threshold = level == "threshold"
             paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("fp32", "int8")}
-            export_onnx(model, paths["fp32"], ratios)
-            export_onnx(model, paths["int8"], ratios, int8=True)
+            if threshold:
+                kwargs = {"policy": "threshold"}
+                for k in paths:
+                    export_onnx_threshold(model, paths[k], int8=k == "int8")
+            else:
+                kwargs = {"policy": "ratio", "ratio": model.stage_ratios(float(level))}
+                counts = keep_counts_for(model, kwargs["ratio"])
+                for k in paths:
+                    export_onnx(model, paths[k], kwargs["ratio"], int8=k == "int8")
             sess = {k: session(p, args.threads) for k, p in paths.items()}
-            f = gemm_share(model, counts)
-            bound = 1 / ((1 - f) + f / 4)
+
+            def ort_run(k, x):  # the threshold graph takes one image per run
+                parts = [sess[k].run(None, {"images": x[i:i + 1].numpy()})[0] for i in range(len(x))] if threshold \
+                    else [sess[k].run(None, {"images": x.numpy()})[0]]
+                return np.concatenate(parts)
+
             for bs in (1, 8):
                 x = x_all[:bs]
-                runs = {"torch": lambda: model(x, policy="ratio", ratio=ratios),
-                        "fp32": lambda: sess["fp32"].run(None, {"images": x.numpy()}),
-                        "int8": lambda: sess["int8"].run(None, {"images": x.numpy()})}
+                if threshold:  # what these images keep, on average
+                    with torch.inference_mode():
+                        counts = model(x, **kwargs).kept_counts.double().mean(0).tolist()
+                f = gemm_share(model, counts)
+                bound = 1 / ((1 - f) + f / 4)
+                runs = {"torch": lambda: model(x, **kwargs), "fp32": lambda: ort_run("fp32", x),
+                        "int8": lambda: ort_run("int8", x)}
                 t = {k: [] for k in runs}
                 with torch.inference_mode():
                     for fn in runs.values():  # warm-up
@@ -96,20 +112,18 @@ def main():
                         for k, fn in runs.items():
                             t[k].append(timed_ms(fn))
                 ms = {k: statistics.median(v) for k, v in t.items()}
-                print(f"| {name} | {level} | {' / '.join(str(c) for c in counts)} | {bs} | {ms['torch']:.1f} | "
+                print(f"| {name} | {level} | {' / '.join(f'{c:.0f}' for c in counts)} | {bs} | {ms['torch']:.1f} | "
                       f"{ms['fp32']:.1f} | {ms['int8']:.1f} | {ms['fp32'] / ms['int8']:.2f}x | "
                       f"{bound:.2f}x ({f:.2f}) | {ms['torch'] / ms['int8']:.2f}x |", flush=True)
             if real:
                 n = args.accuracy_images
                 with torch.inference_mode():
-                    ref = torch.cat([model(x_all[i:i + 50], policy="ratio", ratio=ratios).logits
-                                     for i in range(0, n, 50)]).argmax(1).numpy()
-                top8 = np.concatenate([sess["int8"].run(None, {"images": x_all[i:i + 50].numpy()})[0]
-                                       for i in range(0, n, 50)]).argmax(1)
+                    ref = torch.cat([model(x_all[i:i + 50], **kwargs).logits for i in range(0, n, 50)]).argmax(1).numpy()
+                top8 = np.concatenate([ort_run("int8", x_all[i:i + 50]) for i in range(0, n, 50)]).argmax(1)
                 accuracy.append((name, level, n, (ref == labels[:n]).mean(), (top8 == labels[:n]).mean(),
                                  (ref == top8).mean()))
     if accuracy:
-        print("\n| model | keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement |")
+        print("\n| model | policy / keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name, level, n, a32, a8, agree in accuracy:
             print(f"| {name} | {level} | {n} | {a32:.1%} | {a8:.1%} | {agree:.1%} |")

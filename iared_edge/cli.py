@@ -173,8 +173,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from .export import export_onnx, export_onnx_counts, keep_counts_for
+    from .export import export_onnx, export_onnx_counts, export_onnx_threshold, keep_counts_for
 
+    if args.policy == "threshold" and args.keep_counts_input:
+        raise ValueError("--keep-counts-input is a form of the ratio graphs, not of --policy threshold")
     model = resolve_model(args.model, args.checkpoint).eval()
     try:
         levels = [float(v) for v in args.keep_levels.split(",")]
@@ -183,6 +185,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     int8 = args.precision == "int8"
     suffix, weights = (".int8", "; int8 weights") if int8 else ("", "")
+    if args.policy == "threshold":
+        path = os.path.join(args.out_dir, f"threshold{suffix}.onnx")
+        export_onnx_threshold(model, path, opset=args.opset, int8=int8)
+        print(f"wrote {path} (policy threshold at {', '.join(f'{t:g}' for t in model.thresholds)} per stage: "
+              f"each image keeps its own tokens; input images [1, {', '.join(map(str, model.input_size))}]{weights})")
+        return 0
     if args.keep_counts_input:
         path = os.path.join(args.out_dir, f"keep_counts{suffix}.onnx")
         export_onnx_counts(model, path, opset=args.opset, int8=int8)
@@ -346,11 +354,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="autocast dtype; auto: bf16 on a GPU or a CPU with bf16 instructions, else none")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("export", help="export ONNX graphs of policy ratio: one file per keep level, or one with the counts as input")
+    e = sub.add_parser("export", help="export ONNX graphs: policy ratio (one file per keep level, or one with the counts "
+                       "as input) or policy threshold (one image per run)")
     e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     e.add_argument("--format", choices=["onnx"], default="onnx")
-    e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep ratios")
+    e.add_argument("--policy", choices=["ratio", "threshold"], default="ratio",
+                   help="ratio: graphs of fixed keep levels (dynamic batch); threshold: one graph in which each "
+                        "image keeps its own tokens (the model's thresholds; one image per run)")
+    e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep ratios (policy ratio)")
     e.add_argument("--out-dir", default="export")
     e.add_argument("--keep-counts-input", action="store_true",
                    help="one graph whose per-stage keep counts are an input (TensorRT >= 10), instead of one file per level")

@@ -108,8 +108,8 @@ def main(argv=None) -> int:
                          "instructions, else fp32); int8 with --backend onnxruntime; default: the model's own "
                          "(fp32 for saved models)")
     ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                    help="torch (drops tokens per image, or keeps what --budget-ms allows), or onnxruntime "
-                         "(exported graphs, one per keep level; needs --budget-ms)")
+                    help="torch, or onnxruntime (exported graphs: the thresholds' graph, or with --budget-ms "
+                         "one per keep level)")
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
@@ -123,8 +123,6 @@ def main(argv=None) -> int:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.reconnect < 0:
         ap.error(f"--reconnect must be >= 0, got {args.reconnect}")
-    if args.backend == "onnxruntime" and args.budget_ms is None:
-        ap.error("--backend onnxruntime runs one graph per keep level: give --budget-ms")
     if args.precision == "int8" and args.backend != "onnxruntime":
         ap.error("--precision int8 runs int8 ONNX Runtime graphs: give --backend onnxruntime")
     try:

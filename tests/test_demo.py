@@ -506,9 +506,10 @@ def test_sample_runs_int8_onnxruntime_graphs(tmp_path, small_model, capsys):
                         "--budget-ms", "500"]) == 0
     summary = json.loads((tmp_path / "int8.json").read_text())
     assert summary["stats"]["precision"] == "int8" and len(summary["frames"]) == 3
-    with pytest.raises(SystemExit):
-        _run_sample(["--source", "demo", "--headless", "--backend", "onnxruntime"])
-    assert "give --budget-ms" in capsys.readouterr().err
+    out = tmp_path / "thresholds.mp4"  # no budget: the thresholds' graph, each frame keeping its own tokens
+    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "3",
+                        "--output", str(out), "--backend", "onnxruntime", "--precision", "int8"]) == 0
+    assert len(json.loads((tmp_path / "thresholds.json").read_text())["frames"]) == 3
 
 
 def test_sample_fits_a_wide_video_without_squashing_it(tmp_path, small_model):

@@ -95,7 +95,7 @@ def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path, prof
         expect.append(n / model.num_patches)
     assert a.stage_keep == pytest.approx(expect)
     with pytest.raises(ValueError, match="policy"):
-        Runtime(model, backend="onnxruntime")
+        Runtime(model, policy="all", backend="onnxruntime")
 
 
 def test_runtime_onnxruntime_backend_under_a_budget(model, tmp_path):
@@ -252,3 +252,79 @@ def test_int8_needs_an_exported_graph_and_the_onnxruntime_backend(model, tmp_pat
         Runtime(model, policy="ratio", ratio=0.6, precision="bf16", backend="onnxruntime")
     with pytest.raises(ValueError, match="precision must be one of"):
         Runtime(model, policy="ratio", ratio=0.6, precision="int4", backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def demo_frames():
+    """The bundled model and 12 held-out demo-task images (RGB uint8): trained interpreters, so each
+    image keeps its own number of tokens."""
+    from iared_edge import load_model
+    from iared_edge.demo import DigitsInClutter
+    imgs, _, _ = DigitsInClutter("test", seed=0).batch(range(12))
+    return load_model("demo").float().eval(), list(imgs)
+
+
+def test_threshold_graph_keeps_each_images_own_tokens_as_pytorch_does(demo_frames, tmp_path, capsys):
+    """`export --policy threshold`: one image per run, and per image exactly the tokens the packed
+    PyTorch forward keeps at every stage (variable counts), the same logits and heatmap; its int8
+    form keeps stage 1's tokens exactly and reads the same digits."""
+    from iared_edge.export import export_onnx_threshold
+    from iared_edge.preprocess import model_input
+    model, imgs = demo_frames
+    path = str(tmp_path / "t.onnx")
+    names = export_onnx_threshold(model, path)
+    export_onnx_threshold(model, str(tmp_path / "t8.onnx"), int8=True)
+    onnx.checker.check_model(onnx.load(path))
+    assert "NonZero" in {n.op_type for n in onnx.load(path).graph.node}
+    sess, sess8 = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]) for f in ("t.onnx", "t8.onnx"))
+    x = torch.cat([model_input(model, im) for im in imgs])
+    with torch.no_grad():
+        ref = model(x, policy="threshold")  # the packed execution: a batch of variable-length sequences
+    counts, agree8 = set(), 0
+    for i in range(len(imgs)):
+        outs = dict(zip(names, sess.run(None, {"images": x[i:i + 1].numpy()})))
+        assert np.abs(outs["logits"] - ref.logits[i:i + 1].numpy()).max() <= 1e-4
+        assert np.abs(outs["heatmap"] - ref.heatmap[i:i + 1].numpy()).max() <= 1e-5
+        for s in range(3):
+            kept = np.zeros(model.num_patches, bool)
+            kept[outs[f"kept_stage{s + 1}"][0]] = True
+            assert (kept == ref.keep_masks[i, s].numpy()).all()
+        counts.add(tuple(ref.kept_counts[i].tolist()))
+        outs8 = dict(zip(names, sess8.run(None, {"images": x[i:i + 1].numpy()})))
+        assert sorted(outs8["kept_stage1"][0]) == sorted(outs["kept_stage1"][0])
+        agree8 += outs8["logits"].argmax() == outs["logits"].argmax()
+    assert len(counts) > 3  # the images really keep different numbers of tokens
+    assert agree8 >= len(imgs) - 1
+    with pytest.raises(ValueError, match="thresholds"):
+        export_onnx_threshold(model, str(tmp_path / "x.onnx"), thresholds=(0.5, 0.5))
+    with pytest.raises(Exception):  # one image per run: the input's batch axis is 1
+        sess.run(None, {"images": x[:2].numpy()})
+    assert main(["export", "--model", "demo", "--policy", "threshold", "--out-dir", str(tmp_path / "cli")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["threshold.onnx"]
+    assert main(["export", "--model", "demo", "--policy", "threshold", "--keep-counts-input",
+                 "--out-dir", str(tmp_path / "cli")]) == 2
+    assert "not of --policy threshold" in capsys.readouterr().err
+
+
+def test_runtime_onnxruntime_backend_runs_the_thresholds(demo_frames, tmp_path):
+    """`Runtime(backend="onnxruntime")` with policy "threshold": the same Results as the torch
+    backend, one frame or a batch (run image by image), in float32; int8 reads the same digits."""
+    from iared_edge import Runtime
+    model, imgs = demo_frames
+    with Runtime(model, color="rgb") as rt_torch, \
+            Runtime(model, color="rgb", backend="onnxruntime", onnx_cache=str(tmp_path / "a")) as rt_ort, \
+            Runtime(model, color="rgb", backend="onnxruntime", precision="int8", onnx_cache=str(tmp_path / "b")) as rt8:
+        a, b = rt_torch.batch(imgs), rt_ort.batch(imgs)
+        one = rt_ort(imgs[3])
+        c = rt8.batch(imgs)
+    for x, y in zip(a, b):
+        assert x.indices == y.indices and np.allclose(x.probs, y.probs, atol=1e-5)
+        assert np.array_equal(x.stage_masks, y.stage_masks) and np.allclose(x.heatmap, y.heatmap, atol=1e-5)
+        assert x.stage_keep == pytest.approx(y.stage_keep)
+    assert len({tuple(r.stage_keep) for r in b}) > 3
+    assert one.indices == b[3].indices and np.array_equal(one.stage_masks, b[3].stage_masks)
+    assert sum(x.indices[0] == z.indices[0] for x, z in zip(a, c)) >= len(imgs) - 1
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["threshold.onnx"]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["threshold.int8.onnx"]
+    with pytest.raises(ValueError, match='policy "threshold" or "ratio"'):
+        Runtime(model, policy="all", backend="onnxruntime")

@@ -1,14 +1,17 @@
-"""ONNX export of policy "ratio": standard operators only (TopK, Gather), two forms.
+"""ONNX export: policy "ratio" in two forms, and policy "threshold" for one image; standard
+operators only (TopK or NonZero, Gather).
 
 - One graph per keep level (`export_onnx`): the per-stage counts k_s = ceil(rho * n_{s-1}) are
   constants, so TensorRT versions that need a constant TopK K (before 10) can build it.
 - One graph with the counts as an input (`export_onnx_counts`): `keep_counts` int64 [S] feeds
   TopK's K directly (TensorRT 10 accepts a K that is a shape input); `keep_counts_for(model, rho)`
   gives the counts of a keep level.
-The batch axis is dynamic. Outputs:
+- Policy "threshold" (`export_onnx_threshold`): each image keeps its own number of tokens
+  (NonZero of the keep probabilities above the thresholds), one image per run.
+The ratio graphs' batch axis is dynamic. Outputs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
 heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage keep probabilities).
-Attention is permutation-equivariant, so kept tokens need not be re-sorted. Either form can be
+Attention is permutation-equivariant, so kept tokens need not be re-sorted. Every graph can be
 written with int8 weights for CPUs (`int8=True`; what is quantized: `iared_edge.export.quantize`).
 """
 from __future__ import annotations
@@ -41,13 +44,13 @@ class RatioGraph(nn.Module):
             self.counts.append(n)
 
     def forward(self, images: torch.Tensor):
-        return dense_ratio_forward(self.model, images, lambda s, probs: torch.topk(probs, self.counts[s], dim=1).indices)
+        return dense_forward(self.model, images, lambda s, probs: torch.topk(probs, self.counts[s], dim=1).indices)
 
 
-def dense_ratio_forward(model, images: torch.Tensor, select):
-    """The dense policy-"ratio" forward both graphs trace: per stage, `select(stage, probs)` gives
-    the indices of the patch tokens kept, gathered in that order. Returns (logits, kept indices per
-    stage..., heatmap)."""
+def dense_forward(model, images: torch.Tensor, select):
+    """The dense forward every graph traces: per stage, `select(stage, probs)` gives the indices
+    of the patch tokens kept, gathered in that order. Returns (logits, kept indices per stage...,
+    heatmap)."""
     m = model
     P, N = m.num_prefix, m.num_patches
     x = m._embed(images)
@@ -67,6 +70,25 @@ def dense_ratio_forward(model, images: torch.Tensor, select):
             x = blk(x)
     logits = m._head(x[:, :P])
     return (logits, *kept, heatmap_from_scores(torch.stack(grid_scores, 1), m.grid_size))
+
+
+class ThresholdGraph(nn.Module):
+    """`model(images, policy="threshold")` for one image, in the dense form: per stage the patch
+    tokens whose keep probability exceeds the stage's threshold (ONNX NonZero), so every image
+    keeps its own number of tokens, as in IA-RED²'s inference, and the shapes after the first
+    interpreter depend on the image. Batch 1 (a camera's frame); a batch runs image by image."""
+
+    def __init__(self, model, thresholds: Union[None, float, Sequence[float]] = None):
+        super().__init__()
+        self.model = model
+        t = model.thresholds if thresholds is None else thresholds
+        self.thresholds = [float(t)] * model.num_stages if isinstance(t, (int, float)) else [float(v) for v in t]
+        if len(self.thresholds) != model.num_stages:
+            raise ValueError(f"thresholds: one value or one per stage ({model.num_stages}), got {thresholds!r}")
+
+    def forward(self, images: torch.Tensor):
+        return dense_forward(self.model, images,
+                             lambda s, probs: torch.nonzero(probs[0] > self.thresholds[s]).transpose(0, 1))
 
 
 class _TopKIndices(torch.autograd.Function):
@@ -96,7 +118,7 @@ class CountsGraph(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, keep_counts: torch.Tensor):
-        return dense_ratio_forward(self.model, images, lambda s, probs: _TopKIndices.apply(probs, keep_counts[s]))
+        return dense_forward(self.model, images, lambda s, probs: _TopKIndices.apply(probs, keep_counts[s]))
 
 
 @contextmanager
@@ -163,4 +185,19 @@ def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: i
     x = torch.zeros(2, *model.input_size)
     _write(graph, (x,), path, int8, input_names=["images"], output_names=names, opset_version=opset,
            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+    return names
+
+
+def export_onnx_threshold(model, path: str, thresholds: Union[None, float, Sequence[float]] = None,
+                          opset: int = 17, int8: bool = False) -> List[str]:
+    """Write `path` (.onnx): policy "threshold" for one image (`ThresholdGraph`; `thresholds`
+    default the model's own), input `images` [1, C, H, W]; outputs as the ratio graphs', each
+    stage's kept indices [1, k_s] with k_s the image's own count. Returns the output names."""
+    check_opset(opset)
+    graph = ThresholdGraph(model, thresholds).eval()
+    S = model.num_stages
+    names = ["logits"] + [f"kept_stage{s + 1}" for s in range(S)] + ["heatmap"]
+    x = torch.zeros(1, *model.input_size)
+    _write(graph, (x,), path, int8, input_names=["images"], output_names=names, opset_version=opset,
+           dynamic_axes={f"kept_stage{s + 1}": {1: f"k{s + 1}"} for s in range(S)})
     return names

@@ -1,5 +1,6 @@
-"""Runs the exported policy-"ratio" graphs with ONNX Runtime: one session per keep level
-(form "levels"), or one session of the graph whose keep counts are an input (form "counts").
+"""Runs exported graphs with ONNX Runtime: policy "ratio", one session per keep level (form
+"levels") or one of the graph whose keep counts are an input (form "counts"); or policy
+"threshold" (form "threshold": one session, one image per run, a batch image by image).
 
 Gives the Runtime the same fields the PyTorch model does (logits, heatmap, keep masks, keep
 ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are written
@@ -18,7 +19,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .onnx import export_onnx, export_onnx_counts, keep_counts_for
+from .onnx import export_onnx, export_onnx_counts, export_onnx_threshold, keep_counts_for
+
+
+FORMS = ("levels", "counts", "threshold")
 
 
 @dataclass
@@ -36,8 +40,11 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise ImportError('backend "onnxruntime" needs: pip install onnxruntime') from exc
-        if form not in ("levels", "counts"):
-            raise ValueError(f'form must be "levels" (one graph per keep level) or "counts" (keep counts as an input), got {form!r}')
+        if form not in FORMS:
+            raise ValueError(f'form must be "levels" (one graph per keep level), "counts" (keep counts as an input) '
+                             f'or "threshold" (policy "threshold", one image per run), got {form!r}')
+        if form == "threshold" and levels:
+            raise ValueError(f'form "threshold" has no keep levels (each image keeps its own count), got {list(levels)}')
         self.num_patches, self.num_stages, self.form = model.num_patches, model.num_stages, form
         self.levels = sorted({float(r) for r in levels}, reverse=True)
         self.counts = {r: np.asarray(keep_counts_for(model, model.stage_ratios(r)), np.int64) for r in self.levels}
@@ -51,7 +58,11 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
         self.sessions: Dict[float, object] = {}
         suffix = ".int8" if int8 else ""
-        if form == "counts":
+        if form == "threshold":
+            path = os.path.join(self.cache_dir, f"threshold{suffix}.onnx")
+            export_onnx_threshold(model, path, int8=int8)  # every time, as below
+            self.session = ort.InferenceSession(path, options, providers=self.providers)
+        elif form == "counts":
             path = os.path.join(self.cache_dir, f"keep_counts{suffix}.onnx")
             export_onnx_counts(model, path, int8=int8)  # every time: a file left by another model must not be reused
             session = ort.InferenceSession(path, options, providers=self.providers)
@@ -62,17 +73,28 @@ class OnnxRuntimeBackend:
                 export_onnx(model, path, model.stage_ratios(rho), int8=int8)
                 self.sessions[rho] = ort.InferenceSession(path, options, providers=self.providers)
 
-    def __call__(self, images: torch.Tensor, rho: float) -> GraphOutput:
-        if float(rho) not in self.sessions:
+    def __call__(self, images: torch.Tensor, rho: Optional[float] = None) -> GraphOutput:
+        if self.form == "threshold":
+            return self._threshold(images)
+        if rho is None or float(rho) not in self.sessions:
             raise ValueError(f"no ONNX graph for keep level {rho}; levels: {self.levels}")
         feed = {"images": images.detach().cpu().numpy()}
         if self.form == "counts":
             feed["keep_counts"] = self.counts[float(rho)]
         outs = self.sessions[float(rho)].run(None, feed)
-        logits, kept, heat = outs[0], outs[1:-1], outs[-1]
+        return self._output(outs[0], outs[1:-1], outs[-1])
+
+    def _threshold(self, images: torch.Tensor) -> GraphOutput:
+        """Image by image: each keeps its own counts, so a batch's kept indices are not one array."""
+        parts = []
+        for i in range(len(images)):
+            outs = self.session.run(None, {"images": images[i:i + 1].detach().cpu().numpy()})
+            parts.append(self._output(outs[0], outs[1:-1], outs[-1]))
+        return GraphOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in GraphOutput.__dataclass_fields__))
+
+    def _output(self, logits, kept, heat) -> GraphOutput:
         masks = np.zeros((logits.shape[0], self.num_stages, self.num_patches), bool)
         for s, idx in enumerate(kept):
             np.put_along_axis(masks[:, s], idx, True, 1)
         masks = torch.from_numpy(masks)
-        return GraphOutput(torch.from_numpy(logits), torch.from_numpy(heat), masks,
-                           masks.float().mean(-1))
+        return GraphOutput(torch.from_numpy(logits), torch.from_numpy(heat), masks, masks.float().mean(-1))

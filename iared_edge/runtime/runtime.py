@@ -122,7 +122,8 @@ class Runtime:
     calibrate_runs: timed forwards per level in the budget's start-up calibration.
     threads: "auto", an int or a list: CPU thread counts the budget controller may choose between.
     backend: "torch", "onnxruntime" or "tensorrt" (the last two run policy-"ratio" graphs, cached in
-        `onnx_cache`, one per level or, `onnx_form="counts"`, one with the counts as input).
+        `onnx_cache`, one per level or, `onnx_form="counts"`, one with the counts as input; ONNX
+        Runtime also policy "threshold": one graph, run image by image).
     cuda_graphs: on a GPU, replay a CUDA graph per keep level (policy "ratio" or a budget).
     precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); a copy is cast. "int8"
         (backend "onnxruntime" only): graphs with int8 weights in the blocks and head, for CPUs.
@@ -154,8 +155,12 @@ class Runtime:
         self.fit = fit
         if backend not in ("torch", "onnxruntime", "tensorrt"):
             raise ValueError(f'backend must be "torch", "onnxruntime" or "tensorrt", got {backend!r}')
-        if backend != "torch" and budget_ms is None and policy != "ratio":
-            raise ValueError(f'backend "{backend}" runs policy "ratio" graphs: give policy="ratio", ratio= or budget_ms=')
+        # ONNX Runtime also runs policy "threshold" (one graph, an image per run); TensorRT ratio graphs only
+        threshold_graph = backend == "onnxruntime" and budget_ms is None and policy == "threshold"
+        if backend != "torch" and budget_ms is None and policy != "ratio" and not threshold_graph:
+            runs = 'policy "threshold" or "ratio" graphs' if backend == "onnxruntime" else 'policy "ratio" graphs'
+            raise ValueError(f'backend "{backend}" runs {runs}: give policy="ratio", ratio= or budget_ms=, '
+                             f'not policy {policy!r}')
         if backend == "tensorrt" and self.device.type != "cuda":
             raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {self.device}')
         self.policy, self.ratio, self.color, self.backend = policy, ratio, color, backend
@@ -206,14 +211,16 @@ class Runtime:
             self._cores = os.cpu_count() or 1
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        # policy-"ratio" graphs per keep level: ONNX Runtime sessions, TensorRT engines or CUDA graphs
+        # policy-"ratio" graphs per keep level (ONNX Runtime sessions, TensorRT engines or CUDA graphs),
+        # or ONNX Runtime's policy-"threshold" graph
         self._graphs = None
         graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
                               else {float(ratio)} if ratio is not None else set(), reverse=True)
         if backend != "torch":
             if backend == "onnxruntime":
                 from ..export.onnxruntime_backend import OnnxRuntimeBackend
-                self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n, form=onnx_form,
+                self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n,
+                                                  form="threshold" if threshold_graph else onnx_form,
                                                   int8=self.precision == "int8")
             else:
                 from ..export.tensorrt_backend import TensorRTBackend
@@ -375,7 +382,9 @@ class Runtime:
             ratio = self.ratio
         t0 = time.perf_counter()
         if self._graphs is not None and (graphs or self.backend != "torch"):
-            out = self._graphs(x, max(self._graphs.levels) if ratio is None else ratio)
+            if ratio is None and self._graphs.levels:
+                ratio = max(self._graphs.levels)
+            out = self._graphs(x, ratio)
             return out, (time.perf_counter() - t0) * 1e3
         with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
             if ratio is not None:

@@ -197,7 +197,7 @@ def test_bad_model_is_a_clear_error(tmp_path):
     (dict(color="yuv"), "color must be"),
     (dict(topk=0), "topk must be at least 1"),
     (dict(budget_ms=0), "budget_ms must be a positive number"),
-    (dict(precision="int8"), "precision must be one of"),
+    (dict(precision="int4"), "precision must be one of"),
     (dict(device="tpu"), "device must be"),
 ])
 def test_bad_runtime_arguments_are_clear_errors(kwargs, message):
@@ -779,6 +779,8 @@ def test_reduced_precision_threshold_policy_keeps_the_same_tokens_nearly():
 def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
     from iared_edge import load_model
     with pytest.raises(ValueError, match="precision must be one of"):
+        Runtime("demo", precision="int4")
+    with pytest.raises(ValueError, match='give backend="onnxruntime"'):  # int8 graphs are ONNX Runtime's
         Runtime("demo", precision="int8")
     with pytest.raises(ValueError, match='backend "onnxruntime" runs float32'):
         Runtime("demo", backend="onnxruntime", policy="ratio", ratio=0.5, precision="bf16")

@@ -241,8 +241,8 @@ class Runtime:
         if precision is not None and precision not in RUNTIME_PRECISIONS:
             raise ValueError(f"precision must be one of {RUNTIME_PRECISIONS} or None (the model's own), got {precision!r}")
         if precision == "int8" and backend != "onnxruntime":
-            raise ValueError(f'precision "int8" runs int8 ONNX Runtime graphs: give backend="onnxruntime" '
-                             f'(with policy="ratio" or a budget), not backend={backend!r}')
+            raise ValueError(f'precision "int8" runs int8 ONNX Runtime graphs: give backend="onnxruntime", '
+                             f'not backend={backend!r}')
         names = {dtype: name for name, dtype in PRECISION_DTYPES.items()}
         current = next(self.model.parameters()).dtype
         if backend == "onnxruntime":

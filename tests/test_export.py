@@ -295,6 +295,14 @@ def test_threshold_graph_keeps_each_images_own_tokens_as_pytorch_does(demo_frame
         agree8 += outs8["logits"].argmax() == outs["logits"].argmax()
     assert len(counts) > 3  # the images really keep different numbers of tokens
     assert agree8 >= len(imgs) - 1
+    # a stage that keeps no patch token: the class token goes on alone, as in the packed forward
+    export_onnx_threshold(model, str(tmp_path / "none.onnx"), thresholds=(0.5, 1.0, 0.5))
+    outs = ort.InferenceSession(str(tmp_path / "none.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x[:1].numpy()})
+    with torch.no_grad():
+        ref = model(x[:1], policy="threshold", thresholds=(0.5, 1.0, 0.5))
+    assert [o.shape[1] for o in outs[2:4]] == [0, 0] and ref.kept_counts[0, 1:].tolist() == [0, 0]
+    assert np.abs(outs[0] - ref.logits.numpy()).max() <= 1e-4
     with pytest.raises(ValueError, match="thresholds"):
         export_onnx_threshold(model, str(tmp_path / "x.onnx"), thresholds=(0.5, 0.5))
     with pytest.raises(Exception):  # one image per run: the input's batch axis is 1

@@ -59,12 +59,7 @@ def timed_ms(fn, sync=None) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
-                  ratio: float = 0.7, repeats: int = 11) -> List[Dict]:
-    """Per batch size: the median ms per batch of the plain backbone and of IA-RED² over `repeats`
-    passes of all `images` (split into batches; a last partial batch is left out), the speed-up,
-    the FLOPs bound, patch tokens kept per stage and how often IA-RED²'s top-1 is the plain one's.
-    The model runs where its weights are, in their dtype."""
+def _check(images: torch.Tensor, batches: Sequence[int], policy: str, repeats: int) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if repeats < 1:
@@ -73,35 +68,103 @@ def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), 
         raise ValueError(f"batch sizes must be >= 1, got {list(batches)}")
     if max(batches) > len(images):
         raise ValueError(f"batch size {max(batches)} is larger than the {len(images)} images given")
+
+
+def _time_side_by_side(images: torch.Tensor, batches: Sequence[int], plain, ours, repeats: int, sync=None):
+    """Per batch size: (batches timed, median ms of `plain(batch)`, median ms of `ours(batch)`),
+    the two timed back to back on every batch after two warm-up batches."""
+    timings = []
+    for bs in batches:
+        chunks = [images[i:i + bs] for i in range(0, len(images) - bs + 1, bs)]
+        for c in chunks[:2]:  # warm-up: allocator, thread pools, cuDNN/cuBLAS choices
+            plain(c)
+            ours(c)
+        if sync is not None:
+            sync()
+        t_plain, t_ours = [], []
+        for _ in range(repeats):
+            for c in chunks:
+                t_plain.append(timed_ms(lambda: plain(c), sync))
+                t_ours.append(timed_ms(lambda: ours(c), sync))
+        timings.append((len(chunks), statistics.median(t_plain), statistics.median(t_ours)))
+    return timings
+
+
+def _rows(model, out, batches, timings, agree: float) -> List[Dict]:
+    full = model.flops()[0].item()
+    rows = []
+    for bs, (n, plain, ours) in zip(batches, timings):
+        rows.append({"batch": bs, "plain_ms": plain, "iared_ms": ours, "speedup": plain / ours,
+                     "flops_bound": full / out.flops[:n * bs].mean().item(),
+                     "kept_per_stage": out.keep_ratio[:n * bs].float().mean(0).tolist(),
+                     "top1_agreement": agree})
+    return rows
+
+
+def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
+                  ratio: float = 0.7, repeats: int = 11) -> List[Dict]:
+    """Per batch size: the median ms per batch of the plain backbone and of IA-RED² over `repeats`
+    passes of all `images` (split into batches; a last partial batch is left out), the speed-up,
+    the FLOPs bound, patch tokens kept per stage and how often IA-RED²'s top-1 is the plain one's.
+    The model runs where its weights are, in their dtype."""
+    _check(images, batches, policy, repeats)
     weight = next(model.parameters())
     images = images.to(weight.device, weight.dtype)
     sync = (lambda: torch.cuda.synchronize(weight.device)) if weight.device.type == "cuda" else None
     kwargs = {"ratio": ratio} if policy == "ratio" else {}
-
-    full = model.flops()[0].item()
-    rows = []
     with torch.inference_mode():
         out = model(images, policy=policy, **kwargs)  # what each image keeps: the same in every batching
         agree = (out.logits.argmax(-1) == model.vit(images).argmax(-1)).float().mean().item()
-        for bs in batches:
-            chunks = [images[i:i + bs] for i in range(0, len(images) - bs + 1, bs)]
-            for c in chunks[:2]:  # warm-up: allocator, thread pools, cuDNN/cuBLAS choices
-                model.vit(c)
-                model(c, policy=policy, **kwargs)
-            if sync is not None:
-                sync()
-            t_plain, t_ours = [], []
-            for _ in range(repeats):
-                for c in chunks:
-                    t_plain.append(timed_ms(lambda: model.vit(c), sync))
-                    t_ours.append(timed_ms(lambda: model(c, policy=policy, **kwargs), sync))
-            used = out.flops[:len(chunks) * bs]
-            plain, ours = statistics.median(t_plain), statistics.median(t_ours)
-            rows.append({"batch": bs, "plain_ms": plain, "iared_ms": ours, "speedup": plain / ours,
-                         "flops_bound": full / used.mean().item(),
-                         "kept_per_stage": out.keep_ratio[:len(chunks) * bs].float().mean(0).tolist(),
-                         "top1_agreement": agree})
-    return rows
+        timings = _time_side_by_side(images, batches, model.vit, lambda c: model(c, policy=policy, **kwargs),
+                                     repeats, sync)
+    return _rows(model, out, batches, timings, agree)
+
+
+def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
+                       ratio: float = 0.7, repeats: int = 11, int8: bool = False,
+                       threads: Optional[int] = None) -> List[Dict]:
+    """`compare_speed` with both sides as ONNX Runtime graphs on the CPU, float32 or `int8`: the
+    plain backbone (`export_onnx_plain`) against IA-RED²'s threshold graph (one image per run, so
+    a batch is that many runs) or its ratio graph. Keeps and the FLOPs bound come from the
+    PyTorch model's decisions (the float32 graphs make the same ones, tested); the top-1
+    agreement is between the two graphs."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from .export import export_onnx, export_onnx_plain, export_onnx_threshold
+
+    _check(images, batches, policy, repeats)
+    model = model.float().cpu()
+    images = images.float().cpu()
+    kwargs = {"ratio": ratio} if policy == "ratio" else {}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    # idle ONNX Runtime workers spin by default, stealing the cores from the interleaved side
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory(prefix="iared-bench-") as tmp:
+        plain_path, ours_path = os.path.join(tmp, "plain.onnx"), os.path.join(tmp, "iared.onnx")
+        export_onnx_plain(model, plain_path, int8=int8)
+        if policy == "ratio":
+            export_onnx(model, ours_path, ratio, int8=int8)
+        else:
+            export_onnx_threshold(model, ours_path, int8=int8)
+        plain_session, ours_session = (ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"])
+                                       for p in (plain_path, ours_path))
+
+    def plain(c):
+        return plain_session.run(None, {"images": c.numpy()})[0]
+
+    def ours(c):
+        if policy == "ratio":
+            return ours_session.run(None, {"images": c.numpy()})[0]
+        return np.concatenate([ours_session.run(None, {"images": c[i:i + 1].numpy()})[0] for i in range(len(c))])
+
+    with torch.inference_mode():
+        out = model(images, policy=policy, **kwargs)
+    agree = float((ours(images).argmax(-1) == plain(images).argmax(-1)).mean())
+    return _rows(model, out, batches, _time_side_by_side(images, batches, plain, ours, repeats), agree)
 
 
 def markdown(rows: List[Dict]) -> str:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from . import __version__
 from .checkpoint import names_saved_model, resolve_model
-from .devices import AMP_CHOICES, PRECISIONS, autocast_dtype, inference_dtype
+from .devices import AMP_CHOICES, PRECISIONS, RUNTIME_PRECISIONS, autocast_dtype, inference_dtype
 from .preprocess import find_images
 
 MODEL_HELP = 'a timm name, a saved .safetensors, or "demo" (the bundled digits model)'
@@ -242,8 +242,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from . import ops
-    from .bench import bench_images, compare_speed, device_name, markdown
+    from .bench import bench_images, compare_speed, compare_speed_onnx, device_name, markdown
     from .devices import resolve_device
+
+    onnx = args.backend == "onnxruntime"
+    if onnx and args.precision not in (None, "fp32", "int8"):
+        raise ValueError(f"--backend onnxruntime runs float32 or int8 graphs: --precision fp32 or int8, not {args.precision}")
+    if not onnx and args.precision == "int8":
+        raise ValueError("--precision int8 runs int8 ONNX Runtime graphs: add --backend onnxruntime")
+    if onnx and args.device not in ("auto", "cpu"):
+        raise ValueError(f"--backend onnxruntime times ONNX Runtime on the CPU: --device cpu, not {args.device}")
 
     try:
         batches = [int(b) for b in args.batch.split(",")]
@@ -257,22 +265,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.images is not None and not os.path.isdir(args.images):
         raise FileNotFoundError(f"no such image folder: {args.images}")
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if onnx else args.device)
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint).eval()
-    if args.precision is not None:
-        model = model.to(inference_dtype(device, args.precision))
-    model = model.to(device)
+    if onnx:
+        import onnxruntime
+        model = model.float()
+        dtype = args.precision or "fp32"
+        runs_on = f"onnxruntime {onnxruntime.__version__} (CPU)"
+    else:
+        if args.precision is not None:
+            model = model.to(inference_dtype(device, args.precision))
+        model = model.to(device)
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        runs_on = f"torch {torch.__version__}, ops backend {ops.backend(device.type)}"
     x, what = bench_images(model, args.count, args.images)
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    print(f"model: {args.model}  device: {device_name(device)}  weights: {dtype}  ops backend: "
-          f"{ops.backend(device.type)}  torch {torch.__version__}")
+    print(f"model: {args.model}  device: {device_name(device)}  weights: {dtype}  {runs_on}")
     print(f"policy: {args.policy}{f' {args.ratio}' if args.policy == 'ratio' else ''}  {args.count} images: "
-          f"{what}; medians of {args.repeats} passes, plain and IA-RED² timed back to back")
+          f"{what}; medians of {args.repeats} passes, plain and IA-RED² timed back to back"
+          + ("; the thresholds' graph takes one image per run (a batch is that many runs)"
+             if onnx and args.policy == "threshold" else ""))
     if args.checkpoint is None and not names_saved_model(args.model):
         print(f"note: {args.model} has random weights (no --checkpoint): what its interpreters keep is not what "
               "trained ones keep; the timings of those token counts are real")
-    rows = compare_speed(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats)
+    if onnx:
+        rows = compare_speed_onnx(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats,
+                                  int8=dtype == "int8", threads=args.threads)
+    else:
+        rows = compare_speed(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats)
     print(markdown(rows))
     print(f"IA-RED²'s top-1 equals the plain backbone's on {rows[0]['top1_agreement']:.1%} of the images")
     slower = [r["batch"] for r in rows if r["speedup"] < 1]
@@ -282,7 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "device": device_name(device), "weights": dtype, "torch": torch.__version__,
-                       "ops_backend": ops.backend(device.type), "policy": args.policy,
+                       "backend": runs_on, "ops_backend": ops.backend(device.type), "policy": args.policy,
                        "ratio": args.ratio if args.policy == "ratio" else None, "images": args.count,
                        "repeats": args.repeats, "rows": rows}, f, indent=1)
         print(f"wrote {args.json}")
@@ -405,9 +425,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--policy", default="threshold", choices=["threshold", "ratio"])
     b.add_argument("--ratio", type=float, default=0.7, help="keep ratio per stage for --policy ratio")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    b.add_argument("--precision", choices=PRECISIONS, default=None,
+    b.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch, or onnxruntime: both sides as ONNX Runtime graphs on the CPU (the plain backbone's "
+                        "graph against the thresholds' graph, one image per run, or the --policy ratio graph)")
+    b.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
                    help="weights to run (auto: fp16 on a GPU, bf16 on a CPU with bf16 instructions, else fp32); "
-                   "default: as loaded")
+                   "int8 with --backend onnxruntime; default: as loaded (onnxruntime: fp32)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     b.add_argument("--repeats", type=int, default=11, help="passes over the images")
     b.add_argument("--json", help="also write the results here")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iared_edge import load_model
-from iared_edge.bench import bench_images, compare_speed, markdown, timed_ms
+from iared_edge.bench import bench_images, compare_speed, compare_speed_onnx, markdown, timed_ms
 from iared_edge.cli import main
 from iared_edge.demo import DigitsInClutter
 from iared_edge.preprocess import model_input
@@ -39,6 +39,26 @@ def test_compare_speed_reports_what_each_image_keeps_alone(demo):
         assert r["speedup"] == pytest.approx(r["plain_ms"] / r["iared_ms"])
     table = markdown(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| 1 | ") and f"{rows[1]['flops_bound']:.2f}x" in table[3]
+
+
+def test_compare_speed_onnx_times_two_graphs_that_decide_as_pytorch_does(demo):
+    """Both sides as ONNX Runtime graphs: keeps and the FLOPs bound are the PyTorch model's (the
+    float32 graphs keep the same tokens), and the top-1 agreement between the two float32 graphs
+    is PyTorch's own; int8 graphs time too."""
+    pytest.importorskip("onnxruntime")
+    x, _ = bench_images(demo, 4)
+    ref = compare_speed(demo, x, (1, 2), repeats=1)
+    rows = compare_speed_onnx(demo, x, (1, 2), repeats=1)
+    for r, t in zip(rows, ref):
+        assert r["batch"] == t["batch"] and r["kept_per_stage"] == pytest.approx(t["kept_per_stage"])
+        assert r["flops_bound"] == pytest.approx(t["flops_bound"])
+        assert r["top1_agreement"] == pytest.approx(t["top1_agreement"])
+        assert r["plain_ms"] > 0 and r["iared_ms"] > 0 and r["speedup"] == pytest.approx(r["plain_ms"] / r["iared_ms"])
+    ratio = compare_speed_onnx(demo, x, (2,), policy="ratio", ratio=0.5, repeats=1, int8=True)
+    assert ratio[0]["kept_per_stage"] == pytest.approx(compare_speed(demo, x, (2,), policy="ratio", ratio=0.5,
+                                                                     repeats=1)[0]["kept_per_stage"])
+    with pytest.raises(ValueError, match="policy must be one of"):
+        compare_speed_onnx(demo, x, (1,), policy="all")
 
 
 def test_compare_speed_policy_ratio_keeps_fixed_counts(tiny, images):
@@ -88,6 +108,22 @@ def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys):
     saved = json.loads(path.read_text())
     assert saved["model"] == "demo" and [r["batch"] for r in saved["rows"]] == [1, 2]
     assert saved["weights"] == "float32"
+
+
+def test_cli_bench_onnxruntime_int8(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "b.json"
+    assert main(["bench", "--count", "2", "--batch", "1,2", "--repeats", "1", "--backend", "onnxruntime",
+                 "--precision", "int8", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "weights: int8  onnxruntime" in out and "one image per run" in out and "| 2 | " in out
+    saved = json.loads(path.read_text())
+    assert saved["weights"] == "int8" and saved["backend"].startswith("onnxruntime")
+    for args, message in [(["--precision", "int8"], "add --backend onnxruntime"),
+                          (["--backend", "onnxruntime", "--precision", "bf16"], "--precision fp32 or int8"),
+                          (["--backend", "onnxruntime", "--device", "cuda"], "--device cpu")]:
+        assert main(["bench", "--count", "1", "--batch", "1", *args]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_cli_bench_checks_its_arguments(capsys):

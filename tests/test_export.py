@@ -234,18 +234,30 @@ def test_int8_graph_quantizes_the_blocks_and_head_not_the_interpreters(model, tm
     assert not np.allclose(a, b, atol=1e-4)  # it really runs int8 arithmetic
 
 
+def test_plain_backbone_graph_is_timms_forward_in_float32_and_int8(model, tmp_path):
+    """The bench's baseline: timm's forward of `model.vit`, every MatMul weight int8 in its int8 form."""
+    from iared_edge.export import export_onnx_plain
+    export_onnx_plain(model, str(tmp_path / "p.onnx"))
+    export_onnx_plain(model, str(tmp_path / "p8.onnx"), int8=True)
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model.vit(x).numpy()
+    run = lambda f: ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    assert np.abs(run("p.onnx") - ref).max() <= 1e-4
+    floats, ints = _matmuls(onnx.load(str(tmp_path / "p8.onnx")))
+    assert len(ints) == 4 * len(model.vit.blocks) + 1 and len(floats) == 2 * len(model.vit.blocks)
+    a = run("p8.onnx")
+    assert ((a * ref).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(ref, axis=1)).min() >= 0.98
+
+
 def test_int8_needs_an_exported_graph_and_the_onnxruntime_backend(model, tmp_path):
     from iared_edge import Runtime
     from iared_edge.export import quantize_int8
     with pytest.raises(FileNotFoundError, match="no ONNX graph"):
         quantize_int8(str(tmp_path / "missing.onnx"), str(tmp_path / "out.onnx"))
-    from onnx import TensorProto, helper
-    lone = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/relu")], "lone",
-                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    onnx.save(helper.make_model(lone), str(tmp_path / "lone.onnx"))  # a graph not exported by iared_edge
-    with pytest.raises(ValueError, match="no interpreter nodes"):
-        quantize_int8(str(tmp_path / "lone.onnx"), str(tmp_path / "out.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ValueError, match="junk.onnx is not a readable ONNX graph"):
+        quantize_int8(str(tmp_path / "junk.onnx"), str(tmp_path / "out.onnx"))
     with pytest.raises(ValueError, match='backend="onnxruntime"'):
         Runtime(model, policy="ratio", ratio=0.6, precision="int8")
     with pytest.raises(ValueError, match="int8"):

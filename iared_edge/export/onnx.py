@@ -201,3 +201,14 @@ def export_onnx_threshold(model, path: str, thresholds: Union[None, float, Seque
     _write(graph, (x,), path, int8, input_names=["images"], output_names=names, opset_version=opset,
            dynamic_axes={f"kept_stage{s + 1}": {1: f"k{s + 1}"} for s in range(S)})
     return names
+
+
+def export_onnx_plain(model, path: str, opset: int = 17, int8: bool = False) -> List[str]:
+    """Write `path` (.onnx): the plain backbone (timm's own forward of `model.vit`, every token, no
+    interpreters), dynamic batch, output `logits`: the baseline the IA-RED² graphs are timed
+    against (`iared-edge bench --backend onnxruntime`)."""
+    check_opset(opset)
+    x = torch.zeros(2, *model.input_size)
+    _write(model.vit.eval(), (x,), path, int8, input_names=["images"], output_names=["logits"], opset_version=opset,
+           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    return ["logits"]

@@ -1,4 +1,4 @@
-"""int8 graphs for CPUs: ONNX Runtime's dynamic quantization of an exported policy-"ratio" graph.
+"""int8 graphs for CPUs: ONNX Runtime's dynamic quantization of an exported graph.
 
 What is quantized: the weights of the blocks' and the head's MatMul/Gemm (int8, one scale per
 tensor), with each activation quantized on the fly (`MatMulInteger`, VNNI / dot-product
@@ -41,19 +41,19 @@ def _quiet_quantizer():
 
 
 def quantize_int8(src: str, dst: str) -> None:
-    """Write `dst`: the exported graph `src` with int8 weights in its blocks and head (see the
-    module's docstring for what stays float32). Same inputs and outputs as `src`."""
+    """Write `dst`: the exported graph `src` (an IA-RED² graph, or the plain backbone's) with int8
+    weights in its blocks and head (see the module's docstring for what stays float32). Same
+    inputs and outputs as `src`."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
         raise ImportError("int8 graphs need ONNX Runtime's quantizer: pip install onnxruntime") from exc
     if not os.path.isfile(src):
         raise FileNotFoundError(f"quantize_int8: no ONNX graph at {src}")
-    graph = onnx.load(src)
-    keep_float = interpreter_nodes(graph)
-    if not keep_float:
-        raise ValueError(f"quantize_int8: {src} has no interpreter nodes (/interpreters.*): "
-                         "not a graph exported by iared_edge.export")
+    try:
+        keep_float = interpreter_nodes(onnx.load(src))
+    except Exception as exc:  # onnx's own errors name neither the file nor the problem plainly
+        raise ValueError(f"quantize_int8: {src} is not a readable ONNX graph ({exc})") from None
     with _quiet_quantizer():
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
                          nodes_to_exclude=keep_float)

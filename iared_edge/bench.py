@@ -7,6 +7,7 @@ from the tokens each image really kept (interpreters included).
 """
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
@@ -136,7 +137,9 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
     from .export import export_onnx, export_onnx_plain, export_onnx_threshold
 
     _check(images, batches, policy, repeats)
-    model = model.float().cpu()
+    weight = next(model.parameters())
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":  # the graphs are exported from float32
+        model = copy.deepcopy(model).float().cpu()                      # on the CPU; never cast the caller's
     images = images.float().cpu()
     kwargs = {"ratio": ratio} if policy == "ratio" else {}
     opts = ort.SessionOptions()

@@ -123,8 +123,6 @@ def main(argv=None) -> int:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.reconnect < 0:
         ap.error(f"--reconnect must be >= 0, got {args.reconnect}")
-    if args.precision == "int8" and args.backend != "onnxruntime":
-        ap.error("--precision int8 runs int8 ONNX Runtime graphs: give --backend onnxruntime")
     try:
         return run(args)
     except (ValueError, OSError, TypeError, RuntimeError) as exc:  # bad model, source, budget, output

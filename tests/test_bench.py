@@ -59,6 +59,9 @@ def test_compare_speed_onnx_times_two_graphs_that_decide_as_pytorch_does(demo):
                                                                      repeats=1)[0]["kept_per_stage"])
     with pytest.raises(ValueError, match="policy must be one of"):
         compare_speed_onnx(demo, x, (1,), policy="all")
+    half = load_model("demo").to(torch.bfloat16)  # exported from a float32 copy; the caller's model is left alone
+    assert compare_speed_onnx(half, x, (1,), repeats=1)[0]["batch"] == 1
+    assert next(half.parameters()).dtype == torch.bfloat16
 
 
 def test_compare_speed_policy_ratio_keeps_fixed_counts(tiny, images):

@@ -128,7 +128,8 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
     plain backbone (`export_onnx_plain`) against IA-RED²'s threshold graph (one image per run, so
     a batch is that many runs) or its ratio graph. Keeps and the FLOPs bound come from the
     PyTorch model's decisions (the float32 graphs make the same ones, tested); the top-1
-    agreement is between the two graphs."""
+    agreement is between the two graphs, and `top1_agreement_with_pytorch` is IA-RED²'s graph
+    against the float32 PyTorch model (what int8 changes)."""
     import tempfile
 
     import numpy as np
@@ -166,8 +167,12 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
 
     with torch.inference_mode():
         out = model(images, policy=policy, **kwargs)
-    agree = float((ours(images).argmax(-1) == plain(images).argmax(-1)).mean())
-    return _rows(model, out, batches, _time_side_by_side(images, batches, plain, ours, repeats), agree)
+    top1 = ours(images).argmax(-1)
+    agree = float((top1 == plain(images).argmax(-1)).mean())
+    # what int8 changes: the graph's answers against the float32 PyTorch model's, same policy
+    same = float((top1 == out.logits.argmax(-1).numpy()).mean())
+    rows = _rows(model, out, batches, _time_side_by_side(images, batches, plain, ours, repeats), agree)
+    return [dict(r, top1_agreement_with_pytorch=same) for r in rows]
 
 
 def markdown(rows: List[Dict]) -> str:

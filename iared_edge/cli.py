@@ -295,6 +295,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = compare_speed(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats)
     print(markdown(rows))
     print(f"IA-RED²'s top-1 equals the plain backbone's on {rows[0]['top1_agreement']:.1%} of the images")
+    if onnx:
+        print(f"the IA-RED² graph's top-1 ({dtype}) equals the float32 PyTorch model's on "
+              f"{rows[0]['top1_agreement_with_pytorch']:.1%} of the images")
     slower = [r["batch"] for r in rows if r["speedup"] < 1]
     if slower:
         print(f"warning: IA-RED² was slower than the plain backbone at batch {', '.join(map(str, slower))} "

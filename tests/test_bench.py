@@ -53,6 +53,7 @@ def test_compare_speed_onnx_times_two_graphs_that_decide_as_pytorch_does(demo):
         assert r["batch"] == t["batch"] and r["kept_per_stage"] == pytest.approx(t["kept_per_stage"])
         assert r["flops_bound"] == pytest.approx(t["flops_bound"])
         assert r["top1_agreement"] == pytest.approx(t["top1_agreement"])
+        assert r["top1_agreement_with_pytorch"] == 1.0  # float32: the same answers
         assert r["plain_ms"] > 0 and r["iared_ms"] > 0 and r["speedup"] == pytest.approx(r["plain_ms"] / r["iared_ms"])
     ratio = compare_speed_onnx(demo, x, (2,), policy="ratio", ratio=0.5, repeats=1, int8=True)
     assert ratio[0]["kept_per_stage"] == pytest.approx(compare_speed(demo, x, (2,), policy="ratio", ratio=0.5,
@@ -120,6 +121,7 @@ def test_cli_bench_onnxruntime_int8(tmp_path, capsys):
                  "--precision", "int8", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "weights: int8  onnxruntime" in out and "one image per run" in out and "| 2 | " in out
+    assert "top-1 (int8) equals the float32 PyTorch model's on " in out
     saved = json.loads(path.read_text())
     assert saved["weights"] == "int8" and saved["backend"].startswith("onnxruntime")
     for args, message in [(["--precision", "int8"], "add --backend onnxruntime"),

@@ -98,17 +98,19 @@ def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path, prof
         Runtime(model, policy="all", backend="onnxruntime")
 
 
-def test_runtime_onnxruntime_backend_under_a_budget(model, tmp_path):
+@pytest.mark.parametrize("form, files", [(None, ["keep_counts.onnx"]),  # ONNX Runtime's default: one graph
+                                         ("levels", ["keep0.5000.onnx", "keep1.0000.onnx"])])
+def test_runtime_onnxruntime_backend_under_a_budget(model, tmp_path, form, files):
     import warnings
     from iared_edge import Runtime
     from test_runtime import CLIP
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rt = Runtime(model, budget_ms=1000.0, backend="onnxruntime", levels=(1.0, 0.5), onnx_cache=str(tmp_path),
-                     calibrate_runs=1)
+                     calibrate_runs=1, onnx_form=form)
     results = [r for _, r in rt.stream(CLIP)]
     assert len(results) == 30 and all(r.keep_level == 1.0 for r in results[5:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep0.5000.onnx", "keep1.0000.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 def test_keep_counts_input_graph_matches_pytorch_at_every_level(model, tmp_path, capsys):
@@ -141,10 +143,13 @@ def test_runtime_onnxruntime_counts_form_equals_levels_form(model, tmp_path):
     from iared_edge import Runtime
     from test_runtime import CLIP
     frame = cv2.VideoCapture(CLIP).read()[1]
-    with Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "a")) as a, \
+    with Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "a"),
+                 onnx_form="levels") as a, \
             Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "b"),
                     onnx_form="counts") as b:
         ra, rb = a(frame), b(frame)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["keep0.6000.onnx"]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["keep_counts.onnx"]
     assert ra.indices == rb.indices and np.allclose(ra.probs, rb.probs, atol=1e-6)
     assert np.array_equal(ra.stage_masks, rb.stage_masks)
     with pytest.raises(ValueError, match="form"):

@@ -121,9 +121,12 @@ class Runtime:
     queue_size: frames a stream holds between capture and model (live sources drop the oldest).
     calibrate_runs: timed forwards per level in the budget's start-up calibration.
     threads: "auto", an int or a list: CPU thread counts the budget controller may choose between.
-    backend: "torch", "onnxruntime" or "tensorrt" (the last two run policy-"ratio" graphs, cached in
-        `onnx_cache`, one per level or, `onnx_form="counts"`, one with the counts as input; ONNX
-        Runtime also policy "threshold": one graph, run image by image).
+    backend: "torch", "onnxruntime" or "tensorrt" (the last two run policy-"ratio" graphs, written to
+        `onnx_cache`: `onnx_form="levels"`, one per keep level, or "counts", one with the counts as
+        an input; the default is "counts" for ONNX Runtime (one export at start-up, as fast as the
+        per-level graphs on the CPU measured) and "levels" for TensorRT (a constant TopK K builds
+        on every TensorRT version). ONNX Runtime also runs policy "threshold": one graph, an
+        image per run).
     cuda_graphs: on a GPU, replay a CUDA graph per keep level (policy "ratio" or a budget).
     precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); a copy is cast. "int8"
         (backend "onnxruntime" only): graphs with int8 weights in the blocks and head, for CPUs.
@@ -134,7 +137,7 @@ class Runtime:
                  input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
                  topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
                  queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
-                 backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: str = "levels",
+                 backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: Optional[str] = None,
                  cuda_graphs: bool = True, precision: Optional[str] = None, fit: str = "squash"):
         self.device = resolve_device(device)
         self.model = resolve_model(model).to(self.device).eval()
@@ -216,6 +219,8 @@ class Runtime:
         self._graphs = None
         graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
                               else {float(ratio)} if ratio is not None else set(), reverse=True)
+        if onnx_form is None:
+            onnx_form = "counts" if backend == "onnxruntime" else "levels"
         if backend != "torch":
             if backend == "onnxruntime":
                 from ..export.onnxruntime_backend import OnnxRuntimeBackend

@@ -108,8 +108,8 @@ def main(argv=None) -> int:
                          "instructions, else fp32); int8 with --backend onnxruntime; default: the model's own "
                          "(fp32 for saved models)")
     ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                    help="torch, or onnxruntime (exported graphs: the thresholds' graph, or with --budget-ms "
-                         "one per keep level)")
+                    help="torch, or onnxruntime (an exported graph: the thresholds', or with --budget-ms "
+                         "one that takes the keep level's counts; faster at batch 1 on a CPU)")
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")

@@ -323,6 +323,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"iared-edge {__version__}; torch {torch.__version__}; built: {BUILT}")
     print(f"ops backend: cpu -> {ops.backend('cpu')}, cuda -> {ops.backend('cuda')} "
           f"(CUDA device {'present' if torch.cuda.is_available() else 'absent'})")
+    from .devices import cpu_has_bf16, cpu_int8_dot
+    try:
+        import onnxruntime
+        ort = f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
+    except ImportError:
+        ort = "onnxruntime not installed (backend onnxruntime, int8)"
+    print(f"CPU: bf16 instructions {'yes' if cpu_has_bf16() else 'no'} (precision auto -> "
+          f"{'bf16' if cpu_has_bf16() else 'fp32'}); int8 dot product: {cpu_int8_dot() or 'none reported'}; {ort}")
     return 0
 
 

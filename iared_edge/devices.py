@@ -1,5 +1,8 @@
-"""Which torch device a user's `device=` means, with a clear error when it is not there."""
+"""Which torch device a user's `device=` means (with a clear error when it is not there), and what
+the CPU offers reduced precision."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -45,6 +48,24 @@ def autocast_dtype(device: str | torch.device = "cpu", amp: str = "auto") -> tor
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere torch emulates bf16."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+# CPU flags (/proc/cpuinfo) of the int8 dot-product instructions ONNX Runtime's int8 GEMMs use
+INT8_DOT_FLAGS = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
+                  "asimddp": "ARM dot product"}
+
+
+def cpu_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """The int8 dot-product instructions this CPU has ("AVX512-VNNI", "ARM dot product", ...), as
+    Linux reports them; None where it has none or the OS does not say (int8 graphs then still
+    run, with less to gain: docs/benchmarks.md)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = {w for line in f if line.lower().startswith(("flags", "features")) for w in line.split(":", 1)[-1].split()}
+    except OSError:
+        return None
+    found = [name for flag, name in INT8_DOT_FLAGS.items() if flag in flags]
+    return ", ".join(found) or None
 
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

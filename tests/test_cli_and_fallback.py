@@ -28,6 +28,7 @@ def test_version_and_info_name_the_package_version(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"iared-edge {__version__};") and "ops backend: cpu -> " in text
+    assert "int8 dot product: " in text and "onnxruntime" in text
     # `python -m iared_edge` is the same command line
     run = subprocess.run([sys.executable, "-m", "iared_edge", "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == f"iared-edge {__version__}"
@@ -173,3 +174,18 @@ def test_package_works_without_the_extension():
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_cpu_int8_dot_reads_x86_and_arm_flags(tmp_path):
+    from iared_edge.devices import cpu_int8_dot
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n\n"
+                   "processor\t: 1\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp asimddp\n")
+    old = tmp_path / "old"
+    old.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n")
+    assert cpu_int8_dot(str(x86)) == "AVX512-VNNI"
+    assert cpu_int8_dot(str(arm)) == "ARM dot product"
+    assert cpu_int8_dot(str(old)) is None
+    assert cpu_int8_dot(str(tmp_path / "missing")) is None

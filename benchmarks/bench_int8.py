@@ -11,7 +11,8 @@ is the model's own thresholds (each image keeps its own tokens; the mean per sta
 share f of the graph's FLOPs at that keep level, at most 4x faster each (VNNI's int8 dot product
 does four multiply-adds per 32-bit lane where an FMA does one), so at most 1 / ((1 - f) + f / 4)
 over float32. Accuracy (the demo model, real weights): top-1 on held-out test images of the demo
-task, int8 against float32, and how often they agree. A timm name runs with random weights: speed
+task, int8 against float32, how often they agree, and the heatmap's pointing game (its peak on the
+digit's box) in both. A timm name runs with random weights: speed
 only.
 """
 import argparse
@@ -49,9 +50,22 @@ def session(path: str, threads: int):
 
 
 def demo_images(model, n: int):
+    """n held-out demo-task test images as model inputs, their labels, and each digit's patch
+    overlap (for the pointing game)."""
     from iared_edge.demo import DigitsInClutter
-    imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(n))
-    return torch.cat([model_input(model, im) for im in imgs]), np.asarray(labels)
+    from iared_edge.explain import box_overlap, map_box
+    from iared_edge.preprocess import model_normalization
+    imgs, labels, boxes = DigitsInClutter("test", seed=0).batch(range(n))
+    crop = model_normalization(model)[2]
+    size = tuple(model.input_size[1:])
+    patch = tuple(model.vit.patch_embed.patch_size)
+    overlaps = [box_overlap(map_box(b, im.shape[:2], size, crop), model.grid_size, patch) for im, b in zip(imgs, boxes)]
+    return torch.cat([model_input(model, im) for im in imgs]), np.asarray(labels), overlaps
+
+
+def pointing(heatmaps, overlaps) -> float:
+    from iared_edge.explain import pointing_hit
+    return float(np.mean([pointing_hit(torch.as_tensor(h), ov) for h, ov in zip(heatmaps, overlaps)]))
 
 
 def main():
@@ -75,7 +89,8 @@ def main():
         model = (load_model(name) if name == "demo" or name.endswith(".safetensors")
                  else IARedViT.from_timm(name)).float().eval()
         real = name == "demo"
-        x_all, labels = demo_images(model, max(args.accuracy_images, 8)) if real else (torch.randn(8, *model.input_size), None)
+        x_all, labels, overlaps = demo_images(model, max(args.accuracy_images, 8)) if real \
+            else (torch.randn(8, *model.input_size), None, None)
         for level in args.levels.split(","):
             threshold = level == "threshold"
             paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("fp32", "int8")}
@@ -90,10 +105,11 @@ def main():
                     export_onnx(model, paths[k], kwargs["ratio"], int8=k == "int8")
             sess = {k: session(p, args.threads) for k, p in paths.items()}
 
-            def ort_run(k, x):  # the threshold graph takes one image per run
-                parts = [sess[k].run(None, {"images": x[i:i + 1].numpy()})[0] for i in range(len(x))] if threshold \
-                    else [sess[k].run(None, {"images": x.numpy()})[0]]
-                return np.concatenate(parts)
+            def ort_run(k, x, heatmaps=False):  # logits (and heatmaps); the threshold graph takes one image per run
+                outs = [sess[k].run(None, {"images": x[i:i + 1].numpy()}) for i in range(len(x))] if threshold \
+                    else [sess[k].run(None, {"images": x.numpy()})]
+                logits = np.concatenate([o[0] for o in outs])
+                return (logits, np.concatenate([o[-1] for o in outs])) if heatmaps else logits
 
             for bs in (1, 8):
                 x = x_all[:bs]
@@ -118,15 +134,21 @@ def main():
             if real:
                 n = args.accuracy_images
                 with torch.inference_mode():
-                    ref = torch.cat([model(x_all[i:i + 50], **kwargs).logits for i in range(0, n, 50)]).argmax(1).numpy()
-                top8 = np.concatenate([ort_run("int8", x_all[i:i + 50]) for i in range(0, n, 50)]).argmax(1)
+                    outs = [model(x_all[i:i + 50], **kwargs) for i in range(0, n, 50)]
+                ref = torch.cat([o.logits for o in outs]).argmax(1).numpy()
+                heat32 = torch.cat([o.heatmap for o in outs]).numpy()
+                runs8 = [ort_run("int8", x_all[i:i + 50], heatmaps=True) for i in range(0, n, 50)]
+                top8 = np.concatenate([r[0] for r in runs8]).argmax(1)
+                heat8 = np.concatenate([r[1] for r in runs8])
                 accuracy.append((name, level, n, (ref == labels[:n]).mean(), (top8 == labels[:n]).mean(),
-                                 (ref == top8).mean()))
+                                 (ref == top8).mean(), pointing(heat32, overlaps[:n]), pointing(heat8, overlaps[:n]),
+                                 float(np.abs(heat8 - heat32).mean())))
     if accuracy:
-        print("\n| model | policy / keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for name, level, n, a32, a8, agree in accuracy:
-            print(f"| {name} | {level} | {n} | {a32:.1%} | {a8:.1%} | {agree:.1%} |")
+        print("\n| model | policy / keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement | "
+              "pointing game fp32 | pointing game int8 | mean |heatmap difference| |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, level, n, a32, a8, agree, p32, p8, dh in accuracy:
+            print(f"| {name} | {level} | {n} | {a32:.1%} | {a8:.1%} | {agree:.1%} | {p32:.1%} | {p8:.1%} | {dh:.4f} |")
     return 0
 
 

@@ -145,7 +145,7 @@ def main():
                                  float(np.abs(heat8 - heat32).mean())))
     if accuracy:
         print("\n| model | policy / keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement | "
-              "pointing game fp32 | pointing game int8 | mean |heatmap difference| |")
+              "pointing game fp32 | pointing game int8 | mean abs. heatmap difference |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, level, n, a32, a8, agree, p32, p8, dh in accuracy:
             print(f"| {name} | {level} | {n} | {a32:.1%} | {a8:.1%} | {agree:.1%} | {p32:.1%} | {p8:.1%} | {dh:.4f} |")

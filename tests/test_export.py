@@ -353,3 +353,11 @@ def test_runtime_onnxruntime_backend_runs_the_thresholds(demo_frames, tmp_path):
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["threshold.int8.onnx"]
     with pytest.raises(ValueError, match='policy "threshold" or "ratio"'):
         Runtime(model, policy="all", backend="onnxruntime")
+
+
+def test_int8_graphs_run_on_the_cpu_provider_even_where_a_gpu_provider_is(model, tmp_path, monkeypatch):
+    from iared_edge.export.onnxruntime_backend import OnnxRuntimeBackend
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    backend = OnnxRuntimeBackend(model, [], str(tmp_path), form="threshold", int8=True)
+    assert backend.providers == ["CPUExecutionProvider"]
+    assert backend.session.get_providers() == ["CPUExecutionProvider"]

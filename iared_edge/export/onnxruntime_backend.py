@@ -7,7 +7,7 @@ ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Gra
 to `cache_dir` at every construction (a graph another model left there is never reused); keep
 levels map to per-stage ratios by `model.stage_ratios`. Providers: CUDA and TensorRT execution
 providers first when this onnxruntime build has them, else the CPU. `int8`: graphs with int8
-weights (`iared_edge.export.quantize`), for CPUs.
+weights (`iared_edge.export.quantize`), run on the CPU provider only.
 """
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ class OnnxRuntimeBackend:
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="iared-onnx-")
         os.makedirs(self.cache_dir, exist_ok=True)
         available = ort.get_available_providers()
-        self.providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        # int8 graphs are for CPUs (dynamic quantization: MatMulInteger); on a GPU, fp16 engines are the way
+        self.providers = [] if int8 else [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+                                          if p in available]
         self.providers.append("CPUExecutionProvider")
         options = ort.SessionOptions()
         if threads:

@@ -503,7 +503,8 @@ def test_sample_runs_int8_onnxruntime_graphs(tmp_path, small_model, capsys):
                         "--output", str(out), "--backend", "onnxruntime", "--precision", "int8",
                         "--budget-ms", "500"]) == 0
     summary = json.loads((tmp_path / "int8.json").read_text())
-    assert summary["stats"]["precision"] == "int8" and len(summary["frames"]) == 3
+    assert summary["stats"]["precision"] == "int8" and summary["stats"]["backend"] == "onnxruntime"
+    assert len(summary["frames"]) == 3
     out = tmp_path / "thresholds.mp4"  # no budget: the thresholds' graph, each frame keeping its own tokens
     assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "3",
                         "--output", str(out), "--backend", "onnxruntime", "--precision", "int8"]) == 0

@@ -572,6 +572,7 @@ class Runtime:
                 "budget_unmet_frames": self.controller.unmet_frames if self.controller else 0,
                 "end_reason": self._end_reason,
                 "precision": self.precision,
+                "backend": self.backend,
             }
 
     def close(self) -> None:

@@ -4,6 +4,7 @@
     python samples/webcam_explain.py                        # camera 0, or the bundled clip without one
     python samples/webcam_explain.py --source demo --headless --output out.mp4
     python samples/webcam_explain.py --model deit_small_patch16_224 --checkpoint deit_small.pth --source 0
+    python samples/webcam_explain.py --backend onnxruntime --precision int8   # on a CPU: faster at batch 1
 
 Keys: + / - change the latency budget (start with --budget-ms), h heatmap on/off, m kept-patch mask
 on/off, q quit. Headless (--headless, or when there is no display) it writes the annotated video and

@@ -361,3 +361,32 @@ def test_int8_graphs_run_on_the_cpu_provider_even_where_a_gpu_provider_is(model,
     backend = OnnxRuntimeBackend(model, [], str(tmp_path), form="threshold", int8=True)
     assert backend.providers == ["CPUExecutionProvider"]
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_graphs_carry_what_an_app_needs_without_python(model, tmp_path):
+    """Input size, normalisation, labels, grid and the policy's constants in every graph's metadata
+    (JSON values), int8 included, read back through ONNX Runtime."""
+    import json
+    from iared_edge.export import (export_onnx, export_onnx_counts, export_onnx_plain, export_onnx_threshold,
+                                   keep_counts_for)
+    from iared_edge.preprocess import model_normalization
+    paths = {"ratio": tmp_path / "r.onnx", "counts": tmp_path / "c.onnx", "threshold": tmp_path / "t.onnx",
+             "plain": tmp_path / "p.onnx"}
+    export_onnx(model, str(paths["ratio"]), 0.6, int8=True)
+    export_onnx_counts(model, str(paths["counts"]))
+    export_onnx_threshold(model, str(paths["threshold"]), thresholds=(0.4, 0.5, 0.6))
+    export_onnx_plain(model, str(paths["plain"]))
+    mean, std, crop = model_normalization(model)
+    meta = {}
+    for k, p in paths.items():
+        raw = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        meta[k] = {key: json.loads(raw[key]) for key in raw if key != "onnx.infer"}  # that one is the quantizer's
+        m = meta[k]
+        assert m["input_size"] == [3, 224, 224] and m["color"] == "RGB" and m["crop_pct"] == crop
+        assert m["mean"] == pytest.approx(list(mean)) and m["std"] == pytest.approx(list(std))
+        assert m["labels"] == model.class_names() and len(m["labels"]) == 1000
+        assert m["grid"] == [14, 14] and m["num_stages"] == 3 and m["producer"].startswith("iared-edge ")
+    assert meta["ratio"]["policy"] == "ratio" and meta["ratio"]["keep_counts"] == keep_counts_for(model, 0.6)
+    assert meta["counts"]["keep_counts_input"] is True
+    assert meta["threshold"]["policy"] == "threshold" and meta["threshold"]["thresholds"] == [0.4, 0.5, 0.6]
+    assert meta["plain"]["policy"] == "all"

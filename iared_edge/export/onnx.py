@@ -12,14 +12,15 @@ The ratio graphs' batch axis is dynamic. Outputs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
 heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage keep probabilities).
 Attention is permutation-equivariant, so kept tokens need not be re-sorted. Every graph can be
-written with int8 weights for CPUs (`int8=True`; what is quantized: `iared_edge.export.quantize`).
+written with int8 weights for CPUs (`int8=True`; what is quantized: `iared_edge.export.quantize`),
+and carries in its metadata what an app needs to use it without Python (`deployment_metadata`).
 """
 from __future__ import annotations
 
 import os
 import warnings
 from contextlib import contextmanager
-from typing import List, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -143,9 +144,27 @@ def check_opset(opset: int) -> None:
         raise ValueError(f"ONNX opset must be >= {MIN_OPSET} (attention needs it), got {opset}")
 
 
-def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, **export_kwargs) -> None:
-    """torch.onnx.export to `path`; with `int8`, the float32 graph goes to a file beside it first
-    and `path` gets its int8 form (`quantize.quantize_int8`)."""
+def deployment_metadata(model, **extra) -> Dict[str, str]:
+    """What an app needs beside a graph to use it without Python, stored in the ONNX file's
+    metadata (ONNX Runtime: `session.get_modelmeta().custom_metadata_map`; every value a JSON
+    string): the input size and pixel normalisation (RGB, values / 255, then (x - mean) / std,
+    after a centre crop of crop_pct), the class labels, the patch grid of the heatmap and of the
+    kept indices, plus what the graph's policy fixes (`extra`)."""
+    import json
+
+    from .. import __version__
+    from ..preprocess import model_normalization
+    mean, std, crop_pct = model_normalization(model)
+    meta = {"producer": f"iared-edge {__version__}", "input_size": list(model.input_size), "color": "RGB",
+            "mean": list(mean), "std": list(std), "crop_pct": crop_pct, "labels": model.class_names(),
+            "grid": list(model.grid_size), "num_stages": model.num_stages, **extra}
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, metadata: Dict[str, str], **export_kwargs) -> None:
+    """torch.onnx.export to `path`, `metadata` stored in the file; with `int8`, the float32 graph
+    goes to a file beside it first and `path` gets its int8 form (`quantize.quantize_int8`)."""
+    import onnx
     target = path + ".fp32.tmp" if int8 else path
     try:
         with _exporting():
@@ -156,6 +175,9 @@ def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, **export_kwar
     finally:
         if int8 and os.path.exists(target):
             os.remove(target)
+    written = onnx.load(path)
+    onnx.helper.set_model_props(written, {**{p.key: p.value for p in written.metadata_props}, **metadata})
+    onnx.save(written, path)
 
 
 def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False) -> List[str]:
@@ -170,8 +192,8 @@ def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False) ->
     counts = torch.tensor(keep_counts_for(model, 0.7), dtype=torch.int64)
     dyn = {"images": {0: "batch"}, "logits": {0: "batch"}, "heatmap": {0: "batch"},
            **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)}}
-    _write(graph, (x, counts), path, int8, input_names=["images", "keep_counts"], output_names=names,
-           opset_version=opset, dynamic_axes=dyn)
+    _write(graph, (x, counts), path, int8, deployment_metadata(model, policy="ratio", keep_counts_input=True),
+           input_names=["images", "keep_counts"], output_names=names, opset_version=opset, dynamic_axes=dyn)
     return names
 
 
@@ -183,7 +205,8 @@ def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: i
     graph = RatioGraph(model, ratio).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
     x = torch.zeros(2, *model.input_size)
-    _write(graph, (x,), path, int8, input_names=["images"], output_names=names, opset_version=opset,
+    _write(graph, (x,), path, int8, deployment_metadata(model, policy="ratio", keep_counts=graph.counts),
+           input_names=["images"], output_names=names, opset_version=opset,
            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     return names
 
@@ -198,7 +221,8 @@ def export_onnx_threshold(model, path: str, thresholds: Union[None, float, Seque
     S = model.num_stages
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(S)] + ["heatmap"]
     x = torch.zeros(1, *model.input_size)
-    _write(graph, (x,), path, int8, input_names=["images"], output_names=names, opset_version=opset,
+    _write(graph, (x,), path, int8, deployment_metadata(model, policy="threshold", thresholds=graph.thresholds),
+           input_names=["images"], output_names=names, opset_version=opset,
            dynamic_axes={f"kept_stage{s + 1}": {1: f"k{s + 1}"} for s in range(S)})
     return names
 
@@ -209,6 +233,6 @@ def export_onnx_plain(model, path: str, opset: int = 17, int8: bool = False) -> 
     against (`iared-edge bench --backend onnxruntime`)."""
     check_opset(opset)
     x = torch.zeros(2, *model.input_size)
-    _write(model.vit.eval(), (x,), path, int8, input_names=["images"], output_names=["logits"], opset_version=opset,
-           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    _write(model.vit.eval(), (x,), path, int8, deployment_metadata(model, policy="all"), input_names=["images"],
+           output_names=["logits"], opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     return ["logits"]

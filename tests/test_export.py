@@ -1,4 +1,5 @@
 """ONNX export of policy "ratio", checked by onnx's checker and run by onnxruntime against PyTorch."""
+import json
 import math
 import os
 
@@ -390,3 +391,40 @@ def test_graphs_carry_what_an_app_needs_without_python(model, tmp_path):
     assert meta["counts"]["keep_counts_input"] is True
     assert meta["threshold"]["policy"] == "threshold" and meta["threshold"]["thresholds"] == [0.4, 0.5, 0.6]
     assert meta["plain"]["policy"] == "all"
+
+
+def test_onnx_camera_sample_needs_no_pytorch_and_answers_as_the_runtime(tmp_path, capsys):
+    """samples/onnx_camera.py: ONNX Runtime and OpenCV only (PyTorch is never imported), everything
+    read from the graph's metadata, and per frame the label and confidence the Runtime gives with
+    the same graph."""
+    import subprocess
+    import sys
+    import cv2
+    from iared_edge import Runtime
+    from iared_edge.demo.clip import DEMO_CLIP
+    sample = os.path.join(os.path.dirname(__file__), "..", "samples", "onnx_camera.py")
+    assert main(["export", "--model", "demo", "--policy", "threshold", "--precision", "int8",
+                 "--out-dir", str(tmp_path)]) == 0
+    graph, out = str(tmp_path / "threshold.int8.onnx"), str(tmp_path / "frames.json")
+    code = ("import runpy, sys; sys.argv = sys.argv[1:]; "
+            "exit_code = runpy.run_path(sys.argv[0], run_name='not_main')['main'](sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'the sample imported torch'; sys.exit(exit_code)")
+    run = subprocess.run([sys.executable, "-c", code, sample, graph, "--source", DEMO_CLIP, "--headless",
+                          "--max-frames", "4", "--json", out], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    frames = json.loads(open(out).read())["frames"]
+    assert len(frames) == 4 and len(run.stdout.splitlines()) == 4
+    cap = cv2.VideoCapture(DEMO_CLIP)
+    with Runtime("demo", backend="onnxruntime", precision="int8", onnx_cache=str(tmp_path / "rt")) as rt:
+        for rec in frames:
+            res = rt(cap.read()[1])
+            assert rec["label"] == res.label and rec["confidence"] == pytest.approx(res.score, abs=1e-5)
+            assert rec["keep_per_stage"] == pytest.approx(res.stage_keep)
+    bad = subprocess.run([sys.executable, sample, str(tmp_path / "missing.onnx"), "--headless"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no ONNX graph at" in bad.stderr
+    from iared_edge import load_model
+    from iared_edge.export import export_onnx_counts
+    export_onnx_counts(load_model("demo"), str(tmp_path / "c.onnx"))
+    bad = subprocess.run([sys.executable, sample, str(tmp_path / "c.onnx"), "--headless"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "keep counts as an input" in bad.stderr

@@ -28,13 +28,17 @@ import onnxruntime as ort  # noqa: E402
 class Graph:
     """An exported IA-RED² graph and what its metadata says about its input and outputs."""
 
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, providers=("CPUExecutionProvider",)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no ONNX graph at {path}")
+        unknown = set(providers) - set(ort.get_available_providers())
+        if unknown:
+            raise ValueError(f"providers {sorted(unknown)} are not in this onnxruntime build "
+                             f"(it has {ort.get_available_providers()})")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(path, opts, providers=list(providers))
         raw = self.session.get_modelmeta().custom_metadata_map
         missing = {"input_size", "mean", "std", "labels", "grid"} - set(raw)
         if missing:
@@ -83,9 +87,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every frame's label, confidence, keep and latency here")
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime's intra-op threads")
+    ap.add_argument("--providers", default="CPUExecutionProvider",
+                    help="comma-separated ONNX Runtime providers, in order (a float32 graph on a GPU: "
+                         "CUDAExecutionProvider,CPUExecutionProvider; int8 graphs are for the CPU)")
     args = ap.parse_args(argv)
     try:
-        graph = Graph(args.graph, args.threads)
+        graph = Graph(args.graph, args.threads, [p.strip() for p in args.providers.split(",") if p.strip()])
     except (OSError, ValueError) as exc:
         print(f"onnx_camera: error: {exc}", file=sys.stderr)
         return 2

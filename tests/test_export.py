@@ -428,3 +428,6 @@ def test_onnx_camera_sample_needs_no_pytorch_and_answers_as_the_runtime(tmp_path
     export_onnx_counts(load_model("demo"), str(tmp_path / "c.onnx"))
     bad = subprocess.run([sys.executable, sample, str(tmp_path / "c.onnx"), "--headless"], capture_output=True, text=True)
     assert bad.returncode == 2 and "keep counts as an input" in bad.stderr
+    bad = subprocess.run([sys.executable, sample, graph, "--headless", "--providers", "NoSuchExecutionProvider"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not in this onnxruntime build" in bad.stderr

@@ -431,3 +431,23 @@ def test_onnx_camera_sample_needs_no_pytorch_and_answers_as_the_runtime(tmp_path
     bad = subprocess.run([sys.executable, sample, graph, "--headless", "--providers", "NoSuchExecutionProvider"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not in this onnxruntime build" in bad.stderr
+
+
+def test_threshold_graph_of_a_distilled_deit_never_drops_its_two_prefix_tokens(tmp_path):
+    """Class and distillation tokens stay; the patch tokens kept are PyTorch's, stage by stage."""
+    from iared_edge.export import export_onnx_threshold
+    torch.manual_seed(0)
+    dist = IARedViT.from_timm("deit_tiny_distilled_patch16_224").eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = float(dist.interpreters[0](dist._embed(x))[:, 2:].median())  # about half the patches go at stage 1
+    names = export_onnx_threshold(dist, str(tmp_path / "d.onnx"), thresholds=t)
+    sess = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    for i in range(2):
+        outs = dict(zip(names, sess.run(None, {"images": x[i:i + 1].numpy()})))
+        with torch.no_grad():
+            ref = dist(x[i:i + 1], thresholds=t)
+        assert np.abs(outs["logits"] - ref.logits.numpy()).max() <= 1e-4
+        for s in range(3):
+            assert np.array_equal(np.sort(outs[f"kept_stage{s + 1}"][0]), np.flatnonzero(ref.keep_masks[0, s].numpy()))
+        assert 0 < ref.kept_counts[0, 0] < dist.num_patches

@@ -8,7 +8,9 @@ operators only (TopK or NonZero, Gather).
   gives the counts of a keep level.
 - Policy "threshold" (`export_onnx_threshold`): each image keeps its own number of tokens
   (NonZero of the keep probabilities above the thresholds), one image per run.
-The ratio graphs' batch axis is dynamic. Outputs:
+- The plain backbone (`export_onnx_plain`): timm's forward, logits only: the baseline that
+  `iared-edge bench --backend onnxruntime` times the others against.
+The ratio graphs' batch axis is dynamic. Outputs of the IA-RED² graphs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
 heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage keep probabilities).
 Attention is permutation-equivariant, so kept tokens need not be re-sorted. Every graph can be

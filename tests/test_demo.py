@@ -495,7 +495,7 @@ def test_sample_runs_in_reduced_precision(tmp_path, small_model):
         _run_sample(["--source", "demo", "--headless", "--precision", "int4"])
 
 
-def test_sample_runs_int8_onnxruntime_graphs(tmp_path, small_model, capsys):
+def test_sample_runs_int8_onnxruntime_graphs(tmp_path, small_model):
     model_path = tmp_path / "m.safetensors"
     save_model(small_model, str(model_path))
     out = tmp_path / "int8.mp4"

@@ -55,9 +55,10 @@ def _text(img, text, org, scale, color=(255, 255, 255)):
 
 
 def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool = True, show_mask: bool = True,
-             min_side: int = 560, keys: bool = False) -> np.ndarray:
+             min_side: int = 560, keys: bool = False, engine: str = "") -> np.ndarray:
     """The frame (enlarged to `min_side`) with the heatmap blended in, dropped patches dimmed,
-    and a text panel: label and confidence, fps, latency against the budget, keep per stage."""
+    and a text panel: label and confidence, fps, latency against the budget, keep per stage, and
+    what runs the model (`engine`, e.g. "onnxruntime int8")."""
     pic = res.overlay(frame_bgr, heatmap=show_heat, mask=show_mask)
     h, w = pic.shape[:2]
     s = max(1.0, min_side / min(h, w))
@@ -74,6 +75,9 @@ def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool 
           (60, 60, 255) if over else (255, 255, 255))
     stages = " / ".join(f"{k:.0%}" for k in res.stage_keep)
     _text(pic, f"patches kept per stage: {stages}", (int(12 * f), int(72 * f)), 0.6 * f)
+    if engine:  # right-aligned on the second line
+        (tw, _), _ = cv2.getTextSize(engine, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * f, max(1, int(1.6 * 0.5 * f)))
+        _text(pic, engine, (W - tw - int(12 * f), int(72 * f)), 0.5 * f, (200, 200, 200))
     if keys:
         _text(pic, "+/- budget  h heatmap  m mask  q quit", (int(12 * f), pic.shape[0] - int(12 * f)), 0.5 * f)
     return pic
@@ -149,7 +153,8 @@ def run(args) -> int:
             if t_prev is not None:
                 fps = 0.9 * fps + 0.1 / max(now - t_prev, 1e-6) if fps else 1.0 / max(now - t_prev, 1e-6)
             t_prev = now
-            pic = annotate(frame, res, fps, rt.budget_ms, show_heat, show_mask, keys=not headless)
+            pic = annotate(frame, res, fps, rt.budget_ms, show_heat, show_mask, keys=not headless,
+                           engine=f"{rt.backend} {rt.precision}")
             frames.append(res.summary())
             if output:
                 if writer is None:

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 
 from iared_edge import IARedViT, load_model
-from iared_edge.bench import device_name, timed_ms
+from iared_edge.bench import device_name, timed_ms, timing_session
 from iared_edge.export import export_onnx, export_onnx_threshold, keep_counts_for
 from iared_edge.preprocess import model_input
 
@@ -39,14 +39,6 @@ def gemm_share(model, counts) -> float:
     per_token = 2 * C * 3 * C + 2 * C * C + 4 * C * hidden
     gemm = sum(g * (n + P) * per_token for g, n in zip(model.groups, counts)) + 2 * C * vit.num_classes
     return gemm / model.flops(torch.tensor([counts]))[0].item()
-
-
-def session(path: str, threads: int):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # idle ORT workers spin by default and would steal the cores from the interleaved runs
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def demo_images(model, n: int):
@@ -103,7 +95,7 @@ def main():
                 counts = keep_counts_for(model, kwargs["ratio"])
                 for k in paths:
                     export_onnx(model, paths[k], kwargs["ratio"], int8=k == "int8")
-            sess = {k: session(p, args.threads) for k, p in paths.items()}
+            sess = {k: timing_session(p, args.threads) for k, p in paths.items()}
 
             def ort_run(k, x, heatmaps=False):  # logits (and heatmaps); the threshold graph takes one image per run
                 outs = [sess[k].run(None, {"images": x[i:i + 1].numpy()}) for i in range(len(x))] if threshold \

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import torch
 
 from iared_edge import IARedViT
+from iared_edge.bench import timing_session
 from iared_edge.export import export_onnx
 
 
@@ -25,10 +26,6 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = IARedViT.from_timm(args.model).eval()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    # idle ORT workers spin by default and would steal the cores from the interleaved torch runs
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     tmp = tempfile.mkdtemp()
     print(f"# {args.model}, {args.threads} threads, onnxruntime {ort.__version__} (CPU), torch {torch.__version__}; "
           f"medians of {args.repeats}, interleaved")
@@ -37,7 +34,7 @@ def main():
     for rho in [float(v) for v in args.levels.split(",")]:
         path = f"{tmp}/k{rho}.onnx"
         export_onnx(model, path, rho)
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        sess = timing_session(path, args.threads)
         for B in (1, 8):
             x = torch.randn(B, 3, 224, 224)
             run_t = lambda: model(x, policy="ratio", ratio=rho)

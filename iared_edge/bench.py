@@ -60,6 +60,17 @@ def timed_ms(fn, sync=None) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def timing_session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime session on the CPU for timing side by side: `threads` intra-op threads
+    (default torch's), spinning off (idle workers spin by default, stealing the cores from
+    whatever is timed next)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def _check(images: torch.Tensor, batches: Sequence[int], policy: str, repeats: int) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -133,7 +144,6 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
     import tempfile
 
     import numpy as np
-    import onnxruntime as ort
 
     from .export import export_onnx, export_onnx_plain, export_onnx_threshold
 
@@ -143,10 +153,6 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
         model = copy.deepcopy(model).float().cpu()                      # on the CPU; never cast the caller's
     images = images.float().cpu()
     kwargs = {"ratio": ratio} if policy == "ratio" else {}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    # idle ONNX Runtime workers spin by default, stealing the cores from the interleaved side
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory(prefix="iared-bench-") as tmp:
         plain_path, ours_path = os.path.join(tmp, "plain.onnx"), os.path.join(tmp, "iared.onnx")
         export_onnx_plain(model, plain_path, int8=int8)
@@ -154,8 +160,7 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
             export_onnx(model, ours_path, ratio, int8=int8)
         else:
             export_onnx_threshold(model, ours_path, int8=int8)
-        plain_session, ours_session = (ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"])
-                                       for p in (plain_path, ours_path))
+        plain_session, ours_session = (timing_session(p, threads) for p in (plain_path, ours_path))
 
     def plain(c):
         return plain_session.run(None, {"images": c.numpy()})[0]

@@ -268,9 +268,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device("cpu" if onnx else args.device)
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint).eval()
-    if onnx:
+    if onnx:  # compare_speed_onnx exports float32 graphs on the CPU from the model as it is
         import onnxruntime
-        model = model.float()
         dtype = args.precision or "fp32"
         runs_on = f"onnxruntime {onnxruntime.__version__} (CPU)"
     else:
@@ -329,8 +328,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         ort = f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
     except ImportError:
         ort = "onnxruntime not installed (backend onnxruntime, int8)"
-    print(f"CPU: bf16 instructions {'yes' if cpu_has_bf16() else 'no'} (precision auto -> "
-          f"{'bf16' if cpu_has_bf16() else 'fp32'}); int8 dot product: {cpu_int8_dot() or 'none reported'}; {ort}")
+    bf16 = cpu_has_bf16()
+    print(f"CPU: bf16 instructions {'yes' if bf16 else 'no'} (precision auto -> {'bf16' if bf16 else 'fp32'}); "
+          f"int8 dot product: {cpu_int8_dot() or 'none reported'}; {ort}")
     return 0
 
 

@@ -19,7 +19,6 @@ and carries in its metadata what an app needs to use it without Python (`deploym
 """
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager
 from typing import Dict, List, Sequence, Union
@@ -164,22 +163,21 @@ def deployment_metadata(model, **extra) -> Dict[str, str]:
 
 
 def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, metadata: Dict[str, str], **export_kwargs) -> None:
-    """torch.onnx.export to `path`, `metadata` stored in the file; with `int8`, the float32 graph
-    goes to a file beside it first and `path` gets its int8 form (`quantize.quantize_int8`)."""
+    """torch.onnx.export in memory, `metadata` stored in the graph, then one write to `path`: the
+    graph as exported, or its int8 form (`quantize.quantize_int8`, which keeps the metadata)."""
+    import io
+
     import onnx
-    target = path + ".fp32.tmp" if int8 else path
-    try:
-        with _exporting():
-            torch.onnx.export(graph, inputs, target, dynamo=False, **export_kwargs)
-        if int8:
-            from .quantize import quantize_int8
-            quantize_int8(target, path)
-    finally:
-        if int8 and os.path.exists(target):
-            os.remove(target)
-    written = onnx.load(path)
-    onnx.helper.set_model_props(written, {**{p.key: p.value for p in written.metadata_props}, **metadata})
-    onnx.save(written, path)
+    buffer = io.BytesIO()
+    with _exporting():
+        torch.onnx.export(graph, inputs, buffer, dynamo=False, **export_kwargs)
+    exported = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(exported, metadata)
+    if int8:
+        from .quantize import quantize_int8
+        quantize_int8(exported, path)
+    else:
+        onnx.save(exported, path)
 
 
 def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False) -> List[str]:

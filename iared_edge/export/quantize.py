@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from typing import Union
 
 import onnx
 
@@ -40,20 +41,21 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
-def quantize_int8(src: str, dst: str) -> None:
-    """Write `dst`: the exported graph `src` (an IA-RED² graph, or the plain backbone's) with int8
-    weights in its blocks and head (see the module's docstring for what stays float32). Same
-    inputs and outputs as `src`."""
+def quantize_int8(src: Union[str, onnx.ModelProto], dst: str) -> None:
+    """Write `dst`: the exported graph `src` (a file, or a graph in memory; an IA-RED² graph, or the
+    plain backbone's) with int8 weights in its blocks and head (see the module's docstring for
+    what stays float32). Same inputs, outputs and metadata as `src`."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
         raise ImportError("int8 graphs need ONNX Runtime's quantizer: pip install onnxruntime") from exc
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f"quantize_int8: no ONNX graph at {src}")
-    try:
-        keep_float = interpreter_nodes(onnx.load(src))
-    except Exception as exc:  # onnx's own errors name neither the file nor the problem plainly
-        raise ValueError(f"quantize_int8: {src} is not a readable ONNX graph ({exc})") from None
+    if not isinstance(src, onnx.ModelProto):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"quantize_int8: no ONNX graph at {src}")
+        try:
+            src = onnx.load(src)
+        except Exception as exc:  # onnx's own errors name neither the file nor the problem plainly
+            raise ValueError(f"quantize_int8: {src} is not a readable ONNX graph ({exc})") from None
     with _quiet_quantizer():
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
-                         nodes_to_exclude=keep_float)
+                         nodes_to_exclude=interpreter_nodes(src))

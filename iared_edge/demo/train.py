@@ -92,6 +92,11 @@ class Schedule:
                                    # interpreter and fine-tune phases run on the CPU)
     workers: int = 0               # > 0: backbone batches drawn by this many processes (a GPU outruns one
                                    # CPU thread of the generator); the same images either way
+    hard_pool: int = 0             # > batch: the full phase draws this many images a step, scores them
+                                   # (no-grad forward, eval mode) and trains on the batch / 2 with the
+                                   # highest loss plus batch / 2 of the rest at random (hard-example
+                                   # mining, runs/demo28; 0: train on every drawn image). --data-offset
+                                   # then counts batches of hard_pool images
 
 
 def amp_dtype(s: Schedule, device: str = "cpu") -> Optional[torch.dtype]:
@@ -184,6 +189,27 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Opt
     T, w = s.distill_temperature, s.distill_weight
     kl = F.kl_div((logits.float() / T).log_softmax(-1), teacher_p, reduction="batchmean")
     return (1 - w) * ce + w * T * T * kl
+
+
+@torch.no_grad()
+def select_hard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, step: int, seed: int,
+                amp: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Of a drawn pool `x`, `y` (more than `batch` images), the batch // 2 images the model (in eval
+    mode, so BatchNorm's statistics do not move) reads with the highest cross-entropy, then
+    batch - batch // 2 of the others drawn at random (reproducibly, by `step`): the errors sit in a
+    small share of hard images (faint ink on busy ground), which a uniform batch shows rarely."""
+    if x.shape[0] <= batch:
+        raise ValueError(f"hard_pool ({x.shape[0]}) must be larger than the batch ({batch})")
+    was_training = model.training
+    model.eval()
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        loss = F.cross_entropy(model(x).float(), y, reduction="none")
+    model.train(was_training)
+    order = torch.argsort(loss.cpu(), descending=True, stable=True)
+    hard, rest = order[:batch // 2], order[batch // 2:]
+    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, 11, step]).integers(2 ** 62)))
+    pick = torch.cat([hard, rest[torch.randperm(rest.numel(), generator=g)[:batch - batch // 2]]]).to(x.device)
+    return x[pick], y[pick]
 
 
 def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int):
@@ -355,13 +381,18 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             raise ValueError(f"--distill-weight must be in [0, 1] and --distill-temperature > 0, got "
                              f"{s.distill_weight} and {s.distill_temperature}")
         teachers = [t.to(device) for t in load_teachers(s.teacher)]
+    pool = s.hard_pool if phase == "full" else 0
+    if pool and pool <= s.batch:
+        raise ValueError(f"--hard-pool must be 0 or larger than --batch ({s.batch}), got {pool}")
     t0 = time.time()
     losses = []
-    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
+    for step, x, y in batches("train", start, pool or s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
                               workers=s.workers, **generator_kwargs(s)):
         if step >= steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if pool:
+            x, y = select_hard(model, x, y, s.batch, step, s.seed, amp)
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = cur

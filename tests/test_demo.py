@@ -977,3 +977,59 @@ def test_width_trains_a_wider_backbone_that_exports_and_teaches(tmp_path, monkey
     (tmp_path / "narrow").mkdir()
     with pytest.raises(ValueError, match="token width 128"):
         train.train_backbone(str(tmp_path / "narrow"), "small", dataclasses.replace(s, width=0), init=state)
+
+
+def test_select_hard_keeps_the_worst_half_and_a_reproducible_random_rest():
+    """--hard-pool's selection: the batch // 2 images with the highest cross-entropy (against a
+    float64 loop over the images one by one, eval mode), then others drawn at random, no image
+    twice, the same draw for the same step; BatchNorm statistics and the training mode untouched."""
+    from iared_edge.demo import train
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(12), torch.nn.Linear(12, 10))
+    model[1].running_mean.normal_()
+    model.train()
+    x, y = torch.randn(11, 3, 2, 2), torch.randint(0, 10, (11,))
+    stats = model[1].running_mean.clone(), model[1].running_var.clone()
+    ref = model.double().eval()
+    with torch.no_grad():
+        loss = [F.cross_entropy(ref(x[i:i + 1].double()), y[i:i + 1]).item() for i in range(11)]
+    model.float().train()
+    worst = sorted(range(11), key=lambda i: -loss[i])[:3]
+
+    def picked(xs):  # rows of x by identity
+        return [next(i for i in range(11) if torch.equal(x[i], r)) for r in xs]
+    xs, ys = train.select_hard(model, x, y, 6, step=5, seed=0)
+    rows = picked(xs)
+    assert xs.shape == (6, 3, 2, 2) and torch.equal(ys, y[rows])
+    assert sorted(rows[:3]) == sorted(worst) and len(set(rows)) == 6
+    assert model.training and torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
+    assert picked(train.select_hard(model, x, y, 6, step=5, seed=0)[0]) == rows
+    rests = {tuple(sorted(picked(train.select_hard(model, x, y, 6, step=k, seed=0)[0])[3:])) for k in range(8)}
+    assert len(rests) > 1  # the random half moves from step to step
+    with pytest.raises(ValueError, match="hard_pool"):
+        train.select_hard(model, x[:6], y[:6], 6, step=0, seed=0)
+
+
+def test_full_phase_with_hard_pool_draws_the_pool_and_trains_on_a_batch(tmp_path, monkeypatch):
+    """--hard-pool N: the full phase draws N images a step and trains on --batch of them; the small
+    phase ignores it; a pool no larger than the batch is refused by name."""
+    import dataclasses
+    from iared_edge.demo import train
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
+    drawn, trained = [], []
+    real = train.select_hard
+    monkeypatch.setattr(train, "select_hard", lambda m, x, y, b, step, seed, amp=None:
+                        drawn.append(x.shape[0]) or real(m, x, y, b, step, seed, amp))
+    real_loss = train.distillation_loss
+    monkeypatch.setattr(train, "distillation_loss", lambda lg, y, p, s: trained.append(lg.shape[0]) or real_loss(lg, y, p, s))
+    s = train.Schedule(batch=2, small_steps=1, full_steps=2, small_black=0, small_fade=1, warmup=1,
+                       amp="none", hard_pool=3)
+    (tmp_path / "small").mkdir()
+    train.train_backbone(str(tmp_path / "small"), "small", s)
+    assert drawn == [] and trained == [2]
+    (tmp_path / "full").mkdir()
+    train.train_backbone(str(tmp_path / "full"), "full", s)
+    assert drawn == [3, 3] and trained == [2, 2, 2]
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ValueError, match="--hard-pool"):
+        train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, hard_pool=2))

@@ -979,57 +979,57 @@ def test_width_trains_a_wider_backbone_that_exports_and_teaches(tmp_path, monkey
         train.train_backbone(str(tmp_path / "narrow"), "small", dataclasses.replace(s, width=0), init=state)
 
 
-def test_select_hard_keeps_the_worst_half_and_a_reproducible_random_rest():
-    """--hard-pool's selection: the batch // 2 images with the highest cross-entropy (against a
-    float64 loop over the images one by one, eval mode), then others drawn at random, no image
-    twice, the same draw for the same step; BatchNorm statistics and the training mode untouched."""
-    from iared_edge.demo import train
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(12), torch.nn.Linear(12, 10))
-    model[1].running_mean.normal_()
-    model.train()
-    x, y = torch.randn(11, 3, 2, 2), torch.randint(0, 10, (11,))
-    stats = model[1].running_mean.clone(), model[1].running_var.clone()
-    ref = model.double().eval()
-    with torch.no_grad():
-        loss = [F.cross_entropy(ref(x[i:i + 1].double()), y[i:i + 1]).item() for i in range(11)]
-    model.float().train()
-    worst = sorted(range(11), key=lambda i: -loss[i])[:3]
-
-    def picked(xs):  # rows of x by identity
-        return [next(i for i in range(11) if torch.equal(x[i], r)) for r in xs]
-    xs, ys = train.select_hard(model, x, y, 6, step=5, seed=0)
-    rows = picked(xs)
-    assert xs.shape == (6, 3, 2, 2) and torch.equal(ys, y[rows])
-    assert sorted(rows[:3]) == sorted(worst) and len(set(rows)) == 6
-    assert model.training and torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
-    assert picked(train.select_hard(model, x, y, 6, step=5, seed=0)[0]) == rows
-    rests = {tuple(sorted(picked(train.select_hard(model, x, y, 6, step=k, seed=0)[0])[3:])) for k in range(8)}
-    assert len(rests) > 1  # the random half moves from step to step
-    with pytest.raises(ValueError, match="hard_pool"):
-        train.select_hard(model, x[:6], y[:6], 6, step=0, seed=0)
+def test_hard_replay_brings_back_the_worst_images_until_their_uses_run_out():
+    """HardReplay against a plain loop: after each step the `size` highest-loss images (fresh or
+    replayed) come back behind the next fresh images; an image comes back at most max_uses times;
+    its state round-trips (resume)."""
+    from iared_edge.demo.train import HardReplay
+    rep = HardReplay(2, max_uses=2)
+    x0, y0 = torch.arange(4.0).view(4, 1), torch.tensor([0, 1, 2, 3])
+    x, y, uses = rep.compose(x0, y0)
+    assert torch.equal(x, x0) and uses.tolist() == [0, 0, 0, 0]
+    rep.update(x, y, torch.tensor([0.1, 3.0, 0.2, 2.0]), uses)  # images 1 and 3 are the worst
+    x, y, uses = rep.compose(x0 + 10, y0)
+    assert x.flatten().tolist() == [10, 11, 12, 13, 1, 3] and y.tolist() == [0, 1, 2, 3, 1, 3]
+    assert uses.tolist() == [0, 0, 0, 0, 1, 1]
+    rep.update(x, y, torch.tensor([0.0, 0.0, 0.0, 0.5, 5.0, 0.1]), uses)  # 1 still worst, then 13
+    x, y, uses = rep.compose(x0 + 20, y0)
+    assert x.flatten().tolist()[4:] == [1, 13] and uses.tolist()[4:] == [2, 1]
+    restored = HardReplay(2, max_uses=2)
+    restored.load_state_dict(rep.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(restored.compose(x0, y0), rep.compose(x0, y0)))
+    rep.update(x, y, torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0, 0.2]), uses)  # 1 has come back twice: retired
+    x, _, uses = rep.compose(x0 + 30, y0)
+    assert x.flatten().tolist()[4:] == [13, 20] and uses.tolist()[4:] == [2, 1]  # ties: the first
+    empty = HardReplay(3, max_uses=1)
+    empty.update(x[:2], y0[:2], torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))  # all used up
+    assert empty.state_dict() == {} and torch.equal(empty.compose(x0, y0)[0], x0)
+    with pytest.raises(ValueError, match="max_uses"):
+        HardReplay(2, 0)
 
 
-def test_full_phase_with_hard_pool_draws_the_pool_and_trains_on_a_batch(tmp_path, monkeypatch):
-    """--hard-pool N: the full phase draws N images a step and trains on --batch of them; the small
-    phase ignores it; a pool no larger than the batch is refused by name."""
+def test_full_phase_with_hard_replay_trains_on_fresh_plus_replayed_and_resumes(tmp_path, monkeypatch):
+    """--hard-replay K: the full phase draws batch - K fresh images a step and trains on them plus
+    the K worst of the step before (the first step: the fresh ones only); the checkpoint keeps the
+    replay so a resumed run continues it; the small phase ignores it; K >= batch is refused."""
     import dataclasses
     from iared_edge.demo import train
     monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
-    drawn, trained = [], []
-    real = train.select_hard
-    monkeypatch.setattr(train, "select_hard", lambda m, x, y, b, step, seed, amp=None:
-                        drawn.append(x.shape[0]) or real(m, x, y, b, step, seed, amp))
+    trained = []
     real_loss = train.distillation_loss
     monkeypatch.setattr(train, "distillation_loss", lambda lg, y, p, s: trained.append(lg.shape[0]) or real_loss(lg, y, p, s))
-    s = train.Schedule(batch=2, small_steps=1, full_steps=2, small_black=0, small_fade=1, warmup=1,
-                       amp="none", hard_pool=3)
+    s = train.Schedule(batch=3, small_steps=1, full_steps=2, small_black=0, small_fade=1, warmup=1,
+                       amp="none", hard_replay=1)
     (tmp_path / "small").mkdir()
     train.train_backbone(str(tmp_path / "small"), "small", s)
-    assert drawn == [] and trained == [2]
+    assert trained == [3]
     (tmp_path / "full").mkdir()
     train.train_backbone(str(tmp_path / "full"), "full", s)
-    assert drawn == [3, 3] and trained == [2, 2, 2]
+    assert trained == [3, 2, 3]
+    state = torch.load(tmp_path / "full" / "full.pt", weights_only=True)
+    assert state["replay"]["x"].shape == (1, 3, 224, 224) and state["replay"]["uses"].tolist()[0] in (0, 1)
+    train.train_backbone(str(tmp_path / "full"), "full", dataclasses.replace(s, full_steps=3))  # resumed
+    assert trained == [3, 2, 3, 3]
     (tmp_path / "bad").mkdir()
-    with pytest.raises(ValueError, match="--hard-pool"):
-        train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, hard_pool=2))
+    with pytest.raises(ValueError, match="--hard-replay"):
+        train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, hard_replay=3))

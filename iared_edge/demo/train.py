@@ -92,11 +92,10 @@ class Schedule:
                                    # interpreter and fine-tune phases run on the CPU)
     workers: int = 0               # > 0: backbone batches drawn by this many processes (a GPU outruns one
                                    # CPU thread of the generator); the same images either way
-    hard_pool: int = 0             # > batch: the full phase draws this many images a step, scores them
-                                   # (no-grad forward, eval mode) and trains on the batch / 2 with the
-                                   # highest loss plus batch / 2 of the rest at random (hard-example
-                                   # mining, runs/demo28; 0: train on every drawn image). --data-offset
-                                   # then counts batches of hard_pool images
+    hard_replay: int = 0           # > 0: the full phase's batches are batch - hard_replay fresh images plus
+                                   # the hard_replay images of the step before read worst (HardReplay;
+                                   # runs/demo29 on); --data-offset then counts batches of the fresh images
+    replay_uses: int = 3           # how many times an image can come back before it is retired
 
 
 def amp_dtype(s: Schedule, device: str = "cpu") -> Optional[torch.dtype]:
@@ -191,25 +190,44 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Opt
     return (1 - w) * ce + w * T * T * kl
 
 
-@torch.no_grad()
-def select_hard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, step: int, seed: int,
-                amp: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Of a drawn pool `x`, `y` (more than `batch` images), the batch // 2 images the model (in eval
-    mode, so BatchNorm's statistics do not move) reads with the highest cross-entropy, then
-    batch - batch // 2 of the others drawn at random (reproducibly, by `step`): the errors sit in a
-    small share of hard images (faint ink on busy ground), which a uniform batch shows rarely."""
-    if x.shape[0] <= batch:
-        raise ValueError(f"hard_pool ({x.shape[0]}) must be larger than the batch ({batch})")
-    was_training = model.training
-    model.eval()
-    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        loss = F.cross_entropy(model(x).float(), y, reduction="none")
-    model.train(was_training)
-    order = torch.argsort(loss.cpu(), descending=True, stable=True)
-    hard, rest = order[:batch // 2], order[batch // 2:]
-    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, 11, step]).integers(2 ** 62)))
-    pick = torch.cat([hard, rest[torch.randperm(rest.numel(), generator=g)[:batch - batch // 2]]]).to(x.device)
-    return x[pick], y[pick]
+class HardReplay:
+    """Hard-example replay: each step's batch is fresh images plus the `size` images of the step
+    before with the highest loss (fresh or replayed), each coming back at most `max_uses` times.
+    The errors sit in a small share of hard images (faint ink on busy ground), a few per uniform
+    batch; this trains on them several times at no extra forward pass (the losses are the training
+    step's own). The cap retires images that stay wrong (some are unreadable)."""
+
+    def __init__(self, size: int, max_uses: int):
+        if size < 1 or max_uses < 1:
+            raise ValueError(f"hard replay needs size >= 1 and max_uses >= 1, got {size} and {max_uses}")
+        self.size, self.max_uses = size, max_uses
+        self.x = self.y = self.uses = None  # the images to replay next, their labels and past replays
+
+    def compose(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, labels, uses): the fresh `x`, `y` followed by the images to replay; `uses` counts
+        each image's replays including this one (0 for fresh images)."""
+        uses = torch.zeros(len(y), dtype=torch.long)
+        if self.x is None:
+            return x, y, uses
+        return (torch.cat([x, self.x.to(x.device, x.dtype)]), torch.cat([y, self.y.to(y.device)]),
+                torch.cat([uses, self.uses + 1]))
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, uses: torch.Tensor) -> None:
+        """After a step on (`x`, `y`, `uses` from `compose`) with per-image `loss`: keep the `size`
+        highest-loss images that have not yet come back `max_uses` times."""
+        loss = loss.detach().float().cpu().masked_fill(uses >= self.max_uses, float("-inf"))
+        order = torch.argsort(loss, descending=True, stable=True)[:self.size]
+        order = order[torch.isfinite(loss[order])]
+        if order.numel() == 0:
+            self.x = self.y = self.uses = None
+            return
+        self.x, self.y, self.uses = x[order.to(x.device)].detach().cpu(), y[order.to(y.device)].cpu(), uses[order]
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {} if self.x is None else {"x": self.x, "y": self.y, "uses": self.uses}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        self.x, self.y, self.uses = (state["x"], state["y"], state["uses"]) if state else (None, None, None)
 
 
 def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int):
@@ -381,25 +399,32 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             raise ValueError(f"--distill-weight must be in [0, 1] and --distill-temperature > 0, got "
                              f"{s.distill_weight} and {s.distill_temperature}")
         teachers = [t.to(device) for t in load_teachers(s.teacher)]
-    pool = s.hard_pool if phase == "full" else 0
-    if pool and pool <= s.batch:
-        raise ValueError(f"--hard-pool must be 0 or larger than --batch ({s.batch}), got {pool}")
+    replay = None
+    if s.hard_replay and phase == "full":
+        if not 0 < s.hard_replay < s.batch:
+            raise ValueError(f"--hard-replay must be 0 or in [1, --batch) ({s.batch}), got {s.hard_replay}")
+        replay = HardReplay(s.hard_replay, s.replay_uses)
+        if state is not None:
+            replay.load_state_dict(state.get("replay", {}))
     t0 = time.time()
     losses = []
-    for step, x, y in batches("train", start, pool or s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
-                              workers=s.workers, **generator_kwargs(s)):
+    for step, x, y in batches("train", start, s.batch - (replay.size if replay else 0), size, clutter_fn,
+                              s.seed, offset=s.data_offset, workers=s.workers, **generator_kwargs(s)):
         if step >= steps:
             break
+        if replay is not None:
+            x, y, uses = replay.compose(x, y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if pool:
-            x, y = select_hard(model, x, y, s.batch, step, s.seed, amp)
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = cur
         model.train()
         teacher_p = teacher_probabilities(teachers, x, s.distill_temperature, amp) if teachers else None
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = distillation_loss(model(x), y, teacher_p, s)
+            logits = model(x)
+            loss = distillation_loss(logits, y, teacher_p, s)
+        if replay is not None:
+            replay.update(x, y, F.cross_entropy(logits.detach().float(), y, reduction="none"), uses)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -420,7 +445,8 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         if done % 100 == 0 or done == steps:
             atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                "schedule": asdict(s),
-                               **({"ema": ema.module.state_dict()} if ema is not None else {})})
+                               **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                               **({"replay": replay.state_dict()} if replay is not None else {})})
     return handed_on
 
 

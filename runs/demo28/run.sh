@@ -1,3 +1,4 @@
+# STOPPED at step 50 (see RULE.md); --hard-pool no longer exists (replaced by --hard-replay, runs/demo29).
 #!/bin/bash
 # runs/demo28: runs/demo24 (shipped) continued as runs/demo24 continued runs/demo22 (averaged
 # weights, --ema-decay 0.998, bf16, lr 2e-4 cosine, its interpreters kept, the same photo weights),

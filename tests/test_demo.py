@@ -1004,7 +1004,7 @@ def test_hard_replay_brings_back_the_worst_images_until_their_uses_run_out():
     empty = HardReplay(3, max_uses=1)
     empty.update(x[:2], y0[:2], torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))  # all used up
     assert empty.state_dict() == {} and torch.equal(empty.compose(x0, y0)[0], x0)
-    with pytest.raises(ValueError, match="max_uses"):
+    with pytest.raises(ValueError, match="--replay-uses"):
         HardReplay(2, 0)
 
 

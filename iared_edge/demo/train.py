@@ -199,7 +199,8 @@ class HardReplay:
 
     def __init__(self, size: int, max_uses: int):
         if size < 1 or max_uses < 1:
-            raise ValueError(f"hard replay needs size >= 1 and max_uses >= 1, got {size} and {max_uses}")
+            raise ValueError(f"hard replay (--hard-replay, --replay-uses) needs size >= 1 and max_uses >= 1, "
+                             f"got {size} and {max_uses}")
         self.size, self.max_uses = size, max_uses
         self.x = self.y = self.uses = None  # the images to replay next, their labels and past replays
 

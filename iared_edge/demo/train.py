@@ -94,7 +94,8 @@ class Schedule:
                                    # CPU thread of the generator); the same images either way
     hard_replay: int = 0           # > 0: the full phase's batches are batch - hard_replay fresh images plus
                                    # the hard_replay images of the step before read worst (HardReplay;
-                                   # runs/demo29 on); --data-offset then counts batches of the fresh images
+                                   # tried in runs/demo29, not shipped); --data-offset then counts
+                                   # batches of the fresh images
     replay_uses: int = 3           # how many times an image can come back before it is retired
 
 

@@ -1033,3 +1033,53 @@ def test_full_phase_with_hard_replay_trains_on_fresh_plus_replayed_and_resumes(t
     (tmp_path / "bad").mkdir()
     with pytest.raises(ValueError, match="--hard-replay"):
         train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, hard_replay=3))
+
+
+def _load_benchmark(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(
+        os.path.dirname(__file__), "..", "benchmarks", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_seen_scenes_diagnosis_adds_held_out_photos_at_their_share(monkeypatch):
+    """benchmarks/demo_seen_scenes.py (runs/demo30): the named held-out photos join the train split
+    only, get `share` of the draws, and the training photos keep their relative weights."""
+    from iared_edge.demo import digits
+    seen = _load_benchmark("demo_seen_scenes")
+    train_photos = digits._background_names("train")
+    base = {p: float(i + 1) for i, p in enumerate(train_photos)}
+    w = seen.mixed_weights(train_photos, ["board", "smarties"], 0.4, base)
+    assert abs(sum(w.values()) - 1.0) < 1e-12
+    assert w["board"] == w["smarties"] == pytest.approx(0.2)
+    a, b = train_photos[0], train_photos[-1]
+    assert w[b] / w[a] == pytest.approx(base[b] / base[a])
+    with pytest.raises(ValueError, match="share"):
+        seen.mixed_weights(train_photos, ["board"], 1.0)
+    with pytest.raises(ValueError, match="no weight for training photos"):
+        seen.mixed_weights(train_photos, ["board"], 0.5, {a: 1.0})
+
+    monkeypatch.setattr(digits, "_background_names", seen.train_names_with(["board", "smarties"]))
+    assert digits._background_names("test") == list(digits.TEST_BACKGROUNDS)  # test untouched
+    gen = digits.DigitsInClutter("train", photo_weights=w)
+    assert set(gen.background_names) == set(train_photos) | {"board", "smarties"}
+    drawn = [gen.background_of(i) for i in range(3000)]
+    added = sum(p in ("board", "smarties") for p in drawn) / len(drawn)
+    assert abs(added - 0.4) < 4 * (0.4 * 0.6 / len(drawn)) ** 0.5  # binomial, 4 sigma
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--", "--out", "x"], "--photos"),
+    (["--photos", "board"], "usage"),
+    (["--photos", "graf1", "--", "--out", "x"], "held-out photos"),
+    (["--photos", "board", "--", "--out", "x", "--photo-weights", "w.json"], "--base-weights"),
+    (["--photos", "board", "--", "--out", "x", "--workers", "2"], "one process"),
+    (["--photos", "board", "--", "--phase", "full"], "--out"),
+])
+def test_seen_scenes_diagnosis_refuses_bad_arguments(argv, match, capsys):
+    seen = _load_benchmark("demo_seen_scenes")
+    with pytest.raises(SystemExit) as e:
+        seen.main(argv)
+    assert match in str(e.value) + capsys.readouterr().err

@@ -14,7 +14,9 @@ prints test / test accuracy by thirds of four measures of each image: the digit'
 box), the ink's contrast (mean difference between the ink and the ground around it, 0-255),
 the ground's busyness under the digit (standard deviation of the non-ink pixels in its box), and
 the photo crop's side as a share of the photo's shorter side (how far the scene is zoomed in). The
-ink mask is the same image drawn on black (clutter 0: same digit, same place).
+ink mask is the same image drawn on black (clutter 0: same digit, same place). `--against OTHER`
+also reads the test / test images with another model and compares the two image by image (paired
+difference, 95% interval, McNemar's exact test), on all of them and on the faintest third of ink.
 """
 import argparse
 from collections import defaultdict
@@ -26,6 +28,7 @@ import torch
 from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
 from iared_edge.demo.train import to_input
+from iared_edge.train.loop import paired_comparison
 
 
 def image_measures(gen, imgs, boxes):
@@ -107,6 +110,7 @@ def main():
                     "third of ink contrast to this image")
     ap.add_argument("--by-image", action="store_true", help="also test / test accuracy by digit height, "
                     "ink contrast, the ground's busyness and the photo crop's zoom (thirds)")
+    ap.add_argument("--against", default=None, help="another model: test / test compared image by image")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = resolve_model(args.model).float().eval()
@@ -138,6 +142,21 @@ def main():
         print(f"| {name} | {acc} | {photos} |", flush=True)
         if first and args.by_image:
             thirds = by_thirds(correct, measures)
+        if first and args.against:
+            other = resolve_model(args.against).float().eval()
+            faint = image_measures(g, imgs, boxes)["ink contrast"]
+            faint = faint < np.quantile(faint, 1 / 3)
+            other_correct = row(other, g, imgs, labels, boxes)[2]
+            paired = [(part, paired_comparison(correct[m], other_correct[m]))
+                      for part, m in [("all", np.ones(len(imgs), bool)), ("faintest third of ink", faint)]]
+    if args.against:
+        print(f"\n# test / test, {args.model} (A) against {args.against} (B), image by image")
+        print("| images | A | B | A - B [95% interval] | right by A only / B only | McNemar p |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for part, c in paired:
+            print(f"| {part} ({c['images']}) | {c['accuracy_a']:.1%} | {c['accuracy_b']:.1%} | "
+                  f"{100 * c['difference']:+.1f} points [{100 * c['ci95_low']:+.1f}, {100 * c['ci95_high']:+.1f}] | "
+                  f"{c['only_a_right']} / {c['only_b_right']} | {c['mcnemar_p']:.2g} |")
     if args.by_image:
         print("\n# test / test by thirds of each measure (range in brackets)")
         print("| measure | lowest third | middle third | highest third |")

@@ -132,7 +132,7 @@ def main():
         first = name == "test / test"
         imgs, labels, boxes = g.batch(range(args.images))
         grids = []
-        if first and (args.by_image or args.faint_grid):
+        if first and (args.by_image or args.faint_grid or args.against):
             measures = image_measures(g, imgs, boxes)
             ink = measures["ink contrast"]
             grids = [(args.faint_grid, ink < np.quantile(ink, 1 / 3))] if args.faint_grid else []
@@ -144,8 +144,7 @@ def main():
             thirds = by_thirds(correct, measures)
         if first and args.against:
             other = resolve_model(args.against).float().eval()
-            faint = image_measures(g, imgs, boxes)["ink contrast"]
-            faint = faint < np.quantile(faint, 1 / 3)
+            faint = ink < np.quantile(ink, 1 / 3)
             other_correct = row(other, g, imgs, labels, boxes)[2]
             paired = [(part, paired_comparison(correct[m], other_correct[m]))
                       for part, m in [("all", np.ones(len(imgs), bool)), ("faintest third of ink", faint)]]

@@ -69,8 +69,11 @@ def main(argv=None):
     if any(a.startswith("--workers") for a in train_args):
         raise SystemExit("--workers: this diagnosis runs in one process (see its docstring)")
     out = train_args[train_args.index("--out") + 1]
-    weights = mixed_weights(_ORIGINAL_NAMES("train"), photos, args.share,
-                            train.read_photo_weights(args.base_weights))
+    try:
+        weights = mixed_weights(_ORIGINAL_NAMES("train"), photos, args.share,
+                                train.read_photo_weights(args.base_weights))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "photo_weights_seen.json")
     with open(path, "w") as f:

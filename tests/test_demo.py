@@ -269,6 +269,31 @@ def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_p
         train.generator_kwargs(bad_s)
 
 
+def test_drop_path_and_label_smoothing_reach_the_backbone_phase(monkeypatch, tmp_path):
+    """--drop-path sets the backbone's stochastic depth (0.05 unless asked: what runs/demo to demo31
+    trained with); a value outside [0, 1) for it or --label-smoothing is refused by name."""
+    import timm
+    from iared_edge.demo import train
+    built = []
+    real = timm.create_model
+    class Built(Exception):
+        pass
+    def recording(name, **kwargs):
+        built.append(real(name, **kwargs))
+        raise Built
+    monkeypatch.setattr(timm, "create_model", recording)
+    for rate in (0.05, 0.0, 0.3):
+        with pytest.raises(Built):
+            train.train_backbone(str(tmp_path), "small", train.Schedule(drop_path=rate))
+    probs = [[float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in m.blocks] for m in built]
+    assert probs[0][-1] == pytest.approx(0.05) and probs[2][-1] == pytest.approx(0.3)
+    assert all(p == 0.0 for p in probs[1]) and probs[2][0] == 0.0
+    assert train.Schedule().drop_path == 0.05
+    for bad in (dict(drop_path=1.0), dict(drop_path=-0.1), dict(label_smoothing=1.2)):
+        with pytest.raises(ValueError, match="--drop-path and --label-smoothing"):
+            train.train_backbone(str(tmp_path), "small", train.Schedule(**bad))
+
+
 def test_min_contrast_draws_fainter_training_ink_only_when_asked():
     """--min-contrast: the training generator's digits are drawn with ink contrast down to it
     (measured on a flat grey ground: the ink's distance from the grey, against the same image

@@ -57,6 +57,8 @@ class Schedule:
     warmup: int = 100
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    drop_path: float = 0.05        # stochastic depth of the backbone phases (runs/demo32 tried 0: with
+                                   # fresh images every step there is nothing to overfit)
     interp_steps_per_stage: int = 150
     interp_lr: float = 1e-3
     interp_penalty: float = 1.0
@@ -362,7 +364,10 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
     torch.manual_seed(s.seed)
-    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=0.05, **width_kwargs(s.width),
+    if not (0.0 <= s.drop_path < 1.0) or not (0.0 <= s.label_smoothing < 1.0):
+        raise ValueError(f"--drop-path and --label-smoothing must be in [0, 1), got {s.drop_path} and "
+                         f"{s.label_smoothing}")
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=s.drop_path, **width_kwargs(s.width),
                               stem_blocks=s.stem_blocks,
                               stem_fine_blocks=s.stem_fine_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]

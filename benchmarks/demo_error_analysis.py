@@ -135,7 +135,8 @@ def main():
         if first and (args.by_image or args.faint_grid or args.against):
             measures = image_measures(g, imgs, boxes)
             ink = measures["ink contrast"]
-            grids = [(args.faint_grid, ink < np.quantile(ink, 1 / 3))] if args.faint_grid else []
+            faint = ink < np.quantile(ink, 1 / 3)
+            grids = [(args.faint_grid, faint)] if args.faint_grid else []
         if first and args.grid:
             grids.append((args.grid, None))
         acc, photos, correct = row(model, g, imgs, labels, boxes, grids=grids)
@@ -144,7 +145,6 @@ def main():
             thirds = by_thirds(correct, measures)
         if first and args.against:
             other = resolve_model(args.against).float().eval()
-            faint = ink < np.quantile(ink, 1 / 3)
             other_correct = row(other, g, imgs, labels, boxes)[2]
             paired = [(part, paired_comparison(correct[m], other_correct[m]))
                       for part, m in [("all", np.ones(len(imgs), bool)), ("faintest third of ink", faint)]]

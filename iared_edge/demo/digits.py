@@ -86,15 +86,21 @@ def _background_names(split: str) -> List[str]:
     return [n for n in names if n in held[split]]
 
 
+def ink_coverage(glyph: np.ndarray, matrix: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """`glyph` ([20, 20] ink in [0, 1]) warped by the 2x3 `matrix` onto an image of `shape` (h, w):
+    float32 [h, w], how much of each pixel is ink (the blend weight before the ink's contrast)."""
+    import cv2
+    h, w = shape
+    return np.clip(cv2.warpAffine(glyph, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0), 0.0, 1.0)
+
+
 def draw_digit(bg: np.ndarray, glyph: np.ndarray, matrix: np.ndarray, contrast: float,
                tint: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
     """Blend `glyph` ([20, 20] ink in [0, 1]) warped by the 2x3 `matrix` onto `bg` (float32 RGB).
     The ink contrasts with the ground under it: light (255 - tint) on dark, dark (tint) on light.
     Returns the float image and the ink's box (x0, y0, x1, y1), exclusive; the box is empty
     (0, 0, 0, 0) when the digit falls outside the image."""
-    import cv2
-    h, w = bg.shape[:2]
-    alpha = np.clip(cv2.warpAffine(glyph, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0), 0.0, 1.0)
+    alpha = ink_coverage(glyph, matrix, bg.shape[:2])
     mask = alpha > 0.2
     if not mask.any():
         return bg.copy(), (0, 0, 0, 0)
@@ -316,8 +322,10 @@ class DigitsInClutter:
         photo = self._choices(rng)[2]
         return self.background_names[photo], self._crop_share(rng)
 
-    def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
-        """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""
+    def sample(self, index: int, clutter: float = 1.0, with_ink: bool = False):
+        """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink);
+        `with_ink`: and a fourth item, the ink's coverage of each pixel (float32 [size, size] in
+        [0, 1], `ink_coverage`): where the pen strokes are, whatever the photo does around them."""
         import cv2
         if not 0.0 <= clutter <= 1.0:
             raise ValueError(f"clutter must be in [0, 1], got {clutter}")
@@ -345,15 +353,20 @@ class DigitsInClutter:
         img, box = draw_digit(bg, glyph, m, contrast, tint)
         img = img + rng.integers(-4, 5, bg.shape, dtype=np.int16)  # sensor-like noise
         img = np.clip(img, 0, 255).astype(np.uint8)
+        if with_ink:
+            return img, label, box, ink_coverage(glyph, m, bg.shape[:2])
         return img, label, box
 
-    def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None):
-        """(uint8 [B, size, size, 3], labels [B] int64, boxes [B, 4]) for `indices`, optionally resized."""
+    def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None,
+              ink_grid: Optional[int] = None):
+        """(uint8 [B, size, size, 3], labels [B] int64, boxes [B, 4]) for `indices`, optionally resized;
+        `ink_grid` = g: and a fourth item, float32 [B, g, g], the share of each cell of a g x g grid
+        over the image that is ink (`sample`'s coverage, area-averaged)."""
         import cv2
         clutters = [clutter] * len(indices) if np.isscalar(clutter) else list(clutter)
-        imgs, labels, boxes = [], [], []
+        imgs, labels, boxes, inks = [], [], [], []
         for i, cl in zip(indices, clutters):
-            img, y, box = self.sample(i, float(cl))
+            img, y, box, *ink = self.sample(i, float(cl), with_ink=ink_grid is not None)
             if size is not None and size != img.shape[0]:
                 s = size / img.shape[0]
                 img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
@@ -361,7 +374,10 @@ class DigitsInClutter:
             imgs.append(img)
             labels.append(y)
             boxes.append(box)
-        return np.stack(imgs), np.asarray(labels, np.int64), np.asarray(boxes, np.int64)
+            if ink:
+                inks.append(cv2.resize(ink[0], (ink_grid, ink_grid), interpolation=cv2.INTER_AREA))
+        out = np.stack(imgs), np.asarray(labels, np.int64), np.asarray(boxes, np.int64)
+        return out + (np.stack(inks),) if ink_grid is not None else out
 
 
 def write_dataset(root: str, sizes: Dict[str, int] = None, seed: int = 0, clutter: float = 1.0,

@@ -23,6 +23,7 @@ trains a wider backbone (such a teacher, free of the shipped model's 12 MB).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -99,6 +100,11 @@ class Schedule:
                                    # tried in runs/demo29, not shipped); --data-offset then counts
                                    # batches of the fresh images
     replay_uses: int = 3           # how many times an image can come back before it is retired
+    ink_weight: float = 0.0        # > 0: the full phase also learns where the pen strokes are: a 1x1
+                                   # convolution on the stem's 1/8-resolution features predicts each
+                                   # cell's share of ink (InkHead), this weight times its binary cross-
+                                   # entropy added to the loss; the head trains the stem, it is not part
+                                   # of the model and is not exported
 
 
 def amp_dtype(s: Schedule, device: str = "cpu") -> Optional[torch.dtype]:
@@ -193,6 +199,49 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Opt
     return (1 - w) * ce + w * T * T * kl
 
 
+class InkHead(nn.Module):
+    """--ink-weight: a 1x1 convolution reading the convolutional stem's 1/8-resolution features
+    (the input of its last convolution, after any stem blocks) and predicting, per cell, the share
+    of it that is ink. A linear read-out, so the stem itself must learn to tell pen strokes from
+    the photo's own edges. Training only: the shipped model never carries it."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        stem = backbone.patch_embed.proj
+        last = list(stem.children())[getattr(stem, "_layers", 0) - 1] if hasattr(stem, "_layers") else None
+        if not isinstance(last, nn.Conv2d):
+            raise ValueError("--ink-weight needs iared_digits_tiny's convolutional stem")
+        self.conv = nn.Conv2d(last.in_channels, 1, 1)
+        self._read = [last]  # a list: not a submodule (its weights are the backbone's, not the head's)
+        self.features: Optional[torch.Tensor] = None
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Keep the stem's features of the forward run inside it (a hook only while inside, so no
+        copy of the backbone, its moving average included, carries one)."""
+        def keep(module, args):
+            self.features = args[0]
+        handle = self._read[0].register_forward_pre_hook(keep)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def loss(self, ink: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy (soft targets) of the prediction from the features `reading` kept
+        against `ink` [B, g, g], the share of each cell that is ink, g the features' grid."""
+        if self.features is None or self.features.shape[-2:] != ink.shape[-2:]:
+            got = None if self.features is None else tuple(self.features.shape[-2:])
+            raise ValueError(f"ink targets of grid {tuple(ink.shape[-2:])} for stem features of grid {got}")
+        logits = self.conv(self.features.float()).squeeze(1)
+        self.features = None
+        return F.binary_cross_entropy_with_logits(logits, ink.float())
+
+
+INK_HEAD_LR = 10.0  # the ink head's learning rate as a multiple of the phase's: it starts from nothing
+                    # on a trained stem, and a slow read-out would steer the stem by noise for long
+
+
 class HardReplay:
     """Hard-example replay: each step's batch is fresh images plus the `size` images of the step
     before with the highest loss (fresh or replayed), each coming back at most `max_uses` times.
@@ -234,13 +283,15 @@ class HardReplay:
         self.x, self.y, self.uses = (state["x"], state["y"], state["uses"]) if state else (None, None, None)
 
 
-def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int):
-    """Batch `k` of `gen`'s split at `clutter`: (images uint8 [B, H, W, 3], labels). A quarter of
-    it gets a random lighter clutter, so the easy case is never forgotten."""
+def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int,
+               ink_grid: Optional[int] = None):
+    """Batch `k` of `gen`'s split at `clutter`: (images uint8 [B, H, W, 3], labels), and with
+    `ink_grid` the ink's share of each grid cell (`DigitsInClutter.batch`). A quarter of it gets a
+    random lighter clutter, so the easy case is never forgotten."""
     rng = np.random.default_rng([seed, 7, k])
     cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, clutter, batch), clutter)
-    imgs, labels, _ = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size)
-    return imgs, labels
+    imgs, labels, _, *ink = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size, ink_grid=ink_grid)
+    return (imgs, labels, *ink)
 
 
 _WORKER_GENERATOR: Optional[DigitsInClutter] = None  # each batch process's own generator
@@ -252,21 +303,28 @@ def _start_batch_worker(split: str, seed: int, generator: Dict) -> None:
     _WORKER_GENERATOR = DigitsInClutter(split, seed=seed, **generator)
 
 
-def _worker_batch(k: int, batch: int, size: int, clutter: float, seed: int):
-    return draw_batch(_WORKER_GENERATOR, k, batch, size, clutter, seed)
+def _worker_batch(k: int, batch: int, size: int, clutter: float, seed: int, ink_grid: Optional[int]):
+    return draw_batch(_WORKER_GENERATOR, k, batch, size, clutter, seed, ink_grid)
+
+
+def _as_tensors(step: int, drawn) -> Tuple:
+    imgs, labels, *ink = drawn
+    return (step, to_input(imgs), torch.from_numpy(labels), *(torch.from_numpy(i) for i in ink))
 
 
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3, offset: int = 0, workers: int = 0,
-            **generator) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+            prefetch: int = 3, offset: int = 0, workers: int = 0, ink_grid: Optional[int] = None,
+            **generator) -> Iterator[Tuple]:
     """(step, images, labels) from `start` on, generated on a background thread (`workers` > 0:
     in that many processes, the same batches). Batch `step` holds images k*batch .. (k+1)*batch-1
     of the split, k = step + offset, so a resumed run sees the same data (`draw_batch`).
+    `ink_grid` = g: (step, images, labels, ink [B, g, g]), the ink's share of each cell.
     `generator`: DigitsInClutter's keywords (`generator_kwargs`)."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers:
-        yield from _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator)
+        yield from _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers,
+                                    generator, ink_grid)
         return
     gen = DigitsInClutter(split, seed=seed, **generator)
     q: "queue.Queue" = queue.Queue(prefetch)
@@ -276,8 +334,8 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         step = start
         try:
             while not stop.is_set():
-                imgs, labels = draw_batch(gen, step + offset, batch, size, clutter_fn(step), seed)
-                q.put((step, to_input(imgs), torch.from_numpy(labels)))
+                q.put(_as_tensors(step, draw_batch(gen, step + offset, batch, size, clutter_fn(step), seed,
+                                                   ink_grid)))
                 step += 1
         except BaseException as exc:  # hand it to the consumer instead of leaving it waiting
             q.put(exc)
@@ -300,7 +358,7 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         t.join()
 
 
-def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator):
+def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator, ink_grid):
     """`batches` drawn by a pool of processes, in step order, `workers + prefetch` in flight."""
     import collections
     import multiprocessing
@@ -310,18 +368,18 @@ def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offs
         next_step = start
         for _ in range(workers + prefetch):
             pending.append((next_step, pool.apply_async(
-                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
+                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed, ink_grid))))
             next_step += 1
         while True:
             step, result = pending.popleft()
             try:
-                imgs, labels = result.get()
+                drawn = result.get()
             except Exception as exc:
                 raise RuntimeError(f"data generation failed: {exc}") from exc
             pending.append((next_step, pool.apply_async(
-                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
+                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed, ink_grid))))
             next_step += 1
-            yield step, to_input(imgs), torch.from_numpy(labels)
+            yield _as_tensors(step, drawn)
 
 
 def fixed_set(split: str, n: int, size: int, seed: int, clutter: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -374,15 +432,30 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    ink_head = None
+    if s.ink_weight < 0:
+        raise ValueError(f"--ink-weight must be >= 0, got {s.ink_weight}")
+    if s.ink_weight > 0 and phase == "full":
+        if s.hard_replay:
+            raise ValueError("--ink-weight and --hard-replay do not combine (the replay keeps no ink targets)")
+        ink_head = InkHead(model)
+        opt.add_param_group({"params": list(ink_head.parameters()), "weight_decay": 0.0, "lr": lr * INK_HEAD_LR})
     start, state = 0, None
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if ("ink_head" in state) != (ink_head is not None):
+            raise ValueError(f"{ckpt} was trained {'with' if 'ink_head' in state else 'without'} --ink-weight: "
+                             f"resume it {'with' if 'ink_head' in state else 'without'}, or start a new --out")
         model.load_state_dict(state["model"])
+        if ink_head is not None:
+            ink_head.load_state_dict(state["ink_head"])
         start = int(state["step"])
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
         load_backbone_init(model, resize_pos_embed(init, model.patch_embed.grid_size[0]))
     model.to(device)  # before the optimizer's state is loaded: it follows its parameters' device
+    if ink_head is not None:
+        ink_head.to(device)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
     ema = None
@@ -414,9 +487,11 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         if state is not None:
             replay.load_state_dict(state.get("replay", {}))
     t0 = time.time()
-    losses = []
-    for step, x, y in batches("train", start, s.batch - (replay.size if replay else 0), size, clutter_fn,
-                              s.seed, offset=s.data_offset, workers=s.workers, **generator_kwargs(s)):
+    losses, ink_losses = [], []
+    ink_grid = model.patch_embed.grid_size[0] * 2 if ink_head is not None else None  # the stem's 1/8 grid
+    for step, x, y, *ink in batches("train", start, s.batch - (replay.size if replay else 0), size, clutter_fn,
+                                    s.seed, offset=s.data_offset, workers=s.workers, ink_grid=ink_grid,
+                                    **generator_kwargs(s)):
         if step >= steps:
             break
         if replay is not None:
@@ -425,15 +500,23 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = cur
+        if ink_head is not None:
+            opt.param_groups[-1]["lr"] = cur * INK_HEAD_LR
         model.train()
         teacher_p = teacher_probabilities(teachers, x, s.distill_temperature, amp) if teachers else None
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None), \
+                (ink_head.reading() if ink_head is not None else contextlib.nullcontext()):
             logits = model(x)
             loss = distillation_loss(logits, y, teacher_p, s)
+        total = loss
+        if ink_head is not None:
+            ink_loss = ink_head.loss(ink[0].to(device, non_blocking=True))
+            ink_losses.append(ink_loss.item())
+            total = loss + s.ink_weight * ink_loss
         if replay is not None:
             replay.update(x, y, F.cross_entropy(logits.detach().float(), y, reduction="none"), uses)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if ema is not None:
@@ -443,16 +526,19 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         if done % 50 == 0 or done == steps:
             rec = {"phase": phase, "step": done, "loss": float(np.mean(losses)), "lr": cur,
                    "clutter": clutter_fn(step), "s_per_step": (time.time() - t0) / len(losses)}
+            if ink_losses:  # not in `loss`, the classification loss as every run logs it
+                rec["ink_loss"] = float(np.mean(ink_losses))
             if done % 250 == 0 or done == steps:
                 rec["val_acc"] = accuracy(model, val_x, val_y, amp=amp)
                 if ema is not None:
                     rec["val_acc_ema"] = accuracy(ema.module, val_x, val_y, amp=amp)
             _log(out, rec)
-            losses, t0 = [], time.time()
+            losses, ink_losses, t0 = [], [], time.time()
         if done % 100 == 0 or done == steps:
             atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                "schedule": asdict(s),
                                **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                               **({"ink_head": ink_head.state_dict()} if ink_head is not None else {}),
                                **({"replay": replay.state_dict()} if replay is not None else {})})
     return handed_on
 

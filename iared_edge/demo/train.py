@@ -212,6 +212,8 @@ class InkHead(nn.Module):
         if not isinstance(last, nn.Conv2d):
             raise ValueError("--ink-weight needs iared_digits_tiny's convolutional stem")
         self.conv = nn.Conv2d(last.in_channels, 1, 1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.constant_(self.conv.bias, math.log(INK_PRIOR / (1 - INK_PRIOR)))
         self._read = [last]  # a list: not a submodule (its weights are the backbone's, not the head's)
         self.features: Optional[torch.Tensor] = None
 
@@ -238,8 +240,12 @@ class InkHead(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, ink.float())
 
 
-INK_HEAD_LR = 10.0  # the ink head's learning rate as a multiple of the phase's: it starts from nothing
-                    # on a trained stem, and a slow read-out would steer the stem by noise for long
+INK_HEAD_LR = 50.0  # the ink head's learning rate as a multiple of the phase's (1e-2 at 2e-4): it
+                    # starts from nothing on a trained stem, and a slow read-out steers the stem by
+                    # noise (at 10x, 50 steps left its loss near the start's)
+INK_PRIOR = 0.03    # the head starts predicting this share of ink everywhere (training images: 2.8%
+                    # of the 1/8 cells' area is ink, 10% of the cells touch some), so its first
+                    # gradients are about where the ink is, not about the overall level
 
 
 class HardReplay:

@@ -1108,3 +1108,120 @@ def test_seen_scenes_diagnosis_refuses_bad_arguments(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         seen.main(argv)
     assert match in str(e.value) + capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_ink_coverage_is_the_ink_the_image_shows(split):
+    """`with_ink`: on a black background the brightness of every pixel is its ink coverage times the
+    ink's contrast (0.7-1) and colour (175-255), give or take the sensor noise; the box is where
+    the coverage passes 0.2; asking for the coverage changes no image. `batch(ink_grid=g)`: each
+    cell's value is the mean coverage of its pixels (a block mean), and the same images."""
+    gen = DigitsInClutter(split, seed=2)
+    for i in range(20):
+        img, label, box, cov = gen.sample(i, clutter=0.0, with_ink=True)
+        plain = gen.sample(i, clutter=0.0)
+        assert np.array_equal(img, plain[0]) and label == plain[1] and box == plain[2]
+        assert cov.shape == (224, 224) and cov.dtype == np.float32 and 0 <= cov.min() and cov.max() <= 1
+        v = img.max(2).astype(float)
+        assert (v <= cov * 255 + 5).all() and (v >= cov * 0.7 * 175 - 5).all()
+        ys, xs = np.nonzero(cov > 0.2)
+        assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    imgs, labels, boxes, grid = gen.batch(range(6), size=112, ink_grid=28)
+    ref_imgs, ref_labels, ref_boxes = gen.batch(range(6), size=112)
+    assert np.array_equal(imgs, ref_imgs) and np.array_equal(labels, ref_labels) and np.array_equal(boxes, ref_boxes)
+    for i in range(6):
+        cov = gen.sample(i, with_ink=True)[3].astype(np.float64)
+        blocks = cov.reshape(28, 8, 28, 8).mean(axis=(1, 3))
+        assert grid.shape == (6, 28, 28) and np.allclose(grid[i], blocks, atol=1e-5)
+
+
+def test_ink_head_loss_against_float64_reference():
+    """InkHead: binary cross-entropy of a 1x1 read-out of the stem's 1/8-resolution features (the
+    input of its last convolution, after the stem blocks), computed in float64 by running the
+    stem's layers one by one; the hook lives only inside `reading()`; the read-out starts at the
+    ink prior everywhere; a target grid that is not the features' is refused by name."""
+    import math
+    import timm
+    from iared_edge.demo.train import INK_PRIOR, InkHead
+    torch.manual_seed(0)
+    vit = timm.create_model("iared_digits_tiny", stem_blocks=1).train()
+    head = InkHead(vit)
+    stem = vit.patch_embed.proj
+    assert sum(p.numel() for p in head.parameters()) == 97          # 96 weights and a bias: not the stem's
+    assert torch.allclose(head.conv.bias, torch.tensor([math.log(INK_PRIOR / (1 - INK_PRIOR))]))
+    with torch.no_grad():
+        head.conv.weight.normal_(0, 0.3)
+        stem.blocks[0].body[-1].weight.normal_()   # a stem block that is not the identity: read after it
+    x = torch.randn(2, 3, 224, 224)
+    target = torch.rand(2, 28, 28)
+    with head.reading():
+        vit(x)
+    assert all(not m._forward_pre_hooks for m in vit.modules())
+    loss = head.loss(target)
+
+    ref = vit.double().eval()  # BatchNorm: the batch statistics training used, recomputed in float64
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.train()
+    h = x.double()
+    with torch.no_grad():
+        for layer in list(stem.children())[:stem._layers - 1]:
+            h = layer(h)
+        h = stem.blocks(h)
+        z = (h * head.conv.weight.double().view(1, -1, 1, 1)).sum(1) + head.conv.bias.double()
+        t = target.double()
+        expected = -(t * torch.log(torch.sigmoid(z)) + (1 - t) * torch.log(1 - torch.sigmoid(z))).mean()
+    assert abs(loss.item() - expected.item()) < 1e-4
+    with pytest.raises(ValueError, match="ink targets of grid"):
+        head.loss(target)                                          # nothing kept since
+    vit.float()
+    with head.reading():
+        vit(x)
+    with pytest.raises(ValueError, match=r"grid \(14, 14\)"):
+        head.loss(torch.rand(2, 14, 14))
+
+
+def test_full_phase_with_ink_weight_trains_the_read_out_and_resumes(tmp_path, monkeypatch):
+    """--ink-weight: the full phase adds the ink loss (logged apart from the classification loss),
+    trains the read-out (checkpointed, resumed), and refuses to resume without it, or with it a
+    checkpoint trained without; the small phase ignores it; bad values and --hard-replay are refused."""
+    import dataclasses
+    from iared_edge.demo import train
+    monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
+    seen = []
+    real = train.InkHead.loss
+    monkeypatch.setattr(train.InkHead, "loss", lambda self, ink: seen.append(tuple(ink.shape)) or real(self, ink))
+    s = train.Schedule(batch=2, small_steps=1, full_steps=2, small_black=0, small_fade=1, warmup=1,
+                       amp="none", stem_blocks=1, ink_weight=0.5)
+    (tmp_path / "small").mkdir()
+    train.train_backbone(str(tmp_path / "small"), "small", s)
+    assert seen == [] and "ink_head" not in torch.load(tmp_path / "small" / "small.pt", weights_only=True)
+    out = tmp_path / "full"
+    out.mkdir()
+    train.train_backbone(str(out), "full", s)
+    assert seen == [(2, 28, 28)] * 2
+    state = torch.load(out / "full.pt", weights_only=True)
+    assert state["ink_head"]["conv.weight"].abs().sum() > 0            # moved from its zero start
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert log[-1]["step"] == 2 and "ink_loss" in log[-1] and "loss" in log[-1]
+    train.train_backbone(str(out), "full", dataclasses.replace(s, full_steps=3))   # resumed
+    assert len(seen) == 3 and torch.load(out / "full.pt", weights_only=True)["step"] == 3
+    with pytest.raises(ValueError, match="with --ink-weight"):
+        train.train_backbone(str(out), "full", dataclasses.replace(s, full_steps=4, ink_weight=0.0))
+    plain = _plain_full(tmp_path, s)
+    with pytest.raises(ValueError, match="without --ink-weight"):
+        train.train_backbone(str(plain), "full", dataclasses.replace(s, full_steps=2))
+    for bad, match in [(dict(ink_weight=-1.0), "--ink-weight"), (dict(hard_replay=1), "--hard-replay")]:
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match=match):
+            train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, **bad))
+
+
+def _plain_full(tmp_path, s):
+    """A full-phase checkpoint trained without --ink-weight (one step)."""
+    import dataclasses
+    from iared_edge.demo import train
+    out = tmp_path / "plain"
+    out.mkdir()
+    train.train_backbone(str(out), "full", dataclasses.replace(s, full_steps=1, ink_weight=0.0))
+    return out

@@ -1179,6 +1179,8 @@ def test_ink_head_loss_against_float64_reference():
         vit(x)
     with pytest.raises(ValueError, match=r"grid \(14, 14\)"):
         head.loss(torch.rand(2, 14, 14))
+    with pytest.raises(ValueError, match="convolutional stem"):
+        InkHead(timm.create_model("vit_tiny_patch16_224", num_classes=10))   # timm's linear patch embedding
 
 
 def test_full_phase_with_ink_weight_trains_the_read_out_and_resumes(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ..devices import autocast_dtype
 from ..train.loop import atomic_save
 from .digits import CLASSES, Composition, DigitsInClutter
-from .model import EMBED_DIM
+from .model import EMBED_DIM, ConvStem
 
 MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
 
@@ -208,9 +208,9 @@ class InkHead(nn.Module):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         stem = backbone.patch_embed.proj
-        last = list(stem.children())[getattr(stem, "_layers", 0) - 1] if hasattr(stem, "_layers") else None
-        if not isinstance(last, nn.Conv2d):
+        if not isinstance(stem, ConvStem):
             raise ValueError("--ink-weight needs iared_digits_tiny's convolutional stem")
+        last = list(stem.children())[stem._layers - 1]  # the conv from 1/8 resolution to the tokens
         self.conv = nn.Conv2d(last.in_channels, 1, 1)
         nn.init.zeros_(self.conv.weight)
         nn.init.constant_(self.conv.bias, math.log(INK_PRIOR / (1 - INK_PRIOR)))

@@ -1204,26 +1204,20 @@ def test_full_phase_with_ink_weight_trains_the_read_out_and_resumes(tmp_path, mo
     assert seen == [(2, 28, 28)] * 2
     state = torch.load(out / "full.pt", weights_only=True)
     assert state["ink_head"]["conv.weight"].abs().sum() > 0            # moved from its zero start
+    groups = state["optimizer"]["param_groups"]                         # the read-out at INK_HEAD_LR x
+    assert groups[-1]["lr"] == pytest.approx(train.INK_HEAD_LR * groups[0]["lr"]) and groups[0]["lr"] > 0
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert log[-1]["step"] == 2 and "ink_loss" in log[-1] and "loss" in log[-1]
     train.train_backbone(str(out), "full", dataclasses.replace(s, full_steps=3))   # resumed
     assert len(seen) == 3 and torch.load(out / "full.pt", weights_only=True)["step"] == 3
     with pytest.raises(ValueError, match="with --ink-weight"):
         train.train_backbone(str(out), "full", dataclasses.replace(s, full_steps=4, ink_weight=0.0))
-    plain = _plain_full(tmp_path, s)
+    plain = tmp_path / "plain"                                          # a checkpoint trained without
+    plain.mkdir()
+    train.train_backbone(str(plain), "full", dataclasses.replace(s, full_steps=1, ink_weight=0.0))
     with pytest.raises(ValueError, match="without --ink-weight"):
         train.train_backbone(str(plain), "full", dataclasses.replace(s, full_steps=2))
     for bad, match in [(dict(ink_weight=-1.0), "--ink-weight"), (dict(hard_replay=1), "--hard-replay")]:
         (tmp_path / "bad").mkdir(exist_ok=True)
         with pytest.raises(ValueError, match=match):
             train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, **bad))
-
-
-def _plain_full(tmp_path, s):
-    """A full-phase checkpoint trained without --ink-weight (one step)."""
-    import dataclasses
-    from iared_edge.demo import train
-    out = tmp_path / "plain"
-    out.mkdir()
-    train.train_backbone(str(out), "full", dataclasses.replace(s, full_steps=1, ink_weight=0.0))
-    return out

@@ -15,7 +15,7 @@ from typing import Dict
 
 import numpy as np
 
-from .digits import ASSETS, DigitsInClutter, draw_digit
+from .digits import ASSETS, DigitsInClutter, draw_digit, ink_coverage
 
 DEMO_CLIP = os.path.join(ASSETS, "street_digits.mp4")
 
@@ -52,7 +52,7 @@ def make_clip(video: str, out: str = DEMO_CLIP, frames: int = 150, size: int = 3
         centre = start + velocity * (t - per_digit / 2)
         m = cv2.getRotationMatrix2D((10.0, 10.0), spin * t / per_digit, height / 16.0)
         m[:, 2] = centre - m[:, :2] @ np.array([10.0, 10.0])
-        img, box = draw_digit(bg, glyph, m, contrast, tint)
+        img, box = draw_digit(bg, ink_coverage(glyph, m, bg.shape[:2]), contrast, tint)
         writer.write(cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
         records.append({"frame": f, "label": label, "box": list(box)})
     cap.release()

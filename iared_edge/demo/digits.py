@@ -94,13 +94,12 @@ def ink_coverage(glyph: np.ndarray, matrix: np.ndarray, shape: Tuple[int, int]) 
     return np.clip(cv2.warpAffine(glyph, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0), 0.0, 1.0)
 
 
-def draw_digit(bg: np.ndarray, glyph: np.ndarray, matrix: np.ndarray, contrast: float,
+def draw_digit(bg: np.ndarray, alpha: np.ndarray, contrast: float,
                tint: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
-    """Blend `glyph` ([20, 20] ink in [0, 1]) warped by the 2x3 `matrix` onto `bg` (float32 RGB).
-    The ink contrasts with the ground under it: light (255 - tint) on dark, dark (tint) on light.
-    Returns the float image and the ink's box (x0, y0, x1, y1), exclusive; the box is empty
-    (0, 0, 0, 0) when the digit falls outside the image."""
-    alpha = ink_coverage(glyph, matrix, bg.shape[:2])
+    """Blend ink of coverage `alpha` (`ink_coverage`: float32 [h, w] in [0, 1]) onto `bg` (float32
+    RGB [h, w, 3]). The ink contrasts with the ground under it: light (255 - tint) on dark, dark
+    (tint) on light. Returns the float image and the ink's box (x0, y0, x1, y1), exclusive; the box
+    is empty (0, 0, 0, 0) when the digit falls outside the image."""
     mask = alpha > 0.2
     if not mask.any():
         return bg.copy(), (0, 0, 0, 0)
@@ -350,12 +349,11 @@ class DigitsInClutter:
         m[:, 2] += shift
         contrast = rng.uniform(c.min_contrast, 1.0)
         tint = rng.uniform(0.0, 80.0, 3).astype(np.float32)
-        img, box = draw_digit(bg, glyph, m, contrast, tint)
+        alpha = ink_coverage(glyph, m, bg.shape[:2])
+        img, box = draw_digit(bg, alpha, contrast, tint)
         img = img + rng.integers(-4, 5, bg.shape, dtype=np.int16)  # sensor-like noise
         img = np.clip(img, 0, 255).astype(np.uint8)
-        if with_ink:
-            return img, label, box, ink_coverage(glyph, m, bg.shape[:2])
-        return img, label, box
+        return (img, label, box, alpha) if with_ink else (img, label, box)
 
     def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None,
               ink_grid: Optional[int] = None):

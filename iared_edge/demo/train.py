@@ -445,7 +445,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         if s.hard_replay:
             raise ValueError("--ink-weight and --hard-replay do not combine (the replay keeps no ink targets)")
         ink_head = InkHead(model)
-        opt.add_param_group({"params": list(ink_head.parameters()), "weight_decay": 0.0, "lr": lr * INK_HEAD_LR})
+        opt.add_param_group({"params": list(ink_head.parameters()), "weight_decay": 0.0, "lr_scale": INK_HEAD_LR})
     start, state = 0, None
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -505,9 +505,7 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = cur
-        if ink_head is not None:
-            opt.param_groups[-1]["lr"] = cur * INK_HEAD_LR
+            g["lr"] = cur * g.get("lr_scale", 1.0)
         model.train()
         teacher_p = teacher_probabilities(teachers, x, s.distill_temperature, amp) if teachers else None
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None), \

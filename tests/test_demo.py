@@ -1221,3 +1221,23 @@ def test_full_phase_with_ink_weight_trains_the_read_out_and_resumes(tmp_path, mo
         (tmp_path / "bad").mkdir(exist_ok=True)
         with pytest.raises(ValueError, match=match):
             train.train_backbone(str(tmp_path / "bad"), "full", dataclasses.replace(s, **bad))
+
+
+def test_crop_reader_crops_the_ink_box_centred_with_its_margin():
+    """benchmarks/demo_crop_reader.py: the crop is the square of `margin` times the box's longer
+    side around the box's centre (checked on a white box drawn on black), edge-padded off the image."""
+    cr = _load_benchmark("demo_crop_reader")
+    img = np.zeros((224, 224, 3), np.uint8)
+    img[60:140, 50:90] = 255                      # box (50, 60, 90, 140): 40 wide, 80 tall
+    c = cr.crop_box(img, (50, 60, 90, 140), 48)  # a 100 px square around (70, 100), 0.48 px per px
+    assert c.shape == (48, 48, 3) and c.dtype == np.uint8
+    ys, xs = np.nonzero(c[..., 0] > 127)
+    assert abs(ys.mean() - 23.5) < 1 and abs(xs.mean() - 23.5) < 1   # centred
+    assert abs((ys.max() - ys.min() + 1) - 80 * 0.48) <= 1.5          # the box, scaled by 48 / 100
+    assert abs((xs.max() - xs.min() + 1) - 40 * 0.48) <= 1.5
+    corner = np.zeros((224, 224, 3), np.uint8)
+    corner[:40, :40] = 255                        # a box at the corner: the square leaves the image
+    c = cr.crop_box(corner, (0, 0, 40, 40), 48)   # 50 px around (20, 20): 5 px off on two sides
+    assert c.shape == (48, 48, 3)
+    assert (c[:20, :20] == 255).all()             # replicated edge, not black
+    assert (c[-3:, -3:] == 0).all()

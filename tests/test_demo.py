@@ -1241,3 +1241,32 @@ def test_crop_reader_crops_the_ink_box_centred_with_its_margin():
     assert c.shape == (48, 48, 3)
     assert (c[:20, :20] == 255).all()             # replicated edge, not black
     assert (c[-3:, -3:] == 0).all()
+
+
+def test_box_tokens_are_the_patches_over_the_grown_box():
+    """benchmarks/demo_box_tokens.py: the kept patches are exactly those a naive loop finds
+    overlapping the box grown by `dilate` patches, clipped to the grid."""
+    bt = _load_benchmark("demo_box_tokens")
+    rng = np.random.default_rng(0)
+    boxes = []
+    for _ in range(40):
+        x0, y0 = (int(v) for v in rng.integers(0, 200, 2))
+        boxes.append((x0, y0, min(224, x0 + int(rng.integers(1, 120))), min(224, y0 + int(rng.integers(1, 120)))))
+    boxes.append((0, 0, 224, 224))
+    boxes.append((16, 16, 32, 32))                    # exactly one patch
+    for d in (0, 1, 2):
+        got = bt.box_tokens(boxes, d)
+        assert got.shape == (len(boxes), 196) and got.dtype == torch.bool
+        for b, (x0, y0, x1, y1) in enumerate(boxes):
+            want = torch.zeros(14, 14, dtype=torch.bool)
+            for r in range(14):
+                for c in range(14):
+                    # patch (r, c) covers pixels [16c, 16c + 16) x [16r, 16r + 16); grown box:
+                    gx0, gy0, gx1, gy1 = x0 - 16 * d, y0 - 16 * d, x1 + 16 * d, y1 + 16 * d
+                    want[r, c] = bool(16 * c < gx1 and gx0 < 16 * c + 16 and 16 * r < gy1 and gy0 < 16 * r + 16)
+            assert torch.equal(got[b], want.flatten()), (boxes[b], d)
+    assert bt.box_tokens([(16, 16, 32, 32)], 0).sum() == 1
+    with pytest.raises(ValueError, match="dilate"):
+        bt.box_tokens(boxes, -1)
+    with pytest.raises(ValueError, match="boxes"):
+        bt.box_tokens([(1, 2, 3)], 0)

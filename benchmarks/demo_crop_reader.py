@@ -16,7 +16,7 @@ demo_error_analysis.py).
 If this reader, trained for minutes, reads the test crops far above 97%, the digits are legible
 and the 12 MB ViT's shortfall is in learning to find and read them in busy scenes; if it stays
 near the ViT, the test split itself caps what a CPU-trained reader gets. Writes result.md (and a
-cache of the drawn training crops, crops.npz, and the reader's weights) under --out.
+cache of the drawn training crops and the reader's weights) under --out.
 """
 import argparse
 import os
@@ -144,8 +144,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     torch.manual_seed(a.seed)
     t0 = time.time()
-    cache = os.path.join(a.out, "crops.npz")
-    if os.path.isfile(cache) and np.load(cache)["train_x"].shape[0] == a.train_images:
+    cache = os.path.join(a.out, f"crops_{a.train_images}_{a.size}px.npz")  # reused by a rerun
+    if os.path.isfile(cache):
         z = np.load(cache)
         tx, ty = z["train_x"], z["train_y"]
     else:
@@ -169,7 +169,7 @@ def main():
         loss.backward()
         opt.step()
         sched.step()
-        if step % 250 == 0 or step == a.steps:
+        if step % 250 == 0 or step == a.steps:  # progress only: nothing is chosen on it
             xt, yt = evals["test"]
             acc = (read(model, to_tensor(xt)) == torch.from_numpy(yt)).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, test crops {acc:.1%} "

@@ -11,7 +11,7 @@ re-coloured, training writers, runs/demo24's photo weights). It then reads the s
 validation images, and compares image by image with a demo model reading the whole images with
 every token (policy "all"): which of the model's errors are digits a reader that is told where
 the digit is reads right, and how both do on the faintest third of ink (contrast measured as in
-demo_error_analysis.py).
+demo_error_analysis.py, whose helpers it calls).
 
 If this reader, trained for minutes, reads the test crops far above 97%, the digits are legible
 and the 12 MB ViT's shortfall is in learning to find and read them in busy scenes; if it stays
@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from iared_edge.checkpoint import resolve_model
 from iared_edge.demo.digits import DigitsInClutter
-from iared_edge.demo.train import read_photo_weights, to_input
+from iared_edge.demo.train import read_photo_weights
 from iared_edge.train.loop import paired_comparison
 
 PHOTO_WEIGHTS = "runs/demo24/photo_weights.json"
@@ -61,14 +61,15 @@ def _init(split, weights):
     _GEN = DigitsInClutter(split, seed=0, photo_weights=weights)
 
 
+def crops_of(imgs, boxes, size: int) -> np.ndarray:
+    """`crop_box` of every image [B, size, size, 3]."""
+    return np.stack([crop_box(img, box, size) for img, box in zip(imgs, boxes)])
+
+
 def _draw(args):
     indices, size = args
-    out, labels = [], []
-    for i in indices:
-        img, y, box = _GEN.sample(i)
-        out.append(crop_box(img, box, size))
-        labels.append(y)
-    return np.stack(out), np.asarray(labels, np.int64)
+    imgs, labels, boxes = _GEN.batch(indices)
+    return crops_of(imgs, boxes, size), labels
 
 
 def draw_crops(split, indices, size, weights=None, workers=2):
@@ -116,19 +117,6 @@ def read(model, x, bs=500):
     return torch.cat([model(x[k:k + bs]) for k in range(0, len(x), bs)]).argmax(1)
 
 
-def ink_contrast(split, n):
-    """Per image, the mean grey difference between the ink and the ground just around it."""
-    gen = DigitsInClutter(split, seed=0)
-    out = []
-    for i in range(n):
-        img = gen.sample(i)[0]
-        ink = gen.sample(i, clutter=0.0)[0].max(2) > 60
-        grey = img.astype(np.float32).mean(2)
-        near = cv2.dilate(ink.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~ink
-        out.append(abs(grey[ink].mean() - grey[near].mean()) if ink.any() and near.any() else 0.0)
-    return np.array(out)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-images", type=int, default=60000)
@@ -153,7 +141,12 @@ def main():
         tx, ty = draw_crops("train", list(range(TRAIN_OFFSET, TRAIN_OFFSET + a.train_images)), a.size, weights)
         np.savez(cache, train_x=tx, train_y=ty)
     print(f"{len(tx)} training crops in {time.time() - t0:.0f} s", flush=True)
-    evals = {s: draw_crops(s, list(range(a.eval_images)), a.size) for s in ("test", "val")}
+    # Each evaluation split drawn once: the crop reader reads its crops, the ViT its whole images.
+    evals = {}
+    for s in ("test", "val"):
+        gen = DigitsInClutter(s, seed=0)
+        imgs, labels, boxes = gen.batch(range(a.eval_images))
+        evals[s] = (crops_of(imgs, boxes, a.size), labels, (gen, imgs, boxes))
 
     model = CropReader()
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
@@ -170,24 +163,23 @@ def main():
         opt.step()
         sched.step()
         if step % 250 == 0 or step == a.steps:  # progress only: nothing is chosen on it
-            xt, yt = evals["test"]
+            xt, yt, _ = evals["test"]
             acc = (read(model, to_tensor(xt)) == torch.from_numpy(yt)).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, test crops {acc:.1%} "
                   f"({time.time() - t1:.0f} s)", flush=True)
 
     rows = []
     results = {}
-    for s, (x, y) in evals.items():
+    for s, (x, y, _) in evals.items():
         results[s] = (read(model, to_tensor(x)) == torch.from_numpy(y)).numpy()
         rows.append(f"| {s} crops (box given) | {results[s].mean():.1%} |")
-    vit = resolve_model(a.against).eval()
-    imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(a.eval_images))
-    with torch.no_grad():
-        x = to_input(imgs)
-        pred = torch.cat([vit(x[k:k + 50], policy="all").logits.argmax(1) for k in range(0, len(x), 50)])
-    vit_ok = (pred == torch.from_numpy(labels)).numpy()
+    # A sibling script's helpers (importable when this one runs from benchmarks/): the ViT's
+    # per-image correctness with every token, and the ink contrast as its error analysis measures it.
+    from demo_error_analysis import image_measures, row
+    _, labels, (gen, imgs, boxes) = evals["test"]
+    vit_ok = row(resolve_model(a.against).eval(), gen, imgs, labels, boxes)[2]
     crop_ok = results["test"]
-    faint = ink_contrast("test", a.eval_images)
+    faint = image_measures(gen, imgs, boxes)["ink contrast"]
     third = faint <= np.quantile(faint, 1 / 3)
     pc = paired_comparison(crop_ok, vit_ok)
     report = [

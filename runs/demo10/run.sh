@@ -1,8 +1,0 @@
-#!/bin/bash
-set -e
-cd /work/main
-A="--out runs/demo10 --data-offset 13000 --small-steps 3000 --small-black 0 --small-fade 1 --lr 4e-4 --warmup 50 --full-steps 1200 --full-lr 2e-4 --interp-steps-per-stage 120 --interp-penalty 4 --finetune-steps 200 --finetune-lr 5e-5"
-.venv/bin/python -m iared_edge.demo.train $A --phase full --init-backbone runs/demo9/iared_digits_tiny.safetensors --init-interpreters demo
-.venv/bin/python -m iared_edge.demo.train $A --phase finetune
-.venv/bin/python -m iared_edge.demo.train $A --phase export --export-to runs/demo10/iared_digits_tiny.safetensors
-echo DONE

@@ -1,5 +1,5 @@
 # Quick start:  make demo   (install, then run the demo: the bundled model on the bundled street clip)
-#               make test   (install, then the whole test suite: C++ ctest and pytest)
+#               make test   (install, then ruff, the C++ tests (ctest) and pytest)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.7;9.0
 export MAX_JOBS ?= 2
 SOURCES := setup.py $(wildcard csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu python/*.cpp)
 
-.PHONY: install demo test ctest pytest clean
+.PHONY: install demo test lint ctest pytest clean
 
 install: $(VENV)/.built
 
@@ -30,6 +30,10 @@ demo: install
 	mkdir -p out
 	$(BIN)/python samples/webcam_explain.py --source demo --headless --output out/demo.mp4
 
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 ctest:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build build/cmake -j2 > /dev/null
@@ -38,7 +42,7 @@ ctest:
 pytest: install
 	$(BIN)/python -m pytest -q tests
 
-test: install ctest pytest
+test: install lint ctest pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info iared_edge/_C*.so iared_edge/_build_info.py out

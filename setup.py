@@ -8,7 +8,7 @@ TORCH_CUDA_ARCH_LIST overrides. What was built is printed and recorded in iared_
 import os
 import subprocess
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 DEFAULT_ARCHS = ["7.2", "8.0", "8.6", "8.7", "8.9", "9.0"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,17 +65,5 @@ print(f"iared-edge: building {built}", flush=True)
 with open(os.path.join(HERE, "iared_edge", "_build_info.py"), "w") as f:
     f.write(f'"""Written by setup.py."""\nBUILT = {built!r}\n')
 
-setup(
-    name="iared-edge",
-    version="0.1.0",
-    description="IA-RED² Vision Transformers for the edge: fewer tokens, built-in explanations",
-    packages=find_packages(include=["iared_edge", "iared_edge.*"]),
-    package_data={"iared_edge": ["assets/*", "assets/demo/*", "assets/demo/backgrounds/*"]},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.1", "timm>=1.0", "safetensors>=0.4", "numpy", "pillow"],
-    extras_require={"video": ["opencv-python-headless"], "test": ["pytest", "hypothesis", "opencv-python-headless"]},
-    entry_points={"console_scripts": ["iared-edge=iared_edge.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+# Metadata, dependencies and the console script are in pyproject.toml; this adds the extension.
+setup(ext_modules=ext_modules, cmdclass=cmdclass, zip_safe=False)

@@ -1,8 +1,8 @@
-"""The latency-budget controller against the best fixed keep ratio, under a competing CPU load.
+"""The latency-budget controller against the best fixed keep level, under a competing CPU load.
 
 Frames of real street footage (tests/data/vtest_short.avi, cycled) go to a Runtime with the
 controller, then, in a second pass over the same frames under the same load schedule, to one at the
-best fixed keep ratio that met the budget before the load. (One pass each rather than alternating
+best fixed keep level that met the budget before the load. (One pass each rather than alternating
 frames: a two-thread forward leaves OpenMP workers spinning, which delays the next frame of the
 other runtime when the cores are contended, an interaction a camera app with one runtime does not
 have.) The budget lies between the latencies of the lowest and highest keep level. From frame
@@ -14,7 +14,7 @@ read the controller's keep after / before, how fast and how jittery the machine 
 
 One load, as above, compares one stretch of frames before it with one after it, and on a VM whose
 speed drifts by more than 10% within a minute with no load at all (docs/benchmarks.md, run 17)
-that ratio measures the drift as much as the controller. `--cycles K --segment S` repeats the
+that level measures the drift as much as the controller. `--cycles K --segment S` repeats the
 load K times instead: S quiet frames, then K times (S loaded frames, 2S quiet frames), the last
 quiet stretch S long. "Before" is the S frames right before each load, "after" the S frames
 right after it, "during" the loads, each pooled over the K cycles, so drift in either direction
@@ -98,7 +98,7 @@ def main():
         ctrl_rt = Runtime(model, budget_ms=budget)
     if args.quantile is not None:
         ctrl_rt.controller.quantile = args.quantile
-    fixed_rt = Runtime(model, policy="ratio", ratio=fixed)
+    fixed_rt = Runtime(model, policy="level", level=fixed)
     rows = {"controller": [], "fixed": []}
     state = []  # the controller's view after each frame: margin, quiet reading, load estimate
     for name, rt in (("controller", ctrl_rt), ("fixed", fixed_rt)):
@@ -126,7 +126,7 @@ def main():
         with open(args.dump, "w") as f:
             json.dump({"budget_ms": budget, "load": list(loads[0]), "loads": [list(l) for l in loads],
                        **rows, "controller_state": state}, f)
-    print("\n| runtime | phase | deadline hit rate | mean keep level (ρ) | mean patch tokens kept | median latency ms | frames on 1 thread |")
+    print("\n| runtime | phase | deadline hit rate | mean keep ratio (level) | mean patch tokens kept | median latency ms | frames on 1 thread |")
     print("|---|---|---|---|---|---|---|")
     summary = {}
     for name, data in rows.items():

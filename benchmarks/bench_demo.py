@@ -5,7 +5,7 @@ The timing is `iared-edge bench`'s (`iared_edge.bench.compare_speed`): for each 
 repeat times the plain backbone (model.vit, timm's own forward) and the IA-RED² model on the same
 batch back to back, so load changes hit both. Prints medians, the speed-up, the FLOPs bound it is
 judged against (plain FLOPs / IA-RED² FLOPs from the real token counts, interpreters included) and
-their ratio, plus top-1 of both on the images used (this script knows the labels).
+their level, plus top-1 of both on the images used (this script knows the labels).
 
     .venv/bin/python benchmarks/bench_demo.py [--images 64] [--repeats 5] [--threads 2]
 """

@@ -6,7 +6,7 @@
 Per model, policy and batch size: the PyTorch packed forward (float32), ONNX Runtime's float32
 graph and its int8 graph (`export_onnx(..., int8=True)`, or `export_onnx_threshold` for policy
 "threshold", whose graph takes one image per run: a batch runs image by image), each batch timed
-in the three back to back (medians). A level is policy "ratio" at that keep level; "threshold"
+in the three back to back (medians). A level is policy "level" at that keep level; "threshold"
 is the model's own thresholds (each image keeps its own tokens; the mean per stage is shown). The bound int8 is judged against: the quantized GEMMs'
 share f of the graph's FLOPs at that keep level, at most 4x faster each (VNNI's int8 dot product
 does four multiply-adds per 32-bit lane where an FMA does one), so at most 1 / ((1 - f) + f / 4)
@@ -91,10 +91,10 @@ def main():
                 for k in paths:
                     export_onnx_threshold(model, paths[k], int8=k == "int8")
             else:
-                kwargs = {"policy": "ratio", "ratio": model.stage_ratios(float(level))}
-                counts = keep_counts_for(model, kwargs["ratio"])
+                kwargs = {"policy": "level", "level": model.stage_levels(float(level))}
+                counts = keep_counts_for(model, kwargs["level"])
                 for k in paths:
-                    export_onnx(model, paths[k], kwargs["ratio"], int8=k == "int8")
+                    export_onnx(model, paths[k], kwargs["level"], int8=k == "int8")
             sess = {k: timing_session(p, args.threads) for k, p in paths.items()}
 
             def ort_run(k, x, heatmaps=False):  # logits (and heatmaps); the threshold graph takes one image per run

@@ -1,6 +1,6 @@
-"""DeiT-S packed inference at policy "ratio" against timm's own DeiT-S, side by side in one run.
+"""DeiT-S packed inference at policy "level" against timm's own DeiT-S, side by side in one run.
 
-Prints, per batch size and keep ratio, the median latencies, the speedup over timm and the exact
+Prints, per batch size and keep level, the median latencies, the speedup over timm and the exact
 FLOPs-ratio bound (timm FLOPs / ours, counted with the real token counts, attention's quadratic
 term and the interpreters included), and speedup / bound. Runs with the compiled ops and with the
 pure-PyTorch reference ops to show the extension's end-to-end effect, and the effective
@@ -43,7 +43,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--ratios", default="1.0,0.7,0.5")
+    ap.add_argument("--levels", default="1.0,0.7,0.5")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,19 +55,19 @@ def main():
         f"{args.threads} threads, {platform.processor() or platform.machine()}"
     print(f"# {args.model}, torch {torch.__version__}, {where}, "
           f"median of {args.repeats}; ops backend {ops.backend(device.type)}")
-    print("| batch | keep ρ | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | timm at these counts ms | speedup (_C) | FLOPs bound | speedup / bound | ours / floor | GFLOP/s timm / ours |")
+    print("| batch | keep level | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | timm at these counts ms | speedup (_C) | FLOPs bound | speedup / bound | ours / floor | GFLOP/s timm / ours |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     full_flops = model.flops().item()
-    ratios = [float(r) for r in args.ratios.split(",")]
+    levels = [float(r) for r in args.levels.split(",")]
     for B in [int(b) for b in args.batches.split(",")]:
         x = torch.randn(B, 3, 224, 224, device=device)
         with torch.inference_mode():  # the counts the floor runs on, and the FLOPs bound
-            outs = {rho: model(x, policy="ratio", ratio=rho) for rho in ratios}
+            outs = {level: model(x, policy="level", level=level) for level in levels}
         runs = {"timm": lambda: model.vit(x)}
-        for rho in ratios:
-            runs[("ours", rho)] = lambda rho=rho: model(x, policy="ratio", ratio=rho)
-            runs[("ref", rho)] = lambda rho=rho: model(x, policy="ratio", ratio=rho)
-            runs[("floor", rho)] = lambda c=outs[rho].kept_counts[0].tolist(): timm_at_counts(model, x, c)
+        for level in levels:
+            runs[("ours", level)] = lambda level=level: model(x, policy="level", level=level)
+            runs[("ref", level)] = lambda level=level: model(x, policy="level", level=level)
+            runs[("floor", level)] = lambda c=outs[level].kept_counts[0].tolist(): timm_at_counts(model, x, c)
         times = {k: [] for k in runs}
         with torch.inference_mode():
             for k, fn in runs.items():  # warm-up
@@ -78,13 +78,13 @@ def main():
                     times[k].append(timed_ms(fn, sync))
             ops.use_reference(False)
             t = statistics.median(times["timm"])
-            for rho in ratios:
-                out = outs[rho]
+            for level in levels:
+                out = outs[level]
                 bound = full_flops / out.flops[0].item()
-                o, r = statistics.median(times[("ours", rho)]), statistics.median(times[("ref", rho)])
-                f = statistics.median(times[("floor", rho)])
+                o, r = statistics.median(times[("ours", level)]), statistics.median(times[("ref", level)])
+                f = statistics.median(times[("floor", level)])
                 counts = "/".join(str(c) for c in out.kept_counts[0].tolist())
-                print(f"| {B} | {rho} | {counts} | {t:.1f} | {o:.1f} | {r:.1f} | {f:.1f} | {t / o:.2f}x | {bound:.2f}x | "
+                print(f"| {B} | {level} | {counts} | {t:.1f} | {o:.1f} | {r:.1f} | {f:.1f} | {t / o:.2f}x | {bound:.2f}x | "
                       f"{t / o / bound:.2f} | {o / f:.2f} | {B * full_flops / t / 1e6:.0f} / {out.flops.sum().item() / o / 1e6:.0f} |", flush=True)
 
 

@@ -29,15 +29,15 @@ def main():
     tmp = tempfile.mkdtemp()
     print(f"# {args.model}, {args.threads} threads, onnxruntime {ort.__version__} (CPU), torch {torch.__version__}; "
           f"medians of {args.repeats}, interleaved")
-    print("| batch | keep ρ | torch ms | onnxruntime ms | onnxruntime speedup | max |Δlogits| |")
+    print("| batch | keep level | torch ms | onnxruntime ms | onnxruntime speedup | max |Δlogits| |")
     print("|---|---|---|---|---|---|")
-    for rho in [float(v) for v in args.levels.split(",")]:
-        path = f"{tmp}/k{rho}.onnx"
-        export_onnx(model, path, rho)
+    for level in [float(v) for v in args.levels.split(",")]:
+        path = f"{tmp}/k{level}.onnx"
+        export_onnx(model, path, level)
         sess = timing_session(path, args.threads)
         for B in (1, 8):
             x = torch.randn(B, 3, 224, 224)
-            run_t = lambda: model(x, policy="ratio", ratio=rho)
+            run_t = lambda: model(x, policy="level", level=level)
             run_o = lambda: sess.run(None, {"images": x.numpy()})
             with torch.inference_mode():
                 diff = np.abs(run_o()[0] - run_t().logits.numpy()).max()
@@ -46,7 +46,7 @@ def main():
                     t0 = time.perf_counter(); run_t(); tt.append(time.perf_counter() - t0)
                     t0 = time.perf_counter(); run_o(); to.append(time.perf_counter() - t0)
             a, b = statistics.median(tt) * 1e3, statistics.median(to) * 1e3
-            print(f"| {B} | {rho} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
+            print(f"| {B} | {level} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

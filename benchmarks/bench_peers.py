@@ -14,7 +14,7 @@ merged. It is implemented here from the paper's algorithm (bipartite soft matchi
 over heads) on timm's own block modules (`tome_forward`); with r = 0 it is timm's forward, checked
 at start. It is not an SDK feature: a baseline for this comparison.
 
-IA-RED² runs as shipped (policy "threshold"), and with policy "ratio" at the keep level whose FLOPs
+IA-RED² runs as shipped (policy "threshold"), and with policy "level" at the keep level whose FLOPs
 match ToMe's most aggressive r, so accuracy and speed compare at equal FLOPs. The demo backbone was
 fine-tuned under IA-RED²'s dropping, not under merging: that favours IA-RED², and is said beside the
 table. FLOPs count every block's GEMMs and attention from the real token counts (ToMe's matching
@@ -176,11 +176,11 @@ def main():
         # IA-RED² at the keep level whose FLOPs match ToMe's largest r
         tome_max = peer_flops(model, tome_forward(model, x[:1], max(rs))[1], True)
         levels = [i / 100 for i in range(5, 101)]
-        level = min(levels, key=lambda rho: abs(model(x[:1], policy="ratio", ratio=model.stage_ratios(rho)).flops[0].item() - tome_max))
+        level = min(levels, key=lambda level: abs(model(x[:1], policy="level", level=model.stage_levels(level)).flops[0].item() - tome_max))
         variants = {"timm (every token)": lambda c: model.vit(c),
                     "IA-RED², threshold 0.5 (as shipped)": lambda c: model(c, policy="threshold"),
                     f"IA-RED², keep level {level:.2f} (ToMe r={max(rs)}'s FLOPs)":
-                        lambda c: model(c, policy="ratio", ratio=model.stage_ratios(level))}
+                        lambda c: model(c, policy="level", level=model.stage_levels(level))}
         for r in rs:
             variants[f"ToMe r={r}"] = lambda c, r=r: tome_forward(model, c, r)
         for rate in rates:

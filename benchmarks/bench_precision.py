@@ -5,7 +5,7 @@ one run: accuracy on held-out test images and latency of timm's plain forward an
 Accuracy: top-1 with every token and with "threshold", agreement of the top-1 with float32's,
 mean share of patch tokens kept. Latency: for each batch size, every repeat times all the
 variants on the same batch back to back (so load changes hit all of them); medians. Printed
-beside the ratios: the FLOPs bound of IA-RED² against the plain forward, and the bound of a
+beside the levels: the FLOPs bound of IA-RED² against the plain forward, and the bound of a
 precision against float32 where the CPU's instructions fix one (AVX512-BF16's dot product does
 two multiply-adds per float32 lane, so at most 2x; AMX has no such simple bound and is named).
 

@@ -1,7 +1,7 @@
 """The demo model's convolutional stem on channels-last input (what ConvStem does on a CPU) against
 the default NCHW layout, side by side in one run: the stem alone, the whole IA-RED² forward (policy
 "threshold") and timm's plain forward, at batch 1 and 8. Same weights, same images; prints the
-medians, the ratios and the largest output difference.
+medians, the levels and the largest output difference.
 
     .venv/bin/python benchmarks/bench_stem_layout.py [--repeats 21] [--threads 2]
 """

@@ -3,7 +3,7 @@
 bench_budget.py takes 5 minutes a pair on a quiet machine and its runs differ by as much as
 controller versions do, so comparing margin settings that way needs many runs. This replays the
 jitter those runs recorded instead: benchmarks/data/budget_traces/ holds the per-frame dumps
-(`--dump`) of runs 1-3, 5-7 and 13-16 of docs/benchmarks.md (controller and fixed ratio; latency ms,
+(`--dump`) of runs 1-3, 5-7 and 13-16 of docs/benchmarks.md (controller and fixed level; latency ms,
 patch tokens kept, keep level, threads). From the controller's quiet phases (before the load, and
 after it from 10 frames on) each frame's latency over the median of its neighbours run the same
 way (same level and threads, within 25 frames) gives a multiplicative jitter trace with the

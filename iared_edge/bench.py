@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-POLICIES = ("threshold", "ratio")
+POLICIES = ("threshold", "level")
 
 
 def device_name(device: torch.device, threads: Optional[int] = None) -> str:
@@ -114,7 +114,7 @@ def _rows(model, out, batches, timings, agree: float) -> List[Dict]:
 
 
 def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
-                  ratio: float = 0.7, repeats: int = 11) -> List[Dict]:
+                  level: float = 0.7, repeats: int = 11) -> List[Dict]:
     """Per batch size: the median ms per batch of the plain backbone and of IA-RED² over `repeats`
     passes of all `images` (split into batches; a last partial batch is left out), the speed-up,
     the FLOPs bound, patch tokens kept per stage and how often IA-RED²'s top-1 is the plain one's.
@@ -123,7 +123,7 @@ def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), 
     weight = next(model.parameters())
     images = images.to(weight.device, weight.dtype)
     sync = (lambda: torch.cuda.synchronize(weight.device)) if weight.device.type == "cuda" else None
-    kwargs = {"ratio": ratio} if policy == "ratio" else {}
+    kwargs = {"level": level} if policy == "level" else {}
     with torch.inference_mode():
         out = model(images, policy=policy, **kwargs)  # what each image keeps: the same in every batching
         agree = (out.logits.argmax(-1) == model.vit(images).argmax(-1)).float().mean().item()
@@ -133,11 +133,11 @@ def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), 
 
 
 def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
-                       ratio: float = 0.7, repeats: int = 11, int8: bool = False,
+                       level: float = 0.7, repeats: int = 11, int8: bool = False,
                        threads: Optional[int] = None) -> List[Dict]:
     """`compare_speed` with both sides as ONNX Runtime graphs on the CPU, float32 or `int8`: the
     plain backbone (`export_onnx_plain`) against IA-RED²'s threshold graph (one image per run, so
-    a batch is that many runs) or its ratio graph. Keeps and the FLOPs bound come from the
+    a batch is that many runs) or its level graph. Keeps and the FLOPs bound come from the
     PyTorch model's decisions (the float32 graphs make the same ones, tested); the top-1
     agreement is between the two graphs, and `top1_agreement_with_pytorch` is IA-RED²'s graph
     against the float32 PyTorch model (what int8 changes)."""
@@ -152,12 +152,12 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
     if weight.dtype != torch.float32 or weight.device.type != "cpu":  # the graphs are exported from float32
         model = copy.deepcopy(model).float().cpu()                      # on the CPU; never cast the caller's
     images = images.float().cpu()
-    kwargs = {"ratio": ratio} if policy == "ratio" else {}
+    kwargs = {"level": level} if policy == "level" else {}
     with tempfile.TemporaryDirectory(prefix="iared-bench-") as tmp:
         plain_path, ours_path = os.path.join(tmp, "plain.onnx"), os.path.join(tmp, "iared.onnx")
         export_onnx_plain(model, plain_path, int8=int8)
-        if policy == "ratio":
-            export_onnx(model, ours_path, ratio, int8=int8)
+        if policy == "level":
+            export_onnx(model, ours_path, level, int8=int8)
         else:
             export_onnx_threshold(model, ours_path, int8=int8)
         plain_session, ours_session = (timing_session(p, threads) for p in (plain_path, ours_path))
@@ -166,7 +166,7 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
         return plain_session.run(None, {"images": c.numpy()})[0]
 
     def ours(c):
-        if policy == "ratio":
+        if policy == "level":
             return ours_session.run(None, {"images": c.numpy()})[0]
         return np.concatenate([ours_session.run(None, {"images": c[i:i + 1].numpy()})[0] for i in range(len(c))])
 

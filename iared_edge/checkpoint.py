@@ -52,8 +52,9 @@ def save_model(model, path: str, dtype: Optional[torch.dtype] = None) -> None:
 def load_model(path: str, device: str | torch.device = "cpu"):
     """Rebuild an IARedViT saved by `save_model` ("demo": the bundled demo model). Weights come
     back as float32."""
-    from .model import IARedViT
     import timm
+
+    from .model import IARedViT, register_backbone
     if path == "demo":
         from .demo import DEMO_MODEL
         if not os.path.isfile(DEMO_MODEL):
@@ -68,6 +69,7 @@ def load_model(path: str, device: str | torch.device = "cpu"):
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, this version reads {FORMAT!r}")
     cfg = json.loads(meta[CONFIG_KEY])
+    register_backbone(cfg["timm_name"])
     try:
         vit = timm.create_model(cfg["timm_name"], pretrained=False, **cfg["timm_kwargs"])
     except Exception as exc:

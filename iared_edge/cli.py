@@ -59,7 +59,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     labels = model.class_names()
     mean, std, _ = model_normalization(model)
     mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    kwargs = {"ratio": args.ratio} if args.policy == "ratio" else {}
+    kwargs = {"level": args.level} if args.policy == "level" else {}
     full = model.flops()[0].item()
     skipped = []
     for first in range(0, len(paths), args.batch):  # a batch's images each keep their own tokens
@@ -78,12 +78,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             out = model(x, policy=args.policy, **kwargs)
         for i, (path, dest) in enumerate(chunk):
             top = out.logits[i].float().softmax(-1).topk(min(5, out.logits.shape[-1]))
-            ratios = ", ".join(f"{r:.0%}" for r in out.keep_ratio[i].tolist())
+            levels = ", ".join(f"{r:.0%}" for r in out.keep_ratio[i].tolist())
             flops = out.flops[i].item()
             print(f"{path}:")
             for p, c in zip(top.values.tolist(), top.indices.tolist()):
                 print(f"  {p:6.2%}  {labels[c]}")
-            print(f"  patch tokens kept per stage: {ratios}; FLOPs {flops / 1e9:.2f} G vs {full / 1e9:.2f} G "
+            print(f"  patch tokens kept per stage: {levels}; FLOPs {flops / 1e9:.2f} G vs {full / 1e9:.2f} G "
                   f"for the plain backbone ({full / flops:.2f}x fewer)")
             crop = ((x[i].float() * std + mean).clamp(0, 1) * 255).permute(1, 2, 0).byte().numpy()
             pic = overlay(crop, out.heatmap[i].float().numpy(), out.keep_masks[i, -1].view(model.grid_size).numpy())
@@ -176,7 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_onnx_counts, export_onnx_threshold, keep_counts_for
 
     if args.policy == "threshold" and args.keep_counts_input:
-        raise ValueError("--keep-counts-input is a form of the ratio graphs, not of --policy threshold")
+        raise ValueError("--keep-counts-input is a form of the level graphs, not of --policy threshold")
     model = resolve_model(args.model, args.checkpoint).eval()
     try:
         levels = [float(v) for v in args.keep_levels.split(",")]
@@ -194,17 +194,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.keep_counts_input:
         path = os.path.join(args.out_dir, f"keep_counts{suffix}.onnx")
         export_onnx_counts(model, path, opset=args.opset, int8=int8)
-        table = {f"{rho:.2f}": keep_counts_for(model, model.stage_ratios(rho)) for rho in levels}
+        table = {f"{level:.2f}": keep_counts_for(model, model.stage_levels(level)) for level in levels}
         with open(os.path.join(args.out_dir, "keep_levels.json"), "w") as f:
             json.dump(table, f, indent=1)
         print(f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch{weights}) and "
               f"keep_levels.json: " + ", ".join(f"{k} -> {v}" for k, v in table.items()))
         return 0
-    for rho in levels:
-        path = os.path.join(args.out_dir, f"keep{rho:.2f}{suffix}.onnx")
-        ratios = model.stage_ratios(rho)
-        export_onnx(model, path, ratios, opset=args.opset, int8=int8)
-        print(f"wrote {path} (keep level {rho}: policy ratio {', '.join(f'{r:.3f}' for r in ratios)} per stage, "
+    for level in levels:
+        path = os.path.join(args.out_dir, f"keep{level:.2f}{suffix}.onnx")
+        per_stage = model.stage_levels(level)
+        export_onnx(model, path, per_stage, opset=args.opset, int8=int8)
+        print(f"wrote {path} (keep level {level}: {', '.join(f'{r:.3f}' for r in per_stage)} per stage, "
               f"dynamic batch{weights})")
     return 0
 
@@ -280,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs_on = f"torch {torch.__version__}, ops backend {ops.backend(device.type)}"
     x, what = bench_images(model, args.count, args.images)
     print(f"model: {args.model}  device: {device_name(device)}  weights: {dtype}  {runs_on}")
-    print(f"policy: {args.policy}{f' {args.ratio}' if args.policy == 'ratio' else ''}  {args.count} images: "
+    print(f"policy: {args.policy}{f' {args.level}' if args.policy == 'level' else ''}  {args.count} images: "
           f"{what}; medians of {args.repeats} passes, plain and IA-RED² timed back to back"
           + ("; the thresholds' graph takes one image per run (a batch is that many runs)"
              if onnx and args.policy == "threshold" else ""))
@@ -288,10 +288,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"note: {args.model} has random weights (no --checkpoint): what its interpreters keep is not what "
               "trained ones keep; the timings of those token counts are real")
     if onnx:
-        rows = compare_speed_onnx(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats,
+        rows = compare_speed_onnx(model, x, batches, policy=args.policy, level=args.level, repeats=args.repeats,
                                   int8=dtype == "int8", threads=args.threads)
     else:
-        rows = compare_speed(model, x, batches, policy=args.policy, ratio=args.ratio, repeats=args.repeats)
+        rows = compare_speed(model, x, batches, policy=args.policy, level=args.level, repeats=args.repeats)
     print(markdown(rows))
     print(f"IA-RED²'s top-1 equals the plain backbone's on {rows[0]['top1_agreement']:.1%} of the images")
     if onnx:
@@ -305,7 +305,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "device": device_name(device), "weights": dtype, "torch": torch.__version__,
                        "backend": runs_on, "ops_backend": ops.backend(device.type), "policy": args.policy,
-                       "ratio": args.ratio if args.policy == "ratio" else None, "images": args.count,
+                       "level": args.level if args.policy == "level" else None, "images": args.count,
                        "repeats": args.repeats, "rows": rows}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
@@ -343,8 +343,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("images", nargs="*", help="image files or folders of them (default: a bundled photo)")
     p.add_argument("--model", default="deit_small_patch16_224", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="timm/DeiT weights for a timm name (.pth or .safetensors)")
-    p.add_argument("--policy", default="threshold", choices=["all", "threshold", "ratio"])
-    p.add_argument("--ratio", type=float, default=0.7, help='keep ratio per stage for --policy ratio')
+    p.add_argument("--policy", default="threshold", choices=["all", "threshold", "level"])
+    p.add_argument("--level", type=float, default=0.7, help='keep level for --policy level')
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="weights to run (auto: bf16 on a CPU with bf16 instructions, else fp32); default: as loaded")
     p.add_argument("--out", default=None, help="the heatmap PNG (default heatmap.png); for several images "
@@ -385,15 +385,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="autocast dtype; auto: bf16 on a GPU or a CPU with bf16 instructions, else none")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("export", help="export ONNX graphs: policy ratio (one file per keep level, or one with the counts "
+    e = sub.add_parser("export", help="export ONNX graphs: policy level (one file per keep level, or one with the counts "
                        "as input) or policy threshold (one image per run)")
     e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     e.add_argument("--format", choices=["onnx"], default="onnx")
-    e.add_argument("--policy", choices=["ratio", "threshold"], default="ratio",
-                   help="ratio: graphs of fixed keep levels (dynamic batch); threshold: one graph in which each "
+    e.add_argument("--policy", choices=["level", "threshold"], default="level",
+                   help="level: graphs of fixed keep levels (dynamic batch); threshold: one graph in which each "
                         "image keeps its own tokens (the model's thresholds; one image per run)")
-    e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep ratios (policy ratio)")
+    e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep levels (policy level)")
     e.add_argument("--out-dir", default="export")
     e.add_argument("--keep-counts-input", action="store_true",
                    help="one graph whose per-stage keep counts are an input (TensorRT >= 10), instead of one file per level")
@@ -433,12 +433,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "the demo model, else a bundled photo); what the interpreters keep depends on them")
     b.add_argument("--count", type=int, default=32, help="images per pass (cycled if the folder has fewer)")
     b.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    b.add_argument("--policy", default="threshold", choices=["threshold", "ratio"])
-    b.add_argument("--ratio", type=float, default=0.7, help="keep ratio per stage for --policy ratio")
+    b.add_argument("--policy", default="threshold", choices=["threshold", "level"])
+    b.add_argument("--level", type=float, default=0.7, help="keep level for --policy level")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     b.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="torch, or onnxruntime: both sides as ONNX Runtime graphs on the CPU (the plain backbone's "
-                        "graph against the thresholds' graph, one image per run, or the --policy ratio graph)")
+                        "graph against the thresholds' graph, one image per run, or the --policy level graph)")
     b.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
                    help="weights to run (auto: fp16 on a GPU, bf16 on a CPU with bf16 instructions, else fp32); "
                    "int8 with --backend onnxruntime; default: as loaded (onnxruntime: fp32)")

@@ -26,7 +26,7 @@ from . import ops
 from .interpreter import Interpreter
 from .packed import Packed, packed_block
 
-POLICIES = ("all", "threshold", "ratio", "sample", "given")
+POLICIES = ("all", "threshold", "level", "sample", "given")
 EXECUTIONS = ("packed", "masked")
 PerStage = Union[float, Sequence[float]]
 
@@ -133,6 +133,16 @@ def scaled_keep_targets(keep: float, current: Sequence[float]) -> List[float]:
     return [min(1.0, hi * c) for c in cur]
 
 
+DEMO_BACKBONES = ("iared_digits_tiny",)
+
+
+def register_backbone(name: str) -> None:
+    """Register the demo backbone with timm when `name` asks for it: the core never imports
+    `iared_edge.demo` otherwise."""
+    if name in DEMO_BACKBONES:
+        from .demo import model as _demo_model  # noqa: F401  (registers with timm on import)
+
+
 def check_timm_name(name: str) -> None:
     """Raise a ValueError naming `name` (and the closest timm names) unless timm knows it; names with
     a source prefix (``hf-hub:``, ``local-dir:``) are left to timm."""
@@ -140,6 +150,7 @@ def check_timm_name(name: str) -> None:
     import timm
     from timm.models import parse_model_name
     source, arch = parse_model_name(name)
+    register_backbone(arch)
     if source is not None or timm.is_model(arch):
         return
     close = difflib.get_close_matches(arch, timm.list_models(), n=3)
@@ -268,13 +279,13 @@ class IARedViT(nn.Module):
         return self.vit.forward_head(self.vit.norm(prefix))
 
     def forward(self, images: torch.Tensor, policy: Union[str, Sequence[str]] = "threshold", execution: str = "packed",
-                thresholds: Optional[PerStage] = None, ratio: Optional[PerStage] = None,
+                thresholds: Optional[PerStage] = None, level: Optional[PerStage] = None,
                 decisions: Optional[Sequence[torch.Tensor]] = None) -> IARedOutput:
         """Run the network.
 
         policy: "all" (drop nothing), "threshold" (keep p > t; `thresholds` per stage, default the
-        model's), "ratio" (keep the top ceil(rho * n) surviving patches per stage; `ratio` one value
-        or per stage), "sample" (Bernoulli(p) decisions with log-probabilities, for REINFORCE),
+        model's), "level" (keep the top ceil(l * n) surviving patches at each stage: `level` one
+        keep level, spread over the stages by `stage_levels`, or one l per stage), "sample" (Bernoulli(p) decisions with log-probabilities, for REINFORCE),
         "given" (`decisions`: per stage a [B, N] bool tensor in patch-grid order; a token dropped
         earlier stays dropped). One policy, or one per stage (a curriculum trains stage 1 with
         ("sample", "all", "all")). execution: "packed" (inference) or "masked" (training).
@@ -284,6 +295,8 @@ class IARedViT(nn.Module):
         """
         S = self.num_stages
         policies = [policy] * S if isinstance(policy, str) else list(policy)
+        if "ratio" in policies:
+            raise ValueError('policy "ratio" is now called "level" (with level= for the keep level)')
         if len(policies) != S or not all(p in POLICIES for p in policies):
             raise ValueError(f"policy must be one of {POLICIES}, or one of them per stage ({S}), got {policy!r}")
         if execution not in EXECUTIONS:
@@ -294,13 +307,15 @@ class IARedViT(nn.Module):
         if "threshold" in policies:
             t = _per_stage(self.thresholds if thresholds is None else thresholds, S, "thresholds")
             params = [t[s] if p == "threshold" else params[s] for s, p in enumerate(policies)]
-        if "ratio" in policies:
-            if ratio is None:
-                raise ValueError('policy "ratio" needs ratio= (one value or one per stage)')
-            r = _per_stage(ratio, S, "ratio")
+        if "level" in policies:
+            if level is None:
+                raise ValueError('policy "level" needs level= (one value or one per stage)')
+            # one keep level: the per-stage levels it means for this model (its keep profile, if any)
+            r = (self.stage_levels(level) if isinstance(level, (int, float)) and not isinstance(level, bool)
+                 else _per_stage(level, S, "level"))
             if not all(0.0 <= v <= 1.0 for v in r):
-                raise ValueError(f"ratio must be in [0, 1], got {r}")
-            params = [r[s] if p == "ratio" else params[s] for s, p in enumerate(policies)]
+                raise ValueError(f"level must be in [0, 1], got {r}")
+            params = [r[s] if p == "level" else params[s] for s, p in enumerate(policies)]
         if "given" in policies:
             if decisions is None or len(decisions) != S:
                 raise ValueError(f'policy "given" needs decisions: {S} bool tensors [B, N] (None for other stages)')
@@ -337,7 +352,7 @@ class IARedViT(nn.Module):
                 keep = cand
             elif policy == "threshold":
                 keep = cand & (probs > params[s])
-            elif policy == "ratio":
+            elif policy == "level":
                 keep = _topk_dense(probs, cand, params[s])
             elif policy == "given":
                 keep = cand.clone()
@@ -372,10 +387,10 @@ class IARedViT(nn.Module):
             # Each row's cell in a [B, L] map: the maps are filled by one scatter each, prefix
             # cells included and sliced off (no boolean indexing: on a GPU each would sync).
             cell = seq * L + pk.positions.long()
-            keep_all = policy == "all" or (policy == "ratio" and params[s] >= 1.0)
+            keep_all = policy == "all" or (policy == "level" and params[s] >= 1.0)
             if keep_all:
                 keep = torch.ones_like(pk.positions, dtype=torch.bool)
-            elif policy == "ratio":
+            elif policy == "level":
                 keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
             elif policy == "given":
                 patch = pk.positions >= P
@@ -448,9 +463,9 @@ class IARedViT(nn.Module):
                                  f"non-increasing (a dropped token stays dropped), got {profile}")
         self._keep_profile = profile
 
-    def stage_ratios(self, level: float) -> List[float]:
-        """Per-stage ratios for policy "ratio" at keep level `level` (the Runtime's and the exported
-        graphs' levels). Without a keep_profile: `level` at every stage (level, level², ... of the patch
+    def stage_levels(self, level: float) -> List[float]:
+        """The per-stage levels that keep level `level` means for this model (policy "level", the
+        Runtime's budget levels, the exported graphs). Without a keep_profile: `level` at every stage (level, level², ... of the patch
         tokens kept after each stage). With one: the profile scaled so that the mean share kept over
         the stages, hence roughly the cost, is that of the uniform level, while the stages keep the
         allocation the interpreters learned (e.g. stage 2 keeping all that stage 1 kept)."""
@@ -458,7 +473,7 @@ class IARedViT(nn.Module):
         if not 0.0 <= level <= 1.0:
             raise ValueError(f"keep level must be in [0, 1], got {level}")
         S = self.num_stages
-        if self._keep_profile is None or level == 0.0:  # 0: the fewest tokens policy "ratio" keeps
+        if self._keep_profile is None or level == 0.0:  # 0: the fewest tokens policy "level" keeps
             return [level] * S
         cum = scaled_keep_targets(sum(level ** (s + 1) for s in range(S)) / S, self._keep_profile)
         return [min(1.0, c / p) for c, p in zip(cum, [1.0] + cum[:-1])]
@@ -474,10 +489,10 @@ def _bernoulli_log_prob(keep: torch.Tensor, probs: torch.Tensor) -> torch.Tensor
     return torch.where(keep, probs.clamp_min(1e-8).log(), (1 - probs).clamp_min(1e-8).log())
 
 
-def _topk_dense(probs: torch.Tensor, cand: torch.Tensor, rho: float) -> torch.Tensor:
-    """Dense form of `ops.topk_keep`: per row the top ceil(rho * n) candidates, earlier wins ties."""
+def _topk_dense(probs: torch.Tensor, cand: torch.Tensor, level: float) -> torch.Tensor:
+    """Dense form of `ops.topk_keep`: per row the top ceil(level * n) candidates, earlier wins ties."""
     n = cand.sum(1)
-    k = torch.tensor([ops.ratio_keep_count(int(v), rho) for v in n.tolist()], device=probs.device)
+    k = torch.tensor([ops.level_keep_count(int(v), level) for v in n.tolist()], device=probs.device)
     masked = torch.where(cand, probs, -math.inf)
     order = torch.sort(masked, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)

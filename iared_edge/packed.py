@@ -42,7 +42,7 @@ class Packed:
 def packed_attention(attn: nn.Module, x: torch.Tensor, lengths: List[int]) -> torch.Tensor:
     """timm `Attention.forward` over packed rows x [T, C]: each image attends within itself.
 
-    Equal lengths (policy "ratio", "all") run as one batched SDPA; unequal ones one SDPA per image
+    Equal lengths (policy "level", "all") run as one batched SDPA; unequal ones one SDPA per image
     on views of the same buffer (no padding, no gather).
     """
     T = x.shape[0]

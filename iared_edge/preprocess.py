@@ -79,17 +79,22 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(rgb: np.ndarray, heatmap: np.ndarray, kept: np.ndarray | None = None,
-            alpha: float = 0.5, dim: float = 0.35) -> np.ndarray:
-    """Blend a patch-grid heatmap [gh, gw] in [0, 1] over an RGB image; patches not kept
-    (`kept` [gh, gw] bool) are dimmed."""
+            alpha: float = 0.5, dropped: float = 0.5) -> np.ndarray:
+    """Blend a patch-grid heatmap [gh, gw] in [0, 1] over an RGB image so that the image shows
+    through: each pixel takes `alpha * heat` of the colour ramp (cold patches stay as they are, hot
+    ones are tinted, never covered). Patches not kept (`kept` [gh, gw] bool) are marked lightly:
+    drained of `dropped` of their colour, not darkened, so what they show stays legible."""
     h, w = rgb.shape[:2]
     hm = F.interpolate(torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None],
-                       size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    out = rgb.astype(np.float32) * (1 - alpha) + colormap(hm).astype(np.float32) * alpha
+                       size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy().clip(0, 1)
+    img = rgb.astype(np.float32)
     if kept is not None:
         k = F.interpolate(torch.from_numpy(kept.astype(np.float32))[None, None], size=(h, w),
-                          mode="nearest")[0, 0].numpy()
-        out *= (dim + (1 - dim) * k)[..., None]
+                          mode="nearest")[0, 0].numpy()[..., None]
+        grey = img.mean(-1, keepdims=True)
+        img = img * (1 - dropped * (1 - k)) + grey * (dropped * (1 - k))
+    a = (alpha * hm)[..., None]
+    out = img * (1 - a) + colormap(hm).astype(np.float32) * a
     return out.clip(0, 255).astype(np.uint8)
 
 

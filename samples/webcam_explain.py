@@ -8,7 +8,7 @@
 
 Keys: + / - change the latency budget (start with --budget-ms), h heatmap on/off, m kept-patch mask
 on/off, q quit. Headless (--headless, or when there is no display) it writes the annotated video and
-OUTPUT.json: per frame the label, confidence, keep ratio and latency, and the Runtime's stats.
+OUTPUT.json: per frame the label, confidence, keep level and latency, and the Runtime's stats.
 
 The whole of a camera app, without the text panel:
 
@@ -30,10 +30,8 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # no V4L2 warnings while pro
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from iared_edge import Runtime  # noqa: E402
+from iared_edge import Runtime, RuntimeConfig  # noqa: E402
 from iared_edge.checkpoint import resolve_model  # noqa: E402
-from iared_edge.devices import RUNTIME_PRECISIONS  # noqa: E402
-from iared_edge.preprocess import FITS  # noqa: E402
 
 
 def pick_source(arg: str):
@@ -55,31 +53,37 @@ def _text(img, text, org, scale, color=(255, 255, 255)):
 
 
 def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool = True, show_mask: bool = True,
-             min_side: int = 560, keys: bool = False, engine: str = "") -> np.ndarray:
-    """The frame (enlarged to `min_side`) with the heatmap blended in, dropped patches dimmed,
-    and a text panel: label and confidence, fps, latency against the budget, keep per stage, and
-    what runs the model (`engine`, e.g. "onnxruntime int8")."""
-    pic = res.overlay(frame_bgr, heatmap=show_heat, mask=show_mask)
-    h, w = pic.shape[:2]
+             min_side: int = 400, keys: bool = False, engine: str = "") -> np.ndarray:
+    """The frame as the camera gave it beside its explanation (the heatmap blended in where it is
+    warm, dropped patches greyed), both enlarged to `min_side`, under a text band: label and
+    confidence, fps, latency against the budget, keep per stage, and what runs the model (`engine`,
+    e.g. "onnxruntime int8"). The plain frame lets a viewer check the label against the image."""
+    explained = res.overlay(frame_bgr, heatmap=show_heat, mask=show_mask)
+    h, w = explained.shape[:2]
     s = max(1.0, min_side / min(h, w))
-    pic = np.ascontiguousarray(cv2.resize(pic, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR))
+    size = (round(w * s), round(h * s))
+    left = cv2.resize(np.ascontiguousarray(frame_bgr), size, interpolation=cv2.INTER_LINEAR)
+    right = cv2.resize(explained, size, interpolation=cv2.INTER_LINEAR)
+    f = size[0] / 400
+    band_h = int(70 * f)
+    band = np.full((band_h, 2 * size[0] + 4, 3), 24, np.uint8)
+    pic = np.ascontiguousarray(np.vstack([band, np.hstack([left, np.full((size[1], 4, 3), 24, np.uint8), right])]))
     W = pic.shape[1]
-    band = pic[:88]
-    band[:] = (band * 0.45).astype(np.uint8)  # darken behind the text
-    f = W / 640
-    _text(pic, f"{res.label}  {res.score:.0%}", (int(12 * f), int(36 * f)), 1.1 * f, (80, 255, 120))
+    _text(pic, f"{res.label}  {res.score:.0%}", (int(12 * f), int(32 * f)), 0.95 * f, (80, 255, 120))
     lat = res.latency_ms["total"]
     budget = f" / budget {budget_ms:.0f} ms" if budget_ms else ""
     over = budget_ms is not None and lat > budget_ms
-    _text(pic, f"{fps:4.1f} fps   {lat:5.1f} ms{budget}", (int(230 * f), int(34 * f)), 0.65 * f,
+    _text(pic, f"{fps:4.1f} fps   {lat:5.1f} ms{budget}", (int(180 * f), int(30 * f)), 0.55 * f,
           (60, 60, 255) if over else (255, 255, 255))
     stages = " / ".join(f"{k:.0%}" for k in res.stage_keep)
-    _text(pic, f"patches kept per stage: {stages}", (int(12 * f), int(72 * f)), 0.6 * f)
+    _text(pic, f"patches kept per stage: {stages}", (int(12 * f), int(60 * f)), 0.5 * f)
     if engine:  # right-aligned on the second line
-        (tw, _), _ = cv2.getTextSize(engine, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * f, max(1, int(1.6 * 0.5 * f)))
-        _text(pic, engine, (W - tw - int(12 * f), int(72 * f)), 0.5 * f, (200, 200, 200))
+        (tw, _), _ = cv2.getTextSize(engine, cv2.FONT_HERSHEY_SIMPLEX, 0.45 * f, max(1, int(1.6 * 0.45 * f)))
+        _text(pic, engine, (W - tw - int(12 * f), int(60 * f)), 0.45 * f, (200, 200, 200))
+    _text(pic, "camera", (int(8 * f), band_h + int(20 * f)), 0.45 * f)
+    _text(pic, "explanation (grey: dropped)", (size[0] + int(12 * f), band_h + int(20 * f)), 0.45 * f)
     if keys:
-        _text(pic, "+/- budget  h heatmap  m mask  q quit", (int(12 * f), pic.shape[0] - int(12 * f)), 0.5 * f)
+        _text(pic, "+/- budget  h heatmap  m mask  q quit", (int(12 * f), pic.shape[0] - int(12 * f)), 0.45 * f)
     return pic
 
 
@@ -107,20 +111,10 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default="auto", help='camera index, video file, URL, "demo" (bundled clip) or "auto"')
     ap.add_argument("--model", default="demo", help='"demo" (bundled), a saved .safetensors, or a timm name')
     ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
-    ap.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame (ms)")
-    ap.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
-                    help="weights to run: fp32, fp16, bf16, or auto (fp16 on a GPU, bf16 on a CPU with bf16 "
-                         "instructions, else fp32); int8 with --backend onnxruntime; default: the model's own "
-                         "(fp32 for saved models)")
-    ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                    help="torch, or onnxruntime (an exported graph: the thresholds', or with --budget-ms "
-                         "one that takes the keep level's counts; faster at batch 1 on a CPU)")
+    RuntimeConfig.add_arguments(ap)  # --device, --budget-ms, --policy, --level, --precision, --backend, --fit, ...
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
     ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
-    ap.add_argument("--fit", choices=FITS, default="squash",
-                    help="how a frame becomes the model's input: squash (whole frame, aspect ratio changed), "
-                         "crop (centre, aspect kept) or letterbox (whole frame, aspect kept, padded)")
     ap.add_argument("--reconnect", type=int, default=0,
                     help="a camera or URL that stops giving frames is opened again up to this many times in a row")
     args = ap.parse_args(argv)
@@ -147,7 +141,7 @@ def run(args) -> int:
     truth = load_truth(source)
     show_heat = show_mask = True
     writer, frames, t_prev, fps = None, [], None, 0.0
-    with Runtime(model, budget_ms=args.budget_ms, precision=args.precision, fit=args.fit, backend=args.backend) as rt:
+    with Runtime(model, RuntimeConfig.from_args(args)) as rt:
         for frame, res in rt.stream(source, reconnect=args.reconnect):
             now = time.perf_counter()
             if t_prev is not None:

@@ -55,8 +55,8 @@ def test_compare_speed_onnx_times_two_graphs_that_decide_as_pytorch_does(demo):
         assert r["top1_agreement"] == pytest.approx(t["top1_agreement"])
         assert r["top1_agreement_with_pytorch"] == 1.0  # float32: the same answers
         assert r["plain_ms"] > 0 and r["iared_ms"] > 0 and r["speedup"] == pytest.approx(r["plain_ms"] / r["iared_ms"])
-    ratio = compare_speed_onnx(demo, x, (2,), policy="ratio", ratio=0.5, repeats=1, int8=True)
-    assert ratio[0]["kept_per_stage"] == pytest.approx(compare_speed(demo, x, (2,), policy="ratio", ratio=0.5,
+    level = compare_speed_onnx(demo, x, (2,), policy="level", level=0.5, repeats=1, int8=True)
+    assert level[0]["kept_per_stage"] == pytest.approx(compare_speed(demo, x, (2,), policy="level", level=0.5,
                                                                      repeats=1)[0]["kept_per_stage"])
     with pytest.raises(ValueError, match="policy must be one of"):
         compare_speed_onnx(demo, x, (1,), policy="all")
@@ -66,9 +66,9 @@ def test_compare_speed_onnx_times_two_graphs_that_decide_as_pytorch_does(demo):
 
 
 def test_compare_speed_policy_ratio_keeps_fixed_counts(tiny, images):
-    rows = compare_speed(tiny, images, (1,), policy="ratio", ratio=0.5, repeats=1)
+    rows = compare_speed(tiny, images, (1,), policy="level", level=0.5, repeats=1)
     with torch.inference_mode():
-        out = tiny(images[:1], policy="ratio", ratio=0.5)
+        out = tiny(images[:1], policy="level", level=0.5)
     assert rows[0]["kept_per_stage"] == pytest.approx(out.keep_ratio[0].tolist())
     assert rows[0]["flops_bound"] == pytest.approx(tiny.flops()[0].item() / out.flops[0].item())
 

@@ -166,7 +166,7 @@ def test_package_works_without_the_extension():
         "    x = torch.randn(2, 3, 224, 224)\n"
         "    with torch.no_grad():\n"
         "        assert (m(x, policy='all').logits - m.vit(x)).abs().max() < 1e-5\n"
-        "        o = m(x, policy='ratio', ratio=0.5)\n"
+        "        o = m(x, policy='level', level=0.5)\n"
         "        m(x)\n"
         "    assert o.kept_counts.tolist() == [[98, 49, 25]] * 2\n"
         "n = sum('not built' in str(x.message) for x in w)\n"

@@ -1,4 +1,4 @@
-"""ONNX export of policy "ratio", checked by onnx's checker and run by onnxruntime against PyTorch."""
+"""ONNX export of policy "level", checked by onnx's checker and run by onnxruntime against PyTorch."""
 import json
 import math
 import os
@@ -20,11 +20,11 @@ def model():
     return IARedViT.from_timm("deit_tiny_patch16_224").eval()
 
 
-@pytest.mark.parametrize("rho", [1.0, 0.6, (0.9, 0.5, 0.4)])
-def test_onnxruntime_matches_pytorch(model, tmp_path, rho):
+@pytest.mark.parametrize("level", [1.0, 0.6, (0.9, 0.5, 0.4)])
+def test_onnxruntime_matches_pytorch(model, tmp_path, level):
     from iared_edge.export import export_onnx
     path = str(tmp_path / "m.onnx")
-    names = export_onnx(model, path, rho)
+    names = export_onnx(model, path, level)
     graph = onnx.load(path)
     onnx.checker.check_model(graph)
     ops = {n.op_type for n in graph.graph.node}
@@ -34,7 +34,7 @@ def test_onnxruntime_matches_pytorch(model, tmp_path, rho):
         x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
         outs = dict(zip(names, sess.run(None, {"images": x.numpy()})))
         with torch.no_grad():
-            ref = model(x, policy="ratio", ratio=rho)  # the packed execution, compiled ops
+            ref = model(x, policy="level", level=level)  # the packed execution, compiled ops
         assert np.abs(outs["logits"] - ref.logits.numpy()).max() <= 1e-4
         assert np.abs(outs["heatmap"] - ref.heatmap.numpy()).max() <= 1e-5
         for s in range(3):
@@ -55,7 +55,7 @@ def test_export_cli_one_file_per_level(tmp_path, capsys):
 
 def test_export_rejects_bad_levels(model, tmp_path):
     from iared_edge.export import export_onnx
-    with pytest.raises(ValueError, match="ratio"):
+    with pytest.raises(ValueError, match="level"):
         export_onnx(model, str(tmp_path / "x.onnx"), 0.0)
     with pytest.raises(ValueError, match="opset must be >= 14"):
         export_onnx(model, str(tmp_path / "x.onnx"), 0.5, opset=13)
@@ -66,19 +66,19 @@ def test_export_rejects_bad_levels(model, tmp_path):
 @pytest.mark.parametrize("profile", [None, [0.5, 0.5, 0.1]])
 def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path, profile):
     """Same Result from both backends; with a keep profile both follow it (the level maps to the
-    same per-stage ratios), in a cache directory another model's graphs were left in."""
+    same per-stage levels), in a cache directory another model's graphs were left in."""
     import cv2
     from iared_edge import Runtime
     from test_runtime import CLIP
     frame = cv2.VideoCapture(CLIP).read()[1]
     torch.manual_seed(5)
     other = IARedViT.from_timm("deit_tiny_patch16_224").eval()
-    Runtime(other, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path)).close()
+    Runtime(other, policy="level", level=0.6, backend="onnxruntime", onnx_cache=str(tmp_path)).close()
     model.keep_profile = profile
     try:
-        ratios = model.stage_ratios(0.6)
-        with Runtime(model, policy="ratio", ratio=0.6, topk=3) as rt_torch, \
-                Runtime(model, policy="ratio", ratio=0.6, topk=3, backend="onnxruntime", onnx_cache=str(tmp_path)) as rt_ort:
+        levels = model.stage_levels(0.6)
+        with Runtime(model, policy="level", level=0.6, topk=3) as rt_torch, \
+                Runtime(model, policy="level", level=0.6, topk=3, backend="onnxruntime", onnx_cache=str(tmp_path)) as rt_ort:
             a, b = rt_torch(frame), rt_ort(frame)
             # a batch runs through the same graph (dynamic batch axis)
             pair = [frame, np.ascontiguousarray(frame[::-1])]
@@ -89,10 +89,10 @@ def test_runtime_onnxruntime_backend_gives_the_same_result(model, tmp_path, prof
     assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-5)
     assert np.array_equal(a.stage_masks, b.stage_masks) and np.allclose(a.heatmap, b.heatmap, atol=1e-5)
     assert a.stage_keep == pytest.approx(b.stage_keep)
-    assert (ratios[1] == pytest.approx(1.0)) == (profile is not None)  # the profile's stage 2 keeps all
+    assert (levels[1] == pytest.approx(1.0)) == (profile is not None)  # the profile's stage 2 keeps all
     n, expect = model.num_patches, []
-    for rho in ratios:  # policy "ratio"'s rule: ceil(rho * alive)
-        n = min(n, math.ceil(rho * n - 1e-6))
+    for level in levels:  # policy "level"'s rule: ceil(level * alive)
+        n = min(n, math.ceil(level * n - 1e-6))
         expect.append(n / model.num_patches)
     assert a.stage_keep == pytest.approx(expect)
     with pytest.raises(ValueError, match="policy"):
@@ -130,11 +130,11 @@ def test_keep_counts_input_graph_matches_pytorch_at_every_level(model, tmp_path,
     export_onnx_counts(model, path)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
-    for rho in (1.0, 0.7, (0.9, 0.5, 0.4)):
-        counts = np.asarray(keep_counts_for(model, rho), np.int64)
+    for level in (1.0, 0.7, (0.9, 0.5, 0.4)):
+        counts = np.asarray(keep_counts_for(model, level), np.int64)
         outs = sess.run(None, {"images": x.numpy(), "keep_counts": counts})
         with torch.no_grad():
-            ref = model(x, policy="ratio", ratio=rho)
+            ref = model(x, policy="level", level=level)
         assert np.abs(outs[0] - ref.logits.numpy()).max() <= 1e-4
         assert [o.shape[1] for o in outs[1:4]] == list(counts)
 
@@ -144,9 +144,9 @@ def test_runtime_onnxruntime_counts_form_equals_levels_form(model, tmp_path):
     from iared_edge import Runtime
     from test_runtime import CLIP
     frame = cv2.VideoCapture(CLIP).read()[1]
-    with Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "a"),
+    with Runtime(model, policy="level", level=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "a"),
                  onnx_form="levels") as a, \
-            Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "b"),
+            Runtime(model, policy="level", level=0.6, backend="onnxruntime", onnx_cache=str(tmp_path / "b"),
                     onnx_form="counts") as b:
         ra, rb = a(frame), b(frame)
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["keep0.6000.onnx"]
@@ -154,7 +154,7 @@ def test_runtime_onnxruntime_counts_form_equals_levels_form(model, tmp_path):
     assert ra.indices == rb.indices and np.allclose(ra.probs, rb.probs, atol=1e-6)
     assert np.array_equal(ra.stage_masks, rb.stage_masks)
     with pytest.raises(ValueError, match="form"):
-        Runtime(model, policy="ratio", ratio=0.6, backend="onnxruntime", onnx_form="dynamic")
+        Runtime(model, policy="level", level=0.6, backend="onnxruntime", onnx_form="dynamic")
 
 
 def test_tensorrt_engine_cache_key_separates_what_makes_engines_incompatible():
@@ -172,7 +172,7 @@ def test_tensorrt_engine_cache_key_separates_what_makes_engines_incompatible():
 def test_runtime_tensorrt_needs_a_cuda_device(model):
     from iared_edge import Runtime
     with pytest.raises(ValueError, match="CUDA"):
-        Runtime(model, device="cpu", policy="ratio", ratio=0.5, backend="tensorrt")
+        Runtime(model, device="cpu", policy="level", level=0.5, backend="tensorrt")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT runs on a CUDA GPU")
@@ -183,10 +183,10 @@ def test_tensorrt_backend_matches_pytorch(model, tmp_path, form):
     m = model.cuda()
     trt_backend = TensorRTBackend(m, [1.0, 0.5], str(tmp_path), fp16=False, form=form)
     x = torch.randn(2, 3, 224, 224, device="cuda")
-    for rho in (1.0, 0.5):
-        out = trt_backend(x, rho)
+    for level in (1.0, 0.5):
+        out = trt_backend(x, level)
         with torch.no_grad():
-            ref = m(x, policy="ratio", ratio=rho)
+            ref = m(x, policy="level", level=level)
         assert (out.logits - ref.logits).abs().max().item() <= 1e-3
         assert torch.equal(out.keep_masks, ref.keep_masks)
     # the second construction loads the cached engines instead of building
@@ -227,7 +227,7 @@ def test_int8_graph_quantizes_the_blocks_and_head_not_the_interpreters(model, tm
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     outs = dict(zip(names, sess.run(None, {"images": x.numpy()})))
     with torch.no_grad():
-        ref = model(x, policy="ratio", ratio=0.6)
+        ref = model(x, policy="level", level=0.6)
     kept = np.zeros((4, 3, model.num_patches), bool)
     for s in range(3):
         np.put_along_axis(kept[:, s], outs[f"kept_stage{s + 1}"], True, 1)
@@ -265,11 +265,11 @@ def test_int8_needs_an_exported_graph_and_the_onnxruntime_backend(model, tmp_pat
     with pytest.raises(ValueError, match="junk.onnx is not a readable ONNX graph"):
         quantize_int8(str(tmp_path / "junk.onnx"), str(tmp_path / "out.onnx"))
     with pytest.raises(ValueError, match='backend="onnxruntime"'):
-        Runtime(model, policy="ratio", ratio=0.6, precision="int8")
+        Runtime(model, policy="level", level=0.6, precision="int8")
     with pytest.raises(ValueError, match="int8"):
-        Runtime(model, policy="ratio", ratio=0.6, precision="bf16", backend="onnxruntime")
+        Runtime(model, policy="level", level=0.6, precision="bf16", backend="onnxruntime")
     with pytest.raises(ValueError, match="precision must be one of"):
-        Runtime(model, policy="ratio", ratio=0.6, precision="int4", backend="onnxruntime")
+        Runtime(model, policy="level", level=0.6, precision="int4", backend="onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +352,7 @@ def test_runtime_onnxruntime_backend_runs_the_thresholds(demo_frames, tmp_path):
     assert sum(x.indices[0] == z.indices[0] for x, z in zip(a, c)) >= len(imgs) - 1
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["threshold.onnx"]
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["threshold.int8.onnx"]
-    with pytest.raises(ValueError, match='policy "threshold" or "ratio"'):
+    with pytest.raises(ValueError, match='policy "threshold" or "level"'):
         Runtime(model, policy="all", backend="onnxruntime")
 
 
@@ -371,9 +371,9 @@ def test_graphs_carry_what_an_app_needs_without_python(model, tmp_path):
     from iared_edge.export import (export_onnx, export_onnx_counts, export_onnx_plain, export_onnx_threshold,
                                    keep_counts_for)
     from iared_edge.preprocess import model_normalization
-    paths = {"ratio": tmp_path / "r.onnx", "counts": tmp_path / "c.onnx", "threshold": tmp_path / "t.onnx",
+    paths = {"level": tmp_path / "r.onnx", "counts": tmp_path / "c.onnx", "threshold": tmp_path / "t.onnx",
              "plain": tmp_path / "p.onnx"}
-    export_onnx(model, str(paths["ratio"]), 0.6, int8=True)
+    export_onnx(model, str(paths["level"]), 0.6, int8=True)
     export_onnx_counts(model, str(paths["counts"]))
     export_onnx_threshold(model, str(paths["threshold"]), thresholds=(0.4, 0.5, 0.6))
     export_onnx_plain(model, str(paths["plain"]))
@@ -387,7 +387,7 @@ def test_graphs_carry_what_an_app_needs_without_python(model, tmp_path):
         assert m["mean"] == pytest.approx(list(mean)) and m["std"] == pytest.approx(list(std))
         assert m["labels"] == model.class_names() and len(m["labels"]) == 1000
         assert m["grid"] == [14, 14] and m["num_stages"] == 3 and m["producer"].startswith("iared-edge ")
-    assert meta["ratio"]["policy"] == "ratio" and meta["ratio"]["keep_counts"] == keep_counts_for(model, 0.6)
+    assert meta["level"]["policy"] == "level" and meta["level"]["keep_counts"] == keep_counts_for(model, 0.6)
     assert meta["counts"]["keep_counts_input"] is True
     assert meta["threshold"]["policy"] == "threshold" and meta["threshold"]["thresholds"] == [0.4, 0.5, 0.6]
     assert meta["plain"]["policy"] == "all"

@@ -29,12 +29,12 @@ def test_other_input_size_and_groups():
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         assert (model(x, policy="all").logits - model.vit(x)).abs().max() <= 1e-5
-        out = model(x, policy="ratio", ratio=0.5)
+        out = model(x, policy="level", level=0.5)
     assert out.keep_masks.shape == (2, 3, 100) and out.heatmap.shape == (2, 10, 10)
 
 
 @pytest.mark.parametrize("policy,kwargs", [("all", {}), ("threshold", {}), ("threshold", {"thresholds": (0.45, 0.5, 0.55)}),
-                                           ("ratio", {"ratio": 0.5}), ("ratio", {"ratio": (0.9, 0.6, 0.3)})])
+                                           ("level", {"level": 0.5}), ("level", {"level": (0.9, 0.6, 0.3)})])
 def test_packed_equals_masked(tiny, images, policy, kwargs):
     with torch.no_grad():
         p = tiny(images, policy=policy, execution="packed", **kwargs)
@@ -92,11 +92,11 @@ def test_packed_batch_equals_each_image_alone(tiny, images):
 
 
 def test_ratio_gives_exact_counts(tiny, images):
-    rho = (0.7, 0.55, 0.3)
+    level = (0.7, 0.55, 0.3)
     with torch.no_grad():
-        out = tiny(images, policy="ratio", ratio=rho)
+        out = tiny(images, policy="level", level=level)
     n, expected = tiny.num_patches, []
-    for r in rho:
+    for r in level:
         n = math.ceil(round(r * n, 9))
         expected.append(n)
     assert out.kept_counts.tolist() == [expected] * images.shape[0]
@@ -104,8 +104,8 @@ def test_ratio_gives_exact_counts(tiny, images):
 
 def test_ratio_zero_keeps_only_class_token(tiny, images):
     with torch.no_grad():
-        p = tiny(images, policy="ratio", ratio=0.0)
-        m = tiny(images, policy="ratio", ratio=0.0, execution="masked")
+        p = tiny(images, policy="level", level=0.0)
+        m = tiny(images, policy="level", level=0.0, execution="masked")
     assert p.kept_counts.sum() == 0 and torch.isfinite(p.logits).all()
     assert torch.allclose(p.logits, m.logits, atol=1e-5)
 
@@ -188,7 +188,7 @@ def test_packed_forward_runs_under_autocast_and_scores_in_float32(tiny, images, 
 def test_heatmap_and_flops(tiny, images):
     with torch.no_grad():
         full = tiny(images, policy="all")
-        half = tiny(images, policy="ratio", ratio=0.5)
+        half = tiny(images, policy="level", level=0.5)
     assert half.heatmap.shape == (3, 14, 14)
     assert 0 <= half.heatmap.min() and half.heatmap.max() <= 1
     # Reference, patch by patch in float64: survival probability (product over stages, 0 once
@@ -243,10 +243,10 @@ def test_bad_arguments(tiny, images):
         tiny(images, policy="nope")
     with pytest.raises(ValueError, match="execution"):
         tiny(images, execution="nope")
-    with pytest.raises(ValueError, match="needs ratio"):
-        tiny(images, policy="ratio")
+    with pytest.raises(ValueError, match="needs level"):
+        tiny(images, policy="level")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        tiny(images, policy="ratio", ratio=1.5)
+        tiny(images, policy="level", level=1.5)
     with pytest.raises(ValueError, match="one per stage"):
         tiny(images, thresholds=(0.5, 0.5))
     with pytest.raises(ValueError, match="sum to"):
@@ -258,15 +258,15 @@ def test_bad_arguments(tiny, images):
 
 
 def test_keep_levels_follow_the_keep_profile(tiny, images):
-    """A keep level is the level at every stage without a profile; with one, per-stage ratios whose
+    """A keep level is the level at every stage without a profile; with one, per-stage levels whose
     cumulative shares keep the profile's shape (where not capped at 1) and the uniform level's mean
     share, checked in float64 against the definition; the counts are what the model keeps."""
-    assert tiny.stage_ratios(0.6) == [0.6, 0.6, 0.6] and tiny.keep_profile is None
+    assert tiny.stage_levels(0.6) == [0.6, 0.6, 0.6] and tiny.keep_profile is None
     profile = np.array([0.6, 0.6, 0.15])
     tiny.keep_profile = profile.tolist()
     try:
         for level in (1.0, 0.9, 0.6, 0.3, 0.1):
-            r = np.array(tiny.stage_ratios(level), dtype=np.float64)
+            r = np.array(tiny.stage_levels(level), dtype=np.float64)
             assert ((0 < r) & (r <= 1)).all()
             cum = np.cumprod(r)
             assert cum.mean() == pytest.approx(np.mean([level, level ** 2, level ** 3]), abs=1e-9)
@@ -274,20 +274,20 @@ def test_keep_levels_follow_the_keep_profile(tiny, images):
             free = cum < 1 - 1e-9  # level 1 keeps everything: nothing to compare
             if free.any():
                 assert np.allclose(scale[free], scale[free][0]) and (scale[~free] <= scale[free][0] + 1e-9).all()
-        r = tiny.stage_ratios(0.6)
+        r = tiny.stage_levels(0.6)
         assert r[1] == pytest.approx(1.0)  # stage 2 keeps all stage 1 kept, as the profile says
         with torch.no_grad():
-            out = tiny(images, policy="ratio", ratio=r)
+            out = tiny(images, policy="level", level=r)
         n, expect = tiny.num_patches, []
-        for rho in r:  # policy "ratio"'s rule: ceil(rho * alive)
-            n = min(n, math.ceil(rho * n - 1e-6))
+        for level in r:  # policy "level"'s rule: ceil(level * alive)
+            n = min(n, math.ceil(level * n - 1e-6))
             expect.append(n)
         assert out.kept_counts[0].tolist() == expect
-        assert tiny.stage_ratios(0.0) == [0.0] * 3
+        assert tiny.stage_levels(0.0) == [0.0] * 3
         for bad in ([0.5, 0.6, 0.1], [0.5, 0.5], [0.5, 0.5, 0.0]):
             with pytest.raises(ValueError, match="keep_profile"):
                 tiny.keep_profile = bad
         with pytest.raises(ValueError, match="keep level"):
-            tiny.stage_ratios(1.5)
+            tiny.stage_levels(1.5)
     finally:
         tiny.keep_profile = None

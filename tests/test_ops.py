@@ -52,15 +52,15 @@ def test_scores_match_reference(batch, threshold):
 @compiled
 @settings(max_examples=60, deadline=None)
 @given(batches, st.floats(0.0, 1.0), st.booleans())
-def test_topk_and_compact_match_reference(batch, rho, ties):
+def test_topk_and_compact_match_reference(batch, level, ties):
     lengths, C, H, dtype, seed = batch
     tokens, offsets, positions, _, _ = make_batch(lengths, C, H, dtype, seed)
     g = torch.Generator().manual_seed(seed + 1)
     scores = torch.rand(tokens.shape[0], generator=g)
     if ties:
         scores = (scores * 4).round() / 4
-    keep = ops.topk_keep(scores, offsets, positions, rho)
-    assert torch.equal(keep, ref.topk_keep(scores, offsets, positions, rho))
+    keep = ops.topk_keep(scores, offsets, positions, level)
+    assert torch.equal(keep, ref.topk_keep(scores, offsets, positions, level))
     random_keep = torch.rand(tokens.shape[0], generator=g) < 0.5
     for flags in (keep, random_keep):
         out = ops.compact(tokens, offsets, positions, flags)
@@ -231,7 +231,7 @@ def test_bad_inputs_get_clear_errors():
         ops.interpreter_scores(tokens, offsets, vecs[:1], biases)
     with pytest.raises(ValueError, match="vecs must be contiguous float32"):
         ops.interpreter_scores(tokens, offsets, vecs.half(), biases)
-    with pytest.raises(ValueError, match="rho"):
+    with pytest.raises(ValueError, match="level"):
         ops.topk_keep(torch.rand(7), offsets, positions, 1.5)
     with pytest.raises(ValueError, match="on meta"):
         ops.compact(tokens, offsets.to("meta"), positions, keep)

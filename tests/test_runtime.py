@@ -189,10 +189,10 @@ def test_bad_model_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(policy="ratio"), 'policy "ratio" needs ratio='),
-    (dict(ratio=0.5), "with policy 'threshold' it would be ignored"),
-    (dict(policy="ratio", ratio=1.5), r"keep level in \(0, 1\], got 1.5"),
-    (dict(policy="ratio", ratio=0), r"keep level in \(0, 1\], got 0"),
+    (dict(policy="level"), 'policy "level" needs level='),
+    (dict(level=0.5), "with policy 'threshold' it would be ignored"),
+    (dict(policy="level", level=1.5), r"keep level in \(0, 1\], got 1.5"),
+    (dict(policy="level", level=0), r"keep level in \(0, 1\], got 0"),
     (dict(policy="best"), "policy must be"),
     (dict(color="yuv"), "color must be"),
     (dict(topk=0), "topk must be at least 1"),
@@ -707,9 +707,9 @@ def test_cuda_graphs_per_level_give_the_eager_result():
     torch.manual_seed(0)
     model = IARedViT.from_timm("deit_tiny_patch16_224")
     frame = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
-    with Runtime(model, device="cuda", policy="ratio", ratio=0.5) as graphs, \
-            Runtime(model, device="cuda", policy="ratio", ratio=0.5, cuda_graphs=False) as eager:
-        assert graphs._graphs is not None and eager._graphs is None
+    with Runtime(model, device="cuda", policy="level", level=0.5) as graphs, \
+            Runtime(model, device="cuda", policy="level", level=0.5, cuda_graphs=False) as eager:
+        assert graphs._backend.name == "cuda_graphs" and eager._backend.name == "torch"
         a, b = graphs(frame), eager(frame)
         a2 = graphs(frame[::-1].copy())  # replay with new input, not the captured one
     assert a.indices == b.indices and np.allclose(a.probs, b.probs, atol=1e-4)
@@ -783,7 +783,7 @@ def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
     with pytest.raises(ValueError, match='give backend="onnxruntime"'):  # int8 graphs are ONNX Runtime's
         Runtime("demo", precision="int8")
     with pytest.raises(ValueError, match='backend "onnxruntime" runs float32'):
-        Runtime("demo", backend="onnxruntime", policy="ratio", ratio=0.5, precision="bf16")
+        Runtime("demo", backend="onnxruntime", policy="level", level=0.5, precision="bf16")
     # "auto" on a CPU: bf16 only with bf16 instructions, else float32 (the model as it is)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
@@ -796,7 +796,7 @@ def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
     half = load_model("demo").to(torch.bfloat16)
     assert Runtime(half).precision == "bf16"
     # the exported graphs are built from float32 weights, whatever the model's
-    onnx = Runtime(half, backend="onnxruntime", policy="ratio", ratio=0.5)
+    onnx = Runtime(half, backend="onnxruntime", policy="level", level=0.5)
     assert onnx.precision == "fp32" and next(onnx.model.parameters()).dtype == torch.float32
     assert next(half.parameters()).dtype == torch.bfloat16
 

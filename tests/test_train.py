@@ -88,7 +88,7 @@ def test_calibration_hits_per_stage_targets_on_held_out_images():
 def test_scaled_targets():
     t = scaled_keep_targets(0.3, [0.4, 0.4, 0.1])
     assert np.mean(t) == pytest.approx(0.3) and t[0] == pytest.approx(t[1]) and t[0] / t[2] == pytest.approx(4)
-    t = scaled_keep_targets(0.7, [0.8, 0.4, 0.1])  # stage 1 saturates at 1, the others keep the ratio
+    t = scaled_keep_targets(0.7, [0.8, 0.4, 0.1])  # stage 1 saturates at 1, the others keep the level
     assert t[0] == 1.0 and np.mean(t) == pytest.approx(0.7) and t[1] / t[2] == pytest.approx(4)
     with pytest.raises(ValueError, match="drops entirely"):
         scaled_keep_targets(0.9, [0.5, 0.5, 0.0])
@@ -157,8 +157,8 @@ def test_per_stage_policies_agree_across_executions():
     model = tiny_vit()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        p = model(x, policy=("threshold", "all", "ratio"), ratio=0.5)
-        m = model(x, policy=("threshold", "all", "ratio"), ratio=0.5, execution="masked")
+        p = model(x, policy=("threshold", "all", "level"), level=0.5)
+        m = model(x, policy=("threshold", "all", "level"), level=0.5, execution="masked")
     assert torch.equal(p.keep_masks, m.keep_masks) and torch.allclose(p.logits, m.logits, atol=1e-5)
     assert torch.equal(p.keep_masks[:, 1], p.keep_masks[:, 0])  # "all" drops nothing more
     with pytest.raises(ValueError, match="per stage"):
@@ -198,7 +198,7 @@ def test_reinforce_with_a_penalty_learns_which_tokens_matter():
     opt = torch.optim.Adam(freeze_backbone(model), lr=3e-2)
     torch.manual_seed(0)
     logs = [reinforce_step(model, x, labels, opt, stages=1, config=ReinforceConfig(penalty=1.0)) for _ in range(40)]
-    # at about the same keep ratio, the greedy decisions got more predictions right
+    # at about the same keep level, the greedy decisions got more predictions right
     assert abs(logs[-1]["keep1"] - logs[0]["keep1"]) < 0.08
     assert logs[-1]["accuracy"] >= logs[0]["accuracy"] + 0.08
 

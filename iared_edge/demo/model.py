@@ -3,7 +3,8 @@
 DeiT-Tiny (192 wide, 12 blocks, 3 heads; class token + 16x16 patch tokens) with two changes that
 help a ViT learn from little data on a CPU: a small convolutional stem as the patch embedding
 (four stride-2 3x3 convolutions, still one token per 16x16 patch) and 10 classes. Importing
-`iared_edge` registers it, so `timm.create_model("iared_digits_tiny")` and `load_model` find it.
+`iared_edge.demo` registers it (`load_model`, `IARedViT.from_timm` and `Runtime("demo")` do that on
+first use), so `timm.create_model("iared_digits_tiny")` finds it.
 
 `stem_blocks=n` adds n residual bottleneck blocks to the stem at 1/8 resolution (96 channels),
 `stem_fine_blocks=n` n more at 1/4 resolution (48 channels), all zero-initialised so that weights

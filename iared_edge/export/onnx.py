@@ -1,16 +1,16 @@
-"""ONNX export: policy "ratio" in two forms, and policy "threshold" for one image; standard
+"""ONNX export: policy "level" in two forms, and policy "threshold" for one image; standard
 operators only (TopK or NonZero, Gather).
 
-- One graph per keep level (`export_onnx`): the per-stage counts k_s = ceil(rho * n_{s-1}) are
+- One graph per keep level (`export_onnx`): the per-stage counts k_s = ceil(level * n_{s-1}) are
   constants, so TensorRT versions that need a constant TopK K (before 10) can build it.
 - One graph with the counts as an input (`export_onnx_counts`): `keep_counts` int64 [S] feeds
-  TopK's K directly (TensorRT 10 accepts a K that is a shape input); `keep_counts_for(model, rho)`
+  TopK's K directly (TensorRT 10 accepts a K that is a shape input); `keep_counts_for(model, level)`
   gives the counts of a keep level.
 - Policy "threshold" (`export_onnx_threshold`): each image keeps its own number of tokens
   (NonZero of the keep probabilities above the thresholds), one image per run.
 - The plain backbone (`export_onnx_plain`): timm's forward, logits only: the baseline that
   `iared-edge bench --backend onnxruntime` times the others against.
-The ratio graphs' batch axis is dynamic. Outputs of the IA-RED² graphs:
+The level graphs' batch axis is dynamic. Outputs of the IA-RED² graphs:
 logits [B, classes], the patch indices kept by each stage [B, k_s] (in the original grid), and the
 heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage keep probabilities).
 Attention is permutation-equivariant, so kept tokens need not be re-sorted. Every graph can be
@@ -27,22 +27,22 @@ import torch
 import torch.nn as nn
 
 from ..model import heatmap_from_scores
-from ..ops import ratio_keep_count
+from ..ops import level_keep_count
 
 
-class RatioGraph(nn.Module):
-    """The dense, export-friendly form of `model(images, policy="ratio", ratio=...)`."""
+class LevelGraph(nn.Module):
+    """The dense, export-friendly form of `model(images, policy="level", level=...)`."""
 
-    def __init__(self, model, ratio: Union[float, Sequence[float]]):
+    def __init__(self, model, level: Union[float, Sequence[float]]):
         super().__init__()
         self.model = model
         S, n = model.num_stages, model.num_patches
-        ratios = [float(ratio)] * S if isinstance(ratio, (int, float)) else [float(r) for r in ratio]
-        if len(ratios) != S or not all(0 < r <= 1 for r in ratios):
-            raise ValueError(f"ratio: one value in (0, 1] or one per stage ({S}), got {ratio!r}")
+        levels = model.stage_levels(level) if isinstance(level, (int, float)) else [float(r) for r in level]
+        if len(levels) != S or not all(0 < r <= 1 for r in levels):
+            raise ValueError(f"level: one value in (0, 1] or one per stage ({S}), got {level!r}")
         self.counts: List[int] = []
-        for r in ratios:
-            n = max(1, ratio_keep_count(n, r))
+        for r in levels:
+            n = max(1, level_keep_count(n, r))
             self.counts.append(n)
 
     def forward(self, images: torch.Tensor):
@@ -107,13 +107,13 @@ class _TopKIndices(torch.autograd.Function):
         return idx
 
 
-def keep_counts_for(model, ratio: Union[float, Sequence[float]]) -> List[int]:
-    """Per-stage patch counts of a keep level (what `RatioGraph` fixes and CountsGraph takes)."""
-    return RatioGraph(model, ratio).counts
+def keep_counts_for(model, level: Union[float, Sequence[float]]) -> List[int]:
+    """Per-stage patch counts of a keep level (what `LevelGraph` fixes and CountsGraph takes)."""
+    return LevelGraph(model, level).counts
 
 
 class CountsGraph(nn.Module):
-    """`RatioGraph` with the per-stage counts as an input tensor [S] instead of constants."""
+    """`LevelGraph` with the per-stage counts as an input tensor [S] instead of constants."""
 
     def __init__(self, model):
         super().__init__()
@@ -192,20 +192,20 @@ def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False) ->
     counts = torch.tensor(keep_counts_for(model, 0.7), dtype=torch.int64)
     dyn = {"images": {0: "batch"}, "logits": {0: "batch"}, "heatmap": {0: "batch"},
            **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)}}
-    _write(graph, (x, counts), path, int8, deployment_metadata(model, policy="ratio", keep_counts_input=True),
+    _write(graph, (x, counts), path, int8, deployment_metadata(model, policy="level", keep_counts_input=True),
            input_names=["images", "keep_counts"], output_names=names, opset_version=opset, dynamic_axes=dyn)
     return names
 
 
-def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: int = 17,
+def export_onnx(model, path: str, level: Union[float, Sequence[float]], opset: int = 17,
                 int8: bool = False) -> List[str]:
     """Write `path` (.onnx) for one keep level; returns the output names. `int8`: the blocks' and
     head's weights in int8 (`quantize.quantize_int8`), for CPUs."""
     check_opset(opset)
-    graph = RatioGraph(model, ratio).eval()
+    graph = LevelGraph(model, level).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
     x = torch.zeros(2, *model.input_size)
-    _write(graph, (x,), path, int8, deployment_metadata(model, policy="ratio", keep_counts=graph.counts),
+    _write(graph, (x,), path, int8, deployment_metadata(model, policy="level", keep_counts=graph.counts),
            input_names=["images"], output_names=names, opset_version=opset,
            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     return names
@@ -214,7 +214,7 @@ def export_onnx(model, path: str, ratio: Union[float, Sequence[float]], opset: i
 def export_onnx_threshold(model, path: str, thresholds: Union[None, float, Sequence[float]] = None,
                           opset: int = 17, int8: bool = False) -> List[str]:
     """Write `path` (.onnx): policy "threshold" for one image (`ThresholdGraph`; `thresholds`
-    default the model's own), input `images` [1, C, H, W]; outputs as the ratio graphs', each
+    default the model's own), input `images` [1, C, H, W]; outputs as the level graphs', each
     stage's kept indices [1, k_s] with k_s the image's own count. Returns the output names."""
     check_opset(opset)
     graph = ThresholdGraph(model, thresholds).eval()

@@ -1,11 +1,11 @@
-"""Runs exported graphs with ONNX Runtime: policy "ratio", one session per keep level (form
+"""Runs exported graphs with ONNX Runtime: policy "level", one session per keep level (form
 "levels") or one of the graph whose keep counts are an input (form "counts"); or policy
 "threshold" (form "threshold": one session, one image per run, a batch image by image).
 
 Gives the Runtime the same fields the PyTorch model does (logits, heatmap, keep masks, keep
-ratios), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are written
+levels), so `Runtime(..., backend="onnxruntime")` returns the same `Result`. Graphs are written
 to `cache_dir` at every construction (a graph another model left there is never reused); keep
-levels map to per-stage ratios by `model.stage_ratios`. Providers: CUDA and TensorRT execution
+levels map to per-stage levels by `model.stage_levels`. Providers: CUDA and TensorRT execution
 providers first when this onnxruntime build has them, else the CPU. `int8`: graphs with int8
 weights (`iared_edge.export.quantize`), run on the CPU provider only.
 """
@@ -13,27 +13,23 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..runtime.backends import BackendOutput
 from .onnx import export_onnx, export_onnx_counts, export_onnx_threshold, keep_counts_for
 
 
 FORMS = ("levels", "counts", "threshold")
 
 
-@dataclass
-class GraphOutput:
-    logits: torch.Tensor
-    heatmap: torch.Tensor
-    keep_masks: torch.Tensor   # [B, S, N] bool
-    keep_ratio: torch.Tensor   # [B, S]
-
-
 class OnnxRuntimeBackend:
+    """A Runtime backend (runtime/backends.py) on ONNX Runtime sessions."""
+    name = "onnxruntime"
+    fixed_batch = None
+
     def __init__(self, model, levels: Sequence[float], cache_dir: Optional[str] = None, threads: Optional[int] = None,
                  form: str = "levels", int8: bool = False):
         try:
@@ -47,7 +43,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f'form "threshold" has no keep levels (each image keeps its own count), got {list(levels)}')
         self.num_patches, self.num_stages, self.form = model.num_patches, model.num_stages, form
         self.levels = sorted({float(r) for r in levels}, reverse=True)
-        self.counts = {r: np.asarray(keep_counts_for(model, model.stage_ratios(r)), np.int64) for r in self.levels}
+        self.counts = {r: np.asarray(keep_counts_for(model, model.stage_levels(r)), np.int64) for r in self.levels}
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="iared-onnx-")
         os.makedirs(self.cache_dir, exist_ok=True)
         available = ort.get_available_providers()
@@ -70,33 +66,33 @@ class OnnxRuntimeBackend:
             session = ort.InferenceSession(path, options, providers=self.providers)
             self.sessions = {r: session for r in self.levels}
         else:
-            for rho in self.levels:
-                path = os.path.join(self.cache_dir, f"keep{rho:.4f}{suffix}.onnx")
-                export_onnx(model, path, model.stage_ratios(rho), int8=int8)
-                self.sessions[rho] = ort.InferenceSession(path, options, providers=self.providers)
+            for level in self.levels:
+                path = os.path.join(self.cache_dir, f"keep{level:.4f}{suffix}.onnx")
+                export_onnx(model, path, model.stage_levels(level), int8=int8)
+                self.sessions[level] = ort.InferenceSession(path, options, providers=self.providers)
 
-    def __call__(self, images: torch.Tensor, rho: Optional[float] = None) -> GraphOutput:
+    def __call__(self, images: torch.Tensor, level: Optional[float] = None) -> BackendOutput:
         if self.form == "threshold":
             return self._threshold(images)
-        if rho is None or float(rho) not in self.sessions:
-            raise ValueError(f"no ONNX graph for keep level {rho}; levels: {self.levels}")
+        if level is None or float(level) not in self.sessions:
+            raise ValueError(f"no ONNX graph for keep level {level}; levels: {self.levels}")
         feed = {"images": images.detach().cpu().numpy()}
         if self.form == "counts":
-            feed["keep_counts"] = self.counts[float(rho)]
-        outs = self.sessions[float(rho)].run(None, feed)
+            feed["keep_counts"] = self.counts[float(level)]
+        outs = self.sessions[float(level)].run(None, feed)
         return self._output(outs[0], outs[1:-1], outs[-1])
 
-    def _threshold(self, images: torch.Tensor) -> GraphOutput:
+    def _threshold(self, images: torch.Tensor) -> BackendOutput:
         """Image by image: each keeps its own counts, so a batch's kept indices are not one array."""
         parts = []
         for i in range(len(images)):
             outs = self.session.run(None, {"images": images[i:i + 1].detach().cpu().numpy()})
             parts.append(self._output(outs[0], outs[1:-1], outs[-1]))
-        return GraphOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in GraphOutput.__dataclass_fields__))
+        return BackendOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in BackendOutput.__dataclass_fields__))
 
-    def _output(self, logits, kept, heat) -> GraphOutput:
+    def _output(self, logits, kept, heat) -> BackendOutput:
         masks = np.zeros((logits.shape[0], self.num_stages, self.num_patches), bool)
         for s, idx in enumerate(kept):
             np.put_along_axis(masks[:, s], idx, True, 1)
         masks = torch.from_numpy(masks)
-        return GraphOutput(torch.from_numpy(logits), torch.from_numpy(heat), masks, masks.float().mean(-1))
+        return BackendOutput(torch.from_numpy(logits), torch.from_numpy(heat), masks, masks.float().mean(-1))

@@ -1,4 +1,4 @@
-"""Runs the exported policy-"ratio" ONNX graphs with TensorRT (GPU hosts only).
+"""Runs the exported policy-"level" ONNX graphs with TensorRT (GPU hosts only).
 
 Engines are built once from the ONNX graphs (`export_onnx` per keep level, or `export_onnx_counts`
 with the keep counts as a shape input, TensorRT >= 10) and cached on disk under a key made of the
@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .onnx import export_onnx, export_onnx_counts, keep_counts_for
-from .onnxruntime_backend import GraphOutput
+from ..runtime.backends import BackendOutput
 
 
 def engine_key(onnx_bytes: bytes, device_name: str, capability: tuple, trt_version: str, fp16: bool,
@@ -44,6 +44,10 @@ def _import_trt():
 
 
 class TensorRTBackend:
+    """A Runtime backend (runtime/backends.py) on TensorRT engines, up to `max_batch` images."""
+    name = "tensorrt"
+    fixed_batch = None
+
     def __init__(self, model, levels: Sequence[float], cache_dir: Optional[str] = None, fp16: bool = True,
                  form: str = "levels", max_batch: int = 8, device: torch.device | str = "cuda"):
         trt = _import_trt()
@@ -56,7 +60,7 @@ class TensorRTBackend:
         self.num_patches, self.num_stages = model.num_patches, model.num_stages
         self.input_size = tuple(model.input_size)
         self.levels = sorted({float(r) for r in levels}, reverse=True)
-        self.counts = {r: keep_counts_for(model, model.stage_ratios(r)) for r in self.levels}
+        self.counts = {r: keep_counts_for(model, model.stage_levels(r)) for r in self.levels}
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "iared-trt")
         os.makedirs(self.cache_dir, exist_ok=True)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -73,12 +77,12 @@ class TensorRTBackend:
                 self.engines[r] = self._engine(model, r, fp16)
                 self.contexts[r] = self.engines[r].create_execution_context()
 
-    def _engine(self, model, rho: Optional[float], fp16: bool):
+    def _engine(self, model, level: Optional[float], fp16: bool):
         trt = self.trt
-        onnx_path = os.path.join(self.cache_dir, "keep_counts.onnx" if rho is None else f"keep{rho:.4f}.onnx")
+        onnx_path = os.path.join(self.cache_dir, "keep_counts.onnx" if level is None else f"keep{level:.4f}.onnx")
         # Exported every time (seconds): a file left by another model must not be reused; the
         # engine cache below is keyed by the graph's bytes.
-        export_onnx_counts(model, onnx_path) if rho is None else export_onnx(model, onnx_path, model.stage_ratios(rho))
+        export_onnx_counts(model, onnx_path) if level is None else export_onnx(model, onnx_path, model.stage_levels(level))
         with open(onnx_path, "rb") as f:
             onnx_bytes = f.read()
         props = torch.cuda.get_device_properties(self.device)
@@ -97,7 +101,7 @@ class TensorRTBackend:
             profile = builder.create_optimization_profile()
             c, h, w = self.input_size
             profile.set_shape("images", (1, c, h, w), (1, c, h, w), (self.max_batch, c, h, w))
-            if rho is None:  # K as a shape input: any counts from 1 to all patches
+            if level is None:  # K as a shape input: any counts from 1 to all patches
                 S, N = self.num_stages, self.num_patches
                 profile.set_shape_input("keep_counts", [1] * S, [N] * S, [N] * S)
             config.add_optimization_profile(profile)
@@ -114,20 +118,20 @@ class TensorRTBackend:
             raise RuntimeError(f"{plan}: TensorRT could not load the cached engine (delete it to rebuild)")
         return engine
 
-    def __call__(self, images: torch.Tensor, rho: float) -> GraphOutput:
-        rho = float(rho)
-        if rho not in self.contexts:
-            raise ValueError(f"no TensorRT engine for keep level {rho}; levels: {self.levels}")
+    def __call__(self, images: torch.Tensor, level: float) -> BackendOutput:
+        level = float(level)
+        if level not in self.contexts:
+            raise ValueError(f"no TensorRT engine for keep level {level}; levels: {self.levels}")
         B = images.shape[0]
         if not 1 <= B <= self.max_batch:
             raise ValueError(f"batch {B} outside the engine's profile 1..{self.max_batch}")
-        trt, engine, ctx = self.trt, self.engines[rho], self.contexts[rho]
+        trt, engine, ctx = self.trt, self.engines[level], self.contexts[level]
         x = images.to(self.device, torch.float32).contiguous()
         ctx.set_input_shape("images", tuple(x.shape))
         ctx.set_tensor_address("images", x.data_ptr())
         keep = None
         if self.form == "counts":  # a shape tensor: TensorRT reads it from host memory
-            keep = torch.tensor(self.counts[rho], dtype=torch.int64)
+            keep = torch.tensor(self.counts[level], dtype=torch.int64)
             ctx.set_tensor_address("keep_counts", keep.data_ptr())
         outputs = {}
         for i in range(engine.num_io_tensors):
@@ -146,4 +150,4 @@ class TensorRTBackend:
         masks = torch.zeros(B, self.num_stages, self.num_patches, dtype=torch.bool, device=self.device)
         for s in range(self.num_stages):
             masks[:, s].scatter_(1, outputs[f"kept_stage{s + 1}"].long(), True)
-        return GraphOutput(outputs["logits"].float(), outputs["heatmap"].float(), masks, masks.float().mean(-1))
+        return BackendOutput(outputs["logits"].float(), outputs["heatmap"].float(), masks, masks.float().mean(-1))

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import reference
-from .reference import ratio_keep_count, sequence_ids
+from .reference import level_keep_count, sequence_ids
 
 try:  # importing registers torch.ops.iared.*
     _C = importlib.import_module("iared_edge._C")
@@ -44,7 +44,7 @@ _forced_reference = False
 TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 __all__ = ["backend", "interpreter_scores", "topk_keep", "compact", "use_reference",
-           "ratio_keep_count", "sequence_ids", "reference"]
+           "level_keep_count", "sequence_ids", "reference"]
 
 
 def _warn_missing() -> None:
@@ -153,28 +153,28 @@ def _check_scores_args(tokens, offsets, vecs, biases, threshold, positions) -> N
         raise ValueError("interpreter_scores: a threshold needs positions (prefix tokens are forced kept)")
 
 
-def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, rho: float,
+def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, level: float,
               num_prefix: int = 1) -> torch.Tensor:
-    """Keep flags [T] bool: per image the top ceil(rho * n) of its n patch tokens (ties: earlier
+    """Keep flags [T] bool: per image the top ceil(level * n) of its n patch tokens (ties: earlier
     token wins); prefix tokens always kept."""
     op = _compiled(scores, _topk_direct, _topk_op)
     if op is not None:
         try:
-            return op(scores, offsets, positions, float(rho), num_prefix)
+            return op(scores, offsets, positions, float(level), num_prefix)
         except RuntimeError:
-            _check_topk_args(scores, offsets, positions, rho)
+            _check_topk_args(scores, offsets, positions, level)
             raise
-    _check_topk_args(scores, offsets, positions, rho)
+    _check_topk_args(scores, offsets, positions, level)
     _warn_missing()
-    return reference.topk_keep(scores, offsets, positions, rho, num_prefix)
+    return reference.topk_keep(scores, offsets, positions, level, num_prefix)
 
 
-def _check_topk_args(scores, offsets, positions, rho) -> None:
+def _check_topk_args(scores, offsets, positions, level) -> None:
     _check_packed("topk_keep", scores.view(-1, 1), offsets, positions)
     if scores.dtype != torch.float32:
         raise TypeError(f"topk_keep: scores must be float32, got {scores.dtype}")
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"topk_keep: rho must be in [0, 1], got {rho}")
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"topk_keep: level must be in [0, 1], got {level}")
 
 
 def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor,

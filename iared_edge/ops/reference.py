@@ -21,9 +21,9 @@ def sequence_ids(offsets: torch.Tensor, total: int) -> torch.Tensor:
                                    output_size=total)
 
 
-def ratio_keep_count(n: int, rho: float) -> int:
-    """Patch tokens kept by policy "ratio": ceil(rho * n), robust to float error (0.7 * 10 is 7)."""
-    return min(n, max(0, math.ceil(rho * n - 1e-6)))
+def level_keep_count(n: int, level: float) -> int:
+    """Patch tokens kept by policy "level": ceil(level * n), robust to float error (0.7 * 10 is 7)."""
+    return min(n, max(0, math.ceil(level * n - 1e-6)))
 
 
 def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.Tensor,
@@ -53,16 +53,16 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
     return probs, keep
 
 
-def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, rho: float,
+def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, level: float,
               num_prefix: int = 1) -> torch.Tensor:
-    """Keep flags [T] for policy "ratio": per image the top ceil(rho * n) patch tokens by score
+    """Keep flags [T] for policy "level": per image the top ceil(level * n) patch tokens by score
     (ties: the earlier token wins), prefix tokens always kept."""
     keep = positions < num_prefix
     bounds = offsets.tolist()
     for b in range(len(bounds) - 1):
         s, e = bounds[b], bounds[b + 1]
         patch = (~keep[s:e]).nonzero().squeeze(1)
-        k = ratio_keep_count(patch.numel(), rho)
+        k = level_keep_count(patch.numel(), level)
         if k == 0:
             continue
         order = torch.sort(scores[s:e][patch], descending=True, stable=True).indices

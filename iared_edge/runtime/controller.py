@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 @dataclass
 class BudgetController:
-    levels: Sequence[float]           # keep ratios, highest first (e.g. 1.0 ... 0.3)
+    levels: Sequence[float]           # keep levels, highest first (e.g. 1.0 ... 0.3)
     costs: Sequence[float]            # relative cost of each level (FLOPs / full FLOPs)
     budget_ms: float
     margin: float = 0.1               # plan for budget / (1 + margin) at least
@@ -243,7 +243,8 @@ class BudgetController:
         return min(self.max_margin, max(floor, errs[round(q * (len(errs) - 1))]))
 
     @property
-    def keep_ratio(self) -> float:
+    def keep_level(self) -> float:
+        """The keep level of the current choice (`level` is its index in `levels`)."""
         return self.levels[self.level]
 
 

@@ -1,10 +1,10 @@
-"""CUDA graphs per keep level for the Runtime's GPU path (batch 1, policy "ratio").
+"""CUDA graphs per keep level for the Runtime's GPU path (batch 1, policy "level").
 
-Policy "ratio" has static token counts, so its dense form (`export.RatioGraph`: TopK + Gather, no
+Policy "level" has static token counts, so its dense form (`export.LevelGraph`: TopK + Gather, no
 host synchronisation) can be captured once per keep level and replayed: one launch per frame
 instead of hundreds, which is what limits a small ViT at batch 1 on a GPU. Policy "threshold"
-(data-dependent counts) runs eagerly. Same call as the exported backends: (images, rho) ->
-GraphOutput. GPU only; not run where this was written (no GPU), tests skip without one.
+(data-dependent counts) runs eagerly. Same call as the exported backends: (images, level) ->
+BackendOutput. GPU only; not run where this was written (no GPU), tests skip without one.
 """
 from __future__ import annotations
 
@@ -12,22 +12,26 @@ from typing import Dict, Sequence
 
 import torch
 
-from ..export.onnx import RatioGraph
-from ..export.onnxruntime_backend import GraphOutput
+from ..export.onnx import LevelGraph
+from .backends import BackendOutput
 
 
 class CudaGraphLevels:
+    """A Runtime backend (runtime/backends.py): one CUDA graph per keep level, batch 1."""
+    name = "cuda_graphs"
+    fixed_batch = 1
+
     def __init__(self, model, levels: Sequence[float], device: torch.device, warmup: int = 3):
         if torch.device(device).type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.device = torch.device(device)
-        self.levels = sorted({float(r) for r in levels}, reverse=True)
+        self.levels = sorted({float(v) for v in levels}, reverse=True)
         self.num_stages, self.num_patches = model.num_stages, model.num_patches
         self.static_in = torch.zeros(1, *model.input_size, device=self.device)
         self.graphs: Dict[float, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[float, tuple] = {}
-        for rho in self.levels:
-            dense = RatioGraph(model, model.stage_ratios(rho)).eval()
+        for level in self.levels:
+            dense = LevelGraph(model, model.stage_levels(level)).eval()
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side), torch.inference_mode():
@@ -36,21 +40,21 @@ class CudaGraphLevels:
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.inference_mode(), torch.cuda.graph(graph):
-                self.outputs[rho] = dense(self.static_in)
-            self.graphs[rho] = graph
+                self.outputs[level] = dense(self.static_in)
+            self.graphs[level] = graph
 
-    def __call__(self, images: torch.Tensor, rho: float) -> GraphOutput:
-        rho = float(rho)
-        if rho not in self.graphs:
-            raise ValueError(f"no CUDA graph for keep level {rho}; levels: {self.levels}")
+    def __call__(self, images: torch.Tensor, level: float) -> BackendOutput:
+        level = float(level)
+        if level not in self.graphs:
+            raise ValueError(f"no CUDA graph for keep level {level}; levels: {self.levels}")
         if tuple(images.shape) != tuple(self.static_in.shape):
             raise ValueError(f"CUDA graphs are captured for {tuple(self.static_in.shape)}, got {tuple(images.shape)}")
         self.static_in.copy_(images)
-        self.graphs[rho].replay()
-        logits, *kept, heat = self.outputs[rho]
+        self.graphs[level].replay()
+        logits, *kept, heat = self.outputs[level]
         masks = torch.zeros(1, self.num_stages, self.num_patches, dtype=torch.bool, device=self.device)
         for s, idx in enumerate(kept):
             masks[:, s].scatter_(1, idx, True)
-        out = GraphOutput(logits.clone(), heat.clone(), masks, masks.float().mean(-1))
+        out = BackendOutput(logits.clone(), heat.clone(), masks, masks.float().mean(-1))
         torch.cuda.current_stream(self.device).synchronize()  # the Runtime times the frame to here
         return out

@@ -12,18 +12,21 @@ import math
 import os
 import queue
 import threading
-from contextlib import contextmanager, nullcontext as _nullcontext
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from contextlib import nullcontext as _nullcontext
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..checkpoint import resolve_model
-from ..devices import PRECISION_DTYPES, PRECISIONS, RUNTIME_PRECISIONS, inference_dtype, resolve_device
-from ..preprocess import FITS, fit_frame, grid_to_frame, model_normalization, overlay
+from ..devices import PRECISION_DTYPES, PRECISIONS, inference_dtype, resolve_device
+from ..preprocess import fit_frame, grid_to_frame, model_normalization, overlay
+from .backends import BackendOutput, TorchBackend, make_backend
+from .config import RuntimeConfig
 from .contention import CpuContention
 from .controller import BudgetController, default_levels
 from .sources import LIVE, import_cv2, open_source
@@ -45,6 +48,17 @@ def _three_channels(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+class Answer(NamedTuple):
+    """What the model said about one frame: Result's fields that come from the forward."""
+    labels: List[str]
+    probs: List[float]
+    indices: List[int]
+    heatmap: np.ndarray
+    stage_masks: np.ndarray
+    stage_keep: List[float]
+    keep_ratio: float
+
+
 @dataclass
 class Result:
     """One frame's answer."""
@@ -58,7 +72,7 @@ class Result:
     latency_ms: Dict[str, float]   # preprocess, model, postprocess, total
     frame_index: int
     timestamp: float               # time.time() when the frame was taken in
-    keep_level: Optional[float] = None  # the budget controller's keep ratio, when a budget is set
+    keep_level: Optional[float] = None  # the budget controller's keep level, when a budget is set
     threads: Optional[int] = None       # CPU threads the controller ran this frame with
     fit: str = "squash"                 # how the frame became the model's input (Runtime's fit=)
     input_size: Optional[Tuple[int, int]] = None  # the model's input (H, W)
@@ -73,7 +87,7 @@ class Result:
 
     def summary(self) -> Dict[str, Any]:
         """This Result without its arrays, ready for `json.dumps`: frame index, timestamp, label and
-        confidence, the top-k, keep ratios, latency, and the budget's keep level and threads."""
+        confidence, the top-k, keep levels, latency, and the budget's keep level and threads."""
         return {"frame": self.frame_index, "timestamp": self.timestamp, "label": self.label,
                 "confidence": self.score, "top": [{"label": l, "prob": p} for l, p in zip(self.labels, self.probs)],
                 "keep_ratio": self.keep_ratio, "stage_keep": list(self.stage_keep),
@@ -82,8 +96,9 @@ class Result:
     def overlay(self, frame: np.ndarray, color: str = "bgr", heatmap: bool = True, mask: bool = True,
                 alpha: float = 0.45) -> np.ndarray:
         """`frame` (the one this Result answers; H x W x 3 uint8, BGR unless color="rgb"; H x W grey
-        or H x W x 4 with alpha give 3 channels) with the heatmap blended in and the patches dropped
-        by the last stage dimmed, in the frame's colour order: what to show in a camera app."""
+        or H x W x 4 with alpha give 3 channels) with the heatmap blended in where it is warm (the
+        frame shows through) and the patches dropped by the last stage greyed, in the frame's colour
+        order: what to show in a camera app."""
         if color not in ("bgr", "rgb"):
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
         frame = _three_channels(np.asarray(frame))
@@ -105,83 +120,60 @@ class Runtime:
 
     model: an IARedViT, "demo" (the bundled model), a .safetensors saved by `save_model`, or a timm
         name (random weights: pass an IARedViT built with `IARedViT.from_timm(name, checkpoint=...)`).
-    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
-    budget_ms: a latency budget per frame: a controller picks each frame's keep level (policy
-        "ratio" at `model.stage_ratios(level)`) and, on a CPU, its thread count. None: no budget.
-    policy: without a budget, "threshold" (each frame its own tokens; the paper's inference),
-        "all", or "ratio" with `ratio` (a keep level in (0, 1]).
-    input_size: checked against the model's (H, W). labels: class names to report, one per class
-        (default: the model's).
-    topk: how many labels a Result lists. color: "bgr" (OpenCV frames) or "rgb".
-    fit: how a frame becomes the model's input: "squash" (the whole frame resized, its aspect ratio
-        changed), "crop" (the largest centred part with the model's aspect ratio; the rest is not
-        seen: heatmap 0, dimmed) or "letterbox" (the whole frame, aspect ratio kept, padded with the
-        normalisation mean). The heatmap and masks always map back onto the frame.
-    levels: the budget's keep levels (default 1.0, 0.9, ..., 0.1).
-    queue_size: frames a stream holds between capture and model (live sources drop the oldest).
-    calibrate_runs: timed forwards per level in the budget's start-up calibration.
-    threads: "auto", an int or a list: CPU thread counts the budget controller may choose between.
-    backend: "torch", "onnxruntime" or "tensorrt" (the last two run policy-"ratio" graphs, written to
-        `onnx_cache`: `onnx_form="levels"`, one per keep level, or "counts", one with the counts as
-        an input; the default is "counts" for ONNX Runtime (one export at start-up, as fast as the
-        per-level graphs on the CPU measured) and "levels" for TensorRT (a constant TopK K builds
-        on every TensorRT version). ONNX Runtime also runs policy "threshold": one graph, an
-        image per run).
-    cuda_graphs: on a GPU, replay a CUDA graph per keep level (policy "ratio" or a budget).
-    precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); a copy is cast. "int8"
-        (backend "onnxruntime" only): graphs with int8 weights in the blocks and head, for CPUs.
+    config: a `RuntimeConfig`, or its fields as keyword arguments (`Runtime("demo", budget_ms=30)`):
+        device, budget_ms, policy / level, precision, backend, fit, ... (see RuntimeConfig).
     """
 
-    def __init__(self, model: Any, device: str = "auto", budget_ms: Optional[float] = None,
-                 policy: str = "threshold", ratio: Optional[float] = None,
-                 input_size: Optional[Tuple[int, int]] = None, labels: Optional[Sequence[str]] = None,
-                 topk: int = 5, color: str = "bgr", levels: Optional[Sequence[float]] = None,
-                 queue_size: int = 4, calibrate_runs: int = 3, threads: Any = "auto",
-                 backend: str = "torch", onnx_cache: Optional[str] = None, onnx_form: Optional[str] = None,
-                 cuda_graphs: bool = True, precision: Optional[str] = None, fit: str = "squash"):
-        self.device = resolve_device(device)
+    def __init__(self, model: Any, config: Optional[RuntimeConfig] = None, **options: Any):
+        if config is not None and options:
+            raise ValueError(f"give a RuntimeConfig or keyword options, not both (got {sorted(options)})")
+        if config is not None and not isinstance(config, RuntimeConfig):
+            raise TypeError(f"config must be a RuntimeConfig, got {type(config).__name__}")
+        try:
+            self.config = config or RuntimeConfig(**options)
+        except TypeError as exc:  # an unknown option: name it and the known ones
+            known = ", ".join(f.name for f in fields(RuntimeConfig))
+            raise TypeError(f"Runtime: {exc}; options are: {known}") from None
+        c = self.config
+        self.device = resolve_device(c.device)
         self.model = resolve_model(model).to(self.device).eval()
-        self.precision = self._set_precision(precision, backend, given=self.model is model)
-        if policy not in ("all", "threshold", "ratio"):
-            raise ValueError(f'policy must be "all", "threshold" or "ratio", got {policy!r}')
-        if policy == "ratio" and ratio is None:
-            raise ValueError('policy "ratio" needs ratio=')
-        if ratio is not None and policy != "ratio":
-            raise ValueError(f'ratio= is the keep level of policy "ratio"; with policy {policy!r} it would be '
-                             'ignored (a budget picks its own levels)')
-        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
-            raise ValueError(f"ratio is a keep level in (0, 1], got {ratio!r}")
-        if color not in ("bgr", "rgb"):
-            raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
-        if fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
-        self.fit = fit
-        if backend not in ("torch", "onnxruntime", "tensorrt"):
-            raise ValueError(f'backend must be "torch", "onnxruntime" or "tensorrt", got {backend!r}')
-        # ONNX Runtime also runs policy "threshold" (one graph, an image per run); TensorRT ratio graphs only
-        threshold_graph = backend == "onnxruntime" and budget_ms is None and policy == "threshold"
-        if backend != "torch" and budget_ms is None and policy != "ratio" and not threshold_graph:
-            runs = 'policy "threshold" or "ratio" graphs' if backend == "onnxruntime" else 'policy "ratio" graphs'
-            raise ValueError(f'backend "{backend}" runs {runs}: give policy="ratio", ratio= or budget_ms=, '
-                             f'not policy {policy!r}')
-        if backend == "tensorrt" and self.device.type != "cuda":
+        self.precision = self._set_precision(c.precision, c.backend, given=self.model is model)
+        self.policy, self.level, self.color, self.fit = c.policy, c.level, c.color, c.fit
+        self.backend, self.queue_size = c.backend, c.queue_size
+        self._check_model(c)
+        self._init_stats()
+        self._init_threads(c)
+        # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._backend = make_backend(self.model, c, self.device, self._stream, threads=torch.get_num_threads(),
+                                     precision=self.precision)
+        # batches of other sizes than a fixed-batch backend's (CUDA graphs) run eagerly
+        self._eager = (self._backend if isinstance(self._backend, TorchBackend)
+                       else TorchBackend(self.model, c.policy, c.level, self._stream) if c.backend == "torch" else None)
+        self._warm_up()
+        self.controller: Optional[BudgetController] = None
+        if c.budget_ms is not None:
+            self._start_controller(c.budget_ms, c.levels or default_levels(), c.calibrate_runs)
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _check_model(self, c: RuntimeConfig) -> None:
+        """The settings that depend on the model: input size, labels, top-k."""
+        if c.backend == "tensorrt" and self.device.type != "cuda":
             raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {self.device}')
-        self.policy, self.ratio, self.color, self.backend = policy, ratio, color, backend
-        self._ratio_cache: Dict[tuple, List[float]] = {}
-        if int(topk) < 1:
-            raise ValueError(f"topk must be at least 1, got {topk}")
-        self.topk = min(int(topk), self.model.vit.num_classes)  # all classes at most
+        classes = self.model.vit.num_classes
+        self.topk = min(int(c.topk), classes)  # all classes at most
         expected = tuple(self.model.input_size[1:])
-        if input_size is not None and tuple(input_size) != expected:
-            raise ValueError(f"input_size {tuple(input_size)} does not match the model's {expected}")
+        if c.input_size is not None and tuple(c.input_size) != expected:
+            raise ValueError(f"input_size {tuple(c.input_size)} does not match the model's {expected}")
         self.input_size = expected
         mean, std, _ = model_normalization(self.model)
         self._mean, self._std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self._pad = np.clip(np.round(self._mean * 255), 0, 255).astype(np.uint8)  # letterbox: ~0 once normalised
-        if labels is not None and len(labels) != self.model.vit.num_classes:
-            raise ValueError(f"labels: {len(labels)} given for {self.model.vit.num_classes} classes")
-        self.labels = list(labels) if labels is not None else self.model.class_names()
-        self.queue_size = queue_size
+        if c.labels is not None and len(c.labels) != classes:
+            raise ValueError(f"labels: {len(c.labels)} given for {classes} classes")
+        self.labels = list(c.labels) if c.labels is not None else self.model.class_names()
+
+    def _init_stats(self) -> None:
         self._lock = threading.Lock()
         self._frames = 0
         self._records: deque = deque(maxlen=10000)
@@ -193,17 +185,12 @@ class Runtime:
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
         self._streams: List[threading.Event] = []
-        self.controller: Optional[BudgetController] = None
-        # CPU thread counts the controller may choose between: fewer threads stall less when
-        # another process competes for the cores ("auto": torch's current count, and 1)
-        n = torch.get_num_threads()
-        if threads == "auto":
-            threads = [n, 1] if self.device.type == "cpu" and n > 1 and backend == "torch" else [n]
-        modes = [threads] if isinstance(threads, int) else list(threads) if isinstance(threads, (list, tuple)) else []
-        if not modes or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in modes):
-            raise ValueError(f"threads must be 'auto', a positive int or a list of them, got {threads!r}")
+
+    def _init_threads(self, c: RuntimeConfig) -> None:
+        """CPU thread counts the controller may choose between: fewer threads stall less when
+        another process competes for the cores."""
         # most threads first: the controller's modes go from most to least slowed by a competing load
-        self.thread_modes = sorted(set(modes), reverse=True)
+        self.thread_modes = c.thread_choices(torch.get_num_threads(), cpu=self.device.type == "cpu")
         # with several thread modes: other processes' CPU use, so a faster mode is retried only
         # once the cores are free again (None where the OS does not tell)
         self._contention = CpuContention() if len(self.thread_modes) > 1 else None
@@ -212,52 +199,16 @@ class Runtime:
             self._cores = len(os.sched_getaffinity(0))
         except AttributeError:
             self._cores = os.cpu_count() or 1
-        # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        # policy-"ratio" graphs per keep level (ONNX Runtime sessions, TensorRT engines or CUDA graphs),
-        # or ONNX Runtime's policy-"threshold" graph
-        self._graphs = None
-        graph_levels = sorted({float(l) for l in (levels or default_levels())} if budget_ms is not None
-                              else {float(ratio)} if ratio is not None else set(), reverse=True)
-        if onnx_form is None:
-            onnx_form = "counts" if backend == "onnxruntime" else "levels"
-        if backend != "torch":
-            if backend == "onnxruntime":
-                from ..export.onnxruntime_backend import OnnxRuntimeBackend
-                self._graphs = OnnxRuntimeBackend(self.model, graph_levels, onnx_cache, threads=n,
-                                                  form="threshold" if threshold_graph else onnx_form,
-                                                  int8=self.precision == "int8")
-            else:
-                from ..export.tensorrt_backend import TensorRTBackend
-                self._graphs = TensorRTBackend(self.model, graph_levels, onnx_cache, form=onnx_form, device=self.device,
-                                              fp16=self.precision == "fp16")
-        elif cuda_graphs and self.device.type == "cuda" and (policy == "ratio" or budget_ms is not None):
-            # static token counts per keep level: capture each level once, replay per frame
-            from .cuda_graphs import CudaGraphLevels
-            self._graphs = CudaGraphLevels(self.model, graph_levels, self.device)
-        self._warm_up()
-        if budget_ms is not None:
-            self._start_controller(budget_ms, levels or default_levels(), calibrate_runs)
 
-    # -- set-up ----------------------------------------------------------------------------------
     def _set_precision(self, precision: Optional[str], backend: str, given: bool) -> str:
         """Cast the model's weights for `precision` (None: as the model is) and say what runs.
         A model object the caller passed is copied before a cast, not changed under them."""
-        if precision is not None and precision not in RUNTIME_PRECISIONS:
-            raise ValueError(f"precision must be one of {RUNTIME_PRECISIONS} or None (the model's own), got {precision!r}")
-        if precision == "int8" and backend != "onnxruntime":
-            raise ValueError(f'precision "int8" runs int8 ONNX Runtime graphs: give backend="onnxruntime", '
-                             f'not backend={backend!r}')
+        # the config validated the combination of precision and backend
         names = {dtype: name for name, dtype in PRECISION_DTYPES.items()}
         current = next(self.model.parameters()).dtype
         if backend == "onnxruntime":
-            if precision not in (None, "fp32", "auto", "int8"):
-                raise ValueError('backend "onnxruntime" runs float32 graphs, or int8 ones for CPUs: precision '
-                                 f'"fp32", "auto" or "int8", not {precision!r}')
             name, dtype = ("int8" if precision == "int8" else "fp32"), torch.float32
         elif backend == "tensorrt":  # TensorRT builds its own engines from float32 ones: fp16 unless told fp32
-            if precision == "bf16":
-                raise ValueError('backend "tensorrt": precision "fp16" (its default) or "fp32", not "bf16"')
             name, dtype = ("fp32" if precision == "fp32" else "fp16"), torch.float32
         else:
             dtype = current if precision is None else inference_dtype(self.device, precision)
@@ -280,17 +231,17 @@ class Runtime:
             return x.pin_memory().to(self.device, non_blocking=True)
 
     def _start_controller(self, budget_ms: float, levels: Sequence[float], runs: int) -> None:
-        levels = sorted((float(l) for l in levels), reverse=True)
-        if not all(0.0 <= l <= 1.0 for l in levels):
-            raise ValueError(f"levels are keep ratios in [0, 1], got {levels}")
+        levels = sorted((float(v) for v in levels), reverse=True)
         x = self._to_device(torch.zeros(1, *self.model.input_size))
         with torch.inference_mode():
-            full = self.model(x, policy="ratio", ratio=1.0).flops[0].item()
-            costs = [self.model(x, policy="ratio", ratio=self._stage_ratios(l)).flops[0].item() / full for l in levels]
+            # relative cost of each level from the token counts it keeps (the FLOPs model, no timing)
+            full = self.model.flops(torch.full((1, self.model.num_stages), self.model.num_patches))[0].item()
+            costs = [self.model(x, policy="level", level=self.model.stage_levels(v)).flops[0].item() / full
+                     for v in levels]
             lat = []
-            for l in levels:  # warm-up, then the median of `runs`
-                self._time_model(x, l)
-                lat.append(float(np.median([self._time_model(x, l)[1] for _ in range(max(1, runs))])))
+            for v in levels:  # warm-up, then the median of `runs`
+                self._time_model(x, v)
+                lat.append(float(np.median([self._time_model(x, v)[1] for _ in range(max(1, runs))])))
         self.controller = BudgetController(levels, costs, budget_ms, modes=len(self.thread_modes))
         self.controller.calibrate(costs, lat)
         self.calibration = {"levels": levels, "costs": costs, "latency_ms": lat, "threads": self.thread_modes}
@@ -373,74 +324,64 @@ class Runtime:
         x = (small.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
-    def _stage_ratios(self, level: float) -> List[float]:
-        """`model.stage_ratios(level)`, solved once per level and keep profile: it runs every frame."""
-        key = (float(level), tuple(self.model.keep_profile or ()))
-        if key not in self._ratio_cache:
-            self._ratio_cache[key] = self.model.stage_ratios(level)
-        return self._ratio_cache[key]
-
-    def _time_model(self, x: torch.Tensor, ratio: Optional[float], graphs: bool = True):
-        """One forward at keep level `ratio` (None: the Runtime's own policy), timed. `graphs=False`:
-        eager even where CUDA graphs (captured for batch 1) were made."""
-        if ratio is None and self.policy == "ratio":
-            ratio = self.ratio
+    def _time_model(self, x: torch.Tensor, level: Optional[float], graphs: bool = True):
+        """One forward at keep level `level` (None: the Runtime's own policy), timed. `graphs=False`
+        or a batch the backend was not prepared for (CUDA graphs: batch 1) runs eagerly. On a GPU
+        every backend runs on the Runtime's stream, the one `_to_device` copied the frame on."""
+        backend = self._backend
+        if backend.fixed_batch is not None and (not graphs or x.shape[0] != backend.fixed_batch):
+            backend = self._eager
+        if level is None and self.policy == "level":
+            level = self.level
+        if level is None and backend.levels:
+            level = max(backend.levels)
         t0 = time.perf_counter()
-        if self._graphs is not None and (graphs or self.backend != "torch"):
-            if ratio is None and self._graphs.levels:
-                ratio = max(self._graphs.levels)
-            out = self._graphs(x, ratio)
-            return out, (time.perf_counter() - t0) * 1e3
-        with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext()):
-            if ratio is not None:
-                out = self.model(x, policy="ratio", ratio=self._stage_ratios(ratio))
-            else:
-                out = self.model(x, policy=self.policy)
-            if self._stream is not None:
-                self._stream.synchronize()
+        with torch.cuda.stream(self._stream) if self._stream is not None else _nullcontext():
+            out = backend(x, level)
         return out, (time.perf_counter() - t0) * 1e3
 
     def _infer(self, frame: np.ndarray, x: torch.Tensor, pre_ms: float, timestamp: float) -> Result:
         with self._lock:
-            level = self.controller.choose() if self.controller else None
-            ratio = self.controller.keep_ratio if self.controller else None
+            index = self.controller.choose() if self.controller else None
+            level = self.controller.keep_level if self.controller else None
             mode = self.controller.mode if self.controller else 0
             x = self._to_device(x)
             with self._threads(self._frame_threads()):
                 started = time.perf_counter()
-                out, model_ms = self._time_model(x, ratio)
+                out, model_ms = self._time_model(x, level)
                 t0 = time.perf_counter()
                 answer = self._answer(out, 0, frame)
                 post_ms = (time.perf_counter() - t0) * 1e3
             total = pre_ms + model_ms + post_ms
             if self.controller:
-                if model_ms > 1.5 * (self.controller.predict(level, mode) - self.controller.overhead_ms):
+                if model_ms > 1.5 * (self.controller.predict(index, mode) - self.controller.overhead_ms):
                     self._slow_at = started
-                self.controller.observe(level, model_ms, pre_ms + post_ms, mode, self._quiet())
-            index = self._record(answer, total)
-        return Result(*answer, {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total},
-                      index, timestamp, ratio, self.thread_modes[mode] if self.controller else None,
-                      self.fit, self.input_size)
+                self.controller.observe(index, model_ms, pre_ms + post_ms, mode, self._quiet())
+            frame_index = self._record(answer, total)
+        latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total}
+        return Result(**answer._asdict(), latency_ms=latency, frame_index=frame_index, timestamp=timestamp,
+                      keep_level=level, threads=self.thread_modes[mode] if self.controller else None,
+                      fit=self.fit, input_size=self.input_size)
 
-    def _answer(self, out, i: int, frame: np.ndarray) -> tuple:
-        """Image `i` of a forward's output as Result's first fields: top-k labels, probabilities and
-        indices, the heatmap at the frame's size, per-stage masks and keeps, the mean keep."""
+    def _answer(self, out: BackendOutput, i: int, frame: np.ndarray) -> Answer:
+        """Image `i` of a forward's output, at the frame's size."""
         top = out.logits[i].float().softmax(-1).topk(self.topk)
         h, w = frame.shape[:2]
         heat = grid_to_frame(out.heatmap[i].float().cpu().numpy(), (h, w), self.input_size, self.fit)
         masks = out.keep_masks[i].view(-1, *self.model.grid_size).cpu().numpy()
         stage_keep = out.keep_ratio[i].tolist()
-        return ([self.labels[j] for j in top.indices.tolist()], top.values.tolist(), top.indices.tolist(),
-                np.clip(heat, 0, 1).astype(np.float32), masks, stage_keep, float(np.mean(stage_keep)))
+        return Answer(labels=[self.labels[j] for j in top.indices.tolist()], probs=top.values.tolist(),
+                      indices=top.indices.tolist(), heatmap=np.clip(heat, 0, 1).astype(np.float32),
+                      stage_masks=masks, stage_keep=stage_keep, keep_ratio=float(np.mean(stage_keep)))
 
-    def _record(self, answer: tuple, total_ms: float) -> int:
+    def _record(self, answer: Answer, total_ms: float) -> int:
         """Count one answered frame in stats() (caller holds the lock); returns its frame index."""
         index = self._frames
         self._frames += 1
         now = time.perf_counter()
         self._t_first = self._t_first or now
         self._t_last = now
-        self._records.append((total_ms, answer[-1], self.budget_ms))
+        self._records.append((total_ms, answer.keep_ratio, self.budget_ms))
         return index
 
     def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
@@ -490,8 +431,8 @@ class Runtime:
             post_ms = (time.perf_counter() - t0) * 1e3
             latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms,
                        "total": pre_ms + model_ms + post_ms}
-            return [Result(*a, dict(latency), self._record(a, latency["total"]), timestamp, fit=self.fit,
-                           input_size=self.input_size) for a in answers]
+            return [Result(**a._asdict(), latency_ms=dict(latency), frame_index=self._record(a, latency["total"]),
+                           timestamp=timestamp, fit=self.fit, input_size=self.input_size) for a in answers]
 
     # -- streams ---------------------------------------------------------------------------------
     def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None,

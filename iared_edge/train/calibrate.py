@@ -2,8 +2,8 @@
 
 The overall keep is the mean over stages of the fraction of patch tokens each stage keeps. How it
 is spread over the stages (`shape`):
-- "geometric": rho, rho², rho³, ... (a token dropped stays dropped, so each stage keeps a share of
-  what survived), with rho solved so that their mean is the target: for untrained interpreters;
+- "geometric": r, r², r³, ... (a token dropped stays dropped, so each stage keeps a share of
+  what survived), with r solved so that their mean is the target: for untrained interpreters;
 - "learned": the per-stage keeps the model's current thresholds give on these images, scaled
   together to the target: for trained interpreters, whose allocation (e.g. REINFORCE on the demo
   keeping all of stage 1's tokens at stage 2 and few at stage 3) a geometric spread would override.
@@ -21,7 +21,7 @@ from ..model import scaled_keep_targets
 
 
 def geometric_keep_targets(keep: float, stages: int) -> List[float]:
-    """Fractions of patch tokens kept after each stage, rho^(s+1), whose mean is `keep`."""
+    """Fractions of patch tokens kept after each stage, r^(s+1), whose mean is `keep`."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     lo, hi = 0.0, 1.0

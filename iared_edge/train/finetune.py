@@ -48,8 +48,8 @@ def finetune_backbone(model, train_loader: Iterable, val_loader: Optional[Iterab
     """Fine-tune `model.vit` with the interpreters frozen. `teacher`: a module mapping images to
     logits (default: a frozen copy of the backbone as it is now, every token kept). Resumable
     from `checkpoint`; under torchrun the student is wrapped in DistributedDataParallel."""
-    if policy not in ("threshold", "ratio"):
-        raise ValueError(f'policy must be "threshold" or "ratio" (a dropping policy), got {policy!r}')
+    if policy not in ("threshold", "level"):
+        raise ValueError(f'policy must be "threshold" or "level" (a dropping policy), got {policy!r}')
     if not 0.0 <= alpha <= 1.0 or tau <= 0:
         raise ValueError(f"alpha must be in [0, 1] and tau > 0, got alpha={alpha}, tau={tau}")
     seed_everything(seed)

@@ -1,0 +1,88 @@
+"""What runs the model for a Runtime: one interface, four backends, one factory.
+
+Every backend is called as `backend(images, level) -> BackendOutput`: `images` normalised
+[B, 3, H, W] on the Runtime's device, `level` a keep level (None: the Runtime's own policy, for
+the backends that have one). `levels` lists the keep levels it was prepared for (empty: any), and
+`fixed_batch` the only batch size it takes (None: any).
+
+- `TorchBackend`: the PyTorch model, eagerly (packed tokens; every policy).
+- `CudaGraphLevels` (runtime/cuda_graphs.py): one CUDA graph per keep level, batch 1.
+- `OnnxRuntimeBackend`, `TensorRTBackend` (export/): exported graphs.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Protocol, Sequence
+
+import torch
+
+
+@dataclass
+class BackendOutput:
+    logits: torch.Tensor       # [B, classes]
+    heatmap: torch.Tensor      # [B, gh, gw] in [0, 1]
+    keep_masks: torch.Tensor   # [B, S, N] bool: patches kept by each stage
+    keep_ratio: torch.Tensor   # [B, S]: the share of patches each stage kept
+
+
+class Backend(Protocol):
+    name: str
+    levels: List[float]
+    fixed_batch: Optional[int]
+
+    def __call__(self, images: torch.Tensor, level: Optional[float] = None) -> BackendOutput: ...
+
+
+class TorchBackend:
+    """The model itself. `policy` ("threshold", "all" or "level" at `level`) runs when no level is
+    given; on a GPU the forward runs on `stream` and is waited for, so the Runtime times all of it."""
+    name = "torch"
+    fixed_batch = None
+
+    def __init__(self, model, policy: str = "threshold", level: Optional[float] = None,
+                 stream: Optional[torch.cuda.Stream] = None):
+        self.model, self.policy, self.level, self.stream = model, policy, level, stream
+        self.levels: List[float] = []
+        self._stage_levels: Dict[tuple, List[float]] = {}
+
+    def stage_levels(self, level: float) -> List[float]:
+        """`model.stage_levels(level)`, solved once per level and keep profile: it runs every frame."""
+        key = (float(level), tuple(self.model.keep_profile or ()))
+        if key not in self._stage_levels:
+            self._stage_levels[key] = self.model.stage_levels(level)
+        return self._stage_levels[key]
+
+    def __call__(self, images: torch.Tensor, level: Optional[float] = None) -> BackendOutput:
+        if level is None and self.policy == "level":
+            level = self.level
+        with torch.inference_mode(), (torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()):
+            if level is not None:
+                out = self.model(images, policy="level", level=self.stage_levels(level))
+            else:
+                out = self.model(images, policy=self.policy)
+            if self.stream is not None:
+                self.stream.synchronize()
+        return BackendOutput(out.logits, out.heatmap, out.keep_masks, out.keep_ratio)
+
+
+def make_backend(model, config, device: torch.device, stream: Optional[torch.cuda.Stream] = None,
+                 threads: Optional[int] = None, precision: str = "fp32") -> Backend:
+    """The backend `config` (a RuntimeConfig) asks for, for `model` on `device`."""
+    levels: Sequence[float] = config.graph_levels
+    if config.backend == "onnxruntime":
+        from ..export.onnxruntime_backend import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(model, levels, config.onnx_cache, threads=threads, form=config.form,
+                                  int8=precision == "int8")
+    if config.backend == "tensorrt":
+        if device.type != "cuda":
+            raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {device}')
+        from ..export.tensorrt_backend import TensorRTBackend
+        return TensorRTBackend(model, levels, config.onnx_cache, form=config.form, device=device,
+                               fp16=precision == "fp16")
+    if (config.cuda_graphs and device.type == "cuda"
+            and (config.policy == "level" or config.budget_ms is not None)):
+        # static token counts per keep level: capture each level once, replay per frame
+        from .cuda_graphs import CudaGraphLevels
+        return CudaGraphLevels(model, levels, device)
+    return TorchBackend(model, config.policy, config.level, stream)

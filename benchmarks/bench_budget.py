@@ -13,7 +13,7 @@ read the controller's keep after / before, how fast and how jittery the machine 
     .venv/bin/python benchmarks/bench_budget.py [--model deit_small_patch16_224] [--frames 300]
 
 One load, as above, compares one stretch of frames before it with one after it, and on a VM whose
-speed drifts by more than 10% within a minute with no load at all (docs/benchmarks.md, run 17)
+speed drifts with no load at all (docs/benchmarks.md, 'Run 17: the same bench with no load')
 that level measures the drift as much as the controller. `--cycles K --segment S` repeats the
 load K times instead: S quiet frames, then K times (S loaded frames, 2S quiet frames), the last
 quiet stretch S long. "Before" is the S frames right before each load, "after" the S frames

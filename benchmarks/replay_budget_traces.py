@@ -1,6 +1,6 @@
 """Replay this VM's measured latency jitter through the budget controller, offline, in seconds.
 
-bench_budget.py takes 5 minutes a pair on a quiet machine and its runs differ by as much as
+bench_budget.py takes minutes a pair on a quiet machine and its runs differ by as much as
 controller versions do, so comparing margin settings that way needs many runs. This replays the
 jitter those runs recorded instead: benchmarks/data/budget_traces/ holds the per-frame dumps
 (`--dump`) of runs 1-3, 5-7 and 13-16 of docs/benchmarks.md (controller and fixed level; latency ms,

@@ -34,8 +34,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 def autocast_dtype(device: str | torch.device = "cpu", amp: str = "auto") -> torch.dtype | None:
     """The autocast dtype that `amp` ("bf16", "fp16", "none" or "auto") means on `device`; None is
     float32. "auto": on a CPU, bfloat16 only where it has bf16 instructions (AVX512-BF16 or AMX):
-    elsewhere torch emulates it, and a DeiT-Tiny training step at 224 px ran about 16x slower than
-    in float32 (AMD EPYC, AVX2 only); on CUDA, bfloat16 where supported, else float16."""
+    elsewhere torch emulates it, far slower than float32 (docs/benchmarks.md, 'Reduced precision');
+    on CUDA, bfloat16 where supported, else float16."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     if amp != "auto":
@@ -78,8 +78,8 @@ def inference_dtype(device: str | torch.device = "cpu", precision: str = "fp32")
     """The weight dtype that `precision` ("fp32", "fp16", "bf16" or "auto") means for inference on
     `device`. "auto": float16 on CUDA (every GPU the SDK targets, Jetson Xavier and Orin included,
     has fp16 arithmetic; bfloat16 needs sm_80); on a CPU, bfloat16 only where it has bf16
-    instructions (AVX512-BF16 or AMX), else float32 (torch emulates both half types there, and
-    the demo model in float16 ran 7-12x slower than in float32 on an AVX-512 CPU)."""
+    instructions (AVX512-BF16 or AMX), else float32 (torch emulates both half types there, far
+    slower than float32: docs/benchmarks.md, 'Reduced precision')."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":

@@ -34,8 +34,8 @@ PerStage = Union[float, Sequence[float]]
 HEATMAP_TIE_BREAK = 0.01
 # A 3x3 binomial kernel: each patch's heat is 1/4 its own survival probability and 3/4 its
 # neighbours' (1/8 per side, 1/16 per corner). Objects span several patches, a lone kept patch
-# of busy background does not; on demo validation images smoothing raised the pointing game from
-# 94.6% to 96.4% and improved deletion and insertion (docs/demo_history.md).
+# of busy background does not; on demo validation images smoothing raised the pointing game and
+# improved deletion and insertion (docs/demo.md, 'The model').
 _HEATMAP_KERNEL = (1.0, 2.0, 1.0)
 
 

@@ -196,7 +196,7 @@ TORCH_LIBRARY_IMPL(iared, CUDA, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "iared-edge kernels: fused interpreter scoring, top-k selection, token compaction";
   // The same functions, callable without the dispatcher: iared_edge.ops uses these in eager mode
-  // (a torch.ops call costs several µs of argument boxing, as much as a batch-1 compaction) and
+  // (a torch.ops call's argument boxing costs as much as a batch-1 compaction: docs/benchmarks.md, 'Ops (issue 3)') and
   // torch.ops.iared.* wherever PyTorch must see the op (tracing, torch.compile, tensor subclasses).
   // The GIL is released as torch.ops does, so other Python threads run meanwhile.
   const auto nogil = py::call_guard<py::gil_scoped_release>();

@@ -140,7 +140,7 @@ int64_t compact_plan_cpu(const uint8_t* keep, const int32_t* positions, int64_t 
 #ifdef _OPENMP
   if (T >= 4 * kParallelRows) chunks = omp_get_max_threads();
 #endif
-  if (chunks == 1) {  // one image or a few: no OpenMP region at all (entering one costs ~0.4 us)
+  if (chunks == 1) {  // one image or a few: no OpenMP region, not free to enter (docs/benchmarks.md, 'Ops (issue 3)')
     int32_t run = 0;
     for (int64_t t = 0; t < T; ++t) {
       scan[t] = run;

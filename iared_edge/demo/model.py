@@ -69,9 +69,9 @@ class ConvStem(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not self.training and CHANNELS_LAST_ON_CPU and not torch.jit.is_tracing():
-            # oneDNN's CPU convolutions skip a layout conversion per conv on channels-last input: in
-            # inference the stem ran 1.23-1.26x faster, the whole forward 1.03-1.15x (batch 1 and 8,
-            # docs/benchmarks.md); a bf16 training step was level, so training keeps NCHW. The
+            # oneDNN's CPU convolutions skip a layout conversion per conv on channels-last input:
+            # faster in inference, no gain in a bf16 training step, so training keeps NCHW
+            # (docs/benchmarks.md, "The demo model's convolutional stem on channels-last input"). The
             # output's layout is then already the tokens' (B, H*W, C): flattening copies nothing
             x = x.contiguous(memory_format=torch.channels_last)
         layers = list(self.children())[:self._layers]

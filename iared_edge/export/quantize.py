@@ -3,9 +3,9 @@
 What is quantized: the weights of the blocks' and the head's MatMul/Gemm (int8, one scale per
 tensor), with each activation quantized on the fly (`MatMulInteger`, VNNI / dot-product
 instructions where the CPU has them). What stays float32:
-- the interpreters: they decide which tokens go; in float32 the int8 graph's stage-3 kept sets
-  overlap the float32 graph's by 99% (intersection over union) against 97.5% with them quantized
-  (docs/benchmarks.md), and stage 1 keeps exactly the same tokens;
+- the interpreters: they decide which tokens go; left in float32 they keep stage 1's tokens exactly
+  the float32 graph's, and later stages' nearer to them than quantized ones (docs/benchmarks.md,
+  'int8 graphs on a CPU');
 - attention's activation-by-activation products (no weight to quantize);
 - convolutions (a convolutional stem): ONNX Runtime's `ConvInteger` ran slower than the float32
   convolution on the CPU measured (docs/benchmarks.md), so quantizing it would cost time.

@@ -3,13 +3,13 @@
 `backend()` says which runs. The kernels never copy silently (a non-contiguous or wrong-dtype
 input is an error, not a copy). The compiled ops check every input themselves, so a call goes
 straight to them; only when one refuses its inputs are they checked again here, in Python, for
-an error that names the problem. The Python checks cost about 5 µs, a third of a batch-1
-compaction, so they stay off the hot path.
+an error that names the problem. The Python checks cost a sizeable share of a batch-1 compaction
+(docs/benchmarks.md, 'Ops (issue 3)'), so they stay off the hot path.
 
 In eager mode on plain tensors a call goes to `iared_edge._C` directly; the same kernels are
 registered as `torch.ops.iared.*`, and that route is taken wherever PyTorch must see the op (jit
-tracing, torch.compile, tensor subclasses). The dispatcher's argument boxing costs 4-6 µs a
-call, about what a batch-1 compaction costs. The ops have no backward: they are for inference
+tracing, torch.compile, tensor subclasses). The dispatcher's argument boxing costs about what a
+batch-1 compaction costs (same section). The ops have no backward: they are for inference
 (the model's "packed" execution runs under no_grad; training uses "masked").
 """
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The budget controller runs a CPU model with fewer threads while another process competes for the
 cores. Knowing when that process has gone from the latencies alone means trying the faster mode
 again, and a trial under a load that is still there misses the deadline by a wide margin (two
-threads sharing two busy cores run 3-7x slower here). Linux counts every core's busy time in
-/proc/stat and this process's own CPU time is known exactly, so the difference is what everything
-else used, measured without risking a frame.
+threads sharing two busy cores run several times slower: docs/benchmarks.md, 'Runs 18 to 22').
+Linux counts every core's busy time in /proc/stat and this process's own CPU time is known
+exactly, so the difference is what everything else used, measured without risking a frame.
 
     monitor = CpuContention()
     monitor.sample()          # once per frame; None where /proc/stat does not exist

@@ -48,15 +48,17 @@ class BudgetController:
     margin: float = 0.1               # plan for budget / (1 + margin) at least
     max_margin: float = 0.6           # ... and at most, however jittery the recent frames
     new_margin: float = 0.25          # ... and at least this in the stream's first 10 frames
-                                      # (measured here: +17-45% spikes within them)
+                                      # (the machine can stray far from its calibration within
+                                      # them: docs/benchmarks.md, 'Runs 9 and 10')
     quantile: float = 0.99            # the share of frames the margin is sized to cover
     window: int = 100                 # recent frames per condition the margin is sized from
     load_quantile: float = 1.0        # ... while another process competes (`quiet=False`): its
-                                      # scheduler stalls come in isolated spikes (+30% on a 1-in-50
-                                      # frame), which a 99th percentile of 100 frames never sees
+                                      # scheduler stalls come in rare, isolated spikes, which a 99th
+                                      # percentile of 100 frames never sees (docs/benchmarks.md,
+                                      # 'Three fixes from per-frame traces')
     load_margin: float = 0.4          # ... and under a load at least this: its spikes come rarer
-                                      # than once in 100 frames too (measured here, 15 loads:
-                                      # +34% at the 99th percentile, +43% at the 99.5th)
+                                      # than once in 100 frames too (docs/benchmarks.md,
+                                      # 'Runs 14 to 16')
     alpha: float = 0.3                # weight of the newest frame when the load eases
     alpha_up: float = 0.8             # ... and when it grows (react at once, relax slowly)
     up_after: int = 3                 # frames with room to spare before stepping up
@@ -65,7 +67,8 @@ class BudgetController:
     modes: int = 1
     relax: float = 0.05               # per frame, how far an unused mode's estimate relaxes back
     after_load: float = 1.5           # the first frame back in a mode after a load plans for this
-                                      # much slower than before it (measured here: up to 1.45x)
+                                      # much slower than before it (cores stay slow for a while after
+                                      # a load: docs/benchmarks.md, 'Three fixes from per-frame traces')
     overhead_ms: float = 0.0
     level: int = 0
     mode: int = 0
@@ -215,7 +218,8 @@ class BudgetController:
         does), so its estimate is too low to trust, and a trial under the load misses by far.
         Nor one that ran none of it and comes before the current mode: modes are ordered from
         most to least slowed by a competing process, so its estimate from before the load is
-        far too low (two threads under a load that began while one ran: 3-9x slower)."""
+        far too low (two threads under a load that began while one ran several times slower:
+        docs/benchmarks.md, 'Runs 18 to 22')."""
         if mode == self.mode or not self._busy_seen:
             return True
         n = self._load_frames[mode]

@@ -320,7 +320,8 @@ class Runtime:
         rgb = self._to_rgb(frame, color)
         small = fit_frame(rgb, self.input_size, self.fit, self._pad)
         # Normalised in numpy (one thread), not torch: a torch op here would wake torch's thread
-        # pool, whose worker sharing a core with a busy process stalls the frame by tens of ms.
+        # pool, whose worker sharing a core with a busy process stalls the frame (docs/benchmarks.md,
+        # 'Latency budget under a competing load').
         x = (small.astype(np.float32) / np.float32(255.0) - self._mean) / self._std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 

@@ -90,7 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             Image.fromarray(np.concatenate([crop, pic], 1)).save(dest)
     done = len(paths) - len(skipped)
     where = f"heatmap written to {outs[0]}" if len(outs) == 1 else f"{done} heatmaps written to {os.path.dirname(outs[0])}/"
-    print(f"{where} (left: input, right: interpreter heatmap, dropped patches dimmed)")
+    print(f"{where} (left: input, right: interpreter heatmap, dropped patches greyed)")
     if skipped:
         print(f"iared-edge: {len(skipped)} of {len(paths)} images unreadable, skipped", file=sys.stderr)
         return 1

@@ -36,6 +36,8 @@ TEST_BACKGROUNDS = ("board", "building", "smarties", "starry_night")
 SPLIT_COLUMNS = {"train": range(0, 80), "val": range(80, 90), "test": range(90, 100)}
 # Share of training crops that get synthetic busy clutter (`add_distractors`; from runs/demo9 on).
 DISTRACTOR_P = 0.4
+# The ink's lowest contrast: each digit's is drawn uniformly from [MIN_CONTRAST, 1].
+MIN_CONTRAST = 0.7
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,10 @@ class Composition:
     min_digit: float = 44.0
     max_digit: float = 100.0
     max_rotation: float = 15.0
-    min_contrast: float = 0.7
 
     def __post_init__(self):
-        # Checked here, where the fields are defined, so that every caller (the training flags
-        # included) refuses the same values by name instead of drawing nonsense.
+        # Checked here, where the fields are defined, so that every caller refuses the same
+        # values by name instead of drawing nonsense.
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
             raise ValueError(f"Composition.size must be an int >= 16 (pixels), got {self.size!r}")
         if not 0.0 < self.min_digit <= self.max_digit <= self.size:
@@ -57,8 +58,6 @@ class Composition:
                              f"{self.min_digit}, max_digit {self.max_digit}, size {self.size}")
         if not 0.0 <= self.max_rotation <= 180.0:
             raise ValueError(f"Composition.max_rotation must be in [0, 180] degrees, got {self.max_rotation}")
-        if not 0.0 < self.min_contrast <= 1.0:
-            raise ValueError(f"Composition.min_contrast must be in (0, 1], got {self.min_contrast}")
 
 
 def _imread(path: str, flags: int):
@@ -158,39 +157,6 @@ def add_distractors(rng: np.random.Generator, bgr: np.ndarray) -> np.ndarray:
     return img
 
 
-# Printed characters `add_printed_text` draws: capitals, digits and the marks of part labels.
-PRINTED_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-+/.:#"
-
-
-def add_printed_text(rng: np.random.Generator, bgr: np.ndarray, max_height: float = 22.0) -> np.ndarray:
-    """Small printed labels drawn over a uint8 BGR crop (same shape and dtype): 1-6 runs of 1-8
-    capitals and digits, as on circuit boards, signs and packaging, in OpenCV's Hershey fonts, 5 to
-    `max_height` pixels tall (half the smallest handwritten digit at 224 px), a quarter of them
-    running vertically. The label stays the handwritten digit's: printed digits here are always
-    far smaller, so the model learns to read the large digit and not every digit in the scene."""
-    import cv2
-    img = np.ascontiguousarray(bgr).copy()
-    fonts = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
-             cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL)
-    for _ in range(int(rng.integers(1, 7))):
-        text = "".join(PRINTED_CHARS[i] for i in rng.integers(len(PRINTED_CHARS), size=int(rng.integers(1, 9))))
-        font = fonts[int(rng.integers(len(fonts)))]
-        height = rng.uniform(5.0, max_height)
-        (_, h_one), _ = cv2.getTextSize("0", font, 1.0, 1)  # a digit's height at scale 1
-        scale = height / max(1, h_one)
-        thick = 1 if height < 12 or rng.random() < 0.6 else 2
-        vertical = rng.random() < 0.25
-        canvas = np.ascontiguousarray(np.rot90(img)) if vertical else img
-        h, w = canvas.shape[:2]
-        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
-        x = int(rng.integers(0, max(1, w - tw)))
-        y = int(rng.integers(th, max(th + 1, h)))
-        cv2.putText(canvas, text, (x, y), font, scale, tuple(int(v) for v in rng.integers(0, 256, 3)),
-                    thick, cv2.LINE_AA)
-        img = np.ascontiguousarray(np.rot90(canvas, -1)) if vertical else canvas
-    return img
-
-
 def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = (),
              distractors: float = DISTRACTOR_P) -> np.ndarray:
     """A random re-colouring (and, for a square crop, re-orientation) of a uint8 BGR background
@@ -247,21 +213,15 @@ class DigitsInClutter:
     """Deterministic generator of one split. `clutter` in [0, 1] scales the photo's brightness
     (0 = black background, the curriculum's start; 1 = the real task). `photo_weights`: a relative
     weight for every photo of the split (by name), to draw hard scenes more often than easy ones
-    (default: each photo equally often; with weights the images differ from the default's).
-    `printed_text`: with augmentation, the chance that a background gets `add_printed_text` (its
-    own random stream: at 0, the default, the images are those of runs before it existed)."""
+    (default: each photo equally often; with weights the images differ from the default's)."""
 
     def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition(),
-                 augment: Optional[bool] = None, photo_weights: Optional[Mapping[str, float]] = None,
-                 printed_text: float = 0.0):
+                 augment: Optional[bool] = None, photo_weights: Optional[Mapping[str, float]] = None):
         import cv2
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.seed, self.comp = split, int(seed), composition
         self.augment = split == "train" if augment is None else bool(augment)
-        if not 0.0 <= printed_text <= 1.0:
-            raise ValueError(f"printed_text is a probability in [0, 1], got {printed_text}")
-        self.printed_text = float(printed_text)
         digits = _load_digits()
         cols = list(SPLIT_COLUMNS[split])
         self.digits = digits[:, :, cols].reshape(10, -1, 20, 20)  # [10, 5 * len(cols), 20, 20]
@@ -299,9 +259,7 @@ class DigitsInClutter:
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if self.augment:
-            # Their own random streams, so the digit and its box are the same with or without them.
-            if self.printed_text and (text_rng := self._rng(index, 2)).random() < self.printed_text:
-                crop = add_printed_text(text_rng, crop)
+            # Its own random stream, so the digit and its box are the same with or without it.
             crop = recolour(self._rng(index, 1), np.ascontiguousarray(crop), self.backgrounds)
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB).astype(np.float32)
 
@@ -321,10 +279,8 @@ class DigitsInClutter:
         photo = self._choices(rng)[2]
         return self.background_names[photo], self._crop_share(rng)
 
-    def sample(self, index: int, clutter: float = 1.0, with_ink: bool = False):
-        """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink);
-        `with_ink`: and a fourth item, the ink's coverage of each pixel (float32 [size, size] in
-        [0, 1], `ink_coverage`): where the pen strokes are, whatever the photo does around them."""
+    def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
+        """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""
         import cv2
         if not 0.0 <= clutter <= 1.0:
             raise ValueError(f"clutter must be in [0, 1], got {clutter}")
@@ -347,24 +303,22 @@ class DigitsInClutter:
         room = np.maximum(c.size - span, 0.0)
         shift = np.array([rng.uniform(0, room[0]), rng.uniform(0, room[1])]) - lo
         m[:, 2] += shift
-        contrast = rng.uniform(c.min_contrast, 1.0)
+        contrast = rng.uniform(MIN_CONTRAST, 1.0)
         tint = rng.uniform(0.0, 80.0, 3).astype(np.float32)
         alpha = ink_coverage(glyph, m, bg.shape[:2])
         img, box = draw_digit(bg, alpha, contrast, tint)
         img = img + rng.integers(-4, 5, bg.shape, dtype=np.int16)  # sensor-like noise
         img = np.clip(img, 0, 255).astype(np.uint8)
-        return (img, label, box, alpha) if with_ink else (img, label, box)
+        return img, label, box
 
-    def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None,
-              ink_grid: Optional[int] = None):
-        """(uint8 [B, size, size, 3], labels [B] int64, boxes [B, 4]) for `indices`, optionally resized;
-        `ink_grid` = g: and a fourth item, float32 [B, g, g], the share of each cell of a g x g grid
-        over the image that is ink (`sample`'s coverage, area-averaged)."""
+    def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0,
+              size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uint8 [B, size, size, 3], labels [B] int64, boxes [B, 4]) for `indices`, optionally resized."""
         import cv2
         clutters = [clutter] * len(indices) if np.isscalar(clutter) else list(clutter)
-        imgs, labels, boxes, inks = [], [], [], []
+        imgs, labels, boxes = [], [], []
         for i, cl in zip(indices, clutters):
-            img, y, box, *ink = self.sample(i, float(cl), with_ink=ink_grid is not None)
+            img, y, box = self.sample(i, float(cl))
             if size is not None and size != img.shape[0]:
                 s = size / img.shape[0]
                 img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
@@ -372,10 +326,7 @@ class DigitsInClutter:
             imgs.append(img)
             labels.append(y)
             boxes.append(box)
-            if ink:
-                inks.append(cv2.resize(ink[0], (ink_grid, ink_grid), interpolation=cv2.INTER_AREA))
-        out = np.stack(imgs), np.asarray(labels, np.int64), np.asarray(boxes, np.int64)
-        return out + (np.stack(inks),) if ink_grid is not None else out
+        return np.stack(imgs), np.asarray(labels, np.int64), np.asarray(boxes, np.int64)
 
 
 def write_dataset(root: str, sizes: Dict[str, int] = None, seed: int = 0, clutter: float = 1.0,

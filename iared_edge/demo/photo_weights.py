@@ -1,7 +1,7 @@
 """Per training photo, how badly a demo model reads it, and sampling weights for training that
 draw the hard photos more often (`python -m iared_edge.demo.train --photo-weights FILE`).
 
-    .venv/bin/python benchmarks/demo_photo_weights.py [MODEL] --out weights.json [--per-photo 80] [--uniform 0.5]
+    python -m iared_edge.demo.photo_weights [MODEL] --out weights.json [--per-photo 80] [--uniform 0.5]
 
 Images: the train split as training draws it (re-coloured, full clutter), generator seed 1 (not
 training's seed 0), the first `--per-photo` images of each photo, policy "all". A photo's weight is
@@ -9,6 +9,8 @@ training's seed 0), the first `--per-photo` images of each photo, policy "all". 
 photo keeps at least `uniform / P` of the draws. Prints a markdown table; writes
 {"model", "per_photo", "uniform", "loss", "error", "weights"}.
 """
+from __future__ import annotations
+
 import argparse
 import json
 from collections import defaultdict
@@ -17,20 +19,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iared_edge.checkpoint import resolve_model
-from iared_edge.demo.digits import DigitsInClutter
-from iared_edge.demo.train import to_input
+from ..checkpoint import resolve_model
+from .digits import DigitsInClutter
+from .train import to_input
 
 
 @torch.no_grad()
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", nargs="?", default="demo")
     ap.add_argument("--out", required=True)
     ap.add_argument("--per-photo", type=int, default=80)
     ap.add_argument("--uniform", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not 0.0 <= args.uniform <= 1.0:
         raise SystemExit(f"--uniform must be in [0, 1], got {args.uniform}")
     torch.set_num_threads(args.threads)

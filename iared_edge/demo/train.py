@@ -16,14 +16,10 @@ Phases (each resumes from its own checkpoint in --out; the log is --out/log.json
   6. `report`: REINFORCE against the training-free start on held-out test images (both at the
      same mean keep), and the training curve as a PNG (docs/demo_reinforce.png).
 Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
-`--teacher A.safetensors,B.safetensors` adds knowledge distillation to phases 1-2: the backbone also
-learns the teachers' mean softmax (`--distill-weight`, `--distill-temperature`); `--width 384`
-trains a wider backbone (such a teacher, free of the shipped model's 12 MB).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -31,7 +27,7 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,8 +36,7 @@ import torch.nn.functional as F
 
 from ..devices import autocast_dtype
 from ..train.loop import atomic_save
-from .digits import CLASSES, Composition, DigitsInClutter
-from .model import EMBED_DIM, ConvStem
+from .digits import CLASSES, DigitsInClutter
 
 MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
 
@@ -74,37 +69,16 @@ class Schedule:
                                    # instructions (runs/demo to demo13r), float32 where torch emulates it
     stem_blocks: int = 0           # residual blocks in the convolutional stem (iared_digits_tiny's
                                    # stem_blocks); added ones start as the identity on --init-backbone
-    stem_fine_blocks: int = 0      # the same at 1/4 resolution (iared_digits_tiny's stem_fine_blocks)
     ema_decay: float = 0.0         # > 0: backbone phases also keep an exponential moving average of the
                                    # weights (and BatchNorm statistics), updated every step; it is what
                                    # the phase hands on (0: the last weights)
     photo_weights: str = ""        # a JSON file of sampling weights for the training photos
-                                   # ({"weights": {photo: weight}}, benchmarks/demo_photo_weights.py),
+                                   # ({"weights": {photo: weight}}, python -m iared_edge.demo.photo_weights),
                                    # used by every phase that draws training images ("": uniform)
-    printed_text: float = 0.0      # the chance that a training background gets small printed labels
-                                   # (demo.digits.add_printed_text; runs/demo25 on; 0: none)
-    min_contrast: float = 0.0      # > 0: the training digits' lowest ink contrast (Composition.min_contrast;
-                                   # 0: the generator's 0.7, what val / test draw): fainter ink to learn on
-    width: int = 0                 # > 0: the backbone's token width, heads = width / 64 as in DeiT (0:
-                                   # iared_digits_tiny's 192): a teacher free of the 12 MB limit
-    teacher: str = ""              # saved model(s), comma-separated, whose mean softmax the backbone
-                                   # phases also learn from (knowledge distillation; "": none)
-    distill_weight: float = 0.5    # the loss: (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
-    distill_temperature: float = 2.0
     device: str = "cpu"            # where the backbone phases train: "cpu", "cuda[:N]" or "auto" (the
                                    # interpreter and fine-tune phases run on the CPU)
     workers: int = 0               # > 0: backbone batches drawn by this many processes (a GPU outruns one
                                    # CPU thread of the generator); the same images either way
-    hard_replay: int = 0           # > 0: the full phase's batches are batch - hard_replay fresh images plus
-                                   # the hard_replay images of the step before read worst (HardReplay;
-                                   # tried in runs/demo29, not shipped); --data-offset then counts
-                                   # batches of the fresh images
-    replay_uses: int = 3           # how many times an image can come back before it is retired
-    ink_weight: float = 0.0        # > 0: the full phase also learns where the pen strokes are: a 1x1
-                                   # convolution on the stem's 1/8-resolution features predicts each
-                                   # cell's share of ink (InkHead), this weight times its binary cross-
-                                   # entropy added to the loss; the head trains the stem, it is not part
-                                   # of the model and is not exported
 
 
 def amp_dtype(s: Schedule, device: str = "cpu") -> Optional[torch.dtype]:
@@ -143,161 +117,16 @@ def read_photo_weights(path: str) -> Optional[Dict[str, float]]:
 
 def generator_kwargs(s: Schedule) -> Dict:
     """How every phase that draws training images draws them (DigitsInClutter's keywords)."""
-    kwargs = {"photo_weights": read_photo_weights(s.photo_weights), "printed_text": s.printed_text}
-    if s.min_contrast:
-        try:
-            kwargs["composition"] = Composition(min_contrast=s.min_contrast)
-        except ValueError as e:
-            raise ValueError(f"--min-contrast {s.min_contrast}: {e}") from None
-    return kwargs
+    return {"photo_weights": read_photo_weights(s.photo_weights)}
 
 
-def load_teachers(spec: str) -> List[nn.Module]:
-    """The --teacher models (comma-separated saved models or "demo"), float32, eval mode. Each must
-    have the demo's labels in the demo's order: the soft targets are read class by class."""
-    from ..checkpoint import resolve_model
-    teachers = []
-    for path in [p.strip() for p in spec.split(",") if p.strip()]:
-        t = resolve_model(path).float().eval()
-        if t.class_names() != CLASSES:
-            raise ValueError(f"--teacher {path}: its labels {t.class_names()} are not the demo's {CLASSES}")
-        teachers.append(t)
-    if not teachers:
-        raise ValueError(f"--teacher {spec!r}: no model named")
-    return teachers
-
-
-@torch.no_grad()
-def teacher_probabilities(teachers: List[nn.Module], x: torch.Tensor, temperature: float,
-                          amp: Optional[torch.dtype] = None) -> torch.Tensor:
-    """The teachers' mean softmax at `temperature` [B, classes] for training input `x` (the demo's
-    normalisation, any size): each teacher sees `x` in its own normalisation and input size,
-    every token kept."""
-    from ..preprocess import model_normalization
-    pixels = x * STD + MEAN
-    probs = []
-    for t in teachers:
-        mean, std, _ = model_normalization(t)
-        tx = (pixels - x.new_tensor(mean).view(1, 3, 1, 1)) / x.new_tensor(std).view(1, 3, 1, 1)
-        if tuple(tx.shape[-2:]) != tuple(t.input_size[1:]):
-            tx = F.interpolate(tx, size=tuple(t.input_size[1:]), mode="bilinear", align_corners=False, antialias=True)
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            logits = t(tx, policy="all").logits
-        probs.append((logits.float() / temperature).softmax(-1))
-    return torch.stack(probs).mean(0)
-
-
-def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_p: Optional[torch.Tensor],
-                      s: "Schedule") -> torch.Tensor:
-    """(1 - w) * cross-entropy (label smoothing as the schedule's) + w * T^2 * KL(teacher || student
-    at temperature T), Hinton et al. 2015; plain cross-entropy without a teacher."""
-    ce = F.cross_entropy(logits, labels, label_smoothing=s.label_smoothing)
-    if teacher_p is None:
-        return ce
-    T, w = s.distill_temperature, s.distill_weight
-    kl = F.kl_div((logits.float() / T).log_softmax(-1), teacher_p, reduction="batchmean")
-    return (1 - w) * ce + w * T * T * kl
-
-
-class InkHead(nn.Module):
-    """--ink-weight: a 1x1 convolution reading the convolutional stem's 1/8-resolution features
-    (the input of its last convolution, after any stem blocks) and predicting, per cell, the share
-    of it that is ink. A linear read-out, so the stem itself must learn to tell pen strokes from
-    the photo's own edges. Training only: the shipped model never carries it."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        stem = backbone.patch_embed.proj
-        if not isinstance(stem, ConvStem):
-            raise ValueError("--ink-weight needs iared_digits_tiny's convolutional stem")
-        last = list(stem.children())[stem._layers - 1]  # the conv from 1/8 resolution to the tokens
-        self.conv = nn.Conv2d(last.in_channels, 1, 1)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.constant_(self.conv.bias, math.log(INK_PRIOR / (1 - INK_PRIOR)))
-        self._read = [last]  # a list: not a submodule (its weights are the backbone's, not the head's)
-        self.features: Optional[torch.Tensor] = None
-
-    @contextlib.contextmanager
-    def reading(self):
-        """Keep the stem's features of the forward run inside it (a hook only while inside, so no
-        copy of the backbone, its moving average included, carries one)."""
-        def keep(module, args):
-            self.features = args[0]
-        handle = self._read[0].register_forward_pre_hook(keep)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def loss(self, ink: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy (soft targets) of the prediction from the features `reading` kept
-        against `ink` [B, g, g], the share of each cell that is ink, g the features' grid."""
-        if self.features is None or self.features.shape[-2:] != ink.shape[-2:]:
-            got = None if self.features is None else tuple(self.features.shape[-2:])
-            raise ValueError(f"ink targets of grid {tuple(ink.shape[-2:])} for stem features of grid {got}")
-        logits = self.conv(self.features.float()).squeeze(1)
-        self.features = None
-        return F.binary_cross_entropy_with_logits(logits, ink.float())
-
-
-INK_HEAD_LR = 50.0  # the ink head's learning rate as a multiple of the phase's (1e-2 at 2e-4): it
-                    # starts from nothing on a trained stem, and a slow read-out steers the stem by
-                    # noise (at 10x, 50 steps left its loss near the start's)
-INK_PRIOR = 0.03    # the head starts predicting this share of ink everywhere (training images: 2.8%
-                    # of the 1/8 cells' area is ink, 10% of the cells touch some), so its first
-                    # gradients are about where the ink is, not about the overall level
-
-
-class HardReplay:
-    """Hard-example replay: each step's batch is fresh images plus the `size` images of the step
-    before with the highest loss (fresh or replayed), each coming back at most `max_uses` times.
-    The errors sit in a small share of hard images (faint ink on busy ground), a few per uniform
-    batch; this trains on them several times at no extra forward pass (the losses are the training
-    step's own). The cap retires images that stay wrong (some are unreadable)."""
-
-    def __init__(self, size: int, max_uses: int):
-        if size < 1 or max_uses < 1:
-            raise ValueError(f"hard replay (--hard-replay, --replay-uses) needs size >= 1 and max_uses >= 1, "
-                             f"got {size} and {max_uses}")
-        self.size, self.max_uses = size, max_uses
-        self.x = self.y = self.uses = None  # the images to replay next, their labels and past replays
-
-    def compose(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images, labels, uses): the fresh `x`, `y` followed by the images to replay; `uses` counts
-        each image's replays including this one (0 for fresh images)."""
-        uses = torch.zeros(len(y), dtype=torch.long)
-        if self.x is None:
-            return x, y, uses
-        return (torch.cat([x, self.x.to(x.device, x.dtype)]), torch.cat([y, self.y.to(y.device)]),
-                torch.cat([uses, self.uses + 1]))
-
-    def update(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, uses: torch.Tensor) -> None:
-        """After a step on (`x`, `y`, `uses` from `compose`) with per-image `loss`: keep the `size`
-        highest-loss images that have not yet come back `max_uses` times."""
-        loss = loss.detach().float().cpu().masked_fill(uses >= self.max_uses, float("-inf"))
-        order = torch.argsort(loss, descending=True, stable=True)[:self.size]
-        order = order[torch.isfinite(loss[order])]
-        if order.numel() == 0:
-            self.x = self.y = self.uses = None
-            return
-        self.x, self.y, self.uses = x[order.to(x.device)].detach().cpu(), y[order.to(y.device)].cpu(), uses[order]
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {} if self.x is None else {"x": self.x, "y": self.y, "uses": self.uses}
-
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        self.x, self.y, self.uses = (state["x"], state["y"], state["uses"]) if state else (None, None, None)
-
-
-def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int,
-               ink_grid: Optional[int] = None):
-    """Batch `k` of `gen`'s split at `clutter`: (images uint8 [B, H, W, 3], labels), and with
-    `ink_grid` the ink's share of each grid cell (`DigitsInClutter.batch`). A quarter of it gets a
-    random lighter clutter, so the easy case is never forgotten."""
+def draw_batch(gen: DigitsInClutter, k: int, batch: int, size: int, clutter: float, seed: int):
+    """Batch `k` of `gen`'s split at `clutter`: (images uint8 [B, H, W, 3], labels). A quarter of
+    it gets a random lighter clutter, so the easy case is never forgotten."""
     rng = np.random.default_rng([seed, 7, k])
     cl = np.where(rng.random(batch) < 0.25, rng.uniform(0, clutter, batch), clutter)
-    imgs, labels, _, *ink = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size, ink_grid=ink_grid)
-    return (imgs, labels, *ink)
+    imgs, labels, _ = gen.batch(range(k * batch, (k + 1) * batch), cl, size=size)
+    return imgs, labels
 
 
 _WORKER_GENERATOR: Optional[DigitsInClutter] = None  # each batch process's own generator
@@ -309,28 +138,26 @@ def _start_batch_worker(split: str, seed: int, generator: Dict) -> None:
     _WORKER_GENERATOR = DigitsInClutter(split, seed=seed, **generator)
 
 
-def _worker_batch(k: int, batch: int, size: int, clutter: float, seed: int, ink_grid: Optional[int]):
-    return draw_batch(_WORKER_GENERATOR, k, batch, size, clutter, seed, ink_grid)
+def _worker_batch(k: int, batch: int, size: int, clutter: float, seed: int):
+    return draw_batch(_WORKER_GENERATOR, k, batch, size, clutter, seed)
 
 
 def _as_tensors(step: int, drawn) -> Tuple:
-    imgs, labels, *ink = drawn
-    return (step, to_input(imgs), torch.from_numpy(labels), *(torch.from_numpy(i) for i in ink))
+    imgs, labels = drawn
+    return step, to_input(imgs), torch.from_numpy(labels)
 
 
 def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3, offset: int = 0, workers: int = 0, ink_grid: Optional[int] = None,
-            **generator) -> Iterator[Tuple]:
+            prefetch: int = 3, offset: int = 0, workers: int = 0, **generator) -> Iterator[Tuple]:
     """(step, images, labels) from `start` on, generated on a background thread (`workers` > 0:
     in that many processes, the same batches). Batch `step` holds images k*batch .. (k+1)*batch-1
     of the split, k = step + offset, so a resumed run sees the same data (`draw_batch`).
-    `ink_grid` = g: (step, images, labels, ink [B, g, g]), the ink's share of each cell.
     `generator`: DigitsInClutter's keywords (`generator_kwargs`)."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers:
         yield from _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers,
-                                    generator, ink_grid)
+                                    generator)
         return
     gen = DigitsInClutter(split, seed=seed, **generator)
     q: "queue.Queue" = queue.Queue(prefetch)
@@ -340,8 +167,7 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         step = start
         try:
             while not stop.is_set():
-                q.put(_as_tensors(step, draw_batch(gen, step + offset, batch, size, clutter_fn(step), seed,
-                                                   ink_grid)))
+                q.put(_as_tensors(step, draw_batch(gen, step + offset, batch, size, clutter_fn(step), seed)))
                 step += 1
         except BaseException as exc:  # hand it to the consumer instead of leaving it waiting
             q.put(exc)
@@ -364,7 +190,7 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
         t.join()
 
 
-def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator, ink_grid):
+def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator):
     """`batches` drawn by a pool of processes, in step order, `workers + prefetch` in flight."""
     import collections
     import multiprocessing
@@ -374,7 +200,7 @@ def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offs
         next_step = start
         for _ in range(workers + prefetch):
             pending.append((next_step, pool.apply_async(
-                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed, ink_grid))))
+                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
             next_step += 1
         while True:
             step, result = pending.popleft()
@@ -383,7 +209,7 @@ def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offs
             except Exception as exc:
                 raise RuntimeError(f"data generation failed: {exc}") from exc
             pending.append((next_step, pool.apply_async(
-                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed, ink_grid))))
+                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
             next_step += 1
             yield _as_tensors(step, drawn)
 
@@ -431,37 +257,21 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     if not (0.0 <= s.drop_path < 1.0) or not (0.0 <= s.label_smoothing < 1.0):
         raise ValueError(f"--drop-path and --label-smoothing must be in [0, 1), got {s.drop_path} and "
                          f"{s.label_smoothing}")
-    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=s.drop_path, **width_kwargs(s.width),
-                              stem_blocks=s.stem_blocks,
-                              stem_fine_blocks=s.stem_fine_blocks)
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=s.drop_path,
+                              stem_blocks=s.stem_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    ink_head = None
-    if s.ink_weight < 0:
-        raise ValueError(f"--ink-weight must be >= 0, got {s.ink_weight}")
-    if s.ink_weight > 0 and phase == "full":
-        if s.hard_replay:
-            raise ValueError("--ink-weight and --hard-replay do not combine (the replay keeps no ink targets)")
-        ink_head = InkHead(model)
-        opt.add_param_group({"params": list(ink_head.parameters()), "weight_decay": 0.0, "lr_scale": INK_HEAD_LR})
     start, state = 0, None
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if ("ink_head" in state) != (ink_head is not None):
-            raise ValueError(f"{ckpt} was trained {'with' if 'ink_head' in state else 'without'} --ink-weight: "
-                             f"resume it {'with' if 'ink_head' in state else 'without'}, or start a new --out")
         model.load_state_dict(state["model"])
-        if ink_head is not None:
-            ink_head.load_state_dict(state["ink_head"])
         start = int(state["step"])
         print(f"[{phase}] resumed at step {start}", flush=True)
     elif init is not None:
         load_backbone_init(model, resize_pos_embed(init, model.patch_embed.grid_size[0]))
     model.to(device)  # before the optimizer's state is loaded: it follows its parameters' device
-    if ink_head is not None:
-        ink_head.to(device)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
     ema = None
@@ -479,48 +289,22 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         return handed_on
     val_x, val_y = (t.to(device) for t in fixed_set("val", MONITOR_IMAGES, size, s.seed))
     amp = amp_dtype(s, device)
-    teachers = None
-    if s.teacher:
-        if not 0.0 <= s.distill_weight <= 1.0 or not s.distill_temperature > 0:
-            raise ValueError(f"--distill-weight must be in [0, 1] and --distill-temperature > 0, got "
-                             f"{s.distill_weight} and {s.distill_temperature}")
-        teachers = [t.to(device) for t in load_teachers(s.teacher)]
-    replay = None
-    if s.hard_replay and phase == "full":
-        if not 0 < s.hard_replay < s.batch:
-            raise ValueError(f"--hard-replay must be 0 or in [1, --batch) ({s.batch}), got {s.hard_replay}")
-        replay = HardReplay(s.hard_replay, s.replay_uses)
-        if state is not None:
-            replay.load_state_dict(state.get("replay", {}))
     t0 = time.time()
-    losses, ink_losses = [], []
-    ink_grid = model.patch_embed.grid_size[0] * 2 if ink_head is not None else None  # the stem's 1/8 grid
-    for step, x, y, *ink in batches("train", start, s.batch - (replay.size if replay else 0), size, clutter_fn,
-                                    s.seed, offset=s.data_offset, workers=s.workers, ink_grid=ink_grid,
-                                    **generator_kwargs(s)):
+    losses = []
+    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
+                              workers=s.workers, **generator_kwargs(s)):
         if step >= steps:
             break
-        if replay is not None:
-            x, y, uses = replay.compose(x, y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         cur = lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = cur * g.get("lr_scale", 1.0)
+            g["lr"] = cur
         model.train()
-        teacher_p = teacher_probabilities(teachers, x, s.distill_temperature, amp) if teachers else None
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None), \
-                (ink_head.reading() if ink_head is not None else contextlib.nullcontext()):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
-            loss = distillation_loss(logits, y, teacher_p, s)
-        total = loss
-        if ink_head is not None:
-            ink_loss = ink_head.loss(ink[0].to(device, non_blocking=True))
-            ink_losses.append(ink_loss.item())
-            total = loss + s.ink_weight * ink_loss
-        if replay is not None:
-            replay.update(x, y, F.cross_entropy(logits.detach().float(), y, reduction="none"), uses)
+            loss = F.cross_entropy(logits, y, label_smoothing=s.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if ema is not None:
@@ -530,20 +314,16 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         if done % 50 == 0 or done == steps:
             rec = {"phase": phase, "step": done, "loss": float(np.mean(losses)), "lr": cur,
                    "clutter": clutter_fn(step), "s_per_step": (time.time() - t0) / len(losses)}
-            if ink_losses:  # not in `loss`, the classification loss as every run logs it
-                rec["ink_loss"] = float(np.mean(ink_losses))
             if done % 250 == 0 or done == steps:
                 rec["val_acc"] = accuracy(model, val_x, val_y, amp=amp)
                 if ema is not None:
                     rec["val_acc_ema"] = accuracy(ema.module, val_x, val_y, amp=amp)
             _log(out, rec)
-            losses, ink_losses, t0 = [], [], time.time()
+            losses, t0 = [], time.time()
         if done % 100 == 0 or done == steps:
             atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                "schedule": asdict(s),
-                               **({"ema": ema.module.state_dict()} if ema is not None else {}),
-                               **({"ink_head": ink_head.state_dict()} if ink_head is not None else {}),
-                               **({"replay": replay.state_dict()} if replay is not None else {})})
+                               **({"ema": ema.module.state_dict()} if ema is not None else {})})
     return handed_on
 
 
@@ -558,44 +338,24 @@ def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, tor
 
 
 STEM_BLOCKS = "patch_embed.proj.blocks."
-STEM_FINE_BLOCKS = "patch_embed.proj.fine_blocks."
 
 
-def stem_blocks_of(state: Dict[str, torch.Tensor], prefix: str = STEM_BLOCKS) -> int:
-    """How many residual stem blocks (at 1/8 resolution; `prefix=STEM_FINE_BLOCKS`: at 1/4) a
-    backbone state dict has."""
-    return len({k.split(".")[3] for k in state if k.startswith(prefix)})
+def stem_blocks_of(state: Dict[str, torch.Tensor]) -> int:
+    """How many residual stem blocks a backbone state dict has."""
+    return len({k.split(".")[3] for k in state if k.startswith(STEM_BLOCKS)})
 
 
 def stem_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
     """iared_digits_tiny's stem arguments for a backbone state dict (none for a plain stem)."""
-    counts = {"stem_blocks": stem_blocks_of(state), "stem_fine_blocks": stem_blocks_of(state, STEM_FINE_BLOCKS)}
-    return {k: n for k, n in counts.items() if n}
-
-
-def width_kwargs(width: int) -> Dict[str, int]:
-    """iared_digits_tiny's arguments for token width `width` (0: its own EMBED_DIM / NUM_HEADS)."""
-    if width == 0:
-        return {}
-    if width < 64 or width % 64:
-        raise ValueError(f"--width must be 0 or a positive multiple of 64 (64 per head, as DeiT), got {width}")
-    return {"embed_dim": width, "num_heads": width // 64}
-
-
-def backbone_kwargs(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
-    """iared_digits_tiny's arguments for a backbone state dict: its stem and, when not its own, its width."""
-    width = int(state["cls_token"].shape[-1])
-    return {**stem_kwargs(state), **(width_kwargs(width) if width != EMBED_DIM else {})}
+    n = stem_blocks_of(state)
+    return {"stem_blocks": n} if n else {}
 
 
 def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
     """Load a backbone to continue from. Stem blocks the model has and `state` lacks keep their
     identity start (a wider stem grown on trained weights); anything else must match exactly."""
-    have, want = int(state["cls_token"].shape[-1]), int(model.cls_token.shape[-1])
-    if have != want:
-        raise ValueError(f"--init-backbone has token width {have}, the model being trained {want} (--width)")
     result = model.load_state_dict(state, strict=False)
-    grown = [k for k in result.missing_keys if k.startswith((STEM_BLOCKS, STEM_FINE_BLOCKS))]
+    grown = [k for k in result.missing_keys if k.startswith(STEM_BLOCKS)]
     if result.unexpected_keys or len(grown) != len(result.missing_keys):
         raise ValueError(f"--init-backbone does not fit iared_digits_tiny({stem_kwargs(model.state_dict())}): "
                          f"it has {stem_kwargs(state) or 'no'} stem blocks; missing "
@@ -622,7 +382,7 @@ def demo_model(backbone: Dict[str, torch.Tensor]):
     """The IA-RED² demo model on a trained backbone, interpreters at their training-free start."""
     from ..model import IARedViT
     import timm
-    kwargs = {"num_classes": 10, **backbone_kwargs(backbone)}
+    kwargs = {"num_classes": 10, **stem_kwargs(backbone)}
     vit = timm.create_model("iared_digits_tiny", **kwargs)
     vit.load_state_dict(backbone)
     return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",

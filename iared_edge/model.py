@@ -36,7 +36,12 @@ HEATMAP_TIE_BREAK = 0.01
 # neighbours' (1/8 per side, 1/16 per corner). Objects span several patches, a lone kept patch
 # of busy background does not; on demo validation images smoothing raised the pointing game and
 # improved deletion and insertion (docs/demo.md, 'The model').
-_HEATMAP_KERNEL = (1.0, 2.0, 1.0)
+
+
+def _binomial3(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 1-D binomial kernel [1, 2, 1], made on the device from no host data: a tensor built from
+    a Python list would be a host-to-device copy, which CUDA-graph capture refuses."""
+    return 2 - (torch.arange(3, dtype=dtype, device=device) - 1).abs()
 
 
 def survival_probability(scores: torch.Tensor) -> torch.Tensor:
@@ -57,7 +62,7 @@ def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Te
     if gh * gw != N:
         raise ValueError(f"heatmap: {N} patch scores do not fill a {gh}x{gw} grid")
     per_patch = survival_probability(scores)
-    k1 = torch.tensor(_HEATMAP_KERNEL, dtype=per_patch.dtype, device=per_patch.device)
+    k1 = _binomial3(per_patch.dtype, per_patch.device)
     k = torch.outer(k1, k1).view(1, 1, 3, 3)
     with torch.autocast(per_patch.device.type, enabled=False):  # the scores' dtype, not a caller's autocast
         heat = F.conv2d(per_patch.view(B, 1, gh, gw), k, padding=1)

@@ -632,7 +632,7 @@ def test_backbone_phase_on_a_missing_gpu_is_a_clear_error(tmp_path):
         train.train_backbone(str(tmp_path), "small", s)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_backbone_phase_trains_on_a_gpu_and_resumes_on_the_cpu(tmp_path, monkeypatch):
     """--device cuda --workers 2: a few steps on the GPU; the checkpoint resumes on the CPU."""
     import dataclasses

@@ -26,7 +26,7 @@ def test_cuda_without_a_gpu_says_so():
         Runtime("demo", device="cuda:0")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_cuda_index_beyond_the_devices_is_named():
     n = torch.cuda.device_count()
     assert resolve_device("cuda:0").type == "cuda"

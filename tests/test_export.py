@@ -175,7 +175,7 @@ def test_runtime_tensorrt_needs_a_cuda_device(model):
         Runtime(model, device="cpu", policy="level", level=0.5, backend="tensorrt")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT runs on a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("form", ["levels", "counts"])
 def test_tensorrt_backend_matches_pytorch(model, tmp_path, form):
     pytest.importorskip("tensorrt")

@@ -281,8 +281,11 @@ def test_backend_reports_and_reference_switch():
         ops.use_reference(False)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or ops.backend("cuda") != "cuda",
-                          reason="needs a CUDA GPU and the CUDA build of iared_edge._C")
+def cuda(test):
+    """A GPU test of the compiled CUDA ops: marker gpu, and skipped where the extension has no CUDA."""
+    needs_build = pytest.mark.skipif(torch.cuda.is_available() and ops.backend("cuda") != "cuda",
+                                     reason="needs the CUDA build of iared_edge._C")
+    return pytest.mark.gpu(needs_build(test))
 
 
 @cuda

@@ -702,7 +702,7 @@ def test_controller_rejects_bad_settings():
         BudgetController([1.0], [1.0], 0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu
 def test_cuda_graphs_per_level_give_the_eager_result():
     torch.manual_seed(0)
     model = IARedViT.from_timm("deit_tiny_patch16_224")

@@ -14,7 +14,7 @@ Phases (each resumes from its own checkpoint in --out; the log is --out/log.json
      policy, distilling the full model (iared_edge.train.finetune_backbone).
   5. `export`: the fp16 safetensors the package ships (iared_edge/assets/demo/).
   6. `report`: REINFORCE against the training-free start on held-out test images (both at the
-     same mean keep), and the training curve as a PNG (docs/demo_reinforce.png).
+     same mean keep), and the training curve as a PNG (--out/reinforce.png).
 Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
 """
 from __future__ import annotations
@@ -551,7 +551,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--phase", choices=["all", "small", "full", "interpreters", "finetune", "export", "report"], default="all")
-    ap.add_argument("--plot", default="docs/demo_reinforce.png", help="report: where to draw the REINFORCE curve")
+    ap.add_argument("--plot", default=None, help="report: where to draw the REINFORCE curve (default --out/reinforce.png; \"\": none)")
     ap.add_argument("--report-images", type=int, default=1000)
     ap.add_argument("--init-backbone", default=None,
                     help="phase small or full: start from this saved model's backbone (e.g. the shipped demo "
@@ -601,7 +601,7 @@ def main(argv=None) -> None:
             if s.finetune_steps:
                 model = finetune_phase(args.out, s, model)
         if phase == "report":
-            report_phase(args.out, s, model, images=args.report_images, plot=args.plot)
+            report_phase(args.out, s, model, images=args.report_images, plot=os.path.join(args.out, "reinforce.png") if args.plot is None else args.plot)
         elif phase == "export":
             from ..checkpoint import save_model
             from . import DEMO_MODEL

@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # CUDA kernels compile wherever nvcc is, GPU or not. The dev build targets Orin (8.7) and
-# Hopper (9.0) to keep builds short; `pip install .` alone builds setup.py's full default list.
+# Hopper (9.0, with PTX that newer GPUs JIT) to keep builds short; `pip install .` alone builds setup.py's full default list.
 CUDA_HOME ?= $(wildcard /usr/local/cuda)
 export CUDA_HOME
-export TORCH_CUDA_ARCH_LIST ?= 8.7;9.0
+export TORCH_CUDA_ARCH_LIST ?= 8.7;9.0+PTX
 export MAX_JOBS ?= 2
 SOURCES := setup.py $(wildcard csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu python/*.cpp)
 

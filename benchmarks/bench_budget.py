@@ -22,6 +22,7 @@ averages out; the keep after / before of each cycle is printed too.
 
     .venv/bin/python benchmarks/bench_budget.py --cycles 4 --segment 150 --budget-at 0.5
 """
+
 import argparse
 import json
 import os
@@ -45,7 +46,7 @@ def jitter_multipliers(rows: np.ndarray, half: int = 25) -> np.ndarray:
     with fewer than 5 such neighbours are left out."""
     rel = []
     for i in range(len(rows)):
-        near = rows[max(0, i - half):i + half]
+        near = rows[max(0, i - half) : i + half]
         same = near[(near[:, 2] == rows[i, 2]) & (near[:, 3] == rows[i, 3])]
         if len(same) >= 5:
             rel.append(rows[i, 0] / np.median(same[:, 0]))
@@ -59,16 +60,31 @@ def main():
     ap.add_argument("--load-start", type=int, default=100)
     ap.add_argument("--load-stop", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--budget-at", type=float, default=0.5,
-                    help="where the budget lies between the lowest (0) and highest (1) level's latency")
+    ap.add_argument(
+        "--budget-at",
+        type=float,
+        default=0.5,
+        help="where the budget lies between the lowest (0) and highest (1) level's latency",
+    )
     ap.add_argument("--load-procs", type=int, default=1, help="busy processes competing for the cores")
-    ap.add_argument("--cycles", type=int, default=1,
-                    help="loads in the run; above 1, --segment sets the phases and --frames/--load-* are unused")
+    ap.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="loads in the run; above 1, --segment sets the phases and --frames/--load-* are unused",
+    )
     ap.add_argument("--segment", type=int, default=150, help="frames per phase with --cycles above 1")
-    ap.add_argument("--quantile", type=float, default=None,
-                    help="the controller's quiet-margin quantile (default: the shipped setting)")
-    ap.add_argument("--dump", help="write every frame's (latency, keep, level, threads) per runtime, and the "
-                    "controller's (margin, quiet reading, load estimate) after each frame, to this JSON")
+    ap.add_argument(
+        "--quantile",
+        type=float,
+        default=None,
+        help="the controller's quiet-margin quantile (default: the shipped setting)",
+    )
+    ap.add_argument(
+        "--dump",
+        help="write every frame's (latency, keep, level, threads) per runtime, and the "
+        "controller's (margin, quiet reading, load estimate) after each frame, to this JSON",
+    )
     args = ap.parse_args()
     loads, phases = schedule(args)
     frames = max(int(idx.max()) for idx in phases.values()) + 1
@@ -85,14 +101,18 @@ def main():
     probe = Runtime(model, budget_ms=1e6)
     lat = probe.calibration["latency_ms"]
     levels = probe.calibration["levels"]
-    overhead = np.median([probe(clip[i % len(clip)]).latency_ms["total"] - probe.calibration["latency_ms"][0]
-                          for i in range(5)])
+    overhead = np.median(
+        [probe(clip[i % len(clip)]).latency_ms["total"] - probe.calibration["latency_ms"][0] for i in range(5)]
+    )
     budget = float(lat[-1] + args.budget_at * (lat[0] - lat[-1]))
-    fixed = max((l for l, t in zip(levels, lat) if t + max(overhead, 0) <= 0.9 * budget), default=levels[-1])
-    print(f"# {args.model}, {args.threads} threads, {frames} frames, load on frames "
-          + ", ".join(f"{a}-{b - 1}" for a, b in loads) + "; calibrated model latency "
-          f"{lat[0]:.1f} ms (keep 1.0) .. {lat[-1]:.1f} ms (keep {levels[-1]}); budget {budget:.1f} ms; "
-          f"best fixed keep before the load: {fixed}")
+    fixed = max((v for v, t in zip(levels, lat) if t + max(overhead, 0) <= 0.9 * budget), default=levels[-1])
+    print(
+        f"# {args.model}, {args.threads} threads, {frames} frames, load on frames "
+        + ", ".join(f"{a}-{b - 1}" for a, b in loads)
+        + "; calibrated model latency "
+        f"{lat[0]:.1f} ms (keep 1.0) .. {lat[-1]:.1f} ms (keep {levels[-1]}); budget {budget:.1f} ms; "
+        f"best fixed keep before the load: {fixed}"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ctrl_rt = Runtime(model, budget_ms=budget)
@@ -106,16 +126,23 @@ def main():
         try:
             for i in range(frames):
                 if any(i == a for a, _ in loads):
-                    load = [subprocess.Popen([sys.executable, "-c", BUSY.format(limit=600)])
-                            for _ in range(args.load_procs)]
+                    load = [
+                        subprocess.Popen([sys.executable, "-c", BUSY.format(limit=600)]) for _ in range(args.load_procs)
+                    ]
                 if any(i == b for _, b in loads):
                     for p in load:
                         p.kill()
                         p.wait()
                     load = []
                 r = rt(clip[i % len(clip)])
-                rows[name].append((r.latency_ms["total"], r.keep_ratio, r.keep_level if r.keep_level is not None else fixed,
-                                   r.threads or args.threads))
+                rows[name].append(
+                    (
+                        r.latency_ms["total"],
+                        r.keep_ratio,
+                        r.keep_level if r.keep_level is not None else fixed,
+                        r.threads or args.threads,
+                    )
+                )
                 if name == "controller":
                     c = rt.controller
                     state.append((c.effective_margin, c._quiet, c._scales[c.mode]))
@@ -124,9 +151,19 @@ def main():
                 p.kill()
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump({"budget_ms": budget, "load": list(loads[0]), "loads": [list(l) for l in loads],
-                       **rows, "controller_state": state}, f)
-    print("\n| runtime | phase | deadline hit rate | mean keep ratio (level) | mean patch tokens kept | median latency ms | frames on 1 thread |")
+            json.dump(
+                {
+                    "budget_ms": budget,
+                    "load": list(loads[0]),
+                    "loads": [list(load) for load in loads],
+                    **rows,
+                    "controller_state": state,
+                },
+                f,
+            )
+    print(
+        "\n| runtime | phase | deadline hit rate | mean keep ratio (level) | mean patch tokens kept | median latency ms | frames on 1 thread |"
+    )
     print("|---|---|---|---|---|---|---|")
     summary = {}
     for name, data in rows.items():
@@ -135,41 +172,57 @@ def main():
             d = data[idx]
             hit = float((d[:, 0] <= budget).mean())
             summary[(name, ph)] = (hit, d[:, 2].mean())
-            print(f"| {name} | {ph} | {hit:.1%} | {d[:, 2].mean():.3f} | {d[:, 1].mean():.3f} | {np.median(d[:, 0]):.1f} | "
-                  f"{(d[:, 3] == 1).mean():.0%} |")
+            print(
+                f"| {name} | {ph} | {hit:.1%} | {d[:, 2].mean():.3f} | {d[:, 1].mean():.3f} | {np.median(d[:, 0]):.1f} | "
+                f"{(d[:, 3] == 1).mean():.0%} |"
+            )
     keep_before, keep_after = summary[("controller", "before")][1], summary[("controller", "after")][1]
     worst = min(summary[("controller", ph)][0] for ph in phases)
     ctrl_rows = np.array(rows["controller"])
     after_idx = phases["after"]
-    settled = ctrl_rows[after_idx[len(after_idx) // 2:], 2].mean() if len(loads) == 1 else float("nan")
-    floor_misses = {ph: int(((ctrl_rows[idx, 0] > budget) & (ctrl_rows[idx, 2] <= min(levels) + 1e-9)).sum())
-                    for ph, idx in phases.items()}
-    print("\ncontroller misses at the lowest keep level (no level could have met the budget): "
-          + ", ".join(f"{ph} {n}" for ph, n in floor_misses.items()))
+    settled = ctrl_rows[after_idx[len(after_idx) // 2 :], 2].mean() if len(loads) == 1 else float("nan")
+    floor_misses = {
+        ph: int(((ctrl_rows[idx, 0] > budget) & (ctrl_rows[idx, 2] <= min(levels) + 1e-9)).sum())
+        for ph, idx in phases.items()
+    }
+    print(
+        "\ncontroller misses at the lowest keep level (no level could have met the budget): "
+        + ", ".join(f"{ph} {n}" for ph, n in floor_misses.items())
+    )
     # The target compares the controller with itself before and after the load, which assumes the
     # machine returns to its old speed; on a shared VM it may not. How slow each phase's two-thread
     # frames ran against the start-up calibration at the same level says whether it did.
     cal = dict(zip(levels, lat))
     two = ctrl_rows[:, 3] == args.threads
-    slow = np.array([row[0] / (cal[min(cal, key=lambda l: abs(l - row[2]))] + max(overhead, 0)) for row in ctrl_rows])
-    speed = {ph: float(np.median(slow[idx][two[idx]])) if two[idx].any() else float("nan") for ph, idx in phases.items()}
-    print(f"controller's {args.threads}-thread frames, latency / calibrated latency at the same level (median): "
-          + ", ".join(f"{ph} {v:.2f}" for ph, v in speed.items())
-          + f"; after / before {speed['after'] / speed['before']:.2f} (1.00: the machine came back to its old speed)")
+    slow = np.array([row[0] / (cal[min(cal, key=lambda v: abs(v - row[2]))] + max(overhead, 0)) for row in ctrl_rows])
+    speed = {
+        ph: float(np.median(slow[idx][two[idx]])) if two[idx].any() else float("nan") for ph, idx in phases.items()
+    }
+    print(
+        f"controller's {args.threads}-thread frames, latency / calibrated latency at the same level (median): "
+        + ", ".join(f"{ph} {v:.2f}" for ph, v in speed.items())
+        + f"; after / before {speed['after'] / speed['before']:.2f} (1.00: the machine came back to its old speed)"
+    )
     jitter = {ph: _jitter(ctrl_rows, idx) for ph, idx in phases.items()}
-    print("controller's jitter, latency / median latency of its frames at the same level and thread count "
-          "within 25 frames, 99th percentile: "
-          + ", ".join(f"{ph} +{v:.0%}" for ph, v in jitter.items())
-          + " (a noisier phase needs a wider margin, so fewer tokens, at the same hit rate)")
+    print(
+        "controller's jitter, latency / median latency of its frames at the same level and thread count "
+        "within 25 frames, 99th percentile: "
+        + ", ".join(f"{ph} +{v:.0%}" for ph, v in jitter.items())
+        + " (a noisier phase needs a wider margin, so fewer tokens, at the same hit rate)"
+    )
     used = {ph: float(np.median(ctrl_rows[phases[ph], 0])) / budget for ph in ("before", "after")}
     print(f"controller's latency used, median latency / budget: before {used['before']:.2f}, after {used['after']:.2f}")
     if len(loads) > 1:  # each pooled phase is one stretch per load, all as long
-        per_cycle = [ctrl_rows[a, 2].mean() / ctrl_rows[b, 2].mean() for a, b in
-                     zip(np.split(phases["after"], len(loads)), np.split(phases["before"], len(loads)))]
+        per_cycle = [
+            ctrl_rows[a, 2].mean() / ctrl_rows[b, 2].mean()
+            for a, b in zip(np.split(phases["after"], len(loads)), np.split(phases["before"], len(loads)))
+        ]
         print("controller's keep level after / before, per cycle: " + ", ".join(f"{r:.2f}" for r in per_cycle))
     second_half = f", {settled / keep_before:.3f} over its second half" if len(loads) == 1 else ""
-    print(f"controller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "
-          f"{keep_after / keep_before:.3f} over the whole after-phase{second_half} (target within 10%)")
+    print(
+        f"controller: lowest phase hit rate {worst:.1%} (target >= 99%); keep level after / before = "
+        f"{keep_after / keep_before:.3f} over the whole after-phase{second_half} (target within 10%)"
+    )
 
 
 def schedule(args):
@@ -180,14 +233,20 @@ def schedule(args):
         if not 0 < args.load_start < args.load_stop < args.frames:
             raise SystemExit("need 0 < --load-start < --load-stop < --frames")
         loads = [(args.load_start, args.load_stop)]
-        phases = {"before": np.arange(0, args.load_start), "during load": np.arange(args.load_start, args.load_stop),
-                  "after": np.arange(args.load_stop, args.frames)}
+        phases = {
+            "before": np.arange(0, args.load_start),
+            "during load": np.arange(args.load_start, args.load_stop),
+            "after": np.arange(args.load_stop, args.frames),
+        }
         return loads, phases
     s = args.segment
     loads = [(s + k * 3 * s, 2 * s + k * 3 * s) for k in range(args.cycles)]
     cat = lambda ranges: np.concatenate([np.arange(a, b) for a, b in ranges])
-    phases = {"before": cat((a - s, a) for a, _ in loads), "during load": cat(loads),
-              "after": cat((b, b + s) for _, b in loads)}
+    phases = {
+        "before": cat((a - s, a) for a, _ in loads),
+        "during load": cat(loads),
+        "after": cat((b, b + s) for _, b in loads),
+    }
     return loads, phases
 
 

@@ -9,6 +9,7 @@ their level, plus top-1 of both on the images used (this script knows the labels
 
     .venv/bin/python benchmarks/bench_demo.py [--images 64] [--repeats 5] [--threads 2]
 """
+
 import argparse
 import platform
 
@@ -33,20 +34,26 @@ def main():
     imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(args.images))
     x = torch.cat([model_input(model, im) for im in imgs])
     y = torch.from_numpy(labels)
-    print(f"# demo model on {args.images} held-out test images; torch {torch.__version__}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}; ops backend {ops.backend('cpu')}; medians over "
-          f"{args.repeats} passes of all images")
-    print("| batch | timm ms / batch | IA-RED² ms / batch | speed-up | FLOPs bound | speed-up / bound | "
-          "patch tokens kept per stage | top-1 timm / IA-RED² |")
+    print(
+        f"# demo model on {args.images} held-out test images; torch {torch.__version__}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}; ops backend {ops.backend('cpu')}; medians over "
+        f"{args.repeats} passes of all images"
+    )
+    print(
+        "| batch | timm ms / batch | IA-RED² ms / batch | speed-up | FLOPs bound | speed-up / bound | "
+        "patch tokens kept per stage | top-1 timm / IA-RED² |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     with torch.inference_mode():
         plain_acc = (model.vit(x).argmax(-1) == y).float().mean().item()
         ours_acc = (model(x, policy="threshold").logits.argmax(-1) == y).float().mean().item()
     for r in compare_speed(model, x, [int(b) for b in args.batches.split(",")], repeats=args.repeats):
         keep = " / ".join(f"{k:.2f}" for k in r["kept_per_stage"])
-        print(f"| {r['batch']} | {r['plain_ms']:.2f} | {r['iared_ms']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['flops_bound']:.2f}x | {r['speedup'] / r['flops_bound']:.2f} | {keep} | "
-              f"{plain_acc:.1%} / {ours_acc:.1%} |")
+        print(
+            f"| {r['batch']} | {r['plain_ms']:.2f} | {r['iared_ms']:.2f} | {r['speedup']:.2f}x | "
+            f"{r['flops_bound']:.2f}x | {r['speedup'] / r['flops_bound']:.2f} | {keep} | "
+            f"{plain_acc:.1%} / {ours_acc:.1%} |"
+        )
 
 
 if __name__ == "__main__":

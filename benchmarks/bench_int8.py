@@ -15,6 +15,7 @@ task, int8 against float32, how often they agree, and the heatmap's pointing gam
 digit's box) in both. A timm name runs with random weights: speed
 only.
 """
+
 import argparse
 import os
 import statistics
@@ -47,6 +48,7 @@ def demo_images(model, n: int):
     from iared_edge.demo import DigitsInClutter
     from iared_edge.explain import box_overlap, map_box
     from iared_edge.preprocess import model_normalization
+
     imgs, labels, boxes = DigitsInClutter("test", seed=0).batch(range(n))
     crop = model_normalization(model)[2]
     size = tuple(model.input_size[1:])
@@ -57,6 +59,7 @@ def demo_images(model, n: int):
 
 def pointing(heatmaps, overlaps) -> float:
     from iared_edge.explain import pointing_hit
+
     return float(np.mean([pointing_hit(torch.as_tensor(h), ov) for h, ov in zip(heatmaps, overlaps)]))
 
 
@@ -70,19 +73,29 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="bench-int8-")
-    print(f"# {device_name(torch.device('cpu'), args.threads)}; onnxruntime {ort.__version__}, torch {torch.__version__}; "
-          f"medians of {args.repeats}, the three timed back to back per batch")
-    print("| model | policy / keep level | patches kept per stage | batch | torch fp32 ms | ORT fp32 ms | ORT int8 ms | "
-          "int8 over ORT fp32 | bound (GEMM share f) | int8 over torch fp32 |")
+    print(
+        f"# {device_name(torch.device('cpu'), args.threads)}; onnxruntime {ort.__version__}, torch {torch.__version__}; "
+        f"medians of {args.repeats}, the three timed back to back per batch"
+    )
+    print(
+        "| model | policy / keep level | patches kept per stage | batch | torch fp32 ms | ORT fp32 ms | ORT int8 ms | "
+        "int8 over ORT fp32 | bound (GEMM share f) | int8 over torch fp32 |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     accuracy = []
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = (load_model(name) if name == "demo" or name.endswith(".safetensors")
-                 else IARedViT.from_timm(name)).float().eval()
+        model = (
+            (load_model(name) if name == "demo" or name.endswith(".safetensors") else IARedViT.from_timm(name))
+            .float()
+            .eval()
+        )
         real = name == "demo"
-        x_all, labels, overlaps = demo_images(model, max(args.accuracy_images, 8)) if real \
+        x_all, labels, overlaps = (
+            demo_images(model, max(args.accuracy_images, 8))
+            if real
             else (torch.randn(8, *model.input_size), None, None)
+        )
         for level in args.levels.split(","):
             threshold = level == "threshold"
             paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("fp32", "int8")}
@@ -98,8 +111,11 @@ def main():
             sess = {k: timing_session(p, args.threads) for k, p in paths.items()}
 
             def ort_run(k, x, heatmaps=False):  # logits (and heatmaps); the threshold graph takes one image per run
-                outs = [sess[k].run(None, {"images": x[i:i + 1].numpy()}) for i in range(len(x))] if threshold \
+                outs = (
+                    [sess[k].run(None, {"images": x[i : i + 1].numpy()}) for i in range(len(x))]
+                    if threshold
                     else [sess[k].run(None, {"images": x.numpy()})]
+                )
                 logits = np.concatenate([o[0] for o in outs])
                 return (logits, np.concatenate([o[-1] for o in outs])) if heatmaps else logits
 
@@ -110,8 +126,11 @@ def main():
                         counts = model(x, **kwargs).kept_counts.double().mean(0).tolist()
                 f = gemm_share(model, counts)
                 bound = 1 / ((1 - f) + f / 4)
-                runs = {"torch": lambda: model(x, **kwargs), "fp32": lambda: ort_run("fp32", x),
-                        "int8": lambda: ort_run("int8", x)}
+                runs = {
+                    "torch": lambda: model(x, **kwargs),
+                    "fp32": lambda: ort_run("fp32", x),
+                    "int8": lambda: ort_run("int8", x),
+                }
                 t = {k: [] for k in runs}
                 with torch.inference_mode():
                     for fn in runs.values():  # warm-up
@@ -120,24 +139,39 @@ def main():
                         for k, fn in runs.items():
                             t[k].append(timed_ms(fn))
                 ms = {k: statistics.median(v) for k, v in t.items()}
-                print(f"| {name} | {level} | {' / '.join(f'{c:.0f}' for c in counts)} | {bs} | {ms['torch']:.1f} | "
-                      f"{ms['fp32']:.1f} | {ms['int8']:.1f} | {ms['fp32'] / ms['int8']:.2f}x | "
-                      f"{bound:.2f}x ({f:.2f}) | {ms['torch'] / ms['int8']:.2f}x |", flush=True)
+                print(
+                    f"| {name} | {level} | {' / '.join(f'{c:.0f}' for c in counts)} | {bs} | {ms['torch']:.1f} | "
+                    f"{ms['fp32']:.1f} | {ms['int8']:.1f} | {ms['fp32'] / ms['int8']:.2f}x | "
+                    f"{bound:.2f}x ({f:.2f}) | {ms['torch'] / ms['int8']:.2f}x |",
+                    flush=True,
+                )
             if real:
                 n = args.accuracy_images
                 with torch.inference_mode():
-                    outs = [model(x_all[i:i + 50], **kwargs) for i in range(0, n, 50)]
+                    outs = [model(x_all[i : i + 50], **kwargs) for i in range(0, n, 50)]
                 ref = torch.cat([o.logits for o in outs]).argmax(1).numpy()
                 heat32 = torch.cat([o.heatmap for o in outs]).numpy()
-                runs8 = [ort_run("int8", x_all[i:i + 50], heatmaps=True) for i in range(0, n, 50)]
+                runs8 = [ort_run("int8", x_all[i : i + 50], heatmaps=True) for i in range(0, n, 50)]
                 top8 = np.concatenate([r[0] for r in runs8]).argmax(1)
                 heat8 = np.concatenate([r[1] for r in runs8])
-                accuracy.append((name, level, n, (ref == labels[:n]).mean(), (top8 == labels[:n]).mean(),
-                                 (ref == top8).mean(), pointing(heat32, overlaps[:n]), pointing(heat8, overlaps[:n]),
-                                 float(np.abs(heat8 - heat32).mean())))
+                accuracy.append(
+                    (
+                        name,
+                        level,
+                        n,
+                        (ref == labels[:n]).mean(),
+                        (top8 == labels[:n]).mean(),
+                        (ref == top8).mean(),
+                        pointing(heat32, overlaps[:n]),
+                        pointing(heat8, overlaps[:n]),
+                        float(np.abs(heat8 - heat32).mean()),
+                    )
+                )
     if accuracy:
-        print("\n| model | policy / keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement | "
-              "pointing game fp32 | pointing game int8 | mean abs. heatmap difference |")
+        print(
+            "\n| model | policy / keep level | test images | top-1 fp32 (torch) | top-1 int8 (ORT) | top-1 agreement | "
+            "pointing game fp32 | pointing game int8 | mean abs. heatmap difference |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, level, n, a32, a8, agree, p32, p8, dh in accuracy:
             print(f"| {name} | {level} | {n} | {a32:.1%} | {a8:.1%} | {agree:.1%} | {p32:.1%} | {p8:.1%} | {dh:.4f} |")

@@ -15,6 +15,7 @@ ours / floor tells how much of the gap to it is our code and how much the CPU's 
 
 On a GPU (`--device cuda`, float32) every timed forward ends with a device synchronise.
 """
+
 import argparse
 import platform
 import statistics
@@ -31,7 +32,7 @@ def timm_at_counts(model, x, counts):
     P = model.num_prefix
     t = model._embed(x)
     for s, n in enumerate(counts):
-        t = t[:, :P + n]
+        t = t[:, : P + n]
         for blk in model.stage_blocks(s):
             t = blk(t)
     return model._head(t[:, :P])
@@ -51,11 +52,18 @@ def main():
     device = torch.device(args.device)
     model = IARedViT.from_timm(args.model).eval().to(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{args.threads} threads, {platform.processor() or platform.machine()}"
-    print(f"# {args.model}, torch {torch.__version__}, {where}, "
-          f"median of {args.repeats}; ops backend {ops.backend(device.type)}")
-    print("| batch | keep level | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | timm at these counts ms | speedup (_C) | FLOPs bound | speedup / bound | ours / floor | GFLOP/s timm / ours |")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{args.threads} threads, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"# {args.model}, torch {torch.__version__}, {where}, "
+        f"median of {args.repeats}; ops backend {ops.backend(device.type)}"
+    )
+    print(
+        "| batch | keep level | kept/stage | timm ms | ours ms (_C) | ours ms (torch ops) | timm at these counts ms | speedup (_C) | FLOPs bound | speedup / bound | ours / floor | GFLOP/s timm / ours |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     full_flops = model.flops().item()
     levels = [float(r) for r in args.levels.split(",")]
@@ -67,10 +75,11 @@ def main():
         for level in levels:
             runs[("ours", level)] = lambda level=level: model(x, policy="level", level=level)
             runs[("ref", level)] = lambda level=level: model(x, policy="level", level=level)
-            runs[("floor", level)] = lambda c=outs[level].kept_counts[0].tolist(): timm_at_counts(model, x, c)
+            counts = outs[level].kept_counts[0].tolist()
+            runs[("floor", level)] = lambda c=counts: timm_at_counts(model, x, c)
         times = {k: [] for k in runs}
         with torch.inference_mode():
-            for k, fn in runs.items():  # warm-up
+            for fn in runs.values():  # warm-up
                 fn()
             for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
                 for k, fn in runs.items():
@@ -84,8 +93,11 @@ def main():
                 o, r = statistics.median(times[("ours", level)]), statistics.median(times[("ref", level)])
                 f = statistics.median(times[("floor", level)])
                 counts = "/".join(str(c) for c in out.kept_counts[0].tolist())
-                print(f"| {B} | {level} | {counts} | {t:.1f} | {o:.1f} | {r:.1f} | {f:.1f} | {t / o:.2f}x | {bound:.2f}x | "
-                      f"{t / o / bound:.2f} | {o / f:.2f} | {B * full_flops / t / 1e6:.0f} / {out.flops.sum().item() / o / 1e6:.0f} |", flush=True)
+                print(
+                    f"| {B} | {level} | {counts} | {t:.1f} | {o:.1f} | {r:.1f} | {f:.1f} | {t / o:.2f}x | {bound:.2f}x | "
+                    f"{t / o / bound:.2f} | {o / f:.2f} | {B * full_flops / t / 1e6:.0f} / {out.flops.sum().item() / o / 1e6:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """onnxruntime (CPU) against the torch backend at each keep level, batch 1 and 8, side by side.
 
-    .venv/bin/python benchmarks/bench_onnx.py [--model deit_small_patch16_224] [--repeats 11]
+.venv/bin/python benchmarks/bench_onnx.py [--model deit_small_patch16_224] [--repeats 11]
 """
+
 import argparse
 import statistics
 import tempfile
@@ -27,8 +28,10 @@ def main():
     torch.manual_seed(0)
     model = IARedViT.from_timm(args.model).eval()
     tmp = tempfile.mkdtemp()
-    print(f"# {args.model}, {args.threads} threads, onnxruntime {ort.__version__} (CPU), torch {torch.__version__}; "
-          f"medians of {args.repeats}, interleaved")
+    print(
+        f"# {args.model}, {args.threads} threads, onnxruntime {ort.__version__} (CPU), torch {torch.__version__}; "
+        f"medians of {args.repeats}, interleaved"
+    )
     print("| batch | keep level | torch ms | onnxruntime ms | onnxruntime speedup | max |Δlogits| |")
     print("|---|---|---|---|---|---|")
     for level in [float(v) for v in args.levels.split(",")]:
@@ -43,8 +46,12 @@ def main():
                 diff = np.abs(run_o()[0] - run_t().logits.numpy()).max()
                 tt, to = [], []
                 for _ in range(args.repeats):
-                    t0 = time.perf_counter(); run_t(); tt.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter(); run_o(); to.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    run_t()
+                    tt.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    run_o()
+                    to.append(time.perf_counter() - t0)
             a, b = statistics.median(tt) * 1e3, statistics.median(to) * 1e3
             print(f"| {B} | {level} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
 

@@ -7,6 +7,7 @@ Scoring: the fused kernel vs the unfused torch composition layer_norm + bmm + si
 
     .venv/bin/python benchmarks/bench_ops.py [--threads 2]
 """
+
 import argparse
 import statistics
 import time
@@ -52,7 +53,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     N, C, H = 197, 384, 6
-    print(f"# torch {torch.__version__}, {args.threads} threads, float32, N={N}, C={C}, H={H}; medians; ops backend {ops.backend('cpu')}")
+    print(
+        f"# torch {torch.__version__}, {args.threads} threads, float32, N={N}, C={C}, H={H}; medians; ops backend {ops.backend('cpu')}"
+    )
     print("\n## Compaction\n")
     print("New output buffers, as each call allocates (fresh pages are costly where page faults are):\n")
     print("| B | keep | ours µs | bool-mask µs | cumsum+index_select µs | vs bool-mask | vs index_select |")
@@ -70,16 +73,25 @@ def main():
             t_ours = median_us(lambda: ops.compact(tokens, offsets, positions, keep))
             t_mask = median_us(lambda: torch_mask_compact(tokens, offsets, positions, keep))
             t_sel = median_us(lambda: reference.compact(tokens, offsets, positions, keep))
-            print(f"| {B} | {frac:.0%} | {t_ours:.1f} | {t_mask:.1f} | {t_sel:.1f} | {t_mask / t_ours:.2f}x | {t_sel / t_ours:.2f}x |", flush=True)
+            print(
+                f"| {B} | {frac:.0%} | {t_ours:.1f} | {t_mask:.1f} | {t_sel:.1f} | {t_mask / t_ours:.2f}x | {t_sel / t_ours:.2f}x |",
+                flush=True,
+            )
             # reused buffers: ours with out=, torch's index_select with out=, and memcpy
             t_ours_out = median_us(lambda: ops.compact(tokens, offsets, positions, keep, out=buf))
             t_sel_out = median_us(lambda: torch_select_compact_out(tokens, offsets, positions, keep, dst))
             t_copy = median_us(lambda: dst.copy_(src))
-            rows.append(f"| {B} | {frac:.0%} | {t_ours_out:.1f} | {t_sel_out:.1f} | {t_copy:.1f} | "
-                        f"{t_sel_out / t_ours_out:.2f}x | {100 * t_copy / t_ours_out:.0f}% |")
-    print("\nReused output buffers (ours with out=; torch: cumsum + index_select(out=); "
-          "memcpy: a contiguous copy of the kept bytes into a buffer):\n")
-    print("| B | keep | ours µs | index_select(out=) µs | memcpy of kept bytes µs | vs index_select | % of memcpy bandwidth |")
+            rows.append(
+                f"| {B} | {frac:.0%} | {t_ours_out:.1f} | {t_sel_out:.1f} | {t_copy:.1f} | "
+                f"{t_sel_out / t_ours_out:.2f}x | {100 * t_copy / t_ours_out:.0f}% |"
+            )
+    print(
+        "\nReused output buffers (ours with out=; torch: cumsum + index_select(out=); "
+        "memcpy: a contiguous copy of the kept bytes into a buffer):\n"
+    )
+    print(
+        "| B | keep | ours µs | index_select(out=) µs | memcpy of kept bytes µs | vs index_select | % of memcpy bandwidth |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     # What any call costs before a byte moves, for one image: our op with nothing to move (only the
@@ -89,8 +101,10 @@ def main():
     one, two = torch.randn(1), torch.randn(1)
     t_empty = median_us(lambda: ops.compact(tokens, offsets, positions, nothing, out=buf))
     t_add = median_us(lambda: torch.ops.aten.add.Tensor(one, two))
-    print(f"\nFixed cost per call (B = 1): ours with only the class token kept {t_empty:.1f} µs; "
-          f"a one-element torch.ops.aten.add {t_add:.1f} µs.")
+    print(
+        f"\nFixed cost per call (B = 1): ours with only the class token kept {t_empty:.1f} µs; "
+        f"a one-element torch.ops.aten.add {t_add:.1f} µs."
+    )
     print("\n## Interpreter scoring\n")
     print("| B | dtype | fused µs | unfused torch µs | speedup |")
     print("|---|---|---|---|---|")
@@ -99,9 +113,11 @@ def main():
             tokens = torch.randn(B * N, C, generator=g).to(dtype)
             offsets = torch.arange(0, (B + 1) * N, N, dtype=torch.int32)
             vecs, biases = torch.randn(B, H, C, generator=g) * 0.05, torch.randn(B, H, generator=g)
+
             def unfused():
                 xn = F.layer_norm(tokens.view(B, N, C).float(), (C,), eps=1e-6)
                 return torch.sigmoid(torch.baddbmm(biases[:, None, :], xn, vecs.transpose(1, 2))).mean(-1)
+
             fused = lambda: ops.interpreter_scores(tokens, offsets, vecs, biases)
             assert torch.allclose(fused()[0], unfused().flatten(), atol=1e-5)
             t_f, t_u = median_us(fused), median_us(unfused)

@@ -22,6 +22,7 @@ included, IA-RED²'s interpreters included).
 
     .venv/bin/python benchmarks/bench_peers.py [--images 1000] [--time-images 48] [--repeats 7]
 """
+
 import argparse
 import math
 import platform
@@ -110,7 +111,7 @@ def evit_forward(model, images, rate):
         n = x.shape[1]
         x = evit_block(blk, x, rate if i in EVIT_BLOCKS else 1.0)
         counts.append((n, x.shape[1]))
-    return model._head(x[:, :model.num_prefix]), counts
+    return model._head(x[:, : model.num_prefix]), counts
 
 
 def tome_forward(model, images, r):
@@ -123,7 +124,7 @@ def tome_forward(model, images, r):
         n = x.shape[1]
         x, size = tome_block(blk, x, size, r)
         counts.append((n, x.shape[1]))
-    return model._head(x[:, :model.num_prefix]), counts
+    return model._head(x[:, : model.num_prefix]), counts
 
 
 def block_flops(n, C, hidden, n_mlp=None):
@@ -176,11 +177,19 @@ def main():
         # IA-RED² at the keep level whose FLOPs match ToMe's largest r
         tome_max = peer_flops(model, tome_forward(model, x[:1], max(rs))[1], True)
         levels = [i / 100 for i in range(5, 101)]
-        level = min(levels, key=lambda level: abs(model(x[:1], policy="level", level=model.stage_levels(level)).flops[0].item() - tome_max))
-        variants = {"timm (every token)": lambda c: model.vit(c),
-                    "IA-RED², threshold 0.5 (as shipped)": lambda c: model(c, policy="threshold"),
-                    f"IA-RED², keep level {level:.2f} (ToMe r={max(rs)}'s FLOPs)":
-                        lambda c: model(c, policy="level", level=model.stage_levels(level))}
+        level = min(
+            levels,
+            key=lambda level: abs(
+                model(x[:1], policy="level", level=model.stage_levels(level)).flops[0].item() - tome_max
+            ),
+        )
+        variants = {
+            "timm (every token)": lambda c: model.vit(c),
+            "IA-RED², threshold 0.5 (as shipped)": lambda c: model(c, policy="threshold"),
+            f"IA-RED², keep level {level:.2f} (ToMe r={max(rs)}'s FLOPs)": lambda c: model(
+                c, policy="level", level=model.stage_levels(level)
+            ),
+        }
         for r in rs:
             variants[f"ToMe r={r}"] = lambda c, r=r: tome_forward(model, c, r)
         for rate in rates:
@@ -189,7 +198,7 @@ def main():
         for name, fn in variants.items():
             logits, flops = [], []
             for i in range(0, len(x), 50):
-                c = x[i:i + 50]
+                c = x[i : i + 50]
                 if name.startswith(("ToMe", "EViT")):
                     lg, counts = fn(c)
                     flops += [peer_flops(model, counts, name.startswith("ToMe"))] * len(c)
@@ -201,11 +210,13 @@ def main():
                     lg = out.logits
                     flops += out.flops.tolist()
                 logits.append(lg)
-            rows[name] = {"top1": (torch.cat(logits).argmax(-1) == y).float().mean().item(),
-                          "flops_ratio": plain_flops / statistics.mean(flops)}
-        t = x[:args.time_images]
+            rows[name] = {
+                "top1": (torch.cat(logits).argmax(-1) == y).float().mean().item(),
+                "flops_ratio": plain_flops / statistics.mean(flops),
+            }
+        t = x[: args.time_images]
         for bs in (1, 8):
-            chunks = [t[i:i + bs] for i in range(0, len(t) - bs + 1, bs)]
+            chunks = [t[i : i + bs] for i in range(0, len(t) - bs + 1, bs)]
             times = {name: [] for name in variants}
             for fn in variants.values():  # warm-up
                 fn(chunks[0])
@@ -215,15 +226,19 @@ def main():
                         times[name].append(timed_ms(lambda: fn(c)))
             for name in variants:
                 rows[name][bs] = statistics.median(times[name])
-    print(f"# {args.model} model; top-1 on {args.images} held-out test images (generator seed 1); latency on the "
-          f"first {args.time_images}, medians of {args.repeats} passes, all variants interleaved; torch "
-          f"{torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"# {args.model} model; top-1 on {args.images} held-out test images (generator seed 1); latency on the "
+        f"first {args.time_images}, medians of {args.repeats} passes, all variants interleaved; torch "
+        f"{torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}"
+    )
     print("| method | FLOPs ratio (plain / method) | top-1 | batch 1 ms | speed-up | batch 8 ms | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     base = rows["timm (every token)"]
     for name, row in rows.items():
-        print(f"| {name} | {row['flops_ratio']:.2f}x | {row['top1']:.1%} | {row[1]:.2f} | {base[1] / row[1]:.2f}x | "
-              f"{row[8]:.2f} | {base[8] / row[8]:.2f}x |")
+        print(
+            f"| {name} | {row['flops_ratio']:.2f}x | {row['top1']:.1%} | {row[1]:.2f} | {base[1] / row[1]:.2f}x | "
+            f"{row[8]:.2f} | {base[8] / row[8]:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

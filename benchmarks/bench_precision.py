@@ -12,6 +12,7 @@ two multiply-adds per float32 lane, so at most 2x; AMX has no such simple bound 
     .venv/bin/python benchmarks/bench_precision.py [--images 1000] [--time-images 48] [--repeats 5]
         [--precisions fp32,bf16] [--threads 2]
 """
+
 import argparse
 import copy
 import platform
@@ -56,11 +57,13 @@ def main():
     imgs, labels, _ = DigitsInClutter("test", seed=args.seed).batch(range(args.images))
     x = torch.cat([model_input(base, im) for im in imgs])
     y = torch.from_numpy(labels)
-    print(f"# {args.model} on {args.images} held-out test images (generator seed {args.seed}); torch "
-          f"{torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()} "
-          f"(capability {torch.backends.cpu.get_cpu_capability()}, AVX512-BF16 "
-          f"{torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}); ops backend "
-          f"{ops.backend('cpu')}")
+    print(
+        f"# {args.model} on {args.images} held-out test images (generator seed {args.seed}); torch "
+        f"{torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()} "
+        f"(capability {torch.backends.cpu.get_cpu_capability()}, AVX512-BF16 "
+        f"{torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}); ops backend "
+        f"{ops.backend('cpu')}"
+    )
     print()
     print("| weights | top-1 all | top-1 threshold | top-1 agrees with fp32 (all / threshold) | mean keep |")
     print("| --- | --- | --- | --- | --- |")
@@ -69,28 +72,32 @@ def main():
         for n, m in models.items():
             pa, pt, keep = [], [], []
             for i in range(0, len(x), 50):
-                pa.append(m(x[i:i + 50], policy="all").logits.float().argmax(-1))
-                o = m(x[i:i + 50], policy="threshold")
+                pa.append(m(x[i : i + 50], policy="all").logits.float().argmax(-1))
+                o = m(x[i : i + 50], policy="threshold")
                 pt.append(o.logits.float().argmax(-1))
                 keep.append(o.keep_ratio.mean(1))
             pa, pt, keep = torch.cat(pa), torch.cat(pt), torch.cat(keep)
             ref.setdefault("all", pa)
             ref.setdefault("thr", pt)
-            print(f"| {n} | {(pa == y).float().mean():.1%} | {(pt == y).float().mean():.1%} | "
-                  f"{(pa == ref['all']).float().mean():.1%} / {(pt == ref['thr']).float().mean():.1%} | "
-                  f"{keep.mean():.3f} |")
+            print(
+                f"| {n} | {(pa == y).float().mean():.1%} | {(pt == y).float().mean():.1%} | "
+                f"{(pa == ref['all']).float().mean():.1%} / {(pt == ref['thr']).float().mean():.1%} | "
+                f"{keep.mean():.3f} |"
+            )
     print()
     print(f"Latency, medians over {args.repeats} passes of {args.time_images} images (ms per batch):")
     print()
-    print("| batch | weights | timm ms | IA-RED² ms | IA-RED² speed-up over timm (same weights) | FLOPs bound | "
-          "IA-RED² speed-up over fp32 IA-RED² | instruction bound |")
+    print(
+        "| batch | weights | timm ms | IA-RED² ms | IA-RED² speed-up over timm (same weights) | FLOPs bound | "
+        "IA-RED² speed-up over fp32 IA-RED² | instruction bound |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    xt = x[:args.time_images]
+    xt = x[: args.time_images]
     full_flops = base.flops()[0].item()
     with torch.inference_mode():
         bound = full_flops / base(xt, policy="threshold").flops.mean().item()
         for bs in [int(b) for b in args.batches.split(",")]:
-            chunks = [xt[i:i + bs] for i in range(0, len(xt) - bs + 1, bs)]
+            chunks = [xt[i : i + bs] for i in range(0, len(xt) - bs + 1, bs)]
             times = {n: ([], []) for n in names}
             for m in models.values():  # warm-up
                 for c in chunks[:2]:
@@ -105,8 +112,10 @@ def main():
             ours32 = statistics.median(times["fp32"][1])
             for n in names:
                 a, b = statistics.median(times[n][0]), statistics.median(times[n][1])
-                print(f"| {bs} | {n} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {bound:.2f}x | {ours32 / b:.2f}x | "
-                      f"{instruction_bound(n)} |")
+                print(
+                    f"| {bs} | {n} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {bound:.2f}x | {ours32 / b:.2f}x | "
+                    f"{instruction_bound(n)} |"
+                )
 
 
 if __name__ == "__main__":

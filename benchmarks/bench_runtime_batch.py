@@ -10,6 +10,7 @@ any speed-up is per-call overhead saved and larger matrix products using the cor
 
     .venv/bin/python benchmarks/bench_runtime_batch.py [--cameras 2,4,8] [--repeats 15] [--threads 2]
 """
+
 import argparse
 import platform
 import statistics
@@ -34,9 +35,11 @@ def main():
     counts = [int(c) for c in args.cameras.split(",")]
     imgs, _, _ = DigitsInClutter("test", seed=0).batch(range(max(counts)))
     frames = [np.ascontiguousarray(im[..., ::-1]) for im in imgs]  # BGR, as a camera gives them
-    print(f"# Runtime({args.model!r}, policy={args.policy!r}); torch {torch.__version__}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}; ops backend {ops.backend('cpu')}; medians of "
-          f"{args.repeats} repeats, alternating")
+    print(
+        f"# Runtime({args.model!r}, policy={args.policy!r}); torch {torch.__version__}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}; ops backend {ops.backend('cpu')}; medians of "
+        f"{args.repeats} repeats, alternating"
+    )
     print("| cameras | per-frame calls ms | rt.batch ms | speed-up | FLOPs ratio | mean keep |")
     print("| --- | --- | --- | --- | --- | --- |")
     with Runtime(args.model, policy=args.policy) as rt:

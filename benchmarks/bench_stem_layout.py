@@ -5,6 +5,7 @@ medians, the levels and the largest output difference.
 
     .venv/bin/python benchmarks/bench_stem_layout.py [--repeats 21] [--threads 2]
 """
+
 import argparse
 import platform
 import statistics
@@ -28,10 +29,15 @@ def main():
     torch.set_num_threads(args.threads)
     model = load_model("demo").eval()
     x, _ = bench_images(model, 16)
-    runs = {"stem": lambda c: model.vit.patch_embed(c), "IA-RED² forward": lambda c: model(c),
-            "timm plain forward": lambda c: model.vit(c)}
-    print(f"# demo model, torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}; "
-          f"medians of {args.repeats}, NCHW and channels-last interleaved")
+    runs = {
+        "stem": lambda c: model.vit.patch_embed(c),
+        "IA-RED² forward": lambda c: model(c),
+        "timm plain forward": lambda c: model.vit(c),
+    }
+    print(
+        f"# demo model, torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}; "
+        f"medians of {args.repeats}, NCHW and channels-last interleaved"
+    )
     print("| batch | what | NCHW ms | channels-last ms | NCHW / channels-last | max abs diff |")
     print("| --- | --- | --- | --- | --- | --- |")
     with torch.inference_mode():

@@ -21,6 +21,7 @@ favours still needs bench_budget.py runs.
 With --load it replays the load phases instead (from their 5th frame on), the controller told the
 device is busy: how its under-load margin covers the competing process's spikes.
 """
+
 import argparse
 import glob
 import gzip
@@ -28,8 +29,8 @@ import json
 import os
 
 import numpy as np
-
 from bench_budget import jitter_multipliers  # run as a script from benchmarks/
+
 from iared_edge.runtime.controller import BudgetController, default_levels
 
 TRACES = os.path.join(os.path.dirname(__file__), "data", "budget_traces")
@@ -49,8 +50,9 @@ def jitter_traces(load: bool = False):
             phases = [(f"load {k}", slice(a + 5, b)) for k, (a, b) in enumerate(loads)]
         else:  # quiet stretches: before the first load, and from 10 frames after each load on
             ends = [a for a, _ in loads[1:]] + [len(rows)]
-            phases = [("before", slice(0, loads[0][0]))] + \
-                [(f"after {k}", slice(b + 10, e)) for k, ((_, b), e) in enumerate(zip(loads, ends))]
+            phases = [("before", slice(0, loads[0][0]))] + [
+                (f"after {k}", slice(b + 10, e)) for k, ((_, b), e) in enumerate(zip(loads, ends))
+            ]
         for phase, sl in phases:
             out.append((f"{name} {phase}", jitter_multipliers(rows[sl])))
     return out
@@ -60,7 +62,7 @@ def replay(mult, budget_at: float, skip: int = 20, quiet: bool = True, **control
     """Hit rate and mean keep level of a fresh controller on a device whose latency is
     (8 + 60 * cost) ms times the jitter trace (about DeiT-S's shape here), 1 ms pre/post-processing."""
     levels = default_levels()
-    costs = [l ** 1.6 for l in levels]
+    costs = [v**1.6 for v in levels]
     lat = [8.0 + 60.0 * c for c in costs]
     budget = lat[-1] + budget_at * (lat[0] - lat[-1])
     ctrl = BudgetController(levels, costs, budget, **controller_kw)
@@ -82,19 +84,29 @@ def main():
     ap.add_argument("--max-margin", type=float, default=BudgetController.max_margin)
     ap.add_argument("--window", type=int, default=BudgetController.window)
     ap.add_argument("--load-margin", type=float, default=BudgetController.load_margin)
-    ap.add_argument("--load", action="store_true",
-                    help="replay the load phases' jitter, with the controller told the device is busy")
+    ap.add_argument(
+        "--load",
+        action="store_true",
+        help="replay the load phases' jitter, with the controller told the device is busy",
+    )
     args = ap.parse_args()
-    kw = dict(quantile=args.quantile, margin=args.margin, max_margin=args.max_margin, window=args.window,
-              load_margin=args.load_margin)
+    kw = dict(
+        quantile=args.quantile,
+        margin=args.margin,
+        max_margin=args.max_margin,
+        window=args.window,
+        load_margin=args.load_margin,
+    )
     traces = jitter_traces(args.load)
     print(f"# {len(traces)} {'load' if args.load else 'quiet'} phases from {TRACES}; controller {kw}")
     print("| budget at | phases under 99% | lowest hit rate | mean hit rate | mean keep level |")
     print("| --- | --- | --- | --- | --- |")
     for budget_at in (0.5, 0.75):
         res = np.array([replay(m, budget_at, quiet=not args.load, **kw) for _, m in traces])
-        print(f"| {budget_at} | {(res[:, 0] < 0.99).sum()} of {len(res)} | {res[:, 0].min():.1%} | "
-              f"{res[:, 0].mean():.2%} | {res[:, 1].mean():.3f} |")
+        print(
+            f"| {budget_at} | {(res[:, 0] < 0.99).sum()} of {len(res)} | {res[:, 0].min():.1%} | "
+            f"{res[:, 0].mean():.2%} | {res[:, 1].mean():.3f} |"
+        )
 
 
 if __name__ == "__main__":

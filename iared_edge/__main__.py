@@ -1,4 +1,5 @@
 """`python -m iared_edge ...`: the `iared-edge` command line, where the console script is not on PATH."""
+
 import sys
 
 from .cli import main

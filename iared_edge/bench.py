@@ -5,6 +5,7 @@ to back, so a change in the machine's load hits both alike; the speed-up is the 
 medians, printed beside the bound it is judged against: the plain FLOPs over IA-RED²'s, counted
 from the tokens each image really kept (interpreters included).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,12 +37,14 @@ def bench_images(model, count: int, folder: Optional[str] = None) -> Tuple[torch
     """`count` model inputs [count, 3, h, w] and what they are: the images of `folder` (cycled if
     fewer), the demo task's held-out test images for a demo-task model, else the bundled photo."""
     from .preprocess import ASSETS, find_images, load_rgb, model_input
+
     if folder is not None:
         paths = find_images(folder)
         rgbs = [load_rgb(p) for p in paths[:count]]
         what = f"{len(rgbs)} images of {folder}"
     elif (model.vit.pretrained_cfg or {}).get("architecture") == "iared_digits_tiny":
         from .demo import DigitsInClutter
+
         rgbs = list(DigitsInClutter("test", seed=0).batch(range(count))[0])
         what = "held-out demo-task test images"
     else:
@@ -65,6 +68,7 @@ def timing_session(path: str, threads: Optional[int] = None):
     (default torch's), spinning off (idle workers spin by default, stealing the cores from
     whatever is timed next)."""
     import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -87,7 +91,7 @@ def _time_side_by_side(images: torch.Tensor, batches: Sequence[int], plain, ours
     the two timed back to back on every batch after two warm-up batches."""
     timings = []
     for bs in batches:
-        chunks = [images[i:i + bs] for i in range(0, len(images) - bs + 1, bs)]
+        chunks = [images[i : i + bs] for i in range(0, len(images) - bs + 1, bs)]
         for c in chunks[:2]:  # warm-up: allocator, thread pools, cuDNN/cuBLAS choices
             plain(c)
             ours(c)
@@ -96,8 +100,8 @@ def _time_side_by_side(images: torch.Tensor, batches: Sequence[int], plain, ours
         t_plain, t_ours = [], []
         for _ in range(repeats):
             for c in chunks:
-                t_plain.append(timed_ms(lambda: plain(c), sync))
-                t_ours.append(timed_ms(lambda: ours(c), sync))
+                t_plain.append(timed_ms(lambda c=c: plain(c), sync))
+                t_ours.append(timed_ms(lambda c=c: ours(c), sync))
         timings.append((len(chunks), statistics.median(t_plain), statistics.median(t_ours)))
     return timings
 
@@ -106,15 +110,28 @@ def _rows(model, out, batches, timings, agree: float) -> List[Dict]:
     full = model.flops()[0].item()
     rows = []
     for bs, (n, plain, ours) in zip(batches, timings):
-        rows.append({"batch": bs, "plain_ms": plain, "iared_ms": ours, "speedup": plain / ours,
-                     "flops_bound": full / out.flops[:n * bs].mean().item(),
-                     "kept_per_stage": out.keep_ratio[:n * bs].float().mean(0).tolist(),
-                     "top1_agreement": agree})
+        rows.append(
+            {
+                "batch": bs,
+                "plain_ms": plain,
+                "iared_ms": ours,
+                "speedup": plain / ours,
+                "flops_bound": full / out.flops[: n * bs].mean().item(),
+                "kept_per_stage": out.keep_ratio[: n * bs].float().mean(0).tolist(),
+                "top1_agreement": agree,
+            }
+        )
     return rows
 
 
-def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
-                  level: float = 0.7, repeats: int = 11) -> List[Dict]:
+def compare_speed(
+    model,
+    images: torch.Tensor,
+    batches: Sequence[int] = (1, 8),
+    policy: str = "threshold",
+    level: float = 0.7,
+    repeats: int = 11,
+) -> List[Dict]:
     """Per batch size: the median ms per batch of the plain backbone and of IA-RED² over `repeats`
     passes of all `images` (split into batches; a last partial batch is left out), the speed-up,
     the FLOPs bound, patch tokens kept per stage and how often IA-RED²'s top-1 is the plain one's.
@@ -127,14 +144,22 @@ def compare_speed(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), 
     with torch.inference_mode():
         out = model(images, policy=policy, **kwargs)  # what each image keeps: the same in every batching
         agree = (out.logits.argmax(-1) == model.vit(images).argmax(-1)).float().mean().item()
-        timings = _time_side_by_side(images, batches, model.vit, lambda c: model(c, policy=policy, **kwargs),
-                                     repeats, sync)
+        timings = _time_side_by_side(
+            images, batches, model.vit, lambda c: model(c, policy=policy, **kwargs), repeats, sync
+        )
     return _rows(model, out, batches, timings, agree)
 
 
-def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1, 8), policy: str = "threshold",
-                       level: float = 0.7, repeats: int = 11, int8: bool = False,
-                       threads: Optional[int] = None) -> List[Dict]:
+def compare_speed_onnx(
+    model,
+    images: torch.Tensor,
+    batches: Sequence[int] = (1, 8),
+    policy: str = "threshold",
+    level: float = 0.7,
+    repeats: int = 11,
+    int8: bool = False,
+    threads: Optional[int] = None,
+) -> List[Dict]:
     """`compare_speed` with both sides as ONNX Runtime graphs on the CPU, float32 or `int8`: the
     plain backbone (`export_onnx_plain`) against IA-RED²'s threshold graph (one image per run, so
     a batch is that many runs) or its level graph. Keeps and the FLOPs bound come from the
@@ -150,7 +175,7 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
     _check(images, batches, policy, repeats)
     weight = next(model.parameters())
     if weight.dtype != torch.float32 or weight.device.type != "cpu":  # the graphs are exported from float32
-        model = copy.deepcopy(model).float().cpu()                      # on the CPU; never cast the caller's
+        model = copy.deepcopy(model).float().cpu()  # on the CPU; never cast the caller's
     images = images.float().cpu()
     kwargs = {"level": level} if policy == "level" else {}
     with tempfile.TemporaryDirectory(prefix="iared-bench-") as tmp:
@@ -168,7 +193,7 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
     def ours(c):
         if policy == "level":
             return ours_session.run(None, {"images": c.numpy()})[0]
-        return np.concatenate([ours_session.run(None, {"images": c[i:i + 1].numpy()})[0] for i in range(len(c))])
+        return np.concatenate([ours_session.run(None, {"images": c[i : i + 1].numpy()})[0] for i in range(len(c))])
 
     with torch.inference_mode():
         out = model(images, policy=policy, **kwargs)
@@ -181,10 +206,15 @@ def compare_speed_onnx(model, images: torch.Tensor, batches: Sequence[int] = (1,
 
 
 def markdown(rows: List[Dict]) -> str:
-    lines = ["| batch | plain ms / batch | IA-RED² ms / batch | speed-up | FLOPs bound | speed-up / bound | "
-             "patch tokens kept per stage |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| batch | plain ms / batch | IA-RED² ms / batch | speed-up | FLOPs bound | speed-up / bound | "
+        "patch tokens kept per stage |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         kept = " / ".join(f"{k:.2f}" for k in r["kept_per_stage"])
-        lines.append(f"| {r['batch']} | {r['plain_ms']:.2f} | {r['iared_ms']:.2f} | {r['speedup']:.2f}x | "
-                     f"{r['flops_bound']:.2f}x | {r['speedup'] / r['flops_bound']:.2f} | {kept} |")
+        lines.append(
+            f"| {r['batch']} | {r['plain_ms']:.2f} | {r['iared_ms']:.2f} | {r['speedup']:.2f}x | "
+            f"{r['flops_bound']:.2f}x | {r['speedup'] / r['flops_bound']:.2f} | {kept} |"
+        )
     return "\n".join(lines)

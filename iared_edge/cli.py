@@ -1,4 +1,5 @@
 """The `iared-edge` command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = paths or [os.path.join(ASSETS, "squirrel_cls.jpg")]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"no such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise FileNotFoundError(
+            f"no such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     # one image: a bad one fails before the model is built; several: read a batch at a time (a
     # folder may not fit in memory), an unreadable one skipped and reported, the rest go on
     first_rgb = {paths[0]: load_rgb(paths[0])} if len(paths) == 1 else {}
@@ -52,10 +55,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.precision is not None:
         model = model.to(inference_dtype("cpu", args.precision))
     if args.checkpoint is None and not names_saved_model(args.model):
-        print(f"note: {args.model} has random weights (no --checkpoint): the labels below are "
-              "meaningless, the token dropping and timings are real")
-    print(f"model: {args.model}  policy: {args.policy}  weights: "
-          f"{str(next(model.parameters()).dtype).replace('torch.', '')}  ops backend: {ops.backend('cpu')}")
+        print(
+            f"note: {args.model} has random weights (no --checkpoint): the labels below are "
+            "meaningless, the token dropping and timings are real"
+        )
+    print(
+        f"model: {args.model}  policy: {args.policy}  weights: "
+        f"{str(next(model.parameters()).dtype).replace('torch.', '')}  ops backend: {ops.backend('cpu')}"
+    )
     labels = model.class_names()
     mean, std, _ = model_normalization(model)
     mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
@@ -64,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     skipped = []
     for first in range(0, len(paths), args.batch):  # a batch's images each keep their own tokens
         chunk, xs = [], []
-        for path, dest in zip(paths[first:first + args.batch], outs[first:first + args.batch]):
+        for path, dest in zip(paths[first : first + args.batch], outs[first : first + args.batch]):
             try:
                 xs.append(model_input(model, first_rgb.pop(path) if path in first_rgb else load_rgb(path)))
                 chunk.append((path, dest))
@@ -83,13 +90,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{path}:")
             for p, c in zip(top.values.tolist(), top.indices.tolist()):
                 print(f"  {p:6.2%}  {labels[c]}")
-            print(f"  patch tokens kept per stage: {levels}; FLOPs {flops / 1e9:.2f} G vs {full / 1e9:.2f} G "
-                  f"for the plain backbone ({full / flops:.2f}x fewer)")
+            print(
+                f"  patch tokens kept per stage: {levels}; FLOPs {flops / 1e9:.2f} G vs {full / 1e9:.2f} G "
+                f"for the plain backbone ({full / flops:.2f}x fewer)"
+            )
             crop = ((x[i].float() * std + mean).clamp(0, 1) * 255).permute(1, 2, 0).byte().numpy()
             pic = overlay(crop, out.heatmap[i].float().numpy(), out.keep_masks[i, -1].view(model.grid_size).numpy())
             Image.fromarray(np.concatenate([crop, pic], 1)).save(dest)
     done = len(paths) - len(skipped)
-    where = f"heatmap written to {outs[0]}" if len(outs) == 1 else f"{done} heatmaps written to {os.path.dirname(outs[0])}/"
+    where = (
+        f"heatmap written to {outs[0]}" if len(outs) == 1 else f"{done} heatmaps written to {os.path.dirname(outs[0])}/"
+    )
     print(f"{where} (left: input, right: interpreter heatmap, dropped patches greyed)")
     if skipped:
         print(f"iared-edge: {len(skipped)} of {len(paths)} images unreadable, skipped", file=sys.stderr)
@@ -113,12 +124,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, args.checkpoint)
     paths = find_images(args.images)[: args.limit]
     tensors = [model_input(model, load_rgb(p)) for p in paths]
-    batches = [torch.cat(tensors[i:i + args.batch]) for i in range(0, len(tensors), args.batch)]
+    batches = [torch.cat(tensors[i : i + args.batch]) for i in range(0, len(tensors), args.batch)]
     thresholds = calibrate_thresholds(model, batches, args.keep, shape=args.shape)
     out = args.out or (args.model if args.model.endswith(".safetensors") else "calibrated.safetensors")
     save_model(model, out)
-    print(f"thresholds per stage: {', '.join(f'{t:.4f}' for t in thresholds)} (target keep {args.keep:.0%} "
-          f"over {len(paths)} images); saved to {out}")
+    print(
+        f"thresholds per stage: {', '.join(f'{t:.4f}' for t in thresholds)} (target keep {args.keep:.0%} "
+        f"over {len(paths)} images); saved to {out}"
+    )
     return 0
 
 
@@ -144,28 +157,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model.vit.num_classes != len(train.classes):
         raise ValueError(f"the model has {model.vit.num_classes} classes, {args.data}/train has {len(train.classes)}")
     model.labels = list(train.classes)
-    sampler = (torch.utils.data.DistributedSampler(train, seed=args.seed, drop_last=True)
-               if dist.world_size() > 1 else None)
-    loader = torch.utils.data.DataLoader(train, batch_size=args.batch, shuffle=sampler is None, sampler=sampler,
-                                         num_workers=args.workers, drop_last=True)
+    sampler = (
+        torch.utils.data.DistributedSampler(train, seed=args.seed, drop_last=True) if dist.world_size() > 1 else None
+    )
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=args.batch, shuffle=sampler is None, sampler=sampler, num_workers=args.workers, drop_last=True
+    )
     val_loader = torch.utils.data.DataLoader(val, batch_size=args.batch, num_workers=args.workers)
     amp = autocast_dtype(device, args.amp)
-    history = train_interpreters(model, loader, val_loader, steps_per_stage=args.steps, lr=args.lr,
-                                 config=ReinforceConfig(penalty=args.penalty),
-                                 checkpoint=os.path.join(args.out_dir, "interpreters.pt"),
-                                 val_every=args.val_every, device=device, amp=amp, seed=args.seed)
+    history = train_interpreters(
+        model,
+        loader,
+        val_loader,
+        steps_per_stage=args.steps,
+        lr=args.lr,
+        config=ReinforceConfig(penalty=args.penalty),
+        checkpoint=os.path.join(args.out_dir, "interpreters.pt"),
+        val_every=args.val_every,
+        device=device,
+        amp=amp,
+        seed=args.seed,
+    )
     if args.finetune_steps:
-        history += finetune_backbone(model, loader, val_loader, steps=args.finetune_steps, lr=args.finetune_lr,
-                                     alpha=args.alpha, checkpoint=os.path.join(args.out_dir, "finetune.pt"),
-                                     val_every=args.val_every, device=device, amp=amp, seed=args.seed)
+        history += finetune_backbone(
+            model,
+            loader,
+            val_loader,
+            steps=args.finetune_steps,
+            lr=args.finetune_lr,
+            alpha=args.alpha,
+            checkpoint=os.path.join(args.out_dir, "finetune.pt"),
+            val_every=args.val_every,
+            device=device,
+            amp=amp,
+            seed=args.seed,
+        )
     if dist.is_main():
         save_model(model.cpu(), os.path.join(args.out_dir, "model.safetensors"))
         with open(os.path.join(args.out_dir, "history.json"), "w") as f:
             json.dump(history, f)
         last = [h for h in history if "val_accuracy" in h][-1]
-        print(f"done: val accuracy {last['val_accuracy']:.2%}, keep per stage "
-              + "/".join(f"{last[f'val_keep{s + 1}']:.2f}" for s in range(model.num_stages))
-              + f"; saved {args.out_dir}/model.safetensors")
+        print(
+            f"done: val accuracy {last['val_accuracy']:.2%}, keep per stage "
+            + "/".join(f"{last[f'val_keep{s + 1}']:.2f}" for s in range(model.num_stages))
+            + f"; saved {args.out_dir}/model.safetensors"
+        )
     dist.cleanup()
     return 0
 
@@ -181,15 +217,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         levels = [float(v) for v in args.keep_levels.split(",")]
     except ValueError:
-        raise ValueError(f"--keep-levels: expected comma-separated numbers in [0, 1], got {args.keep_levels!r}") from None
+        raise ValueError(
+            f"--keep-levels: expected comma-separated numbers in [0, 1], got {args.keep_levels!r}"
+        ) from None
     os.makedirs(args.out_dir, exist_ok=True)
     int8 = args.precision == "int8"
     suffix, weights = (".int8", "; int8 weights") if int8 else ("", "")
     if args.policy == "threshold":
         path = os.path.join(args.out_dir, f"threshold{suffix}.onnx")
         export_onnx_threshold(model, path, opset=args.opset, int8=int8)
-        print(f"wrote {path} (policy threshold at {', '.join(f'{t:g}' for t in model.thresholds)} per stage: "
-              f"each image keeps its own tokens; input images [1, {', '.join(map(str, model.input_size))}]{weights})")
+        print(
+            f"wrote {path} (policy threshold at {', '.join(f'{t:g}' for t in model.thresholds)} per stage: "
+            f"each image keeps its own tokens; input images [1, {', '.join(map(str, model.input_size))}]{weights})"
+        )
         return 0
     if args.keep_counts_input:
         path = os.path.join(args.out_dir, f"keep_counts{suffix}.onnx")
@@ -197,25 +237,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         table = {f"{level:.2f}": keep_counts_for(model, model.stage_levels(level)) for level in levels}
         with open(os.path.join(args.out_dir, "keep_levels.json"), "w") as f:
             json.dump(table, f, indent=1)
-        print(f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch{weights}) and "
-              f"keep_levels.json: " + ", ".join(f"{k} -> {v}" for k, v in table.items()))
+        print(
+            f"wrote {path} (inputs images and keep_counts int64 [{model.num_stages}]; dynamic batch{weights}) and "
+            f"keep_levels.json: " + ", ".join(f"{k} -> {v}" for k, v in table.items())
+        )
         return 0
     for level in levels:
         path = os.path.join(args.out_dir, f"keep{level:.2f}{suffix}.onnx")
         per_stage = model.stage_levels(level)
         export_onnx(model, path, per_stage, opset=args.opset, int8=int8)
-        print(f"wrote {path} (keep level {level}: {', '.join(f'{r:.3f}' for r in per_stage)} per stage, "
-              f"dynamic batch{weights})")
+        print(
+            f"wrote {path} (keep level {level}: {', '.join(f'{r:.3f}' for r in per_stage)} per stage, "
+            f"dynamic batch{weights})"
+        )
     return 0
 
 
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from .demo import write_dataset
+
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    write_dataset(args.out, sizes={k: v for k, v in sizes.items() if v != 0}, seed=args.seed,
-                  clutter=args.clutter, progress=not args.quiet)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if v > 0)
-          + f" images; boxes in {os.path.join(args.out, 'boxes.json')}")
+    write_dataset(
+        args.out,
+        sizes={k: v for k, v in sizes.items() if v != 0},
+        seed=args.seed,
+        clutter=args.clutter,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {args.out}: "
+        + ", ".join(f"{k} {v}" for k, v in sizes.items() if v > 0)
+        + f" images; boxes in {os.path.join(args.out, 'boxes.json')}"
+    )
     return 0
 
 
@@ -227,8 +280,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = resolve_model(args.model, args.checkpoint).eval()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    summary = evaluate_boxes(model, args.data, split=args.split, limit=args.limit, methods=methods,
-                             curve_images=args.curve_images, progress=not args.quiet)
+    summary = evaluate_boxes(
+        model,
+        args.data,
+        split=args.split,
+        limit=args.limit,
+        methods=methods,
+        curve_images=args.curve_images,
+        progress=not args.quiet,
+    )
     print(markdown_table(summary))
     if args.out:
         paths = write_report(summary, args.out)
@@ -247,7 +307,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     onnx = args.backend == "onnxruntime"
     if onnx and args.precision not in (None, "fp32", "int8"):
-        raise ValueError(f"--backend onnxruntime runs float32 or int8 graphs: --precision fp32 or int8, not {args.precision}")
+        raise ValueError(
+            f"--backend onnxruntime runs float32 or int8 graphs: --precision fp32 or int8, not {args.precision}"
+        )
     if not onnx and args.precision == "int8":
         raise ValueError("--precision int8 runs int8 ONNX Runtime graphs: add --backend onnxruntime")
     if onnx and args.device not in ("auto", "cpu"):
@@ -270,6 +332,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, args.checkpoint).eval()
     if onnx:  # compare_speed_onnx exports float32 graphs on the CPU from the model as it is
         import onnxruntime
+
         dtype = args.precision or "fp32"
         runs_on = f"onnxruntime {onnxruntime.__version__} (CPU)"
     else:
@@ -280,33 +343,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs_on = f"torch {torch.__version__}, ops backend {ops.backend(device.type)}"
     x, what = bench_images(model, args.count, args.images)
     print(f"model: {args.model}  device: {device_name(device)}  weights: {dtype}  {runs_on}")
-    print(f"policy: {args.policy}{f' {args.level}' if args.policy == 'level' else ''}  {args.count} images: "
-          f"{what}; medians of {args.repeats} passes, plain and IA-RED² timed back to back"
-          + ("; the thresholds' graph takes one image per run (a batch is that many runs)"
-             if onnx and args.policy == "threshold" else ""))
+    print(
+        f"policy: {args.policy}{f' {args.level}' if args.policy == 'level' else ''}  {args.count} images: "
+        f"{what}; medians of {args.repeats} passes, plain and IA-RED² timed back to back"
+        + (
+            "; the thresholds' graph takes one image per run (a batch is that many runs)"
+            if onnx and args.policy == "threshold"
+            else ""
+        )
+    )
     if args.checkpoint is None and not names_saved_model(args.model):
-        print(f"note: {args.model} has random weights (no --checkpoint): what its interpreters keep is not what "
-              "trained ones keep; the timings of those token counts are real")
+        print(
+            f"note: {args.model} has random weights (no --checkpoint): what its interpreters keep is not what "
+            "trained ones keep; the timings of those token counts are real"
+        )
     if onnx:
-        rows = compare_speed_onnx(model, x, batches, policy=args.policy, level=args.level, repeats=args.repeats,
-                                  int8=dtype == "int8", threads=args.threads)
+        rows = compare_speed_onnx(
+            model,
+            x,
+            batches,
+            policy=args.policy,
+            level=args.level,
+            repeats=args.repeats,
+            int8=dtype == "int8",
+            threads=args.threads,
+        )
     else:
         rows = compare_speed(model, x, batches, policy=args.policy, level=args.level, repeats=args.repeats)
     print(markdown(rows))
     print(f"IA-RED²'s top-1 equals the plain backbone's on {rows[0]['top1_agreement']:.1%} of the images")
     if onnx:
-        print(f"the IA-RED² graph's top-1 ({dtype}) equals the float32 PyTorch model's on "
-              f"{rows[0]['top1_agreement_with_pytorch']:.1%} of the images")
+        print(
+            f"the IA-RED² graph's top-1 ({dtype}) equals the float32 PyTorch model's on "
+            f"{rows[0]['top1_agreement_with_pytorch']:.1%} of the images"
+        )
     slower = [r["batch"] for r in rows if r["speedup"] < 1]
     if slower:
-        print(f"warning: IA-RED² was slower than the plain backbone at batch {', '.join(map(str, slower))} "
-              "here", file=sys.stderr)
+        print(
+            f"warning: IA-RED² was slower than the plain backbone at batch {', '.join(map(str, slower))} here",
+            file=sys.stderr,
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "device": device_name(device), "weights": dtype, "torch": torch.__version__,
-                       "backend": runs_on, "ops_backend": ops.backend(device.type), "policy": args.policy,
-                       "level": args.level if args.policy == "level" else None, "images": args.count,
-                       "repeats": args.repeats, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "model": args.model,
+                    "device": device_name(device),
+                    "weights": dtype,
+                    "torch": torch.__version__,
+                    "backend": runs_on,
+                    "ops_backend": ops.backend(device.type),
+                    "policy": args.policy,
+                    "level": args.level if args.policy == "level" else None,
+                    "images": args.count,
+                    "repeats": args.repeats,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.json}")
     return 0
 
@@ -315,40 +410,59 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import ops
+
     try:
         from ._build_info import BUILT
     except ImportError:
         BUILT = "unknown (not installed with setup.py)"
     print(f"iared-edge {__version__}; torch {torch.__version__}; built: {BUILT}")
-    print(f"ops backend: cpu -> {ops.backend('cpu')}, cuda -> {ops.backend('cuda')} "
-          f"(CUDA device {'present' if torch.cuda.is_available() else 'absent'})")
+    print(
+        f"ops backend: cpu -> {ops.backend('cpu')}, cuda -> {ops.backend('cuda')} "
+        f"(CUDA device {'present' if torch.cuda.is_available() else 'absent'})"
+    )
     from .devices import cpu_has_bf16, cpu_int8_dot
+
     try:
         import onnxruntime
+
         ort = f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
     except ImportError:
         ort = "onnxruntime not installed (backend onnxruntime, int8)"
     bf16 = cpu_has_bf16()
-    print(f"CPU: bf16 instructions {'yes' if bf16 else 'no'} (precision auto -> {'bf16' if bf16 else 'fp32'}); "
-          f"int8 dot product: {cpu_int8_dot() or 'none reported'}; {ort}")
+    print(
+        f"CPU: bf16 instructions {'yes' if bf16 else 'no'} (precision auto -> {'bf16' if bf16 else 'fp32'}); "
+        f"int8 dot product: {cpu_int8_dot() or 'none reported'}; {ort}"
+    )
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="iared-edge", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"iared-edge {__version__}",
-                        help="print the version and exit (`iared-edge info`: also the build and backend)")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"iared-edge {__version__}",
+        help="print the version and exit (`iared-edge info`: also the build and backend)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images, print top-5, write heatmap PNGs")
     p.add_argument("images", nargs="*", help="image files or folders of them (default: a bundled photo)")
     p.add_argument("--model", default="deit_small_patch16_224", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="timm/DeiT weights for a timm name (.pth or .safetensors)")
     p.add_argument("--policy", default="threshold", choices=["all", "threshold", "level"])
-    p.add_argument("--level", type=float, default=0.7, help='keep level for --policy level')
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="weights to run (auto: bf16 on a CPU with bf16 instructions, else fp32); default: as loaded")
-    p.add_argument("--out", default=None, help="the heatmap PNG (default heatmap.png); for several images "
-                   "a folder, one PNG per image (default heatmaps/)")
+    p.add_argument("--level", type=float, default=0.7, help="keep level for --policy level")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="weights to run (auto: bf16 on a CPU with bf16 instructions, else fp32); default: as loaded",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the heatmap PNG (default heatmap.png); for several images "
+        "a folder, one PNG per image (default heatmaps/)",
+    )
     p.add_argument("--batch", type=int, default=8, help="images per forward")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     p.set_defaults(func=cmd_predict)
@@ -357,15 +471,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     c.add_argument("--images", required=True, help="a folder of unlabelled images (searched recursively)")
     c.add_argument("--keep", type=float, default=0.6, help="target mean fraction of patch tokens kept")
-    c.add_argument("--shape", choices=["geometric", "learned"], default="geometric",
-                   help="how the keep is spread over the stages: geometric (untrained interpreters) or "
-                        "learned (the model's own per-stage keeps scaled to the target: trained interpreters)")
+    c.add_argument(
+        "--shape",
+        choices=["geometric", "learned"],
+        default="geometric",
+        help="how the keep is spread over the stages: geometric (untrained interpreters) or "
+        "learned (the model's own per-stage keeps scaled to the target: trained interpreters)",
+    )
     c.add_argument("--limit", type=int, default=500, help="at most this many images")
     c.add_argument("--batch", type=int, default=16)
     c.add_argument("--out", help="where to save (default: the model file itself, or calibrated.safetensors)")
     c.set_defaults(func=cmd_calibrate)
-    t = sub.add_parser("train", help="train the interpreters with REINFORCE on ImageFolder data (backbone frozen), "
-                       "optionally fine-tune the backbone after; multi-GPU: torchrun --nproc_per_node N -m iared_edge.cli train ...")
+    t = sub.add_parser(
+        "train",
+        help="train the interpreters with REINFORCE on ImageFolder data (backbone frozen), "
+        "optionally fine-tune the backbone after; multi-GPU: torchrun --nproc_per_node N -m iared_edge.cli train ...",
+    )
     t.add_argument("--model", required=True, help=MODEL_HELP)
     t.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     t.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
@@ -374,33 +495,55 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--penalty", type=float, default=1.0, help="reward of a wrong prediction is -penalty")
-    t.add_argument("--finetune-steps", type=int, default=0,
-                   help="then fine-tune the backbone this many steps under the learned policy, distilling the full model")
+    t.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="then fine-tune the backbone this many steps under the learned policy, distilling the full model",
+    )
     t.add_argument("--finetune-lr", type=float, default=1e-5)
     t.add_argument("--alpha", type=float, default=0.5, help="fine-tuning: weight of distillation vs the labels")
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--device", default="auto")
-    t.add_argument("--amp", choices=AMP_CHOICES, default="none",
-                   help="autocast dtype; auto: bf16 on a GPU or a CPU with bf16 instructions, else none")
+    t.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default="none",
+        help="autocast dtype; auto: bf16 on a GPU or a CPU with bf16 instructions, else none",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("export", help="export ONNX graphs: policy level (one file per keep level, or one with the counts "
-                       "as input) or policy threshold (one image per run)")
+    e = sub.add_parser(
+        "export",
+        help="export ONNX graphs: policy level (one file per keep level, or one with the counts "
+        "as input) or policy threshold (one image per run)",
+    )
     e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     e.add_argument("--format", choices=["onnx"], default="onnx")
-    e.add_argument("--policy", choices=["level", "threshold"], default="level",
-                   help="level: graphs of fixed keep levels (dynamic batch); threshold: one graph in which each "
-                        "image keeps its own tokens (the model's thresholds; one image per run)")
+    e.add_argument(
+        "--policy",
+        choices=["level", "threshold"],
+        default="level",
+        help="level: graphs of fixed keep levels (dynamic batch); threshold: one graph in which each "
+        "image keeps its own tokens (the model's thresholds; one image per run)",
+    )
     e.add_argument("--keep-levels", default="1.0,0.8,0.6,0.4", help="comma-separated keep levels (policy level)")
     e.add_argument("--out-dir", default="export")
-    e.add_argument("--keep-counts-input", action="store_true",
-                   help="one graph whose per-stage keep counts are an input (TensorRT >= 10), instead of one file per level")
+    e.add_argument(
+        "--keep-counts-input",
+        action="store_true",
+        help="one graph whose per-stage keep counts are an input (TensorRT >= 10), instead of one file per level",
+    )
     e.add_argument("--opset", type=int, default=17)
-    e.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="int8: the blocks' and head's weights in int8 (ONNX Runtime's dynamic quantization), "
-                        "for CPUs; the interpreters stay float32")
+    e.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: the blocks' and head's weights in int8 (ONNX Runtime's dynamic quantization), "
+        "for CPUs; the interpreters stay float32",
+    )
     e.set_defaults(func=cmd_export)
     d = sub.add_parser("make-digits", help="write the digits-in-clutter demo dataset (ImageFolder + boxes.json)")
     d.add_argument("--out", default="data/digits")
@@ -411,37 +554,56 @@ def main(argv: Optional[List[str]] = None) -> int:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_make_digits)
-    v = sub.add_parser("eval", help="accuracy, keep and heatmap quality (pointing game, energy, deletion/insertion) on data with boxes")
+    v = sub.add_parser(
+        "eval", help="accuracy, keep and heatmap quality (pointing game, energy, deletion/insertion) on data with boxes"
+    )
     v.add_argument("--model", default="demo", help=MODEL_HELP)
     v.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
     v.add_argument("--data", required=True, help="a dataset written by make-digits")
     v.add_argument("--split", default="test")
     v.add_argument("--limit", type=int, default=None, help="at most this many images")
     v.add_argument("--methods", default="interpreter,attention,rollout,gradcam")
-    v.add_argument("--curve-images", type=int, default=100,
-                   help="images used for deletion/insertion curves (each costs 30 forwards per heatmap "
-                   "method: about 1 s per image and method for the demo model on 2 CPU cores; 0 skips the curves)")
+    v.add_argument(
+        "--curve-images",
+        type=int,
+        default=100,
+        help="images used for deletion/insertion curves (each costs 30 forwards per heatmap "
+        "method: about 1 s per image and method for the demo model on 2 CPU cores; 0 skips the curves)",
+    )
     v.add_argument("--out", help="write OUT.json, OUT.md and OUT.png")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_eval)
-    b = sub.add_parser("bench", help="time the plain backbone and IA-RED² side by side on this device: "
-                       "speed-up against the FLOPs bound")
+    b = sub.add_parser(
+        "bench",
+        help="time the plain backbone and IA-RED² side by side on this device: speed-up against the FLOPs bound",
+    )
     b.add_argument("--model", default="demo", help=MODEL_HELP)
     b.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
-    b.add_argument("--images", help="a folder of images to time on (default: the demo task's test images for "
-                   "the demo model, else a bundled photo); what the interpreters keep depends on them")
+    b.add_argument(
+        "--images",
+        help="a folder of images to time on (default: the demo task's test images for "
+        "the demo model, else a bundled photo); what the interpreters keep depends on them",
+    )
     b.add_argument("--count", type=int, default=32, help="images per pass (cycled if the folder has fewer)")
     b.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     b.add_argument("--policy", default="threshold", choices=["threshold", "level"])
     b.add_argument("--level", type=float, default=0.7, help="keep level for --policy level")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    b.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="torch, or onnxruntime: both sides as ONNX Runtime graphs on the CPU (the plain backbone's "
-                        "graph against the thresholds' graph, one image per run, or the --policy level graph)")
-    b.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
-                   help="weights to run (auto: fp16 on a GPU, bf16 on a CPU with bf16 instructions, else fp32); "
-                   "int8 with --backend onnxruntime; default: as loaded (onnxruntime: fp32)")
+    b.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch, or onnxruntime: both sides as ONNX Runtime graphs on the CPU (the plain backbone's "
+        "graph against the thresholds' graph, one image per run, or the --policy level graph)",
+    )
+    b.add_argument(
+        "--precision",
+        choices=RUNTIME_PRECISIONS,
+        default=None,
+        help="weights to run (auto: fp16 on a GPU, bf16 on a CPU with bf16 instructions, else fp32); "
+        "int8 with --backend onnxruntime; default: as loaded (onnxruntime: fp32)",
+    )
     b.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     b.add_argument("--repeats", type=int, default=11, help="passes over the images")
     b.add_argument("--json", help="also write the results here")

@@ -1,5 +1,6 @@
 """Which torch device a user's `device=` means (with a clear error when it is not there), and what
 the CPU offers reduced precision."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +9,7 @@ import torch
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto": CUDA when present, else the CPU. "cpu", "cuda", "cuda:N" or a torch.device: checked
+    """ "auto": CUDA when present, else the CPU. "cpu", "cuda", "cuda:N" or a torch.device: checked
     here, so a missing GPU is named at once rather than by a driver error deep inside torch."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -18,9 +19,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f'device must be "auto", "cpu", "cuda" or "cuda:N", got {device!r}') from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
-                             f"built for CUDA {torch.version.cuda or 'none'}; no GPU or driver found): "
-                             'use device="cpu" or "auto"')
+            raise ValueError(
+                f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}; no GPU or driver found): "
+                'use device="cpu" or "auto"'
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type != "cpu":
@@ -51,8 +54,12 @@ def cpu_has_bf16() -> bool:
 
 
 # CPU flags (/proc/cpuinfo) of the int8 dot-product instructions ONNX Runtime's int8 GEMMs use
-INT8_DOT_FLAGS = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
-                  "asimddp": "ARM dot product"}
+INT8_DOT_FLAGS = {
+    "amx_int8": "AMX-INT8",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "asimddp": "ARM dot product",
+}
 
 
 def cpu_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
@@ -61,7 +68,12 @@ def cpu_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
     run, with less to gain: docs/benchmarks.md)."""
     try:
         with open(cpuinfo) as f:
-            flags = {w for line in f if line.lower().startswith(("flags", "features")) for w in line.split(":", 1)[-1].split()}
+            flags = {
+                w
+                for line in f
+                if line.lower().startswith(("flags", "features"))
+                for w in line.split(":", 1)[-1].split()
+            }
     except OSError:
         return None
     found = [name for flag, name in INT8_DOT_FLAGS.items() if flag in flags]

@@ -13,6 +13,7 @@ Metrics against a ground-truth box (pixels of the model input):
                (lower is better)
   insertion    AUC as they are put back into a blurred image (higher is better)
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ METHODS = ("interpreter", "attention", "rollout", "gradcam")
 def _require_images(model, images: torch.Tensor) -> None:
     want = tuple(model.input_size)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"images must be a [B, {want[0]}, {want[1]}, {want[2]}] tensor, got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError(
+            f"images must be a [B, {want[0]}, {want[1]}, {want[2]}] tensor, got "
+            f"{getattr(images, 'shape', type(images).__name__)}"
+        )
 
 
 @torch.no_grad()
@@ -55,8 +58,9 @@ def attention_maps(model, images: torch.Tensor) -> List[torch.Tensor]:
     return maps
 
 
-def attention_heatmap(model, images: torch.Tensor, block: int = -1,
-                      maps: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+def attention_heatmap(
+    model, images: torch.Tensor, block: int = -1, maps: Optional[List[torch.Tensor]] = None
+) -> torch.Tensor:
     """`maps`: `attention_maps(model, images)` when the caller has them already (one pass for
     this and `rollout_heatmap`)."""
     _require_images(model, images)
@@ -75,7 +79,7 @@ def rollout_heatmap(model, images: torch.Tensor, maps: Optional[List[torch.Tenso
     for att in maps:
         a = 0.5 * att.mean(1) + 0.5 * eye
         joint = (a / a.sum(-1, keepdim=True)) @ joint
-    return joint[:, 0, model.num_prefix:].reshape(-1, *model.grid_size)
+    return joint[:, 0, model.num_prefix :].reshape(-1, *model.grid_size)
 
 
 def gradcam_heatmap(model, images: torch.Tensor, targets: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -83,6 +87,7 @@ def gradcam_heatmap(model, images: torch.Tensor, targets: Optional[Sequence[int]
     predicted class), average-pooled back to the patch grid."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     _require_images(model, images)
     vit, P, (gh, gw) = model.vit, model.num_prefix, model.grid_size
 
@@ -92,14 +97,21 @@ def gradcam_heatmap(model, images: torch.Tensor, targets: Optional[Sequence[int]
     tg = None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets]
     was_training = vit.training
     vit.eval()
-    with torch.enable_grad(), GradCAM(model=vit, target_layers=[vit.blocks[-1].norm1], reshape_transform=reshape) as cam:
+    with (
+        torch.enable_grad(),
+        GradCAM(model=vit, target_layers=[vit.blocks[-1].norm1], reshape_transform=reshape) as cam,
+    ):
         maps = cam(input_tensor=images, targets=tg)  # [B, H, W] in [0, 1]
     vit.train(was_training)
     return F.adaptive_avg_pool2d(torch.from_numpy(maps)[:, None].float(), (gh, gw))[:, 0]
 
 
-HEATMAPS: Dict[str, Callable] = {"interpreter": interpreter_heatmap, "attention": attention_heatmap,
-                                 "rollout": rollout_heatmap, "gradcam": gradcam_heatmap}
+HEATMAPS: Dict[str, Callable] = {
+    "interpreter": interpreter_heatmap,
+    "attention": attention_heatmap,
+    "rollout": rollout_heatmap,
+    "gradcam": gradcam_heatmap,
+}
 
 
 def box_overlap(box: Sequence[float], grid: Tuple[int, int], patch: Tuple[int, int]) -> torch.Tensor:
@@ -126,7 +138,7 @@ def energy_in_box(heatmap: torch.Tensor, overlap: torch.Tensor) -> float:
 
 def _blur(images: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
     r = int(3 * sigma)
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=images.dtype) ** 2) / (2 * sigma ** 2))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=images.dtype) ** 2) / (2 * sigma**2))
     k = k / k.sum()
     C = images.shape[1]
     x = F.conv2d(F.pad(images, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
@@ -134,8 +146,9 @@ def _blur(images: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deletion_insertion(model, image: torch.Tensor, heatmap: torch.Tensor, label: int,
-                       steps: int = 14) -> Tuple[np.ndarray, np.ndarray]:
+def deletion_insertion(
+    model, image: torch.Tensor, heatmap: torch.Tensor, label: int, steps: int = 14
+) -> Tuple[np.ndarray, np.ndarray]:
     """Curves (steps + 1 points each) of the true class's probability (plain backbone) as patches
     go in heatmap order: deletion blurs the most salient first; insertion un-blurs them first."""
     gh, gw = model.grid_size
@@ -151,7 +164,7 @@ def deletion_insertion(model, image: torch.Tensor, heatmap: torch.Tensor, label:
     deleted = image * (1 - m) + blurred * m
     inserted = blurred * (1 - m) + image * m
     probs = model(torch.cat([deleted, inserted]), policy="all").logits.softmax(-1)[:, label]
-    return probs[:steps + 1].numpy(), probs[steps + 1:].numpy()
+    return probs[: steps + 1].numpy(), probs[steps + 1 :].numpy()
 
 
 def auc(curve: np.ndarray) -> float:
@@ -160,7 +173,9 @@ def auc(curve: np.ndarray) -> float:
     return float(((c[1:] + c[:-1]) / 2).mean())
 
 
-def map_box(box: Sequence[float], image_hw: Tuple[int, int], size: Tuple[int, int], crop_pct: float) -> Tuple[float, ...]:
+def map_box(
+    box: Sequence[float], image_hw: Tuple[int, int], size: Tuple[int, int], crop_pct: float
+) -> Tuple[float, ...]:
     """A box in image pixels -> model-input pixels under preprocess.to_tensor's resize + centre crop."""
     h, w = image_hw
     scale = max(size) / crop_pct / min(h, w)
@@ -171,15 +186,24 @@ def map_box(box: Sequence[float], image_hw: Tuple[int, int], size: Tuple[int, in
     return (x0 * sx - left, y0 * sy - top, x1 * sx - left, y1 * sy - top)
 
 
-def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] = None,
-                   methods: Sequence[str] = METHODS, policies: Sequence[str] = ("all", "threshold"),
-                   curve_images: int = 100, batch: int = 32, progress: bool = True) -> Dict:
+def evaluate_boxes(
+    model,
+    root: str,
+    split: str = "test",
+    limit: Optional[int] = None,
+    methods: Sequence[str] = METHODS,
+    policies: Sequence[str] = ("all", "threshold"),
+    curve_images: int = 100,
+    batch: int = 32,
+    progress: bool = True,
+) -> Dict:
     """Accuracy and keep per policy, and per heatmap method the pointing game, energy in the box
     and deletion/insertion AUC (on `curve_images` images evenly spaced over the split's sorted
     files, so every class folder is among them), for a dataset written by
     `iared-edge make-digits` (ImageFolder + boxes.json)."""
     from .demo.digits import read_boxes
     from .preprocess import load_rgb, model_input, model_normalization
+
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (None: every image), got {limit}")
     if curve_images < 0:
@@ -197,20 +221,27 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
     _, _, crop_pct = model_normalization(model)
     size = tuple(model.input_size[1:])
     model.eval()
-    res: Dict = {"images": len(items), "split": split,
-                 "policies": {p: {"correct": 0, "keep": np.zeros(model.num_stages), "flops": 0.0} for p in policies},
-                 "methods": {m: {"pointing": [], "energy": 0.0, "deletion": [], "insertion": []} for m in methods}}
+    res: Dict = {
+        "images": len(items),
+        "split": split,
+        "policies": {p: {"correct": 0, "keep": np.zeros(model.num_stages), "flops": 0.0} for p in policies},
+        "methods": {m: {"pointing": [], "energy": 0.0, "deletion": [], "insertion": []} for m in methods},
+    }
     full_flops = model.flops()[0].item()
     it = range(0, len(items), batch)
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc="eval", dynamic_ncols=True)
     # evenly spaced, not the first N: the files sort by class, so the first 100 were all one digit
-    curve_at = set(np.linspace(0, len(items) - 1, min(curve_images, len(items))).round().astype(int).tolist()) \
-        if curve_images else set()
+    curve_at = (
+        set(np.linspace(0, len(items) - 1, min(curve_images, len(items))).round().astype(int).tolist())
+        if curve_images
+        else set()
+    )
     done = 0
     for start in it:
-        chunk = items[start:start + batch]
+        chunk = items[start : start + batch]
         xs, ys, bxs = [], [], []
         for rel in chunk:
             rgb = load_rgb(os.path.join(root, rel))
@@ -248,17 +279,28 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
                     r["insertion"].append(ins)
         done += len(chunk)
     n = len(items)
-    summary = {"images": n, "split": split, "files": items, "curve_files": [items[k] for k in sorted(curve_at)],
-               "full_flops": full_flops, "policies": {}, "methods": {}}
+    summary = {
+        "images": n,
+        "split": split,
+        "files": items,
+        "curve_files": [items[k] for k in sorted(curve_at)],
+        "full_flops": full_flops,
+        "policies": {},
+        "methods": {},
+    }
     for p, r in res["policies"].items():
         keep = r["keep"] / n
-        summary["policies"][p] = {"accuracy": r["correct"] / n, "keep_per_stage": keep.tolist(),
-                                  "keep_mean": float(np.dot(keep, model.groups) / sum(model.groups)),
-                                  "flops_ratio": full_flops / (r["flops"] / n)}
+        summary["policies"][p] = {
+            "accuracy": r["correct"] / n,
+            "keep_per_stage": keep.tolist(),
+            "keep_mean": float(np.dot(keep, model.groups) / sum(model.groups)),
+            "flops_ratio": full_flops / (r["flops"] / n),
+        }
     for m, r in res["methods"].items():
         curves = bool(r["deletion"])  # None where no curve was asked for (curve_images=0)
         summary["methods"][m] = {
-            "pointing": sum(r["pointing"]) / n, "energy": r["energy"] / n,
+            "pointing": sum(r["pointing"]) / n,
+            "energy": r["energy"] / n,
             "deletion_auc": float(np.mean([auc(c) for c in r["deletion"]])) if curves else None,
             "insertion_auc": float(np.mean([auc(c) for c in r["insertion"]])) if curves else None,
             "curve_images": len(r["deletion"]),
@@ -267,33 +309,48 @@ def evaluate_boxes(model, root: str, split: str = "test", limit: Optional[int] =
             # per image, in file order, for paired comparisons between methods
             "pointing_hits": r["pointing"],
             "deletion_aucs": [float(auc(c)) for c in r["deletion"]],
-            "insertion_aucs": [float(auc(c)) for c in r["insertion"]]}
+            "insertion_aucs": [float(auc(c)) for c in r["insertion"]],
+        }
     return summary
 
 
 def markdown_table(summary: Dict) -> str:
-    lines = [f"{summary['images']} images of split `{summary['split']}`.", "",
-             "| policy | top-1 | patch tokens kept per stage | mean kept (block-weighted) | FLOPs ratio |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{summary['images']} images of split `{summary['split']}`.",
+        "",
+        "| policy | top-1 | patch tokens kept per stage | mean kept (block-weighted) | FLOPs ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for p, r in summary["policies"].items():
-        lines.append(f"| {p} | {r['accuracy']:.2%} | {' / '.join(f'{k:.2f}' for k in r['keep_per_stage'])} | "
-                     f"{r['keep_mean']:.2f} | {r['flops_ratio']:.2f}x |")
-    lines += ["", "| heatmap | pointing game | energy in box | deletion AUC (lower better) | insertion AUC (higher better) |",
-              "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {p} | {r['accuracy']:.2%} | {' / '.join(f'{k:.2f}' for k in r['keep_per_stage'])} | "
+            f"{r['keep_mean']:.2f} | {r['flops_ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| heatmap | pointing game | energy in box | deletion AUC (lower better) | insertion AUC (higher better) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     auc_cell = lambda v: "not measured" if v is None else f"{v:.3f}"
     for m, r in summary["methods"].items():
-        lines.append(f"| {m} | {r['pointing']:.2%} | {r['energy']:.3f} | {auc_cell(r['deletion_auc'])} | "
-                     f"{auc_cell(r['insertion_auc'])} |")
+        lines.append(
+            f"| {m} | {r['pointing']:.2%} | {r['energy']:.3f} | {auc_cell(r['deletion_auc'])} | "
+            f"{auc_cell(r['insertion_auc'])} |"
+        )
     return "\n".join(lines)
 
 
 def plot_curves(summary: Dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in ((axes[0], "deletion_curve", "deletion (lower is better)"),
-                           (axes[1], "insertion_curve", "insertion (higher is better)")):
+    for ax, key, title in (
+        (axes[0], "deletion_curve", "deletion (lower is better)"),
+        (axes[1], "insertion_curve", "insertion (higher is better)"),
+    ):
         for m, r in summary["methods"].items():
             c = r[key]
             ax.plot(np.linspace(0, 1, len(c)), c, label=f"{m} (AUC {r[key.split('_')[0] + '_auc']:.3f})")

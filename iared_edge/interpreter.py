@@ -4,6 +4,7 @@ score_h(j) = sigmoid(scale * q_h(cls) . k_h(x_j)),  keep probability = mean over
 with q, k from one Linear over a LayerNorm without affine. Inference folds the class-token query
 into per-head vectors so scoring a token costs O(C·H), not O(C²) (see `fold`).
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -20,7 +21,7 @@ class Interpreter(nn.Module):
             raise ValueError(f"Interpreter: dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.qk = nn.Linear(dim, 2 * dim)
 

@@ -10,6 +10,7 @@ Two executions of the same network:
             masks over keys, so sampled decisions have simple log-probabilities and gradients.
 For the same decisions both give the same logits (tested).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,12 +74,13 @@ def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Te
 @dataclass
 class IARedOutput:
     """What one forward gives. S = number of stages (groups), N = patch tokens, grid gh x gw = N."""
-    logits: torch.Tensor          # [B, num_classes]
-    keep_masks: torch.Tensor      # [B, S, N] bool: patch still present after stage s's decision
-    scores: torch.Tensor          # [B, S, N] float32: stage s's keep probability (0 if already dropped)
-    kept_counts: torch.Tensor     # [B, S] int64: patch tokens kept by stage s
-    heatmap: torch.Tensor         # [B, gh, gw] float32 in [0, 1]: `heatmap_from_scores(scores, grid)`
-    flops: torch.Tensor           # [B] float64: estimated FLOPs of this forward, from real token counts
+
+    logits: torch.Tensor  # [B, num_classes]
+    keep_masks: torch.Tensor  # [B, S, N] bool: patch still present after stage s's decision
+    scores: torch.Tensor  # [B, S, N] float32: stage s's keep probability (0 if already dropped)
+    kept_counts: torch.Tensor  # [B, S] int64: patch tokens kept by stage s
+    heatmap: torch.Tensor  # [B, gh, gw] float32 in [0, 1]: `heatmap_from_scores(scores, grid)`
+    flops: torch.Tensor  # [B] float64: estimated FLOPs of this forward, from real token counts
     log_probs: Optional[torch.Tensor] = None  # [B, S]: log-probability of sampled decisions (policy "sample")
 
     @property
@@ -101,8 +103,10 @@ def _check_supported(vit: nn.Module) -> None:
         problems.append("it has no absolute position embedding")
     for i, blk in enumerate(vit.blocks):
         if type(blk) is not Block or type(blk.attn) is not Attention or getattr(blk.attn, "gate", None) is not None:
-            problems.append(f"block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}, "
-                            "not timm's plain Block/Attention")
+            problems.append(
+                f"block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}, "
+                "not timm's plain Block/Attention"
+            )
             break
     if problems:
         raise ValueError("IARedViT cannot wrap this model: " + "; ".join(problems))
@@ -122,13 +126,17 @@ def scaled_keep_targets(keep: float, current: Sequence[float]) -> List[float]:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     cur = [float(c) for c in current]
     if not cur or max(cur) <= 0.0:
-        raise ValueError(f"the model keeps no patch tokens at its current thresholds ({cur}): "
-                         "nothing to scale; use shape='geometric'")
+        raise ValueError(
+            f"the model keeps no patch tokens at its current thresholds ({cur}): "
+            "nothing to scale; use shape='geometric'"
+        )
     mean = lambda a: sum(min(1.0, a * c) for c in cur) / len(cur)  # noqa: E731
     lo, hi = 0.0, 1.0 / min(c for c in cur if c > 0)  # at hi every stage with c > 0 keeps all
     if mean(hi) < keep:
-        raise ValueError(f"keep {keep} needs stages the model drops entirely at its current "
-                         f"thresholds ({cur}); use shape='geometric'")
+        raise ValueError(
+            f"keep {keep} needs stages the model drops entirely at its current "
+            f"thresholds ({cur}); use shape='geometric'"
+        )
     for _ in range(60):
         mid = (lo + hi) / 2
         if mean(mid) < keep:
@@ -152,8 +160,10 @@ def check_timm_name(name: str) -> None:
     """Raise a ValueError naming `name` (and the closest timm names) unless timm knows it; names with
     a source prefix (``hf-hub:``, ``local-dir:``) are left to timm."""
     import difflib
+
     import timm
     from timm.models import parse_model_name
+
     source, arch = parse_model_name(name)
     register_backbone(arch)
     if source is not None or timm.is_model(arch):
@@ -169,10 +179,17 @@ class IARedViT(nn.Module):
     policy drops (the class token never). `IARedViT.from_timm(name, checkpoint=...)` builds one;
     `forward(images, policy=...)` gives an `IARedOutput` (logits, heatmap, keep masks, FLOPs)."""
 
-    def __init__(self, vit: VisionTransformer, groups: Sequence[int] = (4, 4, 4),
-                 thresholds: PerStage = 0.5, labels: Optional[Sequence[str]] = None,
-                 timm_name: Optional[str] = None, timm_kwargs: Optional[Dict[str, Any]] = None,
-                 init_interpreters: bool = True, keep_profile: Optional[Sequence[float]] = None):
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        groups: Sequence[int] = (4, 4, 4),
+        thresholds: PerStage = 0.5,
+        labels: Optional[Sequence[str]] = None,
+        timm_name: Optional[str] = None,
+        timm_kwargs: Optional[Dict[str, Any]] = None,
+        init_interpreters: bool = True,
+        keep_profile: Optional[Sequence[float]] = None,
+    ):
         super().__init__()
         _check_supported(vit)
         groups = tuple(int(g) for g in groups)
@@ -193,13 +210,22 @@ class IARedViT(nn.Module):
             self.init_interpreters_from_attention()
 
     @classmethod
-    def from_timm(cls, name: str, pretrained: bool = False, checkpoint: Optional[str] = None,
-                  groups: Sequence[int] = (4, 4, 4), thresholds: PerStage = 0.5,
-                  labels: Optional[Sequence[str]] = None, **timm_kwargs: Any) -> "IARedViT":
+    def from_timm(
+        cls,
+        name: str,
+        pretrained: bool = False,
+        checkpoint: Optional[str] = None,
+        groups: Sequence[int] = (4, 4, 4),
+        thresholds: PerStage = 0.5,
+        labels: Optional[Sequence[str]] = None,
+        **timm_kwargs: Any,
+    ) -> IARedViT:
         """Build from a timm model name. `checkpoint`: a timm/DeiT state dict (.pth/.pt loaded with
         weights_only=True, or .safetensors) for the backbone. `pretrained=True` downloads (online only)."""
         import timm
+
         from .checkpoint import load_backbone_state_dict
+
         check_timm_name(name)
         vit = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
         if checkpoint is not None:
@@ -237,6 +263,7 @@ class IARedViT(nn.Module):
             return list(self.labels)
         if n == 1000:
             from timm.data import ImageNetInfo
+
             info = ImageNetInfo()
             return [info.index_to_description(i) for i in range(n)]
         return [str(i) for i in range(n)]
@@ -245,7 +272,7 @@ class IARedViT(nn.Module):
         """The blocks of group `stage` (a list: slicing the ModuleList would build a new one per
         call, a visible cost at batch 1)."""
         start = sum(self.groups[:stage])
-        return list(self.vit.blocks)[start:start + self.groups[stage]]
+        return list(self.vit.blocks)[start : start + self.groups[stage]]
 
     @torch.no_grad()
     def init_interpreters_from_attention(self) -> None:
@@ -256,7 +283,7 @@ class IARedViT(nn.Module):
             interp.init_from_attention(blk.norm1, blk.attn.qkv)
 
     # -- forward -------------------------------------------------------------------------------
-    def _check_images(self, images: torch.Tensor) -> None:
+    def _check_images(self, images: torch.Tensor, check_finite: bool = True) -> None:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor [B, C, H, W], got {type(images).__name__}")
         c, h, w = self.input_size
@@ -270,9 +297,12 @@ class IARedViT(nn.Module):
             raise ValueError(f"images: expected {h}x{w} pixels, got {images.shape[2]}x{images.shape[3]}")
         if not images.is_floating_point():
             raise ValueError(f"images: expected a floating dtype (normalised pixels), got {images.dtype}")
-        # one cheap reduction first (NaN/Inf propagate into the sum); the exact check only if it trips
-        if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
-            raise ValueError("images: contains NaN or Inf")
+        # A host read (on a GPU, a sync): skipped where no data can be read (fake tensors, tracing,
+        # CUDA-graph capture) and where the caller knows the input is finite (the Runtime: pixels).
+        # One cheap reduction first (NaN/Inf propagate into the sum); the exact check only if it trips.
+        if check_finite and type(images) is torch.Tensor and not torch.jit.is_tracing() and not _capturing(images):
+            if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
+                raise ValueError("images: contains NaN or Inf")
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit
@@ -283,20 +313,29 @@ class IARedViT(nn.Module):
         """prefix tokens [B, P, C] -> logits, through timm's own norm and head."""
         return self.vit.forward_head(self.vit.norm(prefix))
 
-    def forward(self, images: torch.Tensor, policy: Union[str, Sequence[str]] = "threshold", execution: str = "packed",
-                thresholds: Optional[PerStage] = None, level: Optional[PerStage] = None,
-                decisions: Optional[Sequence[torch.Tensor]] = None) -> IARedOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        policy: Union[str, Sequence[str]] = "threshold",
+        execution: str = "packed",
+        thresholds: Optional[PerStage] = None,
+        level: Optional[PerStage] = None,
+        decisions: Optional[Sequence[torch.Tensor]] = None,
+        check_finite: bool = True,
+    ) -> IARedOutput:
         """Run the network.
 
         policy: "all" (drop nothing), "threshold" (keep p > t; `thresholds` per stage, default the
         model's), "level" (keep the top ceil(l * n) surviving patches at each stage: `level` one
-        keep level, spread over the stages by `stage_levels`, or one l per stage), "sample" (Bernoulli(p) decisions with log-probabilities, for REINFORCE),
-        "given" (`decisions`: per stage a [B, N] bool tensor in patch-grid order; a token dropped
-        earlier stays dropped). One policy, or one per stage (a curriculum trains stage 1 with
-        ("sample", "all", "all")). execution: "packed" (inference) or "masked" (training).
-        "packed" runs without autograd (the compiled ops have no backward, so a gradient through
-        them would be silently partial): its outputs never require grad, and it keeps no
-        activations even when the caller forgot torch.no_grad(). Gradients need "masked".
+        keep level, spread over the stages by `stage_levels`, or one l per stage), "sample"
+        (Bernoulli(p) decisions with log-probabilities, for REINFORCE), "given" (`decisions`: per
+        stage a [B, N] bool tensor in patch-grid order; a token dropped earlier stays dropped).
+        One policy, or one per stage (a curriculum trains stage 1 with ("sample", "all", "all")).
+        execution: "packed" (inference) or "masked" (training). "packed" runs without autograd
+        (the compiled ops have no backward, so a gradient through them would be silently
+        partial): its outputs never require grad, and it keeps no activations even when the
+        caller forgot torch.no_grad(). Gradients need "masked". check_finite: refuse NaN/Inf
+        pixels (a host read; False where the input is known finite).
         """
         S = self.num_stages
         policies = [policy] * S if isinstance(policy, str) else list(policy)
@@ -306,7 +345,7 @@ class IARedViT(nn.Module):
             raise ValueError(f"policy must be one of {POLICIES}, or one of them per stage ({S}), got {policy!r}")
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-        self._check_images(images)
+        self._check_images(images, check_finite)
         B = images.shape[0]
         params: List[Optional[float]] = [None] * S
         if "threshold" in policies:
@@ -316,8 +355,11 @@ class IARedViT(nn.Module):
             if level is None:
                 raise ValueError('policy "level" needs level= (one value or one per stage)')
             # one keep level: the per-stage levels it means for this model (its keep profile, if any)
-            r = (self.stage_levels(level) if isinstance(level, (int, float)) and not isinstance(level, bool)
-                 else _per_stage(level, S, "level"))
+            r = (
+                self.stage_levels(level)
+                if isinstance(level, (int, float)) and not isinstance(level, bool)
+                else _per_stage(level, S, "level")
+            )
             if not all(0.0 <= v <= 1.0 for v in r):
                 raise ValueError(f"level must be in [0, 1], got {r}")
             params = [r[s] if p == "level" else params[s] for s, p in enumerate(policies)]
@@ -326,8 +368,10 @@ class IARedViT(nn.Module):
                 raise ValueError(f'policy "given" needs decisions: {S} bool tensors [B, N] (None for other stages)')
             for s, d in enumerate(decisions):
                 if policies[s] == "given" and (d is None or d.shape != (B, self.num_patches) or d.dtype != torch.bool):
-                    raise ValueError(f"decisions must be bool [B={B}, N={self.num_patches}], got "
-                                     f"{getattr(d, 'dtype', None)} {tuple(getattr(d, 'shape', ()))}")
+                    raise ValueError(
+                        f"decisions must be bool [B={B}, N={self.num_patches}], got "
+                        f"{getattr(d, 'dtype', None)} {tuple(getattr(d, 'shape', ()))}"
+                    )
         elif decisions is not None:
             raise ValueError(f'decisions are only used with policy "given", not {policy!r}')
         if execution == "packed":
@@ -340,8 +384,15 @@ class IARedViT(nn.Module):
         scores = torch.stack(scores, 1)
         counts = keep_masks.sum(-1)
         heatmap = heatmap_from_scores(scores, self.grid_size)
-        return IARedOutput(logits, keep_masks, scores, counts, heatmap, self.flops(counts),
-                           torch.stack(log_probs, 1) if log_probs is not None else None)
+        return IARedOutput(
+            logits,
+            keep_masks,
+            scores,
+            counts,
+            heatmap,
+            self.flops(counts),
+            torch.stack(log_probs, 1) if log_probs is not None else None,
+        )
 
     def _forward_masked(self, x, policies, params, decisions) -> IARedOutput:
         B, L, _ = x.shape
@@ -379,15 +430,23 @@ class IARedViT(nn.Module):
 
     def _forward_packed(self, x, policies, params, decisions) -> IARedOutput:
         B, L, _ = x.shape
-        P, N = self.num_prefix, self.num_patches
+        P = self.num_prefix
         pk = Packed.from_dense(x)
         keep_masks, scores, log_probs = [], [], ([] if "sample" in policies else None)
         for s, interp in enumerate(self.interpreters):
             policy = policies[s]
             starts = pk.offsets[:-1].long()
             vecs, biases = interp.fold(pk.tokens[starts])
-            probs, keep = ops.interpreter_scores(pk.tokens, pk.offsets, vecs, biases, params[s] if policy == "threshold" else None,
-                                                 pk.positions, P, interp.norm.eps)
+            probs, keep = ops.interpreter_scores(
+                pk.tokens,
+                pk.offsets,
+                vecs,
+                biases,
+                params[s] if policy == "threshold" else None,
+                pk.positions,
+                P,
+                interp.norm.eps,
+            )
             seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
             # Each row's cell in a [B, L] map: the maps are filled by one scatter each, prefix
             # cells included and sliced off (no boolean indexing: on a GPU each would sync).
@@ -414,9 +473,9 @@ class IARedViT(nn.Module):
                 cell = ops.sequence_ids(pk.offsets, pk.tokens.shape[0]) * L + pk.positions.long()
             kept = torch.zeros(B * L, dtype=torch.bool, device=x.device).index_fill_(0, cell, True)
             keep_masks.append(kept.view(B, L)[:, P:])
-            lengths = pk.lengths()
+            seqs = pk.sequences(max_len=L)  # L bounds every image's length: nothing read back on a GPU
             for blk in self.stage_blocks(s):
-                pk.tokens = packed_block(blk, pk.tokens, lengths)
+                pk.tokens = packed_block(blk, pk.tokens, seqs)
         prefix_rows = pk.offsets[:-1].long()[:, None] + torch.arange(P, device=x.device)
         return self._finish(self._head(pk.tokens[prefix_rows]), keep_masks, scores, log_probs)
 
@@ -436,7 +495,7 @@ class IARedViT(nn.Module):
         n_in = torch.cat([torch.full_like(kept_counts[:, :1], N), kept_counts[:, :-1]], 1).double() + P
         n = kept_counts.double() + P
         block = 2 * n * C * 3 * C + 4 * n * n * C + 2 * n * C * C + 4 * n * C * hidden
-        total = (block * torch.tensor(self.groups, dtype=torch.float64, device=n.device)).sum(1)
+        total = sum(block[:, s] * g for s, g in enumerate(self.groups))  # no tensor from host data
         # A plain patch projection, or a convolutional stem that counts its own cost (a walk over
         # its modules: counted once per stem and input size, since every forward reports FLOPs)
         if hasattr(proj, "flops"):
@@ -462,18 +521,24 @@ class IARedViT(nn.Module):
     def keep_profile(self, profile: Optional[Sequence[float]]) -> None:
         if profile is not None:
             profile = [float(p) for p in profile]
-            if (len(profile) != self.num_stages or not all(0.0 < p <= 1.0 for p in profile)
-                    or any(b > a + 1e-9 for a, b in zip(profile, profile[1:]))):
-                raise ValueError(f"keep_profile: one share in (0, 1] per stage ({self.num_stages}), "
-                                 f"non-increasing (a dropped token stays dropped), got {profile}")
+            if (
+                len(profile) != self.num_stages
+                or not all(0.0 < p <= 1.0 for p in profile)
+                or any(b > a + 1e-9 for a, b in zip(profile, profile[1:]))
+            ):
+                raise ValueError(
+                    f"keep_profile: one share in (0, 1] per stage ({self.num_stages}), "
+                    f"non-increasing (a dropped token stays dropped), got {profile}"
+                )
         self._keep_profile = profile
 
     def stage_levels(self, level: float) -> List[float]:
         """The per-stage levels that keep level `level` means for this model (policy "level", the
-        Runtime's budget levels, the exported graphs). Without a keep_profile: `level` at every stage (level, level², ... of the patch
-        tokens kept after each stage). With one: the profile scaled so that the mean share kept over
-        the stages, hence roughly the cost, is that of the uniform level, while the stages keep the
-        allocation the interpreters learned (e.g. stage 2 keeping all that stage 1 kept)."""
+        Runtime's budget levels, the exported graphs). Without a keep_profile: `level` at every
+        stage (level, level², ... of the patch tokens kept after each stage). With one: the profile
+        scaled so that the mean share kept over the stages, hence roughly the cost, is that of the
+        uniform level, while the stages keep the allocation the interpreters learned (e.g. stage 2
+        keeping all that stage 1 kept)."""
         level = float(level)
         if not 0.0 <= level <= 1.0:
             raise ValueError(f"keep level must be in [0, 1], got {level}")
@@ -485,8 +550,18 @@ class IARedViT(nn.Module):
 
     def config(self) -> Dict[str, Any]:
         """What `save_model` stores beside the weights to rebuild this model."""
-        return {"timm_name": self.timm_name, "timm_kwargs": self.timm_kwargs, "groups": list(self.groups),
-                "thresholds": self.thresholds, "labels": self.labels, "keep_profile": self.keep_profile}
+        return {
+            "timm_name": self.timm_name,
+            "timm_kwargs": self.timm_kwargs,
+            "groups": list(self.groups),
+            "thresholds": self.thresholds,
+            "labels": self.labels,
+            "keep_profile": self.keep_profile,
+        }
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _bernoulli_log_prob(keep: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -497,7 +572,8 @@ def _bernoulli_log_prob(keep: torch.Tensor, probs: torch.Tensor) -> torch.Tensor
 def _topk_dense(probs: torch.Tensor, cand: torch.Tensor, level: float) -> torch.Tensor:
     """Dense form of `ops.topk_keep`: per row the top ceil(level * n) candidates, earlier wins ties."""
     n = cand.sum(1)
-    k = torch.tensor([ops.level_keep_count(int(v), level) for v in n.tolist()], device=probs.device)
+    # ops.level_keep_count on the device, in float64 as there (no host read: n stays where it is)
+    k = torch.minimum(n, torch.ceil(n.double() * level - 1e-6).clamp_min(0).long())
     masked = torch.where(cand, probs, -math.inf)
     order = torch.sort(masked, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)

@@ -1,4 +1,5 @@
 """Images in (files, RGB arrays), normalised tensors out; heatmaps back onto images."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 def find_images(folder: str) -> List[str]:
     """The images under `folder` (searched recursively), sorted."""
-    found = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    found = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not found:
         raise ValueError(f"{folder}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
     return found
@@ -26,6 +31,7 @@ def find_images(folder: str) -> List[str]:
 def load_rgb(path: str) -> np.ndarray:
     """An image file as H x W x 3 uint8 RGB."""
     from PIL import Image, UnidentifiedImageError
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such image file: {path}")
     try:
@@ -35,30 +41,41 @@ def load_rgb(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({exc})") from exc
 
 
-def to_tensor(rgb: np.ndarray, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
-              crop_pct: float = 0.875) -> torch.Tensor:
+def to_tensor(
+    rgb: np.ndarray, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875
+) -> torch.Tensor:
     """H x W x 3 uint8 RGB -> [1, 3, h, w] float32: resize the short side to size / crop_pct,
     centre crop, normalise (timm's eval transform)."""
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an H x W x 3 uint8 image, got "
-                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
+        raise ValueError(
+            f"expected an H x W x 3 uint8 image, got "
+            f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}"
+        )
     if min(rgb.shape[:2]) < 2:
         raise ValueError(f"image too small: {rgb.shape[1]}x{rgb.shape[0]} pixels")
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
     h, w = x.shape[2:]
     scale = max(size[0], size[1]) / crop_pct / min(h, w)
-    x = F.interpolate(x, size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
-                      mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(
+        x,
+        size=(max(size[0], round(h * scale)), max(size[1], round(w * scale))),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     top, left = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
-    x = x[:, :, top:top + size[0], left:left + size[1]]
+    x = x[:, :, top : top + size[0], left : left + size[1]]
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def model_normalization(model) -> Tuple[Tuple[float, ...], Tuple[float, ...], float]:
     """(mean, std, crop_pct) of a model's eval transform, from its timm config (ImageNet's when absent)."""
     cfg = model.vit.pretrained_cfg or {}
-    return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-            float(cfg.get("crop_pct", 0.875)))
+    return (
+        tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        float(cfg.get("crop_pct", 0.875)),
+    )
 
 
 def model_input(model, rgb: np.ndarray) -> torch.Tensor:
@@ -78,19 +95,29 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, kept: np.ndarray | None = None,
-            alpha: float = 0.5, dropped: float = 0.5) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, heatmap: np.ndarray, kept: np.ndarray | None = None, alpha: float = 0.5, dropped: float = 0.5
+) -> np.ndarray:
     """Blend a patch-grid heatmap [gh, gw] in [0, 1] over an RGB image so that the image shows
     through: each pixel takes `alpha * heat` of the colour ramp (cold patches stay as they are, hot
     ones are tinted, never covered). Patches not kept (`kept` [gh, gw] bool) are marked lightly:
     drained of `dropped` of their colour, not darkened, so what they show stays legible."""
     h, w = rgb.shape[:2]
-    hm = F.interpolate(torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None],
-                       size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy().clip(0, 1)
+    hm = (
+        F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None],
+            size=(h, w),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
+        .numpy()
+        .clip(0, 1)
+    )
     img = rgb.astype(np.float32)
     if kept is not None:
-        k = F.interpolate(torch.from_numpy(kept.astype(np.float32))[None, None], size=(h, w),
-                          mode="nearest")[0, 0].numpy()[..., None]
+        k = F.interpolate(torch.from_numpy(kept.astype(np.float32))[None, None], size=(h, w), mode="nearest")[
+            0, 0
+        ].numpy()[..., None]
         grey = img.mean(-1, keepdims=True)
         img = img * (1 - dropped * (1 - k)) + grey * (dropped * (1 - k))
     a = (alpha * hm)[..., None]
@@ -128,6 +155,7 @@ def fit_frame(rgb: np.ndarray, input_hw: Tuple[int, int], fit: str = "squash", p
     """An H x W x 3 uint8 frame as the model's H x W x 3 uint8 input, placed by `fit_boxes`;
     `pad` fills what the frame does not cover (letterbox)."""
     import cv2
+
     (fx0, fy0, fx1, fy1), (ix0, iy0, ix1, iy1) = fit_boxes(rgb.shape[:2], input_hw, fit)
     part = cv2.resize(np.ascontiguousarray(rgb[fy0:fy1, fx0:fx1]), (ix1 - ix0, iy1 - iy0), interpolation=cv2.INTER_AREA)
     if (ix0, iy0, ix1, iy1) == (0, 0, input_hw[1], input_hw[0]):
@@ -138,11 +166,13 @@ def fit_frame(rgb: np.ndarray, input_hw: Tuple[int, int], fit: str = "squash", p
     return canvas
 
 
-def grid_to_frame(grid: np.ndarray, frame_hw: Tuple[int, int], input_hw: Tuple[int, int], fit: str = "squash",
-                  nearest: bool = False) -> np.ndarray:
+def grid_to_frame(
+    grid: np.ndarray, frame_hw: Tuple[int, int], input_hw: Tuple[int, int], fit: str = "squash", nearest: bool = False
+) -> np.ndarray:
     """A patch-grid map [gh, gw] (heatmap, kept mask) back onto the frame it answers: h x w float32,
     0 where the model did not see the frame (outside the crop)."""
     import cv2
+
     (h, w), (H, W) = frame_hw, input_hw
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     grid = np.ascontiguousarray(grid, dtype=np.float32)

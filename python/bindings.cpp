@@ -6,8 +6,9 @@
 #include <vector>
 
 #ifdef WITH_CUDA
-#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 #include "iared/ops.h"
@@ -30,7 +31,27 @@ void check(const at::Tensor& t, const char* name, at::ScalarType dtype, const at
   TORCH_CHECK(t.is_contiguous(), "iared: ", name, " must be contiguous");
 }
 
+// The kernels take raw pointers: a tensor on a device this build has no kernels for is refused
+// here, never read as host memory (a build without CUDA given CUDA tensors, a meta tensor).
+void check_device(const at::Tensor& t) {
+#ifdef WITH_CUDA
+  TORCH_CHECK_VALUE(t.is_cpu() || t.is_cuda(), "iared: tensors on ", t.device(),
+                    " are not supported: the iared ops run on cpu and cuda");
+#else
+  TORCH_CHECK_VALUE(t.is_cpu(), "iared: tensors on ", t.device(), ": this iared_edge._C was built without CUDA ",
+                    "(CPU kernels only); rebuild it where nvcc is found, or call iared_edge.ops, which falls back ",
+                    "to PyTorch");
+#endif
+}
+
+#ifdef WITH_CUDA
+// The csrc launchers return their first CUDA error (cudaGetLastError right after each launch, and
+// CUB's own return): the launch check, raised here as PyTorch raises its own.
+#define IARED_CUDA_CHECK(call) C10_CUDA_CHECK(static_cast<cudaError_t>(call))
+#endif
+
 void check_packed(const at::Tensor& tokens, const at::Tensor& offsets, const at::Tensor& positions) {
+  check_device(tokens);
   TORCH_CHECK(tokens.dim() == 2, "iared: tokens must be [T, C], got ", tokens.sizes());
   TORCH_CHECK(tokens.is_contiguous(), "iared: tokens must be contiguous");
   token_dtype(tokens);
@@ -80,10 +101,10 @@ std::tuple<at::Tensor, at::Tensor> interpreter_scores(const at::Tensor& tokens, 
   if (tokens.is_cuda()) {
 #ifdef WITH_CUDA
     c10::cuda::CUDAGuard guard(tokens.device());
-    iared::interpreter_scores_cuda(tokens.data_ptr(), token_dtype(tokens), T, C, offsets.data_ptr<int32_t>(), B, pos,
-                                   vecs.data_ptr<float>(), vec_sums.data_ptr<float>(), biases.data_ptr<float>(),
-                                   int(H), float(eps), float(threshold), int(num_prefix), probs.data_ptr<float>(),
-                                   keep_ptr, stream_of(tokens));
+    IARED_CUDA_CHECK(iared::interpreter_scores_cuda(
+        tokens.data_ptr(), token_dtype(tokens), T, C, offsets.data_ptr<int32_t>(), B, pos, vecs.data_ptr<float>(),
+        vec_sums.data_ptr<float>(), biases.data_ptr<float>(), int(H), float(eps), float(threshold), int(num_prefix),
+        probs.data_ptr<float>(), keep_ptr, stream_of(tokens)));
 #endif
   } else {
     iared::interpreter_scores_cpu(tokens.data_ptr(), token_dtype(tokens), T, C, offsets.data_ptr<int32_t>(), B, pos,
@@ -95,24 +116,25 @@ std::tuple<at::Tensor, at::Tensor> interpreter_scores(const at::Tensor& tokens, 
 }
 
 at::Tensor topk_keep(const at::Tensor& scores, const at::Tensor& offsets, const at::Tensor& positions,
-                     double rho, int64_t num_prefix) {
+                     double level, int64_t num_prefix) {
   TORCH_CHECK(scores.dim() == 1, "iared: scores must be [T]");
   check(scores, "scores", at::kFloat, scores.device());
   check_packed(scores.view({-1, 1}), offsets, positions);
   TORCH_CHECK(positions.numel() == scores.numel(), "iared: topk_keep needs positions [T]");
-  TORCH_CHECK(rho >= 0.0 && rho <= 1.0, "iared: rho must be in [0, 1], got ", rho);
+  TORCH_CHECK(level >= 0.0 && level <= 1.0, "iared: level must be in [0, 1], got ", level);
   const int64_t T = scores.numel(), B = offsets.numel() - 1;
   auto keep = at::empty({T}, scores.options().dtype(at::kBool));
   auto* keep_ptr = reinterpret_cast<uint8_t*>(keep.data_ptr<bool>());
   if (scores.is_cuda()) {
 #ifdef WITH_CUDA
     c10::cuda::CUDAGuard guard(scores.device());
-    iared::topk_keep_cuda(scores.data_ptr<float>(), T, offsets.data_ptr<int32_t>(), B, positions.data_ptr<int32_t>(),
-                          rho, int(num_prefix), keep_ptr, stream_of(scores));
+    IARED_CUDA_CHECK(iared::topk_keep_cuda(scores.data_ptr<float>(), T, offsets.data_ptr<int32_t>(), B,
+                                           positions.data_ptr<int32_t>(), level, int(num_prefix), keep_ptr,
+                                           stream_of(scores)));
 #endif
   } else {
     iared::topk_keep_cpu(scores.data_ptr<float>(), T, offsets.data_ptr<int32_t>(), B, positions.data_ptr<int32_t>(),
-                         rho, int(num_prefix), keep_ptr);
+                         level, int(num_prefix), keep_ptr);
   }
   return keep;
 }
@@ -145,15 +167,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
     void* stream = stream_of(tokens);
     const size_t ws_bytes = iared::compact_plan_workspace_cuda(T);
     auto ws = at::empty({int64_t(ws_bytes)}, tokens.options().dtype(at::kByte));
-    iared::compact_plan_cuda(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(), B,
-                             int(num_prefix), scan.data_ptr<int32_t>(), new_offsets.data_ptr<int32_t>(),
-                             ws.data_ptr(), ws_bytes, stream);
+    IARED_CUDA_CHECK(iared::compact_plan_cuda(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(),
+                                              B, int(num_prefix), scan.data_ptr<int32_t>(),
+                                              new_offsets.data_ptr<int32_t>(), ws.data_ptr(), ws_bytes, stream));
     const int64_t kept = new_offsets[B].item<int32_t>();  // the one sync: the output's size
     auto out = output_rows(tokens, out_buffer, kept);
     auto out_pos = at::empty({kept}, positions.options());
-    iared::compact_gather_cuda(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
-                               scan.data_ptr<int32_t>(), T, int(num_prefix), out.data_ptr(),
-                               out_pos.data_ptr<int32_t>(), stream);
+    IARED_CUDA_CHECK(iared::compact_gather_cuda(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
+                                                scan.data_ptr<int32_t>(), T, int(num_prefix), out.data_ptr(),
+                                                out_pos.data_ptr<int32_t>(), stream));
     return {out, new_offsets, out_pos};
 #endif
   }
@@ -174,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
 TORCH_LIBRARY(iared, m) {
   m.def("interpreter_scores(Tensor tokens, Tensor offsets, Tensor positions, Tensor vecs, Tensor biases, "
         "float threshold, int num_prefix, float eps, bool emit_keep) -> (Tensor, Tensor)");
-  m.def("topk_keep(Tensor scores, Tensor offsets, Tensor positions, float rho, int num_prefix) -> Tensor");
+  m.def("topk_keep(Tensor scores, Tensor offsets, Tensor positions, float level, int num_prefix) -> Tensor");
   m.def("compact(Tensor tokens, Tensor offsets, Tensor positions, Tensor keep, int num_prefix, Tensor? out=None) "
         "-> (Tensor, Tensor, Tensor)");
 }

@@ -11,6 +11,7 @@ label, confidence, patches kept per stage and the heatmap are drawn (or, headles
 written to --json). Graphs of policy "threshold" or of one keep level; the graph whose keep
 counts are an input needs them, which this sample does not choose.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ class Graph:
             raise FileNotFoundError(f"no ONNX graph at {path}")
         unknown = set(providers) - set(ort.get_available_providers())
         if unknown:
-            raise ValueError(f"providers {sorted(unknown)} are not in this onnxruntime build "
-                             f"(it has {ort.get_available_providers()})")
+            raise ValueError(
+                f"providers {sorted(unknown)} are not in this onnxruntime build "
+                f"(it has {ort.get_available_providers()})"
+            )
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -42,13 +45,20 @@ class Graph:
         raw = self.session.get_modelmeta().custom_metadata_map
         missing = {"input_size", "mean", "std", "labels", "grid"} - set(raw)
         if missing:
-            raise ValueError(f"{path}: no {', '.join(sorted(missing))} in its metadata: export it with "
-                             "`iared-edge export` (iared-edge 0.1.0 or later)")
+            raise ValueError(
+                f"{path}: no {', '.join(sorted(missing))} in its metadata: export it with "
+                "`iared-edge export` (iared-edge 0.1.0 or later)"
+            )
         if "keep_counts" in {i.name for i in self.session.get_inputs()}:
-            raise ValueError(f"{path} takes the keep counts as an input: export --policy threshold, or keep levels "
-                             "without --keep-counts-input")
-        meta = {k: json.loads(v) for k, v in raw.items() if k in
-                ("input_size", "mean", "std", "labels", "grid", "policy", "thresholds", "keep_counts")}
+            raise ValueError(
+                f"{path} takes the keep counts as an input: export --policy threshold, or keep levels "
+                "without --keep-counts-input"
+            )
+        meta = {
+            k: json.loads(v)
+            for k, v in raw.items()
+            if k in ("input_size", "mean", "std", "labels", "grid", "policy", "thresholds", "keep_counts")
+        }
         self.meta = meta
         _, self.h, self.w = meta["input_size"]
         self.mean = np.asarray(meta["mean"], np.float32)
@@ -87,9 +97,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every frame's label, confidence, keep and latency here")
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime's intra-op threads")
-    ap.add_argument("--providers", default="CPUExecutionProvider",
-                    help="comma-separated ONNX Runtime providers, in order (a float32 graph on a GPU: "
-                         "CUDAExecutionProvider,CPUExecutionProvider; int8 graphs are for the CPU)")
+    ap.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="comma-separated ONNX Runtime providers, in order (a float32 graph on a GPU: "
+        "CUDAExecutionProvider,CPUExecutionProvider; int8 graphs are for the CPU)",
+    )
     args = ap.parse_args(argv)
     try:
         graph = Graph(args.graph, args.threads, [p.strip() for p in args.providers.split(",") if p.strip()])
@@ -112,8 +125,9 @@ def main(argv=None) -> int:
             ms = (time.perf_counter() - t0) * 1e3
             records.append({"label": label, "confidence": conf, "keep_per_stage": keep, "latency_ms": ms})
             if args.headless:
-                print(f"{len(records):5d}  {label} {conf:.0%}  {ms:.1f} ms  kept "
-                      + " / ".join(f"{k:.0%}" for k in keep))
+                print(
+                    f"{len(records):5d}  {label} {conf:.0%}  {ms:.1f} ms  kept " + " / ".join(f"{k:.0%}" for k in keep)
+                )
             else:
                 cv2.imshow("iared-edge (onnxruntime)", draw(frame, label, conf, heat, keep, ms))
                 if cv2.waitKey(1) & 0xFF == ord("q"):

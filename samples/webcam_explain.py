@@ -18,6 +18,7 @@ The whole of a camera app, without the text panel:
         for frame, res in rt.stream(0):
             cv2.imshow("iared-edge", res.overlay(frame)); cv2.waitKey(1)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ from iared_edge.checkpoint import resolve_model  # noqa: E402
 
 
 def pick_source(arg: str):
-    """"auto": camera 0 when one opens, else the bundled clip; digits: a camera index."""
+    """ "auto": camera 0 when one opens, else the bundled clip; digits: a camera index."""
     if arg == "auto":
         cap = cv2.VideoCapture(0)
         ok = cap.isOpened()
@@ -52,8 +53,17 @@ def _text(img, text, org, scale, color=(255, 255, 255)):
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(1.6 * scale)), cv2.LINE_AA)
 
 
-def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool = True, show_mask: bool = True,
-             min_side: int = 400, keys: bool = False, engine: str = "") -> np.ndarray:
+def annotate(
+    frame_bgr: np.ndarray,
+    res,
+    fps: float,
+    budget_ms,
+    show_heat: bool = True,
+    show_mask: bool = True,
+    min_side: int = 400,
+    keys: bool = False,
+    engine: str = "",
+) -> np.ndarray:
     """The frame as the camera gave it beside its explanation (the heatmap blended in where it is
     warm, dropped patches greyed), both enlarged to `min_side`, under a text band: label and
     confidence, fps, latency against the budget, keep per stage, and what runs the model (`engine`,
@@ -73,8 +83,13 @@ def annotate(frame_bgr: np.ndarray, res, fps: float, budget_ms, show_heat: bool 
     lat = res.latency_ms["total"]
     budget = f" / budget {budget_ms:.0f} ms" if budget_ms else ""
     over = budget_ms is not None and lat > budget_ms
-    _text(pic, f"{fps:4.1f} fps   {lat:5.1f} ms{budget}", (int(180 * f), int(30 * f)), 0.55 * f,
-          (60, 60, 255) if over else (255, 255, 255))
+    _text(
+        pic,
+        f"{fps:4.1f} fps   {lat:5.1f} ms{budget}",
+        (int(180 * f), int(30 * f)),
+        0.55 * f,
+        (60, 60, 255) if over else (255, 255, 255),
+    )
     stages = " / ".join(f"{k:.0%}" for k in res.stage_keep)
     _text(pic, f"patches kept per stage: {stages}", (int(12 * f), int(60 * f)), 0.5 * f)
     if engine:  # right-aligned on the second line
@@ -101,6 +116,7 @@ def load_truth(source):
     if source != "demo":
         return None
     from iared_edge.demo.clip import DEMO_CLIP
+
     path = os.path.splitext(DEMO_CLIP)[0] + ".json"
     with open(path) as f:
         return [r["label"] for r in json.load(f)["frames"]]
@@ -113,10 +129,18 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
     RuntimeConfig.add_arguments(ap)  # --device, --budget-ms, --policy, --level, --precision, --backend, --fit, ...
     ap.add_argument("--headless", action="store_true", help="no window: write --output and its .json summary")
-    ap.add_argument("--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless")
-    ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
-    ap.add_argument("--reconnect", type=int, default=0,
-                    help="a camera or URL that stops giving frames is opened again up to this many times in a row")
+    ap.add_argument(
+        "--output", default=None, help="annotated video to write (.mp4); default webcam_explain.mp4 when headless"
+    )
+    ap.add_argument(
+        "--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)"
+    )
+    ap.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        help="a camera or URL that stops giving frames is opened again up to this many times in a row",
+    )
     args = ap.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
@@ -147,8 +171,16 @@ def run(args) -> int:
             if t_prev is not None:
                 fps = 0.9 * fps + 0.1 / max(now - t_prev, 1e-6) if fps else 1.0 / max(now - t_prev, 1e-6)
             t_prev = now
-            pic = annotate(frame, res, fps, rt.budget_ms, show_heat, show_mask, keys=not headless,
-                           engine=f"{rt.backend} {rt.precision}")
+            pic = annotate(
+                frame,
+                res,
+                fps,
+                rt.budget_ms,
+                show_heat,
+                show_mask,
+                keys=not headless,
+                engine=f"{rt.backend} {rt.precision}",
+            )
             frames.append(res.summary())
             if output:
                 if writer is None:
@@ -177,14 +209,22 @@ def run(args) -> int:
         writer.release()
     if not headless:
         cv2.destroyAllWindows()
-    summary = {"source": str(source), "model": args.model, "budget_ms": args.budget_ms, "frames": frames, "stats": stats}
+    summary = {
+        "source": str(source),
+        "model": args.model,
+        "budget_ms": args.budget_ms,
+        "frames": frames,
+        "stats": stats,
+    }
     if truth is not None and frames:
         hits = [f["label"] == str(truth[f["frame"]]) for f in frames if f["frame"] < len(truth)]
         summary["clip_accuracy"] = sum(hits) / len(hits)
     lat = stats["latency_ms"]
-    print(f"{stats['frames']} frames, {stats['fps']:.1f} fps, latency p50 {lat['p50']:.1f} ms p95 {lat['p95']:.1f} ms, "
-          f"mean keep {stats['mean_keep_ratio']:.0%}"
-          + (f", accuracy on the clip {summary['clip_accuracy']:.0%}" if "clip_accuracy" in summary else ""))
+    print(
+        f"{stats['frames']} frames, {stats['fps']:.1f} fps, latency p50 {lat['p50']:.1f} ms p95 {lat['p95']:.1f} ms, "
+        f"mean keep {stats['mean_keep_ratio']:.0%}"
+        + (f", accuracy on the clip {summary['clip_accuracy']:.0%}" if "clip_accuracy" in summary else "")
+    )
     if output:
         with open(os.path.splitext(output)[0] + ".json", "w") as f:
             json.dump(summary, f, indent=1)

@@ -7,6 +7,10 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# fp32 results are compared exactly (keep masks) against torch references: no TF32 on sm_80+,
+# where cuDNN convolutions use it by default (matmuls do not, unless asked)
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 warnings.filterwarnings("ignore", message="iared_edge._C is not built")
 
 
@@ -22,6 +26,7 @@ def _seeded():
 @pytest.fixture(scope="session")
 def tiny():
     from iared_edge import IARedViT
+
     torch.manual_seed(0)
     return IARedViT.from_timm("deit_tiny_patch16_224").eval()
 

@@ -1,5 +1,6 @@
 """`iared-edge bench` and `iared_edge.bench`: what it times and reports, not how fast (that is
 benchmarks/ and docs/benchmarks.md)."""
+
 import json
 
 import cv2
@@ -26,7 +27,7 @@ def test_compare_speed_reports_what_each_image_keeps_alone(demo):
     assert [r["batch"] for r in rows] == [1, 2]
     # the reference: every image through the model on its own, its keep and FLOPs counted from that
     with torch.inference_mode():
-        alone = [demo(x[i:i + 1], policy="threshold") for i in range(4)]
+        alone = [demo(x[i : i + 1], policy="threshold") for i in range(4)]
         plain = demo.vit(x).argmax(-1)
     keep = torch.cat([o.keep_ratio for o in alone]).mean(0)
     bound = demo.flops()[0].item() / torch.cat([o.flops for o in alone]).mean().item()
@@ -56,8 +57,9 @@ def test_compare_speed_onnx_times_two_graphs_that_decide_as_pytorch_does(demo):
         assert r["top1_agreement_with_pytorch"] == 1.0  # float32: the same answers
         assert r["plain_ms"] > 0 and r["iared_ms"] > 0 and r["speedup"] == pytest.approx(r["plain_ms"] / r["iared_ms"])
     level = compare_speed_onnx(demo, x, (2,), policy="level", level=0.5, repeats=1, int8=True)
-    assert level[0]["kept_per_stage"] == pytest.approx(compare_speed(demo, x, (2,), policy="level", level=0.5,
-                                                                     repeats=1)[0]["kept_per_stage"])
+    assert level[0]["kept_per_stage"] == pytest.approx(
+        compare_speed(demo, x, (2,), policy="level", level=0.5, repeats=1)[0]["kept_per_stage"]
+    )
     with pytest.raises(ValueError, match="policy must be one of"):
         compare_speed_onnx(demo, x, (1,), policy="all")
     half = load_model("demo").to(torch.bfloat16)  # exported from a float32 copy; the caller's model is left alone
@@ -105,8 +107,9 @@ def test_bench_images_cycle_a_folder_and_default_to_the_demo_task(demo, tiny, tm
 
 def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys):
     path = tmp_path / "b.json"
-    assert main(["bench", "--count", "2", "--batch", "1,2", "--repeats", "1", "--device", "cpu",
-                 "--json", str(path)]) == 0
+    assert (
+        main(["bench", "--count", "2", "--batch", "1,2", "--repeats", "1", "--device", "cpu", "--json", str(path)]) == 0
+    )
     out = capsys.readouterr().out
     assert "model: demo" in out and "| batch | plain ms / batch |" in out and "FLOPs bound" in out
     saved = json.loads(path.read_text())
@@ -117,16 +120,36 @@ def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys):
 def test_cli_bench_onnxruntime_int8(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     path = tmp_path / "b.json"
-    assert main(["bench", "--count", "2", "--batch", "1,2", "--repeats", "1", "--backend", "onnxruntime",
-                 "--precision", "int8", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--count",
+                "2",
+                "--batch",
+                "1,2",
+                "--repeats",
+                "1",
+                "--backend",
+                "onnxruntime",
+                "--precision",
+                "int8",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "weights: int8  onnxruntime" in out and "one image per run" in out and "| 2 | " in out
     assert "top-1 (int8) equals the float32 PyTorch model's on " in out
     saved = json.loads(path.read_text())
     assert saved["weights"] == "int8" and saved["backend"].startswith("onnxruntime")
-    for args, message in [(["--precision", "int8"], "add --backend onnxruntime"),
-                          (["--backend", "onnxruntime", "--precision", "bf16"], "--precision fp32 or int8"),
-                          (["--backend", "onnxruntime", "--device", "cuda"], "--device cpu")]:
+    for args, message in [
+        (["--precision", "int8"], "add --backend onnxruntime"),
+        (["--backend", "onnxruntime", "--precision", "bf16"], "--precision fp32 or int8"),
+        (["--backend", "onnxruntime", "--device", "cuda"], "--device cpu"),
+    ]:
         assert main(["bench", "--count", "1", "--batch", "1", *args]) == 2
         assert message in capsys.readouterr().err
 
@@ -146,8 +169,19 @@ def test_cli_bench_warns_when_iared_is_slower(monkeypatch, capsys):
     import iared_edge.bench as bench
 
     def slower(model, images, batches, **kwargs):
-        return [{"batch": b, "plain_ms": 10.0, "iared_ms": 12.5, "speedup": 0.8, "flops_bound": 2.0,
-                 "kept_per_stage": [0.5, 0.5, 0.5], "top1_agreement": 1.0} for b in batches]
+        return [
+            {
+                "batch": b,
+                "plain_ms": 10.0,
+                "iared_ms": 12.5,
+                "speedup": 0.8,
+                "flops_bound": 2.0,
+                "kept_per_stage": [0.5, 0.5, 0.5],
+                "top1_agreement": 1.0,
+            }
+            for b in batches
+        ]
+
     monkeypatch.setattr(bench, "compare_speed", slower)
     assert main(["bench", "--count", "2", "--batch", "1,2", "--repeats", "1"]) == 0
     out = capsys.readouterr()

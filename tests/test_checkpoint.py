@@ -32,6 +32,7 @@ def test_fp16_save_is_half_the_size(tmp_path, tiny):
 
 def test_timm_state_dict_loads(tmp_path):
     import timm
+
     torch.manual_seed(0)
     vit = timm.create_model("deit_tiny_patch16_224")
     pth = str(tmp_path / "deit.pth")
@@ -56,6 +57,7 @@ def test_bad_files_get_clear_errors(tmp_path, tiny):
         load_model(cut)
     foreign = str(tmp_path / "foreign.safetensors")
     from safetensors.torch import save_file
+
     save_file({"w": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="no iared-edge config"):
         load_model(foreign)

@@ -16,12 +16,14 @@ def test_predict_writes_heatmap(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count("%  ") == 5 and "kept per stage" in text
     from PIL import Image
+
     im = np.asarray(Image.open(out))
     assert im.shape == (224, 448, 3) and im[:, 224:].std() > 0
 
 
 def test_version_and_info_name_the_package_version(capsys):
     from iared_edge import __version__
+
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"iared-edge {__version__}"
@@ -45,14 +47,31 @@ def test_predict_notes_random_weights_only_for_untrained_models(tmp_path, capsys
 
 def test_predict_in_reduced_precision_reads_a_digit_as_float32_does(tmp_path, capsys):
     import cv2
+
     from iared_edge.demo import DigitsInClutter
+
     img, _, _ = DigitsInClutter("test", seed=1).sample(3)
     path = str(tmp_path / "digit.png")
     cv2.imwrite(path, img[..., ::-1])
     tops = {}
     for precision in ("fp32", "bf16"):
-        assert main(["predict", path, "--model", "demo", "--policy", "all", "--precision", precision,
-                     "--out", str(tmp_path / f"{precision}.png")]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    path,
+                    "--model",
+                    "demo",
+                    "--policy",
+                    "all",
+                    "--precision",
+                    precision,
+                    "--out",
+                    str(tmp_path / f"{precision}.png"),
+                ]
+            )
+            == 0
+        )
         lines = capsys.readouterr().out.splitlines()
         assert {"fp32": "weights: float32", "bf16": "weights: bfloat16"}[precision] in lines[0]
         tops[precision] = lines[2].split()[-1]  # "  97.12%  7": the best label, after the image's path
@@ -63,22 +82,44 @@ def test_predict_many_images_reads_each_as_alone(tmp_path, capsys):
     """Files and folders together, in batches whose images keep their own tokens: each image's
     answer is the one `predict` gives it alone; one PNG per image, repeated names made unique."""
     import cv2
+
     from iared_edge.demo import DigitsInClutter
+
     imgs, _, _ = DigitsInClutter("test", seed=1).batch(range(5))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    paths = [tmp_path / "a" / "0.png", tmp_path / "a" / "1.PNG", tmp_path / "b" / "0.png", tmp_path / "b" / "2.jpg",
-             tmp_path / "single.png"]
+    paths = [
+        tmp_path / "a" / "0.png",
+        tmp_path / "a" / "1.PNG",
+        tmp_path / "b" / "0.png",
+        tmp_path / "b" / "2.jpg",
+        tmp_path / "single.png",
+    ]
     for img, p in zip(imgs, paths):
         cv2.imwrite(str(p), img[..., ::-1])
 
     def answers(text):
         lines = text.splitlines()
-        return {l[:-1]: lines[i + 1].split()[-1] for i, l in enumerate(lines) if l.endswith(":")}
+        return {line[:-1]: lines[i + 1].split()[-1] for i, line in enumerate(lines) if line.endswith(":")}
 
     out = tmp_path / "maps"
-    assert main(["predict", str(tmp_path / "a"), str(tmp_path / "b"), str(paths[4]), "--model", "demo",
-                 "--batch", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                str(paths[4]),
+                "--model",
+                "demo",
+                "--batch",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     together = answers(capsys.readouterr().out)
     assert sorted(together) == sorted(str(p) for p in paths)
     assert sorted(os.listdir(out)) == ["0-2.png", "0.png", "1.png", "2.png", "single.png"]
@@ -135,6 +176,7 @@ def test_calibrate_checks_its_arguments_before_reading_images(tmp_path, capsys):
 def test_preprocess_matches_timm_eval_transform():
     from PIL import Image
     from timm.data import create_transform
+
     rgb = load_rgb(os.path.join(ASSETS, "squirrel_cls.jpg"))
     ours = to_tensor(rgb, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875)
     ref = create_transform(224, interpolation="bilinear", crop_pct=0.875)(Image.fromarray(rgb))[None]
@@ -171,16 +213,20 @@ def test_package_works_without_the_extension():
         "    assert o.kept_counts.tolist() == [[98, 49, 25]] * 2\n"
         "n = sum('not built' in str(x.message) for x in w)\n"
         "assert n == 1, n\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
 def test_cpu_int8_dot_reads_x86_and_arm_flags(tmp_path):
     from iared_edge.devices import cpu_int8_dot
+
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n\n"
-                   "processor\t: 1\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n")
+    x86.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n"
+    )
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics fphp asimdhp asimddp\n")
     old = tmp_path / "old"

@@ -1,4 +1,5 @@
 """RuntimeConfig, the backend interface, the keep level's one name, the core's imports, the overlay."""
+
 import argparse
 import subprocess
 import sys
@@ -12,23 +13,29 @@ from iared_edge.preprocess import overlay
 from iared_edge.runtime import BackendOutput, TorchBackend, make_backend
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(policy="ratio"), 'policy "ratio" is now called "level"'),
-    (dict(policy="level"), 'policy "level" needs level='),
-    (dict(level=0.5), "with policy 'threshold' it would be ignored"),
-    (dict(policy="level", level=1.5), r"keep level in \(0, 1\], got 1.5"),
-    (dict(budget_ms=0), "budget_ms must be a positive number"),
-    (dict(budget_ms=30, levels=[1.0, 1.2]), r"levels are keep levels in \[0, 1\]"),
-    (dict(color="hsv"), "color must be"),
-    (dict(fit="stretch"), "fit must be one of"),
-    (dict(topk=0), "topk must be at least 1"),
-    (dict(backend="tvm"), "backend must be one of"),
-    (dict(backend="tensorrt"), 'backend "tensorrt" runs policy "level" graphs'),
-    (dict(precision="int8"), 'precision "int8" runs int8 ONNX Runtime graphs'),
-    (dict(backend="onnxruntime", policy="level", level=0.5, precision="fp16"), 'backend "onnxruntime" runs float32'),
-    (dict(threads=0), "threads must be 'auto', a positive int"),
-    (dict(onnx_form="dense"), "onnx_form must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(policy="ratio"), 'policy "ratio" is now called "level"'),
+        (dict(policy="level"), 'policy "level" needs level='),
+        (dict(level=0.5), "with policy 'threshold' it would be ignored"),
+        (dict(policy="level", level=1.5), r"keep level in \(0, 1\], got 1.5"),
+        (dict(budget_ms=0), "budget_ms must be a positive number"),
+        (dict(budget_ms=30, levels=[1.0, 1.2]), r"levels are keep levels in \[0, 1\]"),
+        (dict(color="hsv"), "color must be"),
+        (dict(fit="stretch"), "fit must be one of"),
+        (dict(topk=0), "topk must be at least 1"),
+        (dict(backend="tvm"), "backend must be one of"),
+        (dict(backend="tensorrt"), 'backend "tensorrt" runs policy "level" graphs'),
+        (dict(precision="int8"), 'precision "int8" runs int8 ONNX Runtime graphs'),
+        (
+            dict(backend="onnxruntime", policy="level", level=0.5, precision="fp16"),
+            'backend "onnxruntime" runs float32',
+        ),
+        (dict(threads=0), "threads must be 'auto', a positive int"),
+        (dict(onnx_form="dense"), "onnx_form must be one of"),
+    ],
+)
 def test_config_refuses_bad_settings_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RuntimeConfig(**kwargs)
@@ -38,8 +45,23 @@ def test_config_round_trips_through_the_command_line():
     ap = argparse.ArgumentParser()
     RuntimeConfig.add_arguments(ap)
     ap.add_argument("--source")  # an option of the app's own stays out of the config
-    args = ap.parse_args(["--budget-ms", "30", "--precision", "fp32", "--fit", "crop", "--topk", "3",
-                          "--device", "cpu", "--no-cuda-graphs", "--source", "0"])
+    args = ap.parse_args(
+        [
+            "--budget-ms",
+            "30",
+            "--precision",
+            "fp32",
+            "--fit",
+            "crop",
+            "--topk",
+            "3",
+            "--device",
+            "cpu",
+            "--no-cuda-graphs",
+            "--source",
+            "0",
+        ]
+    )
     cfg = RuntimeConfig.from_args(args)
     assert cfg == RuntimeConfig(device="cpu", budget_ms=30.0, precision="fp32", fit="crop", topk=3, cuda_graphs=False)
     level = RuntimeConfig.from_args(ap.parse_args(["--policy", "level", "--level", "0.4"]))
@@ -50,8 +72,10 @@ def test_config_round_trips_through_the_command_line():
 
 def test_runtime_takes_a_config_or_keywords_alike(tiny):
     frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    with Runtime(tiny, RuntimeConfig(device="cpu", policy="level", level=0.5, topk=3)) as a, \
-            Runtime(tiny, device="cpu", policy="level", level=0.5, topk=3) as b:
+    with (
+        Runtime(tiny, RuntimeConfig(device="cpu", policy="level", level=0.5, topk=3)) as a,
+        Runtime(tiny, device="cpu", policy="level", level=0.5, topk=3) as b,
+    ):
         ra, rb = a(frame), b(frame)
     assert ra.labels == rb.labels and ra.probs == pytest.approx(rb.probs)
     assert np.array_equal(ra.stage_masks, rb.stage_masks)
@@ -108,15 +132,19 @@ def test_a_scalar_level_follows_the_keep_profile(tiny, images):
 
 
 def test_importing_the_package_leaves_the_demo_alone():
-    code = ("import sys, iared_edge, iared_edge.runtime, iared_edge.export, iared_edge.train, iared_edge.cli; "
-            "print('iared_edge.demo' in sys.modules)")
+    code = (
+        "import sys, iared_edge, iared_edge.runtime, iared_edge.export, iared_edge.train, iared_edge.cli; "
+        "print('iared_edge.demo' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     # asking for a demo model registers its backbone then, and only then
-    code = ("import sys, timm; from iared_edge import IARedViT, load_model; "
-            "assert not timm.is_model('iared_digits_tiny'); m = load_model('demo'); "
-            "assert timm.is_model('iared_digits_tiny'); IARedViT.from_timm('iared_digits_tiny'); "
-            "print('iared_edge.demo' in sys.modules)")
+    code = (
+        "import sys, timm; from iared_edge import IARedViT, load_model; "
+        "assert not timm.is_model('iared_digits_tiny'); m = load_model('demo'); "
+        "assert timm.is_model('iared_digits_tiny'); IARedViT.from_timm('iared_digits_tiny'); "
+        "print('iared_edge.demo' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
 
@@ -131,7 +159,7 @@ def test_overlay_keeps_what_the_model_reads_legible():
     """Dark ink on a light patch stays legible under the explanation: warm patches keep most of the
     ink's contrast, and dropped patches are greyed, not darkened (the old overlay kept 35%)."""
     rgb = np.full((64, 64, 3), 200, np.uint8)
-    rgb[8:24, 12:20] = 20          # a stroke in patch (0, 0), which is hot and kept
+    rgb[8:24, 12:20] = 20  # a stroke in patch (0, 0), which is hot and kept
     rgb[40:56, 44:52] = (20, 60, 200)  # a coloured stroke in patch (1, 1), which is dropped
     heat = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)
     kept = np.array([[True, False], [False, False]])

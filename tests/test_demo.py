@@ -1,4 +1,5 @@
 """The demo task's generator, the heatmap methods and metrics, and the `make-digits` / `eval` CLI."""
+
 import json
 import os
 
@@ -7,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from iared_edge import IARedViT, save_model
+from iared_edge import IARedViT, explain, save_model
 from iared_edge.cli import main as cli
 from iared_edge.demo import DigitsInClutter, read_boxes, write_dataset
 from iared_edge.demo.digits import SPLIT_COLUMNS, Composition
-from iared_edge import explain
 
 
 def test_generator_is_deterministic_and_seeded():
@@ -44,6 +44,7 @@ def test_training_photos_are_recoloured_without_moving_the_digit():
 
 def test_recolour_keeps_shape_and_varies():
     from iared_edge.demo.digits import recolour
+
     rng = np.random.default_rng(0)  # a photo whose channels differ: blue-ish dark, red-ish bright
     photo = np.clip(rng.normal((40, 120, 210), 20, (32, 32, 3)), 0, 255).astype(np.uint8)
     outs = [recolour(np.random.default_rng(k), photo, [photo[::-1]]) for k in range(12)]
@@ -58,6 +59,7 @@ def test_recolour_turns_and_flips_square_crops():
     ends up in each of the four corners across variants (found as the pixels unlike the rest,
     whatever the colour change did)."""
     from iared_edge.demo.digits import recolour
+
     photo = np.full((32, 32, 3), 60, np.uint8)
     photo[2:10, 2:10] = 230
     corners = set()
@@ -77,6 +79,7 @@ def test_distractors_draw_busy_clutter_deterministically():
     the same drawing for the same random stream, a different one for another, the input left
     alone; `recolour` applies it to about DISTRACTOR_P of crops."""
     from iared_edge.demo.digits import DISTRACTOR_P, add_distractors, recolour
+
     photo = np.full((64, 64, 3), 128, np.uint8)
     before = photo.copy()
     outs = [add_distractors(np.random.default_rng(k), photo) for k in range(10)]
@@ -91,8 +94,10 @@ def test_distractors_draw_busy_clutter_deterministically():
     flat = [recolour(np.random.default_rng(k), photo) for k in range(200)]
     drawn = np.mean([len(np.unique(o.reshape(-1, 3), axis=0)) > 1 for o in flat])
     assert abs(drawn - DISTRACTOR_P) < 0.12
-    assert all(len(np.unique(recolour(np.random.default_rng(k), photo, distractors=0.0).reshape(-1, 3), axis=0)) == 1
-               for k in range(50))
+    assert all(
+        len(np.unique(recolour(np.random.default_rng(k), photo, distractors=0.0).reshape(-1, 3), axis=0)) == 1
+        for k in range(50)
+    )
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -104,11 +109,11 @@ def test_boxes_are_tight_around_the_ink(split):
         img, _, (x0, y0, x1, y1) = gen.sample(i, clutter=0.0)
         v = img.max(2).astype(int)
         assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
-        ys, xs = np.nonzero(v > 0.2 * 255 + 5)          # alpha > 0.2 at full contrast, plus noise
+        ys, xs = np.nonzero(v > 0.2 * 255 + 5)  # alpha > 0.2 at full contrast, plus noise
         assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
-        ink = v > 0.2 * 0.7 * 175 - 5                     # the faintest ink the generator draws
+        ink = v > 0.2 * 0.7 * 175 - 5  # the faintest ink the generator draws
         assert ink[y0:y1, x0].any() and ink[y0:y1, x1 - 1].any() and ink[y0, x0:x1].any() and ink[y1 - 1, x0:x1].any()
-        assert (x1 - x0) * (y1 - y0) < 0.25 * 224 * 224   # most patches are background
+        assert (x1 - x0) * (y1 - y0) < 0.25 * 224 * 224  # most patches are background
 
 
 def test_splits_share_no_digits_or_photos():
@@ -179,13 +184,19 @@ def test_photo_weights_set_how_often_each_photo_is_drawn():
     assert [plain.background_of(i) for i in range(200)] != names[:200]
 
 
-@pytest.mark.parametrize("weights, match", [
-    ({"board": 1, "building": 1, "smarties": 1}, "without a weight: \\['starry_night'\\]"),
-    ({"board": 1, "building": 1, "smarties": 1, "starry_night": 1, "graf1": 1}, "not photos of this split: \\['graf1'\\]"),
-    ({"board": 1, "building": -1, "smarties": 1, "starry_night": 1}, "bad: \\['building'\\]"),
-    ({"board": 0, "building": 0, "smarties": 0, "starry_night": 0}, "not all 0"),
-    ({"board": float("nan"), "building": 1, "smarties": 1, "starry_night": 1}, "bad: \\['board'\\]"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ({"board": 1, "building": 1, "smarties": 1}, "without a weight: \\['starry_night'\\]"),
+        (
+            {"board": 1, "building": 1, "smarties": 1, "starry_night": 1, "graf1": 1},
+            "not photos of this split: \\['graf1'\\]",
+        ),
+        ({"board": 1, "building": -1, "smarties": 1, "starry_night": 1}, "bad: \\['building'\\]"),
+        ({"board": 0, "building": 0, "smarties": 0, "starry_night": 0}, "not all 0"),
+        ({"board": float("nan"), "building": 1, "smarties": 1, "starry_night": 1}, "bad: \\['board'\\]"),
+    ],
+)
 def test_photo_weights_are_checked(weights, match):
     with pytest.raises(ValueError, match=match):
         DigitsInClutter("test", photo_weights=weights)
@@ -196,6 +207,7 @@ def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_p
     interpreters and fine-tune loaders, all through generator_kwargs); a weights file that is not
     such JSON is refused by name."""
     from iared_edge.demo import train
+
     names = DigitsInClutter("train").background_names
     w = {n: float(k % 3) for k, n in enumerate(names)}
     path = tmp_path / "w.json"
@@ -203,9 +215,11 @@ def test_photo_weights_file_reaches_every_phase_that_draws_training_images(tmp_p
     assert train.read_photo_weights(str(path)) == w and train.read_photo_weights("") is None
     seen = []
     real = train.DigitsInClutter
+
     def recording(split, *args, **kwargs):
         seen.append((split, kwargs.get("photo_weights")))
         return real(split, *args, **kwargs)
+
     monkeypatch.setattr(train, "DigitsInClutter", recording)
     s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, photo_weights=str(path))
     loader = train.interpreter_batches("train", 2, 0, **train.generator_kwargs(s))
@@ -230,14 +244,19 @@ def test_drop_path_and_label_smoothing_reach_the_backbone_phase(monkeypatch, tmp
     """--drop-path sets the backbone's stochastic depth (0.05 unless asked: what runs/demo to demo31
     trained with); a value outside [0, 1) for it or --label-smoothing is refused by name."""
     import timm
+
     from iared_edge.demo import train
+
     built = []
     real = timm.create_model
+
     class Built(Exception):
         pass
+
     def recording(name, **kwargs):
         built.append(real(name, **kwargs))
         raise Built
+
     monkeypatch.setattr(timm, "create_model", recording)
     for rate in (0.05, 0.0, 0.3):
         with pytest.raises(Built):
@@ -251,14 +270,17 @@ def test_drop_path_and_label_smoothing_reach_the_backbone_phase(monkeypatch, tmp
             train.train_backbone(str(tmp_path), "small", train.Schedule(**bad))
 
 
-@pytest.mark.parametrize("fields, match", [
-    (dict(size=8), "size must be an int >= 16"),
-    (dict(size=224.0), "size must be an int"),
-    (dict(min_digit=0), "min_digit"),
-    (dict(min_digit=120, max_digit=100), "min_digit <= max_digit"),
-    (dict(max_digit=300), "max_digit <= size"),
-    (dict(max_rotation=-1), "max_rotation"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(size=8), "size must be an int >= 16"),
+        (dict(size=224.0), "size must be an int"),
+        (dict(min_digit=0), "min_digit"),
+        (dict(min_digit=120, max_digit=100), "min_digit <= max_digit"),
+        (dict(max_digit=300), "max_digit <= size"),
+        (dict(max_rotation=-1), "max_rotation"),
+    ],
+)
 def test_composition_refuses_bad_fields_by_name(fields, match):
     with pytest.raises(ValueError, match=match):
         Composition(**fields)
@@ -288,12 +310,12 @@ def test_box_overlap_against_a_pixel_loop():
     box = (13.0, 40.5, 70.0, 47.0)
     ov = explain.box_overlap(box, (14, 14), (16, 16))
     px = np.zeros((224, 224))
-    px[41:47, 13:70] = 1.0      # pixel centres inside the box
-    px[40, 13:70] = 0.5          # half-covered row
+    px[41:47, 13:70] = 1.0  # pixel centres inside the box
+    px[40, 13:70] = 0.5  # half-covered row
     ref = px.reshape(14, 16, 14, 16).mean((1, 3))
     assert np.allclose(ov.numpy(), ref)
     heat = torch.zeros(14, 14)
-    heat[2, 1] = 1.0             # a patch the box crosses
+    heat[2, 1] = 1.0  # a patch the box crosses
     assert explain.pointing_hit(heat, ov) and explain.energy_in_box(heat, ov) == pytest.approx(ov[2, 1].item())
     heat = torch.zeros(14, 14)
     heat[10, 10] = 1.0
@@ -347,8 +369,9 @@ def test_eval_runs_the_attention_pass_once_per_batch_for_both_baselines(tmp_path
     calls = []
     real = explain.attention_maps
     monkeypatch.setattr(explain, "attention_maps", lambda m, x: calls.append(len(x)) or real(m, x))
-    s = explain.evaluate_boxes(small_model, str(tmp_path), methods=("attention", "rollout"), curve_images=0,
-                               batch=4, progress=False)
+    s = explain.evaluate_boxes(
+        small_model, str(tmp_path), methods=("attention", "rollout"), curve_images=0, batch=4, progress=False
+    )
     assert calls == [4, 2] and set(s["methods"]) == {"attention", "rollout"}
 
 
@@ -386,8 +409,23 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
     assert cli(["make-digits", "--out", str(data), "--train", "0", "--val", "0", "--test", "12", "--quiet"]) == 0
     save_model(small_model, str(model_path))
     out = tmp_path / "report"
-    assert cli(["eval", "--model", str(model_path), "--data", str(data), "--curve-images", "2",
-                "--out", str(out), "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "--model",
+                str(model_path),
+                "--data",
+                str(data),
+                "--curve-images",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["images"] == 12 and set(summary["methods"]) == set(explain.METHODS)
     assert len(summary["files"]) == 12 and all(f.startswith("test/") for f in summary["files"])
@@ -403,8 +441,23 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
     assert "boxes" in capsys.readouterr().err
     # no curves asked for: no AUC (null in the JSON, not NaN), no figure
     out0 = tmp_path / "report0"
-    assert cli(["eval", "--model", str(model_path), "--data", str(data), "--curve-images", "0",
-                "--out", str(out0), "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                "--model",
+                str(model_path),
+                "--data",
+                str(data),
+                "--curve-images",
+                "0",
+                "--out",
+                str(out0),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary0 = json.loads((tmp_path / "report0.json").read_text())
     assert all(r["deletion_auc"] is None and r["curve_images"] == 0 for r in summary0["methods"].values())
     assert summary0["methods"]["interpreter"]["pointing"] == summary["methods"]["interpreter"]["pointing"]
@@ -420,8 +473,10 @@ def test_make_digits_and_eval_cli(tmp_path, small_model, capsys):
 
 def _run_sample(args):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("webcam_explain", os.path.join(
-        os.path.dirname(__file__), "..", "samples", "webcam_explain.py"))
+
+    spec = importlib.util.spec_from_file_location(
+        "webcam_explain", os.path.join(os.path.dirname(__file__), "..", "samples", "webcam_explain.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.main(args)
@@ -431,8 +486,24 @@ def test_sample_runs_headless_on_the_bundled_clip(tmp_path, small_model, capsys)
     model_path = tmp_path / "m.safetensors"
     save_model(small_model, str(model_path))
     out = tmp_path / "annotated.mp4"
-    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "4",
-                        "--output", str(out), "--budget-ms", "500"]) == 0
+    assert (
+        _run_sample(
+            [
+                "--source",
+                "demo",
+                "--model",
+                str(model_path),
+                "--headless",
+                "--max-frames",
+                "4",
+                "--output",
+                str(out),
+                "--budget-ms",
+                "500",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "annotated.json").read_text())
     assert len(summary["frames"]) == 4 and summary["stats"]["frames"] == 4
     assert {"label", "confidence", "keep_ratio", "latency_ms"} <= set(summary["frames"][0])
@@ -448,8 +519,24 @@ def test_sample_runs_in_reduced_precision(tmp_path, small_model):
     model_path = tmp_path / "m.safetensors"
     save_model(small_model, str(model_path))
     out = tmp_path / "bf16.mp4"
-    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "2",
-                        "--output", str(out), "--precision", "bf16"]) == 0
+    assert (
+        _run_sample(
+            [
+                "--source",
+                "demo",
+                "--model",
+                str(model_path),
+                "--headless",
+                "--max-frames",
+                "2",
+                "--output",
+                str(out),
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "bf16.json").read_text())
     assert summary["stats"]["precision"] == "bf16" and len(summary["frames"]) == 2
     with pytest.raises(SystemExit):  # argparse names the choices
@@ -460,15 +547,52 @@ def test_sample_runs_int8_onnxruntime_graphs(tmp_path, small_model):
     model_path = tmp_path / "m.safetensors"
     save_model(small_model, str(model_path))
     out = tmp_path / "int8.mp4"
-    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "3",
-                        "--output", str(out), "--backend", "onnxruntime", "--precision", "int8",
-                        "--budget-ms", "500"]) == 0
+    assert (
+        _run_sample(
+            [
+                "--source",
+                "demo",
+                "--model",
+                str(model_path),
+                "--headless",
+                "--max-frames",
+                "3",
+                "--output",
+                str(out),
+                "--backend",
+                "onnxruntime",
+                "--precision",
+                "int8",
+                "--budget-ms",
+                "500",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "int8.json").read_text())
     assert summary["stats"]["precision"] == "int8" and summary["stats"]["backend"] == "onnxruntime"
     assert len(summary["frames"]) == 3
     out = tmp_path / "thresholds.mp4"  # no budget: the thresholds' graph, each frame keeping its own tokens
-    assert _run_sample(["--source", "demo", "--model", str(model_path), "--headless", "--max-frames", "3",
-                        "--output", str(out), "--backend", "onnxruntime", "--precision", "int8"]) == 0
+    assert (
+        _run_sample(
+            [
+                "--source",
+                "demo",
+                "--model",
+                str(model_path),
+                "--headless",
+                "--max-frames",
+                "3",
+                "--output",
+                str(out),
+                "--backend",
+                "onnxruntime",
+                "--precision",
+                "int8",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads((tmp_path / "thresholds.json").read_text())["frames"]) == 3
 
 
@@ -480,13 +604,29 @@ def test_sample_fits_a_wide_video_without_squashing_it(tmp_path, small_model):
     clip = os.path.join(os.path.dirname(__file__), "data", "vtest_short.avi")  # 384 x 288
     for fit in ("crop", "letterbox"):
         out = tmp_path / f"{fit}.mp4"
-        assert _run_sample(["--source", clip, "--model", str(model_path), "--headless", "--max-frames", "2",
-                            "--output", str(out), "--fit", fit]) == 0
+        assert (
+            _run_sample(
+                [
+                    "--source",
+                    clip,
+                    "--model",
+                    str(model_path),
+                    "--headless",
+                    "--max-frames",
+                    "2",
+                    "--output",
+                    str(out),
+                    "--fit",
+                    fit,
+                ]
+            )
+            == 0
+        )
         ok, frame = cv2.VideoCapture(str(out)).read()
         assert ok
-        panel_w = (frame.shape[1] - 4) / 2                 # two panels 4 px apart
+        panel_w = (frame.shape[1] - 4) / 2  # two panels 4 px apart
         panel_h = frame.shape[0] - int(70 * panel_w / 400)  # under the text band (70 px per 400 px of panel)
-        assert abs(panel_w / panel_h - 4 / 3) < 0.01       # (the encoder may trim a pixel)
+        assert abs(panel_w / panel_h - 4 / 3) < 0.01  # (the encoder may trim a pixel)
         assert len(json.loads((tmp_path / f"{fit}.json").read_text())["frames"]) == 2
     with pytest.raises(SystemExit):
         _run_sample(["--source", "demo", "--headless", "--fit", "stretch"])
@@ -494,11 +634,13 @@ def test_sample_fits_a_wide_video_without_squashing_it(tmp_path, small_model):
 
 def test_sample_bad_arguments_are_one_line_errors(tmp_path, capsys):
     """No traceback for a user's mistake: one line naming it, exit status 2."""
-    cases = [(["--source", str(tmp_path / "missing.mp4")], "no such video file"),
-             (["--budget-ms", "-3"], "budget_ms must be a positive number"),
-             (["--model", "deit_tiny_patch16"], "unknown model 'deit_tiny_patch16'"),
-             (["--output", str(tmp_path / "nowhere" / "x.mp4")], "no such folder"),
-             (["--precision", "int8"], 'give backend="onnxruntime"')]  # int8 graphs are ONNX Runtime's
+    cases = [
+        (["--source", str(tmp_path / "missing.mp4")], "no such video file"),
+        (["--budget-ms", "-3"], "budget_ms must be a positive number"),
+        (["--model", "deit_tiny_patch16"], "unknown model 'deit_tiny_patch16'"),
+        (["--output", str(tmp_path / "nowhere" / "x.mp4")], "no such folder"),
+        (["--precision", "int8"], 'give backend="onnxruntime"'),
+    ]  # int8 graphs are ONNX Runtime's
     for args, message in cases:
         assert _run_sample(["--source", "demo", "--headless", "--max-frames", "1", *args]) == 2, args
         err = capsys.readouterr().err
@@ -521,6 +663,7 @@ def test_shipped_demo_model_meets_the_smoke_check():
     from iared_edge import load_model
     from iared_edge.demo import DEMO_MODEL
     from iared_edge.preprocess import model_input
+
     assert os.path.getsize(DEMO_MODEL) <= 12_000_000  # the issue's 12 MB, read as decimal (the stricter)
     model = load_model("demo")  # the documented short name for DEMO_MODEL
     imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(100))
@@ -537,12 +680,22 @@ def test_shipped_demo_model_in_int8_reads_as_float32_does(tmp_path):
     check's 100 held-out images, through the users' path, the same top-1 as the float32 PyTorch
     Runtime at the same keep level on nearly every image, and above the smoke floor."""
     from iared_edge import Runtime, load_model
+
     model = load_model("demo").float()
     imgs, labels, _ = DigitsInClutter("test", seed=0).batch(range(100))
     frames = list(imgs)
-    with Runtime(model, policy="level", level=0.5, color="rgb") as rt32, \
-            Runtime(model, policy="level", level=0.5, color="rgb", backend="onnxruntime", precision="int8",
-                    onnx_cache=str(tmp_path)) as rt8:
+    with (
+        Runtime(model, policy="level", level=0.5, color="rgb") as rt32,
+        Runtime(
+            model,
+            policy="level",
+            level=0.5,
+            color="rgb",
+            backend="onnxruntime",
+            precision="int8",
+            onnx_cache=str(tmp_path),
+        ) as rt8,
+    ):
         a, b = rt32.batch(frames), rt8.batch(frames)
         assert rt8.stats()["precision"] == "int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep_counts.int8.onnx"]
@@ -568,6 +721,7 @@ def test_report_compares_reinforce_and_training_free_image_by_image(tmp_path):
     from iared_edge import load_model
     from iared_edge.demo import DEMO_MODEL
     from iared_edge.demo.train import Schedule, report_phase
+
     model = load_model(DEMO_MODEL).float()
     r = report_phase(str(tmp_path), Schedule(), model, images=40)
     d = r["reinforce_minus_training_free"]
@@ -585,7 +739,9 @@ def test_training_batches_stop_their_worker_when_closed():
     """Closing the training data stream joins its generator thread (a thread left inside torch
     aborted the interpreter at exit after a finished phase)."""
     import threading
+
     from iared_edge.demo.train import batches
+
     before = threading.active_count()
     stream = batches("train", 5, 2, 112, lambda step: 1.0, seed=0, prefetch=1)
     step, x, y = next(stream)
@@ -598,6 +754,7 @@ def test_training_batches_with_an_offset_are_later_batches():
     """`--data-offset`: a run continuing another's backbone sees batch k + offset at step k (new
     images for it), and the same images again when resumed."""
     from iared_edge.demo.train import batches
+
     full = lambda step: 1.0
     plain = batches("train", 5, 4, 112, full, seed=0)
     shifted = batches("train", 2, 4, 112, full, seed=0, offset=3)
@@ -613,6 +770,7 @@ def test_training_batches_from_worker_processes_are_the_same_batches():
     """--workers: batches drawn by a pool of processes (for a GPU the one generator thread cannot
     feed) are the thread's batches, in step order, with the offset and the clutter schedule."""
     from iared_edge.demo.train import batches
+
     fade = lambda step: min(1.0, step / 4)
     one = batches("train", 1, 3, 112, fade, seed=0, offset=2)
     pool = batches("train", 1, 3, 112, fade, seed=0, offset=2, workers=2, prefetch=1)
@@ -627,6 +785,7 @@ def test_training_batches_from_worker_processes_are_the_same_batches():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gives")
 def test_backbone_phase_on_a_missing_gpu_is_a_clear_error(tmp_path):
     from iared_edge.demo import train
+
     s = train.Schedule(batch=2, small_steps=1, small_black=0, small_fade=1, warmup=1, device="cuda")
     with pytest.raises(ValueError, match="CUDA is not available"):
         train.train_backbone(str(tmp_path), "small", s)
@@ -636,7 +795,9 @@ def test_backbone_phase_on_a_missing_gpu_is_a_clear_error(tmp_path):
 def test_backbone_phase_trains_on_a_gpu_and_resumes_on_the_cpu(tmp_path, monkeypatch):
     """--device cuda --workers 2: a few steps on the GPU; the checkpoint resumes on the CPU."""
     import dataclasses
+
     from iared_edge.demo import train
+
     monkeypatch.setattr(train, "MONITOR_IMAGES", 4)
     s = train.Schedule(batch=4, small_steps=3, small_black=0, small_fade=1, warmup=1, device="cuda", workers=2)
     model = train.train_backbone(str(tmp_path), "small", s)
@@ -654,6 +815,7 @@ def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
     from iared_edge import load_model, save_model
     from iared_edge.demo import DEMO_MODEL
     from iared_edge.demo.train import Schedule, seed_interpreters, train_interpreters_phase
+
     source = load_model(DEMO_MODEL).float()
     path = seed_interpreters(str(tmp_path), DEMO_MODEL)
     assert os.path.isfile(path)
@@ -676,9 +838,19 @@ def test_init_interpreters_keeps_a_saved_models_interpreters(tmp_path):
 def _conv_flops_as_run(stem, x):
     """2 x multiply-adds of each convolution of `stem`, from the output shapes it really produces on x."""
     counted = []
+
     def hook(m, inp, out):
-        counted.append(2.0 * out.shape[2] * out.shape[3] * m.out_channels * m.in_channels
-                       * m.kernel_size[0] * m.kernel_size[1] / m.groups)
+        counted.append(
+            2.0
+            * out.shape[2]
+            * out.shape[3]
+            * m.out_channels
+            * m.in_channels
+            * m.kernel_size[0]
+            * m.kernel_size[1]
+            / m.groups
+        )
+
     handles = [c.register_forward_hook(hook) for c in stem.modules() if isinstance(c, torch.nn.Conv2d)]
     with torch.no_grad():
         stem(x)
@@ -693,8 +865,10 @@ def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
     cost is counted (against a count from the convolutions' real output shapes); the config
     carries them through save_model / load_model; a backbone that does not fit is refused."""
     import timm
+
     from iared_edge import load_model, save_model
     from iared_edge.demo.train import demo_model, load_backbone_init, stem_blocks_of
+
     plain = timm.create_model("iared_digits_tiny", depth=2).eval()
     grown = timm.create_model("iared_digits_tiny", depth=2, stem_blocks=3).eval()
     load_backbone_init(grown, plain.state_dict())
@@ -736,10 +910,13 @@ def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypa
     recurrence run in float64 on the weights after each step), checkpoints the average, resumes
     it, and hands it on to the next phase; a checkpoint is not resumed with the other setting."""
     import dataclasses
+
     import timm
     from timm.utils import ModelEmaV3
+
     from iared_edge.demo import train
     from iared_edge.demo.train import Schedule, phase_weights, train_backbone
+
     monkeypatch.setattr(train, "MONITOR_IMAGES", 16)
 
     def as_float64(v):  # counters (BatchNorm's num_batches_tracked) stay integers: they are copied
@@ -747,9 +924,11 @@ def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypa
 
     seen = []
     update = ModelEmaV3.update
+
     def recording_update(self, model, step=None):
         seen.append({k: as_float64(v) for k, v in model.state_dict().items()})
         return update(self, model, step)
+
     monkeypatch.setattr(ModelEmaV3, "update", recording_update)
 
     def expected(start, decay):  # the average, from `start`, over the weights `seen` after each step
@@ -761,7 +940,10 @@ def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypa
 
     def close(state, ref):
         for k, v in state.items():
-            assert torch.allclose(as_float64(v), ref[k], atol=1e-6) and v.dtype.is_floating_point == ref[k].is_floating_point(), k
+            assert (
+                torch.allclose(as_float64(v), ref[k], atol=1e-6)
+                and v.dtype.is_floating_point == ref[k].is_floating_point()
+            ), k
 
     torch.manual_seed(0)
     init = timm.create_model("iared_digits_tiny", img_size=112).state_dict()

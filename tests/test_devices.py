@@ -1,4 +1,5 @@
 """`device=` arguments: resolved, or refused with an error that names the problem."""
+
 import pytest
 import torch
 
@@ -40,8 +41,9 @@ def test_runtime_topk_is_checked_and_capped():
     assert Runtime("demo", topk=50).topk == 10  # the demo model has 10 classes
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, None), (True, False, torch.bfloat16),
-                                                        (False, True, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)]
+)
 def test_cpu_autocast_only_where_the_cpu_has_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
     # elsewhere torch emulates bf16: a demo training step ran 16x slower than in float32
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
@@ -58,6 +60,7 @@ def test_unknown_autocast_names_are_refused():
 
 def test_demo_schedule_amp_is_resolved_or_refused(monkeypatch):
     from iared_edge.demo.train import Schedule, amp_dtype
+
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert amp_dtype(Schedule()) is None and amp_dtype(Schedule(amp="bf16")) is torch.bfloat16
@@ -66,14 +69,23 @@ def test_demo_schedule_amp_is_resolved_or_refused(monkeypatch):
         amp_dtype(Schedule(amp="fp8"))
 
 
-@pytest.mark.parametrize("device, avx512_bf16, amx, expected", [
-    ("cpu", False, False, torch.float32), ("cpu", True, False, torch.bfloat16), ("cpu", False, True, torch.bfloat16)])
-def test_inference_precision_auto_picks_what_the_hardware_runs_natively(monkeypatch, device, avx512_bf16, amx, expected):
+@pytest.mark.parametrize(
+    "device, avx512_bf16, amx, expected",
+    [("cpu", False, False, torch.float32), ("cpu", True, False, torch.bfloat16), ("cpu", False, True, torch.bfloat16)],
+)
+def test_inference_precision_auto_picks_what_the_hardware_runs_natively(
+    monkeypatch, device, avx512_bf16, amx, expected
+):
     from iared_edge.devices import inference_dtype
+
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert inference_dtype(device, "auto") is expected
     assert inference_dtype("cuda", "auto") is torch.float16  # no GPU needed to name the choice
-    assert [inference_dtype(device, p) for p in ("fp32", "fp16", "bf16")] == [torch.float32, torch.float16, torch.bfloat16]
+    assert [inference_dtype(device, p) for p in ("fp32", "fp16", "bf16")] == [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+    ]
     with pytest.raises(ValueError, match="precision must be one of"):
         inference_dtype(device, "half")

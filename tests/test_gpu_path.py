@@ -1,5 +1,6 @@
 """The GPU path, checked on a CPU: what a CUDA graph captures may not touch the host, and the
 forward runs on fake CUDA tensors (devices, shapes and dtypes tracked, no GPU needed)."""
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -16,14 +17,17 @@ def small():
     return IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1)).eval()
 
 
-@pytest.mark.parametrize("make, op", [
-    (lambda x: torch.tensor([1.0, 2.0, 1.0], device=x.device) * x.sum(), "lift_fresh"),
-    (lambda x: x.sum().item(), "_local_scalar_dense"),
-    (lambda x: bool((x > 0).any()), "_local_scalar_dense"),
-    (lambda x: x.nonzero(), "nonzero"),
-    (lambda x: x[x > 0], "boolean-mask indexing"),
-    (lambda x: x.cpu(), "copies from cuda"),
-])
+@pytest.mark.parametrize(
+    "make, op",
+    [
+        (lambda x: torch.tensor([1.0, 2.0, 1.0], device=x.device) * x.sum(), "lift_fresh"),
+        (lambda x: x.sum().item(), "_local_scalar_dense"),
+        (lambda x: bool((x > 0).any()), "_local_scalar_dense"),
+        (lambda x: x.nonzero(), "nonzero"),
+        (lambda x: x[x > 0], "boolean-mask indexing"),
+        (lambda x: x.cpu(), "copies from cuda"),
+    ],
+)
 def test_the_capture_check_refuses_every_host_op(make, op):
     with fake_cuda_mode():
         x = torch.randn(4, 5, device="cuda")
@@ -42,7 +46,8 @@ def test_the_heatmap_makes_its_kernel_on_the_device():
     k = torch.outer(k, k)[None, None]
     per = (0.99 * scores.double().prod(1) + 0.01 * scores.double().mean(1)).view(2, 1, 4, 4)
     ref = torch.nn.functional.conv2d(per, k, padding=1) / torch.nn.functional.conv2d(
-        torch.ones(1, 1, 4, 4, dtype=torch.float64), k, padding=1)
+        torch.ones(1, 1, 4, 4, dtype=torch.float64), k, padding=1
+    )
     assert torch.allclose(heat.double(), ref.view(2, 4, 4), atol=1e-6)
 
 
@@ -56,6 +61,225 @@ def test_what_the_runtime_captures_is_capture_safe(small, level):
     for dtype in (torch.float32, torch.float16):
         with fake_cuda_mode() as mode, torch.inference_mode():
             state = fake_cuda(graph, mode, dtype=dtype)
-            out = capture_safe(functional_call, graph, state, (torch.randn(1, 3, 224, 224, device="cuda", dtype=dtype),))
+            out = capture_safe(
+                functional_call, graph, state, (torch.randn(1, 3, 224, 224, device="cuda", dtype=dtype),)
+            )
             assert all(o.device.type == "cuda" for o in out)
             assert out[0].shape == (1, 1000) and out[-1].shape == (1, 14, 14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("execution", ["masked", "packed"])
+@pytest.mark.parametrize("policy, kwargs", [("all", {}), ("level", {"level": 0.5}), ("threshold", {})])
+def test_the_forward_runs_on_fake_cuda(small, policy, kwargs, execution, dtype):
+    """Every parameter and input on (fake) CUDA: the forward completes with every output on the
+    device, in the dtypes and shapes the CPU forward gives. A host read would raise here (fake
+    tensors have no data), so this also shows the GPU forward reads nothing back but the packed
+    size (a data-dependent size, a symbol here)."""
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = small(x, policy=policy, execution=execution, **kwargs)
+    with fake_cuda_mode() as mode:
+        state = fake_cuda(small, mode, dtype=dtype)
+        xf = mode.from_tensor(x).to("cuda", dtype)
+        out = functional_call(small, state, (xf,), dict(policy=policy, execution=execution, **kwargs))
+    for name in ("logits", "keep_masks", "scores", "kept_counts", "heatmap", "flops"):
+        got, want = getattr(out, name), getattr(ref, name)
+        assert got.device.type == "cuda", name
+        assert tuple(got.shape) == tuple(want.shape), name
+    assert out.keep_masks.dtype == torch.bool and out.heatmap.dtype == torch.float32
+    assert out.logits.dtype == dtype
+
+
+def _stage(tokens, offsets, positions, vecs, biases):
+    """One stage of the packed forward on the compiled ops: score, keep the top half, compact."""
+    from iared_edge import ops
+
+    probs, _ = ops.interpreter_scores(tokens, offsets, vecs, biases, None, positions, 1)
+    keep = ops.topk_keep(probs, offsets, positions, 0.5, 1)
+    return ops.compact(tokens, offsets, positions, keep, 1)
+
+
+def _batch():
+    from tests.test_ops import make_batch
+
+    return make_batch([7, 12, 1], 24, 3, torch.float32, seed=3)
+
+
+def test_the_ops_trace_through_torch_export():
+    """The fake kernels let torch.export trace the compiled ops, the compaction's row count a
+    data-dependent size; the exported program answers as eager does."""
+    from iared_edge import ops
+
+    if ops.backend("cpu") != "cpu":
+        pytest.skip("iared_edge._C not built")
+
+    class Stage(torch.nn.Module):
+        def forward(self, tokens, offsets, positions, vecs, biases):
+            return _stage(tokens, offsets, positions, vecs, biases)
+
+    args = tuple(_batch())
+    program = torch.export.export(Stage(), args)
+    names = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"iared.interpreter_scores.default", "iared.topk_keep.default", "iared.compact.default"} <= names
+    for got, want in zip(program.module()(*args), _stage(*args)):
+        assert torch.equal(got, want)
+
+
+def test_the_ops_compile_in_one_graph():
+    from iared_edge import ops
+
+    if ops.backend("cpu") != "cpu":
+        pytest.skip("iared_edge._C not built")
+    torch._dynamo.reset()
+    compiled = torch.compile(_stage, backend="aot_eager", fullgraph=True)
+    args = _batch()
+    for got, want in zip(compiled(*args), _stage(*args)):
+        assert torch.equal(got, want)
+
+
+def test_the_gpu_attention_without_host_lengths_matches_the_per_image_path():
+    """The fp32 path a GPU takes (no lengths read back: one SDPA with a block-diagonal mask), run
+    on the CPU, against the per-image path on the same packed buffer."""
+    from iared_edge.packed import Sequences, packed_attention
+
+    torch.manual_seed(0)
+    vit = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1)).vit
+    attn = vit.blocks[0].attn.eval()
+    lengths = [5, 1, 9, 3]
+    x = torch.randn(sum(lengths), 192)
+    offsets = torch.tensor([0, 5, 6, 15, 18], dtype=torch.int32)
+    with torch.no_grad():
+        per_image = packed_attention(attn, x, lengths)
+        masked = packed_attention(attn, x, Sequences(offsets, max_len=9, lengths=None))
+    assert torch.allclose(masked, per_image, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_cuda_attention_paths_match_the_per_image_path(dtype):
+    """On a GPU: flash varlen (fp16/bf16, one launch) or the masked SDPA (fp32) against SDPA per
+    image, in the same dtype, and the packed forward against the CPU's."""
+    from iared_edge.packed import Sequences, packed_attention
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    attn = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1)).vit.blocks[0].attn
+    attn = attn.to("cuda", dtype).eval()
+    lengths = [197, 40, 1, 120]
+    x = torch.randn(sum(lengths), 192, device="cuda", dtype=dtype)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    with torch.no_grad():
+        per_image = packed_attention(attn, x, lengths)
+        fused = packed_attention(attn, x, Sequences(offsets, max_len=197, lengths=None))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(fused.float(), per_image.float(), atol=tol, rtol=tol)
+
+
+def test_every_backend_runs_on_the_runtime_stream(tiny, monkeypatch):
+    """Fault: the frame was copied on the Runtime's own stream (non-blocking), but CUDA graphs and
+    TensorRT read it on the current stream, which never waited for the copy. Now every backend
+    is called with the Runtime's stream current. Checked here with a stand-in stream."""
+    from contextlib import contextmanager
+
+    from iared_edge import Runtime
+
+    current = []
+
+    @contextmanager
+    def stream(s):
+        current.append(s)
+        try:
+            yield
+        finally:
+            current.pop()
+
+    rt = Runtime(tiny, device="cpu", policy="level", level=0.5)
+    seen = []
+    real = rt._backend
+
+    def backend(images, level):
+        seen.append(current[-1] if current else None)
+        return real(images, level)
+
+    backend.fixed_batch, backend.levels = None, []
+    sentinel = object()
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    rt._backend, rt._stream = backend, sentinel
+    rt._time_model(torch.zeros(1, 3, 224, 224), 0.5)
+    assert seen == [sentinel]
+
+
+def test_the_extension_refuses_tensors_on_a_device_it_has_no_kernels_for():
+    """Fault: an extension built without CUDA, given CUDA tensors through iared_edge._C, read
+    device memory as host memory (uninitialised output or a segfault). The same guard refuses any
+    device without kernels; a meta tensor shows it on a CPU."""
+    from iared_edge import ops
+
+    if ops._C is None:
+        pytest.skip("iared_edge._C not built")
+    tokens, offsets, positions, vecs, biases = (t.to("meta") for t in _batch())
+    keep = torch.ones(tokens.shape[0], dtype=torch.bool, device="meta")
+    for call in (
+        lambda: ops._C.compact(tokens, offsets, positions, keep, 1, None),
+        lambda: ops._C.topk_keep(torch.zeros(tokens.shape[0], device="meta"), offsets, positions, 0.5, 1),
+        lambda: ops._C.interpreter_scores(tokens, offsets, positions, vecs, biases, 0.5, 1, 1e-6, True),
+    ):
+        with pytest.raises(ValueError, match="tensors on meta"):
+            call()
+
+
+def _cuobjdump():
+    import glob
+    import shutil
+
+    found = shutil.which("cuobjdump") or glob.glob("/usr/local/cuda/bin/cuobjdump")
+    if not found:  # Triton's wheel carries one
+        import importlib.util
+
+        spec = importlib.util.find_spec("triton")
+        if spec and spec.submodule_search_locations:
+            found = glob.glob(spec.submodule_search_locations[0] + "/backends/nvidia/bin/cuobjdump")
+    return found if isinstance(found, str) else (found[0] if found else None)
+
+
+def test_the_cuda_build_carries_sass_for_its_archs_and_ptx_for_newer_gpus():
+    """Fault: no PTX was built, so on a GPU outside the arch list the kernels did not run at all.
+    The make build (TORCH_CUDA_ARCH_LIST 8.7;9.0+PTX) must carry SASS for sm_87 and sm_90 and PTX."""
+    import subprocess
+
+    from iared_edge import _build_info, ops
+
+    if ops._C is None or not ops._CUDA_BUILT:
+        pytest.skip("no CUDA build of iared_edge._C here")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump")
+    lib = ops._C.__file__
+    elf = subprocess.run([tool, "--list-elf", lib], capture_output=True, text=True).stdout
+    ptx = subprocess.run([tool, "--list-ptx", lib], capture_output=True, text=True).stdout
+    archs = _build_info.BUILT.split("sm ")[1].split(",")[0].split(";")
+    for arch in archs:
+        assert f"sm_{arch.replace('+PTX', '').replace('.', '')}" in elf, (arch, elf)
+    ptx_archs = [a.replace("+PTX", "").replace(".", "") for a in archs if a.endswith("+PTX")]
+    assert ptx_archs, f"no +PTX arch in the build: {_build_info.BUILT}"
+    assert all(f"sm_{a}" in ptx for a in ptx_archs), ptx
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_capture_on_the_models_device():
+    """Fault: capture set no device guard and gave no capture stream: on cuda:1 it captured on
+    cuda:0. Runs where a second GPU is present."""
+    from iared_edge import Runtime
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1)).eval()
+    frame = torch.randint(0, 255, (120, 160, 3), dtype=torch.uint8).numpy()
+    graphs = Runtime(model, device="cuda:1", policy="level", level=0.5)
+    eager = Runtime(model, device="cuda:1", policy="level", level=0.5, cuda_graphs=False)
+    assert graphs._backend.name == "cuda_graphs" and graphs._backend.static_in.device == torch.device("cuda:1")
+    a, b = graphs(frame), eager(frame)
+    assert a.labels == b.labels and (a.stage_masks == b.stage_masks).all()

@@ -1,5 +1,6 @@
 """IARedViT against independent references: timm's own forward, naive float64 loops, and the
 other execution."""
+
 import math
 
 import numpy as np
@@ -11,8 +12,10 @@ from iared_edge import IARedViT
 from iared_edge.interpreter import Interpreter
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_patch16_224",
-                                  "deit_base_patch16_224", "deit_tiny_distilled_patch16_224"])
+@pytest.mark.parametrize(
+    "name",
+    ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224", "deit_tiny_distilled_patch16_224"],
+)
 def test_policy_all_packed_equals_timm(name):
     torch.manual_seed(0)
     model = IARedViT.from_timm(name).eval()
@@ -33,8 +36,16 @@ def test_other_input_size_and_groups():
     assert out.keep_masks.shape == (2, 3, 100) and out.heatmap.shape == (2, 10, 10)
 
 
-@pytest.mark.parametrize("policy,kwargs", [("all", {}), ("threshold", {}), ("threshold", {"thresholds": (0.45, 0.5, 0.55)}),
-                                           ("level", {"level": 0.5}), ("level", {"level": (0.9, 0.6, 0.3)})])
+@pytest.mark.parametrize(
+    "policy,kwargs",
+    [
+        ("all", {}),
+        ("threshold", {}),
+        ("threshold", {"thresholds": (0.45, 0.5, 0.55)}),
+        ("level", {"level": 0.5}),
+        ("level", {"level": (0.9, 0.6, 0.3)}),
+    ],
+)
 def test_packed_equals_masked(tiny, images, policy, kwargs):
     with torch.no_grad():
         p = tiny(images, policy=policy, execution="packed", **kwargs)
@@ -86,7 +97,7 @@ def test_packed_batch_equals_each_image_alone(tiny, images):
         batch = tiny(images, policy="threshold")
         assert len(set(map(tuple, batch.kept_counts.tolist()))) > 1, "want different keep counts"
         for i in range(images.shape[0]):
-            alone = tiny(images[i:i + 1], policy="threshold")
+            alone = tiny(images[i : i + 1], policy="threshold")
             assert torch.equal(alone.keep_masks[0], batch.keep_masks[i])
             assert torch.allclose(alone.logits[0], batch.logits[i], atol=1e-5, rtol=1e-5)
 
@@ -122,7 +133,7 @@ def _naive_head_logits(interp: Interpreter, x: torch.Tensor) -> torch.Tensor:
         q, k = qk[0, :C], qk[:, C:]
         for h in range(H):
             sl = slice(h * D, (h + 1) * D)
-            out[i, h] = (k[:, sl] @ q[sl]) * D ** -0.5
+            out[i, h] = (k[:, sl] @ q[sl]) * D**-0.5
     return out
 
 
@@ -146,7 +157,7 @@ def test_head_logits_match_the_definition(tiny):
 def test_threshold_drops_exactly_tokens_under_threshold(tiny, images):
     with torch.no_grad():
         out = tiny(images, policy="threshold")
-        first = _naive_scores(tiny.interpreters[0], tiny._embed(images))[:, tiny.num_prefix:]
+        first = _naive_scores(tiny.interpreters[0], tiny._embed(images))[:, tiny.num_prefix :]
     assert torch.allclose(out.scores[:, 0].double(), first, atol=1e-5)
     alive = torch.ones_like(out.keep_masks[:, 0])
     for s, t in enumerate(tiny.thresholds):
@@ -184,6 +195,7 @@ def test_packed_forward_runs_under_autocast_and_scores_in_float32(tiny, images, 
     scale = want.float().abs().max()
     assert (out.logits.float() - want.float()).abs().max() <= 0.05 * scale
     assert thr.keep_masks.shape == out.keep_masks.shape and bool((thr.kept_counts <= out.kept_counts).all())
+
 
 def test_heatmap_and_flops(tiny, images):
     with torch.no_grad():
@@ -225,14 +237,17 @@ def test_flops_match_published_deit_small():
     assert abs(model.flops().item() / 2 / 4.6e9 - 1) < 0.03
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.randn(3, 224, 224), "rank 4"),
-    (torch.randn(1, 1, 224, 224), "channels"),
-    (torch.randn(1, 3, 200, 224), "224x224"),
-    (torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "floating"),
-    (torch.full((1, 3, 224, 224), float("nan")), "NaN"),
-    (torch.randn(0, 3, 224, 224), "empty batch"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.randn(3, 224, 224), "rank 4"),
+        (torch.randn(1, 1, 224, 224), "channels"),
+        (torch.randn(1, 3, 200, 224), "224x224"),
+        (torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "floating"),
+        (torch.full((1, 3, 224, 224), float("nan")), "NaN"),
+        (torch.randn(0, 3, 224, 224), "empty batch"),
+    ],
+)
 def test_bad_images_raise_clear_errors(tiny, bad, match):
     with pytest.raises(ValueError, match=match):
         tiny(bad)
@@ -269,7 +284,7 @@ def test_keep_levels_follow_the_keep_profile(tiny, images):
             r = np.array(tiny.stage_levels(level), dtype=np.float64)
             assert ((0 < r) & (r <= 1)).all()
             cum = np.cumprod(r)
-            assert cum.mean() == pytest.approx(np.mean([level, level ** 2, level ** 3]), abs=1e-9)
+            assert cum.mean() == pytest.approx(np.mean([level, level**2, level**3]), abs=1e-9)
             scale = cum / profile
             free = cum < 1 - 1e-9  # level 1 keeps everything: nothing to compare
             if free.any():

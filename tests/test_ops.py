@@ -1,10 +1,12 @@
 """The compiled ops against the pure-PyTorch reference (and the reference against float64 loops),
 on random packed batches and on the edge cases."""
+
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iared_edge import ops
 from iared_edge.ops import reference as ref
@@ -20,17 +22,31 @@ def make_batch(lengths, C, H, dtype, seed=0, device="cpu"):
     offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0) if B else offsets[1:]
     T = int(offsets[-1])
     # positions: class token then an increasing subset of a 196-patch grid, as after dropping
-    positions = torch.cat([torch.cat([torch.zeros(1, dtype=torch.int64),
-                                      torch.randperm(196, generator=g)[: n - 1].sort().values + 1])
-                           for n in lengths]).int() if T else torch.zeros(0, dtype=torch.int32)
+    positions = (
+        torch.cat(
+            [
+                torch.cat(
+                    [torch.zeros(1, dtype=torch.int64), torch.randperm(196, generator=g)[: n - 1].sort().values + 1]
+                )
+                for n in lengths
+            ]
+        ).int()
+        if T
+        else torch.zeros(0, dtype=torch.int32)
+    )
     tokens = (torch.randn(T, C, generator=g) * 3 + torch.randn(T, 1, generator=g) * 2).to(dtype)
-    vecs = torch.randn(B, H, C, generator=g) * C ** -0.5
+    vecs = torch.randn(B, H, C, generator=g) * C**-0.5
     biases = torch.randn(B, H, generator=g)
     return [t.to(device) for t in (tokens, offsets, positions, vecs, biases)]
 
 
-batches = st.tuples(st.lists(st.integers(1, 197), min_size=1, max_size=9), st.integers(1, 80),
-                    st.integers(1, 16), st.sampled_from(DTYPES), st.integers(0, 2 ** 16))
+batches = st.tuples(
+    st.lists(st.integers(1, 197), min_size=1, max_size=9),
+    st.integers(1, 80),
+    st.integers(1, 16),
+    st.sampled_from(DTYPES),
+    st.integers(0, 2**16),
+)
 
 
 @compiled
@@ -125,7 +141,7 @@ def test_topk_with_a_nan_score_counts_ranks_as_the_gpu_does():
     scores[3] = float("nan")
     keep = ops.topk_keep(scores, offsets, positions, 0.5)
     expect = []
-    for b, (s, e) in enumerate([(0, 9), (9, 16)]):
+    for s, e in [(0, 9), (9, 16)]:
         patches = [t for t in range(s, e) if positions[t] >= 1]
         k = math.ceil(0.5 * len(patches))
         for t in range(s, e):
@@ -265,11 +281,11 @@ def test_non_contiguous_keep_flags_are_accepted():
 def test_compiled_ops_check_inputs_too():
     tokens, offsets, positions, vecs, biases = make_batch([4, 3], 6, 2, torch.float32)
     with pytest.raises(RuntimeError, match="heads supported"):
-        torch.ops.iared.interpreter_scores(tokens, offsets, positions, torch.zeros(2, 17, 6),
-                                           torch.zeros(2, 17), 0.5, 1, 1e-6, False)
+        torch.ops.iared.interpreter_scores(
+            tokens, offsets, positions, torch.zeros(2, 17, 6), torch.zeros(2, 17), 0.5, 1, 1e-6, False
+        )
     with pytest.raises(RuntimeError, match="contiguous"):
-        torch.ops.iared.compact(tokens.t().contiguous().t(), offsets, positions,
-                                torch.ones(7, dtype=torch.bool), 1)
+        torch.ops.iared.compact(tokens.t().contiguous().t(), offsets, positions, torch.ones(7, dtype=torch.bool), 1)
 
 
 def test_backend_reports_and_reference_switch():
@@ -283,8 +299,9 @@ def test_backend_reports_and_reference_switch():
 
 def cuda(test):
     """A GPU test of the compiled CUDA ops: marker gpu, and skipped where the extension has no CUDA."""
-    needs_build = pytest.mark.skipif(torch.cuda.is_available() and ops.backend("cuda") != "cuda",
-                                     reason="needs the CUDA build of iared_edge._C")
+    needs_build = pytest.mark.skipif(
+        torch.cuda.is_available() and ops.backend("cuda") != "cuda", reason="needs the CUDA build of iared_edge._C"
+    )
     return pytest.mark.gpu(needs_build(test))
 
 
@@ -307,6 +324,7 @@ def test_cuda_ops_match_cpu(dtype):
 @cuda
 def test_cuda_model_packed_equals_masked():
     from iared_edge import IARedViT
+
     model = IARedViT.from_timm("deit_tiny_patch16_224").cuda().eval()
     x = torch.randn(4, 3, 224, 224, device="cuda")
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """Runtime on real street footage (tests/data/vtest_short.avi, 30 frames), sources that fail,
 thread safety, and the budget controller under a simulated load change."""
+
 import os
 import random
 import threading
@@ -11,8 +12,8 @@ import torch
 
 cv2 = pytest.importorskip("cv2")
 
-from iared_edge import IARedViT, Runtime
-from iared_edge.runtime import BudgetController
+from iared_edge import IARedViT, Runtime  # noqa: E402  (after the importorskip)
+from iared_edge.runtime import BudgetController  # noqa: E402
 
 CLIP = os.path.join(os.path.dirname(__file__), "data", "vtest_short.avi")
 
@@ -47,6 +48,7 @@ def test_one_frame_result_matches_the_model(rt):
     assert res.latency_ms["total"] == pytest.approx(sum(v for k, v in res.latency_ms.items() if k != "total"))
     # the JSON-ready summary says the same, without the arrays
     import json
+
     s = json.loads(json.dumps(res.summary()))
     assert s["label"] == res.label and s["confidence"] == pytest.approx(res.score) and s["frame"] == res.frame_index
     assert [t["label"] for t in s["top"]] == res.labels and s["stage_keep"] == pytest.approx(res.stage_keep)
@@ -77,7 +79,7 @@ def test_sources_that_fail(rt, tmp_path):
     # a real AVI header whose frame data is cut off: OpenCV opens it, yet no frame can be read
     clip = open(CLIP, "rb").read()
     headless = tmp_path / "header_only.avi"
-    headless.write_bytes(clip[:clip.find(b"movi") + 4])
+    headless.write_bytes(clip[: clip.find(b"movi") + 4])
     with pytest.raises(ValueError, match="header_only.avi: no frame could be read"):
         next(rt.stream(str(headless)))
     with pytest.raises(RuntimeError, match="camera 97 could not be opened"):
@@ -86,7 +88,9 @@ def test_sources_that_fail(rt, tmp_path):
         next(rt.stream(3.5))
     # pip's OpenCV has no GStreamer: a Jetson CSI pipeline is recognised and refused clearly
     import re
+
     import cv2
+
     if re.search(r"GStreamer:\s+NO", cv2.getBuildInformation()):
         with pytest.raises(ValueError, match="GStreamer"):
             next(rt.stream("videotestsrc num-buffers=1 ! videoconvert ! appsink"))
@@ -94,6 +98,7 @@ def test_sources_that_fail(rt, tmp_path):
 
 def test_result_overlay_shows_heatmap_and_dropped_patches(rt):
     from iared_edge.preprocess import overlay
+
     frame = clip_frames(1)[0]
     res = rt(frame)
     shown = res.overlay(frame)
@@ -117,6 +122,7 @@ def test_batch_matches_one_frame_at_a_time():
     """Frames of several sizes in one forward (policy "threshold": each image keeps its own
     number of tokens, packed together) give each frame's own answer, in order."""
     from iared_edge.demo.digits import DigitsInClutter
+
     digits, _, _ = DigitsInClutter("test", seed=0).batch(range(5))
     frames = [np.ascontiguousarray(d[..., ::-1]) for d in digits] + clip_frames(2)
     frames[1] = cv2.resize(frames[1], (320, 200))
@@ -159,13 +165,16 @@ def test_streams_answers_every_source_per_round(rt, tmp_path):
             assert res.indices == one.indices and np.array_equal(res.stage_masks, one.stage_masks)
     assert all(np.array_equal(f, s) for (_, f, _), s in zip((r[1] for r in rounds[:6]), short[:2] + short[3:]))
     st = rt.stats()
-    assert st["skipped"][before:] == ["source 1: frame 2: frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 "
-                                      "with alpha), got float32 (5, 5, 3)"]
+    assert st["skipped"][before:] == [
+        "source 1: frame 2: frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), got float32 (5, 5, 3)"
+    ]
     assert st["end_reason"] == "source 0: end of source; source 1: end of source"
+
     # a source that raises ends, with its reason; the other goes on
     def failing():
         yield clip[0]
         raise OSError("camera unplugged")
+
     rounds = list(rt.streams([failing(), clip[:3]]))
     assert [sorted(i for i, _, _ in r) for r in rounds] == [[0, 1], [1], [1]]
     assert rt.stats()["end_reason"] == "source 0: source raised OSError: camera unplugged; source 1: end of source"
@@ -182,26 +191,31 @@ def test_streams_answers_every_source_per_round(rt, tmp_path):
 
 def test_bad_model_is_a_clear_error(tmp_path):
     from iared_edge import Runtime
+
     with pytest.raises(ValueError, match="unknown model 'deit_tiny'"):
         Runtime("deit_tiny")
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         Runtime(str(tmp_path / "missing.safetensors"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(policy="level"), 'policy "level" needs level='),
-    (dict(level=0.5), "with policy 'threshold' it would be ignored"),
-    (dict(policy="level", level=1.5), r"keep level in \(0, 1\], got 1.5"),
-    (dict(policy="level", level=0), r"keep level in \(0, 1\], got 0"),
-    (dict(policy="best"), "policy must be"),
-    (dict(color="yuv"), "color must be"),
-    (dict(topk=0), "topk must be at least 1"),
-    (dict(budget_ms=0), "budget_ms must be a positive number"),
-    (dict(precision="int4"), "precision must be one of"),
-    (dict(device="tpu"), "device must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(policy="level"), 'policy "level" needs level='),
+        (dict(level=0.5), "with policy 'threshold' it would be ignored"),
+        (dict(policy="level", level=1.5), r"keep level in \(0, 1\], got 1.5"),
+        (dict(policy="level", level=0), r"keep level in \(0, 1\], got 0"),
+        (dict(policy="best"), "policy must be"),
+        (dict(color="yuv"), "color must be"),
+        (dict(topk=0), "topk must be at least 1"),
+        (dict(budget_ms=0), "budget_ms must be a positive number"),
+        (dict(precision="int4"), "precision must be one of"),
+        (dict(device="tpu"), "device must be"),
+    ],
+)
 def test_bad_runtime_arguments_are_clear_errors(kwargs, message):
     from iared_edge import Runtime
+
     with pytest.raises(ValueError, match=message):
         Runtime("demo", **kwargs)
 
@@ -219,6 +233,7 @@ def test_demo_source_is_the_bundled_clip(rt):
 def test_http_url_source(rt):
     import functools
     import http.server
+
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.dirname(CLIP))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -255,10 +270,10 @@ def test_bad_frames_are_skipped_and_raising_source_ends(rt):
 
     def source():
         yield frames[0]
-        yield np.zeros((10, 10, 2), np.uint8)     # wrong shape
-        yield frames[1].astype(np.float32)       # wrong dtype
+        yield np.zeros((10, 10, 2), np.uint8)  # wrong shape
+        yield frames[1].astype(np.float32)  # wrong dtype
         yield frames[2]
-        raise IOError("camera unplugged")
+        raise OSError("camera unplugged")
 
     results = list(rt.stream(source()))
     assert len(results) == 2
@@ -295,6 +310,7 @@ def test_grey_and_alpha_frames_read_as_their_colour_frame(rt):
     """A mono camera's H x W frame reads as the same grey in three channels; a BGRA frame as its
     BGR part (a tensor too)."""
     import torch
+
     frame = clip_frames(1)[0]
     grey = frame[..., 1].copy()
     ref = rt.preprocess(np.repeat(grey[..., None], 3, 2))
@@ -346,8 +362,16 @@ def test_whole_frame_runs_with_the_controllers_thread_count(monkeypatch):
         runtime = Runtime(model, budget_ms=1e6, threads=1, calibrate_runs=1)
     seen = []
     resize, forward = cv2.resize, model.forward
-    monkeypatch.setattr(cv2, "resize", lambda *a, **k: (seen.append(("resize", torch.get_num_threads(), cv2.getNumThreads())), resize(*a, **k))[1])
-    monkeypatch.setattr(model, "forward", lambda *a, **k: (seen.append(("model", torch.get_num_threads(), cv2.getNumThreads())), forward(*a, **k))[1])
+    monkeypatch.setattr(
+        cv2,
+        "resize",
+        lambda *a, **k: (seen.append(("resize", torch.get_num_threads(), cv2.getNumThreads())), resize(*a, **k))[1],
+    )
+    monkeypatch.setattr(
+        model,
+        "forward",
+        lambda *a, **k: (seen.append(("model", torch.get_num_threads(), cv2.getNumThreads())), forward(*a, **k))[1],
+    )
     old_torch, old_cv = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
@@ -370,11 +394,13 @@ def test_whole_frame_runs_with_the_controllers_thread_count(monkeypatch):
 def test_a_load_reading_older_than_a_slow_frame_is_not_quiet(rt):
     """/proc/stat readings average over a window: one that began before a frame ran far slower
     than predicted cannot show a load that started with that frame, so it does not count as quiet."""
+
     class Reading:  # other processes use no CPU over a window starting at `window_start`
         window_start = 10.0
 
         def sample(self):
             return 0.0
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         runtime = Runtime(rt.model, budget_ms=50.0, threads=[2, 1], calibrate_runs=1)
@@ -386,6 +412,7 @@ def test_a_load_reading_older_than_a_slow_frame_is_not_quiet(rt):
 
 
 # -- the controller, on a simulated device whose latency is a line in cost times a load factor ---
+
 
 def simulate(ctrl, frames, load, noise=0.02, seed=0, modes=None, quiet=lambda i: None):
     """Per frame: whether it met the budget, its keep level and the mode it ran in. `load(i)` (or
@@ -405,7 +432,7 @@ def simulate(ctrl, frames, load, noise=0.02, seed=0, modes=None, quiet=lambda i:
 
 def test_controller_switches_to_the_mode_that_suffers_less_from_load():
     levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
-    costs = [l ** 1.6 for l in levels]
+    costs = [v**1.6 for v in levels]
     ctrl = BudgetController(levels, costs, 15.0, modes=2)
     ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
     ctrl.calibrate_mode(1, 4, 1.3 * (2.0 + 20.0 * costs[4]))
@@ -440,12 +467,12 @@ def test_controller_seeing_the_load_makes_no_trials_under_it_and_returns_at_once
             hits.append(ms + 0.5 <= 15.0)
         runs[seen] = np.array(hits), np.array(modes)
     hits, modes = runs[True]
-    assert (modes[202:400] == 1).all()           # no two-thread trial under the load, not even
-    assert hits[201:400].mean() == 1.0           # after one quiet reading within it
-    assert (modes[403:600] == 0).all()           # two threads again right after it (2 quiet readings),
-    assert chosen[402] <= chosen[199] + 1         # at (about) the level it had before, not the lowest
+    assert (modes[202:400] == 1).all()  # no two-thread trial under the load, not even
+    assert hits[201:400].mean() == 1.0  # after one quiet reading within it
+    assert (modes[403:600] == 0).all()  # two threads again right after it (2 quiet readings),
+    assert chosen[402] <= chosen[199] + 1  # at (about) the level it had before, not the lowest
     blind_hits, blind_modes = runs[False]
-    assert (blind_modes[202:400] == 0).any()     # without the signal it has to try, and pays for it
+    assert (blind_modes[202:400] == 0).any()  # without the signal it has to try, and pays for it
     assert blind_hits[201:400].mean() < 1.0
 
 
@@ -465,9 +492,9 @@ def test_controller_under_a_load_trusts_no_mode_seen_only_at_its_start():
 
     ctrl = make_two_mode_controller(10.0, one_thread=1.3)
     hits, keeps, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
-    assert (modes[201:400] == 1).all()           # one thread for the whole load
-    assert hits[201:400].mean() >= 0.99          # the spike itself is the only miss allowed
-    assert (modes[402:420] == 0).any()           # and two threads again once it has gone
+    assert (modes[201:400] == 1).all()  # one thread for the whole load
+    assert hits[201:400].mean() >= 0.99  # the spike itself is the only miss allowed
+    assert (modes[402:420] == 0).any()  # and two threads again once it has gone
     assert keeps[500:].mean() >= 0.9 * keeps[100:200].mean()
 
 
@@ -498,7 +525,12 @@ def test_controller_does_not_return_at_once_after_jitter_on_a_quiet_device():
     for i in range(300):
         level = ctrl.choose()
         spike = 2.5 if (i == 100 and ctrl.mode == 0) else 1.0
-        ms = (2.0 + 20.0 * ctrl.costs[level]) * (1.4 if ctrl.mode == 0 else 1.3) * spike * (1 + 0.02 * rng.standard_normal())
+        ms = (
+            (2.0 + 20.0 * ctrl.costs[level])
+            * (1.4 if ctrl.mode == 0 else 1.3)
+            * spike
+            * (1 + 0.02 * rng.standard_normal())
+        )
         ctrl.observe(level, ms, 0.5, quiet=True)
         hits.append(ms + 0.5 <= 15.0)
     assert not hits[100] and all(hits[101:])
@@ -520,10 +552,10 @@ def test_controller_keeps_to_the_load_proof_mode_when_a_load_starts_in_it():
         return 2.5 if (i == 190 and m == 0) else (1.0 if m == 0 else 1.2)  # a quiet spike, then the load
 
     hits, _, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
-    assert modes[191] == 1 and modes[200] == 1      # the spike moved it to one thread; the load begins there
-    assert (modes[200:400] == 1).all()               # ... and it stays there for the whole load
+    assert modes[191] == 1 and modes[200] == 1  # the spike moved it to one thread; the load begins there
+    assert (modes[200:400] == 1).all()  # ... and it stays there for the whole load
     assert hits[201:400].mean() >= 0.99
-    assert (modes[402:500] == 0).any()               # two threads again once the load has gone
+    assert (modes[402:500] == 0).any()  # two threads again once the load has gone
 
 
 def test_controller_margin_follows_the_jitter_of_the_current_condition():
@@ -549,13 +581,12 @@ def test_controller_margin_under_a_load_covers_its_rare_spikes():
     the 99th percentile of 100 frames misses one and sizes the margin without it, so the frames
     after it miss again at the same rate. Under a load the margin is the largest recent error."""
     levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
+    costs = [v**1.6 for v in levels]
     hit_rates = {}
     for load_quantile in (0.99, 1.0):
         ctrl = BudgetController(levels, costs, 15.0, load_quantile=load_quantile, load_margin=0.0)  # the quantile alone
         ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-        hits, _, _ = simulate(ctrl, 600, lambda i: 1.3 * (1.35 if i % 60 == 59 else 1.0), seed=1,
-                              quiet=lambda i: False)
+        hits, _, _ = simulate(ctrl, 600, lambda i: 1.3 * (1.35 if i % 60 == 59 else 1.0), seed=1, quiet=lambda i: False)
         hit_rates[load_quantile] = np.mean(hits[100:])
     assert hit_rates[1.0] >= 0.99 > hit_rates[0.99]
     with pytest.raises(ValueError, match="load_quantile"):
@@ -568,16 +599,15 @@ def test_controller_margin_under_a_load_covers_spikes_rarer_than_its_window():
     Once the last spike has left the window the largest recent error is small, so without a floor
     each new spike misses; under a load the margin is at least `load_margin`."""
     levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
+    costs = [v**1.6 for v in levels]
     spikes = set(range(149, 900, 150))
     missed = {}
     for load_margin in (0.0, BudgetController.load_margin):
         ctrl = BudgetController(levels, costs, 15.0, load_margin=load_margin)
         ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
-        hits, _, _ = simulate(ctrl, 900, lambda i: 1.3 * (1.38 if i in spikes else 1.0), seed=2,
-                              quiet=lambda i: False)
+        hits, _, _ = simulate(ctrl, 900, lambda i: 1.3 * (1.38 if i in spikes else 1.0), seed=2, quiet=lambda i: False)
         missed[load_margin] = sorted(i for i in spikes if not hits[i])
-    assert missed[0.0] == sorted(spikes)       # each spike misses without the floor
+    assert missed[0.0] == sorted(spikes)  # each spike misses without the floor
     assert missed[BudgetController.load_margin] == []
     # quiet frames are not held to it
     ctrl = make_controller(30.0)
@@ -592,7 +622,7 @@ def test_controller_first_frame_leaves_room_for_unknown_preprocessing():
     ctrl = make_controller(20.0)
     level = ctrl.choose()
     model_ms = 2.0 + 20.0 * ctrl.costs[level]
-    assert model_ms + 5.0 <= 20.0          # 5 ms of first-frame preprocessing still fits
+    assert model_ms + 5.0 <= 20.0  # 5 ms of first-frame preprocessing still fits
     ctrl.observe(level, model_ms, 5.0)
     assert ctrl.overhead_ms == pytest.approx(5.0)
     level = ctrl.choose()
@@ -614,12 +644,13 @@ def test_controller_returns_after_a_load_without_missing_when_cores_stay_slow():
 
     hits, keeps, modes = simulate(ctrl, 600, None, modes=factor, quiet=lambda i: not under_load(i))
     assert hits[201:].all()
-    assert (modes[402:405] == 0).any()                        # two threads tried right after the load
+    assert (modes[402:405] == 0).any()  # two threads tried right after the load
     assert keeps[500:].mean() >= 0.9 * keeps[100:200].mean()  # and the keep is back
 
 
 def test_cpu_contention_counts_other_processes_only(tmp_path):
     from iared_edge.runtime.contention import CpuContention
+
     stat = tmp_path / "stat"
     hz = os.sysconf("SC_CLK_TCK")
     clock = {"wall": 0.0, "own": 0.0, "busy": 0}
@@ -630,14 +661,14 @@ def test_cpu_contention_counts_other_processes_only(tmp_path):
 
     write()
     mon = CpuContention(window_s=0.3, path=str(stat), clock=lambda: clock["wall"], own_cpu=lambda: clock["own"])
-    assert mon.available and mon.sample() is None          # not yet a window's worth
-    for _ in range(5):                                     # 0.1 s steps: we use 0.1 s, others 0.15 s
+    assert mon.available and mon.sample() is None  # not yet a window's worth
+    for _ in range(5):  # 0.1 s steps: we use 0.1 s, others 0.15 s
         clock["wall"] += 0.1
         clock["own"] += 0.1
         clock["busy"] += round(0.25 * hz)
         write()
         others = mon.sample()
-    assert others == pytest.approx(1.5, abs=0.15)          # busy cores besides ours
+    assert others == pytest.approx(1.5, abs=0.15)  # busy cores besides ours
     assert CpuContention(path=str(tmp_path / "missing")).sample() is None
     stat.write_text("not a stat file\n")
     assert CpuContention(path=str(stat)).sample() is None
@@ -647,7 +678,7 @@ def make_two_mode_controller(budget, one_thread):
     """Ten levels and two modes on the simulated device: two threads at the calibrated speed, one
     thread `one_thread` times slower (its calibration run at the middle level)."""
     levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    costs = [l ** 1.6 for l in levels]
+    costs = [v**1.6 for v in levels]
     ctrl = BudgetController(levels, costs, budget, modes=2)
     ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
     ctrl.calibrate_mode(1, 4, one_thread * (2.0 + 20.0 * costs[4]))
@@ -656,7 +687,7 @@ def make_two_mode_controller(budget, one_thread):
 
 def make_controller(budget):
     levels = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
-    costs = [l ** 1.6 for l in levels]
+    costs = [v**1.6 for v in levels]
     ctrl = BudgetController(levels, costs, budget)
     ctrl.calibrate(costs, [2.0 + 20.0 * c for c in costs])
     return ctrl
@@ -673,7 +704,7 @@ def test_controller_follows_a_load_change_and_comes_back():
     assert keeps[phases[1]].mean() < keeps[phases[0]].mean()  # it gave up tokens under load
     assert abs(keeps[phases[2]].mean() - keeps[phases[0]].mean()) <= 0.1 * keeps[phases[0]].mean()
     # the best fixed level for 15 ms fits before the load and fails under it
-    fixed = max(l for l, c in zip(ctrl.levels, ctrl.costs) if 2 + 20 * c + 0.5 <= 15)
+    fixed = max(v for v, c in zip(ctrl.levels, ctrl.costs) if 2 + 20 * c + 0.5 <= 15)
     c = ctrl.costs[ctrl.levels.index(fixed)]
     assert (2 + 20 * c) * 1.6 + 0.5 > 15
 
@@ -707,8 +738,10 @@ def test_cuda_graphs_per_level_give_the_eager_result():
     torch.manual_seed(0)
     model = IARedViT.from_timm("deit_tiny_patch16_224")
     frame = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
-    with Runtime(model, device="cuda", policy="level", level=0.5) as graphs, \
-            Runtime(model, device="cuda", policy="level", level=0.5, cuda_graphs=False) as eager:
+    with (
+        Runtime(model, device="cuda", policy="level", level=0.5) as graphs,
+        Runtime(model, device="cuda", policy="level", level=0.5, cuda_graphs=False) as eager,
+    ):
         assert graphs._backend.name == "cuda_graphs" and eager._backend.name == "torch"
         a, b = graphs(frame), eager(frame)
         a2 = graphs(frame[::-1].copy())  # replay with new input, not the captured one
@@ -724,6 +757,7 @@ def test_cuda_graphs_per_level_give_the_eager_result():
 
 def _demo_test_images(n):
     from iared_edge.demo.digits import DigitsInClutter
+
     imgs, labels, _ = DigitsInClutter("test", seed=1).batch(range(n))
     return [img[..., ::-1].copy() for img in imgs], labels  # BGR, as a camera gives them
 
@@ -735,11 +769,16 @@ def test_reduced_precision_matches_float64_within_its_rounding(precision, dtype,
     forward of the same weights (bf16 keeps 8 bits of mantissa, fp16 11), and the frame's answer
     is the float32 Runtime's."""
     import copy
+
     from iared_edge import load_model
+
     model = load_model("demo")
     frames, _ = _demo_test_images(8)
     ref64 = copy.deepcopy(model).double()
-    with Runtime(model, policy="all", topk=10) as full, Runtime(model, policy="all", topk=10, precision=precision) as low:
+    with (
+        Runtime(model, policy="all", topk=10) as full,
+        Runtime(model, policy="all", topk=10, precision=precision) as low,
+    ):
         assert next(model.parameters()).dtype == torch.float32 and low.model is not model
         assert next(low.model.parameters()).dtype == dtype
         assert low.precision == precision and low.stats()["precision"] == precision and full.precision == "fp32"
@@ -762,6 +801,7 @@ def test_reduced_precision_threshold_policy_keeps_the_same_tokens_nearly():
     almost exactly the tokens float32 keeps, and the heatmap moves by little (the float32 Runtime
     is the reference; the float64 one is above, with every token)."""
     from iared_edge import load_model
+
     model = load_model("demo")
     frames, _ = _demo_test_images(8)
     with Runtime(model) as full, Runtime(model, precision="bf16") as bf16, Runtime(model, precision="fp16") as fp16:
@@ -778,6 +818,7 @@ def test_reduced_precision_threshold_policy_keeps_the_same_tokens_nearly():
 
 def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
     from iared_edge import load_model
+
     with pytest.raises(ValueError, match="precision must be one of"):
         Runtime("demo", precision="int4")
     with pytest.raises(ValueError, match='give backend="onnxruntime"'):  # int8 graphs are ONNX Runtime's
@@ -804,6 +845,7 @@ def test_precision_is_checked_and_auto_follows_the_device(monkeypatch):
 class _FlakyCamera:
     """A stand-in for cv2.VideoCapture on a network camera: opening number k gives `sessions[k]`
     frames (numbered on), then reads fail; openings past the list fail."""
+
     sessions: list = []
     openings = 0
     served = 0
@@ -832,6 +874,7 @@ class _FlakyCamera:
 
 def _flaky(monkeypatch, sessions, delay=0.0):
     from iared_edge.runtime import sources
+
     cam = type("Cam", (_FlakyCamera,), {"sessions": sessions, "openings": 0, "served": 0})
     monkeypatch.setattr(cv2, "VideoCapture", cam)
     monkeypatch.setattr(sources, "reconnect_delay", lambda attempt: delay)
@@ -860,6 +903,7 @@ def test_a_lost_network_camera_comes_back_with_reconnect(rt, monkeypatch):
 
 def test_closing_a_stream_does_not_wait_out_a_reconnect(rt, monkeypatch):
     import time
+
     _flaky(monkeypatch, [2], delay=30.0)
     stream = rt.stream("rtsp://cam/1", reconnect=5)
     next(stream)
@@ -878,12 +922,16 @@ def test_streams_go_on_without_a_camera_while_it_reconnects(rt, monkeypatch):
     # rounds without the camera came while it was away, and it was read again after them
     first_without = next(k for k, r in enumerate(rounds) if 0 not in r)
     assert any(0 in r for r in rounds[first_without:]) and cam.openings == 3
-    assert rt.stats()["end_reason"] == "source 0: rtsp://cam/1: lost (1 reconnect attempts failed); source 1: end of source"
+    assert (
+        rt.stats()["end_reason"]
+        == "source 0: rtsp://cam/1: lost (1 reconnect attempts failed); source 1: end of source"
+    )
 
 
 @pytest.mark.parametrize("input_hw", [(224, 224), (224, 320)])
 def test_fit_boxes_keep_aspect_ratios_centred(input_hw):
     from iared_edge.preprocess import fit_boxes
+
     H, W = input_hw
     for h, w in [(576, 768), (768, 576), (100, 1000), (224, 224), (33, 47)]:
         (fx0, fy0, fx1, fy1), inp = fit_boxes((h, w), input_hw, "crop")

@@ -102,7 +102,7 @@ void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t 
 }
 
 void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
-                   const int32_t* positions, double rho, int num_prefix, uint8_t* keep) {
+                   const int32_t* positions, double level, int num_prefix, uint8_t* keep) {
   // Per sequence: select its k first patch tokens in the `ranks_before` order (nth_element, O(n)
   // on average) rather than rank-count every token (O(n^2)). A NaN score breaks the order's
   // strictness, so such a sequence is rank-counted, exactly as the GPU does.
@@ -120,7 +120,7 @@ void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64
         nan |= scores[t] != scores[t];
       }
     }
-    const int64_t k = ratio_keep_count(int64_t(patches.size()), rho);
+    const int64_t k = level_keep_count(int64_t(patches.size()), level);
     if (nan) {
       for (int64_t t : patches) keep[t] = topk_keep_token(scores, positions, begin, end, t, k, num_prefix);
       continue;

@@ -15,6 +15,8 @@ constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+// A launch's own error (bad configuration, no kernel image for this GPU), taken right after it.
+inline int launched() { return int(cudaGetLastError()); }
 inline unsigned blocks_for(int64_t n, int per_block) { return unsigned((n + per_block - 1) / per_block); }
 
 // One warp per token: lanes accumulate strided elements, shuffles merge, lane 0 finalises.
@@ -46,12 +48,12 @@ __global__ void scores_kernel(const T* tokens, int64_t T_, int64_t C, const int3
 }
 
 __global__ void topk_kernel(const float* scores, int64_t T_, const int32_t* offsets, int64_t B,
-                            const int32_t* positions, double rho, int num_prefix, uint8_t* keep) {
+                            const int32_t* positions, double level, int num_prefix, uint8_t* keep) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= T_) return;
   const int64_t b = find_sequence(offsets, B, t);
   const int64_t begin = offsets[b], end = offsets[b + 1];
-  const int64_t k = ratio_keep_count(count_patches(positions, begin, end, num_prefix), rho);
+  const int64_t k = level_keep_count(count_patches(positions, begin, end, num_prefix), level);
   keep[t] = topk_keep_token(scores, positions, begin, end, t, k, num_prefix);
 }
 
@@ -90,12 +92,12 @@ size_t cub_scan_bytes(int64_t T) {
 
 }  // namespace
 
-void interpreter_scores_cuda(const void* tokens, DType dtype, int64_t T, int64_t C,
+int interpreter_scores_cuda(const void* tokens, DType dtype, int64_t T, int64_t C,
                              const int32_t* offsets, int64_t B, const int32_t* positions,
                              const float* vecs, const float* vec_sums, const float* biases, int H,
                              float eps, float threshold, int num_prefix, float* probs,
                              uint8_t* keep, void* stream) {
-  if (T == 0) return;
+  if (T == 0) return 0;
   const unsigned grid = blocks_for(T * kWarp, kThreads);
 #define IARED_LAUNCH(TYPE)                                                                     \
   scores_kernel<TYPE><<<grid, kThreads, 0, as_stream(stream)>>>(                               \
@@ -107,14 +109,16 @@ void interpreter_scores_cuda(const void* tokens, DType dtype, int64_t T, int64_t
     case DType::kBFloat16: IARED_LAUNCH(bf16_bits); break;
   }
 #undef IARED_LAUNCH
+  return launched();
 }
 
-void topk_keep_cuda(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
-                    const int32_t* positions, double rho, int num_prefix, uint8_t* keep,
-                    void* stream) {
-  if (T == 0) return;
+int topk_keep_cuda(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
+                   const int32_t* positions, double level, int num_prefix, uint8_t* keep,
+                   void* stream) {
+  if (T == 0) return 0;
   topk_kernel<<<blocks_for(T, kThreads), kThreads, 0, as_stream(stream)>>>(
-      scores, T, offsets, B, positions, rho, num_prefix, keep);
+      scores, T, offsets, B, positions, level, num_prefix, keep);
+  return launched();
 }
 
 size_t compact_plan_workspace_cuda(int64_t T) {
@@ -122,28 +126,33 @@ size_t compact_plan_workspace_cuda(int64_t T) {
   return ((size_t(T) * sizeof(int32_t) + 255) / 256) * 256 + cub_scan_bytes(T);
 }
 
-void compact_plan_cuda(const uint8_t* keep, const int32_t* positions, int64_t T,
-                       const int32_t* offsets, int64_t B, int num_prefix, int32_t* scan,
-                       int32_t* new_offsets, void* workspace, size_t workspace_bytes,
-                       void* stream) {
+int compact_plan_cuda(const uint8_t* keep, const int32_t* positions, int64_t T,
+                      const int32_t* offsets, int64_t B, int num_prefix, int32_t* scan,
+                      int32_t* new_offsets, void* workspace, size_t workspace_bytes,
+                      void* stream) {
   cudaStream_t s = as_stream(stream);
   int32_t* flags = static_cast<int32_t*>(workspace);
   const size_t flag_bytes = ((size_t(T) * sizeof(int32_t) + 255) / 256) * 256;
   if (T > 0) {
     survive_kernel<<<blocks_for(T, kThreads), kThreads, 0, s>>>(keep, positions, T, num_prefix, flags);
+    if (int err = launched()) return err;
     size_t temp = workspace_bytes - flag_bytes;
-    cub::DeviceScan::ExclusiveSum(static_cast<char*>(workspace) + flag_bytes, temp, flags, scan, T, s);
+    cudaError_t scanned =
+        cub::DeviceScan::ExclusiveSum(static_cast<char*>(workspace) + flag_bytes, temp, flags, scan, T, s);
+    if (scanned != cudaSuccess) return int(scanned);
   }
   offsets_kernel<<<blocks_for(B + 1, kThreads), kThreads, 0, s>>>(scan, flags, T, offsets, B, new_offsets);
+  return launched();
 }
 
-void compact_gather_cuda(const void* tokens, size_t row_bytes, const int32_t* positions,
-                         const uint8_t* keep, const int32_t* scan, int64_t T, int num_prefix,
-                         void* out_tokens, int32_t* out_positions, void* stream) {
-  if (T == 0) return;
+int compact_gather_cuda(const void* tokens, size_t row_bytes, const int32_t* positions,
+                        const uint8_t* keep, const int32_t* scan, int64_t T, int num_prefix,
+                        void* out_tokens, int32_t* out_positions, void* stream) {
+  if (T == 0) return 0;
   gather_kernel<<<blocks_for(T * kWarp, kThreads), kThreads, 0, as_stream(stream)>>>(
       static_cast<const char*>(tokens), row_bytes, positions, keep, scan, T, num_prefix,
       static_cast<char*>(out_tokens), out_positions);
+  return launched();
 }
 
 }  // namespace iared

@@ -22,10 +22,10 @@ void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t 
                             const float* vecs, const float* vec_sums, const float* biases, int H,
                             float eps, float threshold, int num_prefix, float* probs, uint8_t* keep);
 
-// keep[t] = 1 for the top ceil(rho * n_b) patch tokens of each image by score (earlier wins ties)
+// keep[t] = 1 for the top ceil(level * n_b) patch tokens of each image by score (earlier wins ties)
 // and for prefix tokens, else 0.
 void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
-                   const int32_t* positions, double rho, int num_prefix, uint8_t* keep);
+                   const int32_t* positions, double level, int num_prefix, uint8_t* keep);
 
 // Compaction, two calls so the caller can allocate the output in between.
 // plan: scan[t] = survivors before t (dest row), new_offsets[B+1]; returns T'.
@@ -38,25 +38,27 @@ void compact_gather_cpu(const void* tokens, size_t row_bytes, const int32_t* pos
                         void* out_tokens, int32_t* out_positions);
 
 // ---- CUDA (compiled when the library is built with CUDA) -------------------------------------
+// Each returns the first CUDA error of its launches (a cudaError_t as int; 0 = cudaSuccess), so a
+// caller sees "no kernel image for this GPU" or a bad launch instead of uninitialised output.
 
-void interpreter_scores_cuda(const void* tokens, DType dtype, int64_t T, int64_t C,
+int interpreter_scores_cuda(const void* tokens, DType dtype, int64_t T, int64_t C,
                              const int32_t* offsets, int64_t B, const int32_t* positions,
                              const float* vecs, const float* vec_sums, const float* biases, int H,
                              float eps, float threshold, int num_prefix, float* probs,
                              uint8_t* keep, void* stream);
 
-void topk_keep_cuda(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
-                    const int32_t* positions, double rho, int num_prefix, uint8_t* keep,
+int topk_keep_cuda(const float* scores, int64_t T, const int32_t* offsets, int64_t B,
+                    const int32_t* positions, double level, int num_prefix, uint8_t* keep,
                     void* stream);
 
 // Bytes of device workspace compact_plan_cuda needs for T rows.
 size_t compact_plan_workspace_cuda(int64_t T);
 // Writes scan [T] and new_offsets [B+1] on the device; T' = new_offsets[B] (read it back, then
 // allocate and gather; this is the one host synchronisation of a compaction).
-void compact_plan_cuda(const uint8_t* keep, const int32_t* positions, int64_t T,
+int compact_plan_cuda(const uint8_t* keep, const int32_t* positions, int64_t T,
                        const int32_t* offsets, int64_t B, int num_prefix, int32_t* scan,
                        int32_t* new_offsets, void* workspace, size_t workspace_bytes, void* stream);
-void compact_gather_cuda(const void* tokens, size_t row_bytes, const int32_t* positions,
+int compact_gather_cuda(const void* tokens, size_t row_bytes, const int32_t* positions,
                          const uint8_t* keep, const int32_t* scan, int64_t T, int num_prefix,
                          void* out_tokens, int32_t* out_positions, void* stream);
 

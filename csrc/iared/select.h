@@ -6,9 +6,9 @@
 
 namespace iared {
 
-// Patch tokens kept by policy "ratio" out of n: ceil(rho * n), robust to float error.
-IARED_HD int ratio_keep_count(int64_t n, double rho) {
-  double k = ceil(rho * double(n) - 1e-6);
+// Patch tokens kept by policy "level" out of n: ceil(level * n), robust to float error.
+IARED_HD int level_keep_count(int64_t n, double level) {
+  double k = ceil(level * double(n) - 1e-6);
   if (k < 0) k = 0;
   if (k > double(n)) k = double(n);
   return int(k);

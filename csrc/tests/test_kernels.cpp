@@ -45,13 +45,13 @@ static void test_find_sequence() {
   for (int t = 0; t < 8; ++t) CHECK(iared::find_sequence(offsets, 4, t) == expect[t]);
 }
 
-static void test_ratio_keep_count() {
-  CHECK(iared::ratio_keep_count(10, 0.7) == 7);  // 0.7 * 10 is 7.000000000000001
-  CHECK(iared::ratio_keep_count(196, 0.5) == 98);
-  CHECK(iared::ratio_keep_count(5, 0.5) == 3);
-  CHECK(iared::ratio_keep_count(5, 0.0) == 0);
-  CHECK(iared::ratio_keep_count(5, 1.0) == 5);
-  CHECK(iared::ratio_keep_count(0, 0.5) == 0);
+static void test_level_keep_count() {
+  CHECK(iared::level_keep_count(10, 0.7) == 7);  // 0.7 * 10 is 7.000000000000001
+  CHECK(iared::level_keep_count(196, 0.5) == 98);
+  CHECK(iared::level_keep_count(5, 0.5) == 3);
+  CHECK(iared::level_keep_count(5, 0.0) == 0);
+  CHECK(iared::level_keep_count(5, 1.0) == 5);
+  CHECK(iared::level_keep_count(0, 0.5) == 0);
 }
 
 // Score of one row, double precision, straight from the definition.
@@ -180,7 +180,7 @@ static void test_scores_kernel_all_dtypes() {
 int main() {
   test_half_and_bf16();
   test_find_sequence();
-  test_ratio_keep_count();
+  test_level_keep_count();
   test_ranks_before();
   test_scoring_row_and_split();
   test_cpu_kernels();

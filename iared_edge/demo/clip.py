@@ -6,6 +6,7 @@ Takes the centre square of each frame of OpenCV's `vtest.avi`, shrinks it to `si
 held-out (test-split) digit at a time drifting across the scene; writes an MPEG-4 video and a JSON
 file with every frame's digit label and box, so a run on the clip can be scored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,17 @@ from .digits import ASSETS, DigitsInClutter, draw_digit, ink_coverage
 DEMO_CLIP = os.path.join(ASSETS, "street_digits.mp4")
 
 
-def make_clip(video: str, out: str = DEMO_CLIP, frames: int = 150, size: int = 320, per_digit: int = 25,
-              seed: int = 0, fps: float = 10.0) -> Dict:
+def make_clip(
+    video: str,
+    out: str = DEMO_CLIP,
+    frames: int = 150,
+    size: int = 320,
+    per_digit: int = 25,
+    seed: int = 0,
+    fps: float = 10.0,
+) -> Dict:
     import cv2
+
     cap = cv2.VideoCapture(video)
     if not cap.isOpened():
         raise FileNotFoundError(f"cannot open video {video}")
@@ -38,8 +47,10 @@ def make_clip(video: str, out: str = DEMO_CLIP, frames: int = 150, size: int = 3
             break
         h, w = frame.shape[:2]
         s = min(h, w)
-        square = frame[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        bg = cv2.cvtColor(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB).astype(np.float32)
+        square = frame[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        bg = cv2.cvtColor(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB).astype(
+            np.float32
+        )
         k, t = divmod(f, per_digit)
         if t == 0:  # a new digit: its glyph, size, path, ink
             label = int(rng.integers(10))

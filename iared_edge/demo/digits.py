@@ -17,6 +17,7 @@ as they are.
     image_rgb, label, box = gen.sample(7)          # box = (x0, y0, x1, y1), pixels, exclusive
     write_dataset("data/digits", sizes={"train": 5000, "val": 500, "test": 1000})
 """
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ MIN_CONTRAST = 0.7
 @dataclass(frozen=True)
 class Composition:
     """How a digit is drawn. Sizes are the digit's ink height in pixels at the output size."""
+
     size: int = 224
     min_digit: float = 44.0
     max_digit: float = 100.0
@@ -54,14 +56,17 @@ class Composition:
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
             raise ValueError(f"Composition.size must be an int >= 16 (pixels), got {self.size!r}")
         if not 0.0 < self.min_digit <= self.max_digit <= self.size:
-            raise ValueError(f"Composition: need 0 < min_digit <= max_digit <= size, got min_digit "
-                             f"{self.min_digit}, max_digit {self.max_digit}, size {self.size}")
+            raise ValueError(
+                f"Composition: need 0 < min_digit <= max_digit <= size, got min_digit "
+                f"{self.min_digit}, max_digit {self.max_digit}, size {self.size}"
+            )
         if not 0.0 <= self.max_rotation <= 180.0:
             raise ValueError(f"Composition.max_rotation must be in [0, 180] degrees, got {self.max_rotation}")
 
 
 def _imread(path: str, flags: int):
     import cv2
+
     img = cv2.imread(path, flags)
     if img is None:
         raise FileNotFoundError(f"cannot read demo asset {path}")
@@ -71,6 +76,7 @@ def _imread(path: str, flags: int):
 def _load_digits() -> np.ndarray:
     """[10, 5, 100, 20, 20] uint8: class, row within the class, column, pixels."""
     import cv2
+
     sheet = _imread(os.path.join(ASSETS, "digits.png"), cv2.IMREAD_GRAYSCALE)
     if sheet.shape != (1000, 2000):
         raise ValueError(f"digits.png: expected a 1000x2000 sheet, got {sheet.shape}")
@@ -89,12 +95,14 @@ def ink_coverage(glyph: np.ndarray, matrix: np.ndarray, shape: Tuple[int, int]) 
     """`glyph` ([20, 20] ink in [0, 1]) warped by the 2x3 `matrix` onto an image of `shape` (h, w):
     float32 [h, w], how much of each pixel is ink (the blend weight before the ink's contrast)."""
     import cv2
+
     h, w = shape
     return np.clip(cv2.warpAffine(glyph, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0), 0.0, 1.0)
 
 
-def draw_digit(bg: np.ndarray, alpha: np.ndarray, contrast: float,
-               tint: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+def draw_digit(
+    bg: np.ndarray, alpha: np.ndarray, contrast: float, tint: np.ndarray
+) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
     """Blend ink of coverage `alpha` (`ink_coverage`: float32 [h, w] in [0, 1]) onto `bg` (float32
     RGB [h, w, 3]). The ink contrasts with the ground under it: light (255 - tint) on dark, dark
     (tint) on light. Returns the float image and the ink's box (x0, y0, x1, y1), exclusive; the box
@@ -117,6 +125,7 @@ def add_distractors(rng: np.random.Generator, bgr: np.ndarray) -> np.ndarray:
     brush strokes), and OpenCV's 19 training photos hold few of them. No digit shapes are drawn, so a
     label never changes."""
     import cv2
+
     img = np.ascontiguousarray(bgr).copy()
     h, w = img.shape[:2]
 
@@ -142,27 +151,39 @@ def add_distractors(rng: np.random.Generator, bgr: np.ndarray) -> np.ndarray:
             for _ in range(int(rng.integers(1, 5))):
                 p0 = rng.integers(0, [w, h])
                 p1 = p0 + rng.integers(6, max(7, w // 3), 2)
-                cv2.rectangle(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour(),
-                              -1 if rng.random() < 0.4 else t)
+                cv2.rectangle(
+                    img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour(), -1 if rng.random() < 0.4 else t
+                )
         elif kind == 3:  # ellipses
             for _ in range(int(rng.integers(1, 4))):
                 c0, ax = rng.integers(0, [w, h]), rng.integers(4, max(5, w // 4), 2)
-                cv2.ellipse(img, (int(c0[0]), int(c0[1])), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)),
-                            0.0, float(rng.uniform(90, 360)), colour(), t, cv2.LINE_AA)
+                cv2.ellipse(
+                    img,
+                    (int(c0[0]), int(c0[1])),
+                    (int(ax[0]), int(ax[1])),
+                    float(rng.uniform(0, 180)),
+                    0.0,
+                    float(rng.uniform(90, 360)),
+                    colour(),
+                    t,
+                    cv2.LINE_AA,
+                )
         else:  # a smooth curve, like a brush or pen stroke (a quadratic Bezier)
             ctrl = rng.uniform(0, 1, (3, 2)) * [w, h]
             s = np.linspace(0, 1, 24)[:, None]
-            pts = (1 - s) ** 2 * ctrl[0] + 2 * s * (1 - s) * ctrl[1] + s ** 2 * ctrl[2]
+            pts = (1 - s) ** 2 * ctrl[0] + 2 * s * (1 - s) * ctrl[1] + s**2 * ctrl[2]
             cv2.polylines(img, [pts.astype(np.int32)], False, colour(), t + int(rng.integers(0, 4)), cv2.LINE_AA)
     return img
 
 
-def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = (),
-             distractors: float = DISTRACTOR_P) -> np.ndarray:
+def recolour(
+    rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndarray] = (), distractors: float = DISTRACTOR_P
+) -> np.ndarray:
     """A random re-colouring (and, for a square crop, re-orientation) of a uint8 BGR background
     crop (same shape and dtype): so many variants of each training photo that the model learns
     "digit vs anything", not our 34 training photos. `distractors`: the chance of `add_distractors`."""
     import cv2
+
     img = bgr
     if img.shape[0] == img.shape[1]:  # a quarter turn and a vertical flip: clutter has no "up"
         img = np.rot90(img, int(rng.integers(4)))
@@ -174,7 +195,7 @@ def recolour(rng: np.random.Generator, bgr: np.ndarray, others: Sequence[np.ndar
         h, w = o.shape[:2]
         side = int(rng.uniform(0.3, 1.0) * min(h, w))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        o = cv2.resize(o[y:y + side, x:x + side], img.shape[1::-1], interpolation=cv2.INTER_AREA)
+        o = cv2.resize(o[y : y + side, x : x + side], img.shape[1::-1], interpolation=cv2.INTER_AREA)
         img = cv2.addWeighted(img, 1.0 - (a := rng.uniform(0.3, 0.7)), o, a, 0.0)
     if rng.random() < distractors:  # synthetic busy clutter, drawn before the colours change
         img = add_distractors(rng, img)
@@ -198,14 +219,19 @@ def _photo_probabilities(split: str, names: Sequence[str], weights: Mapping[str,
     unknown = sorted(set(weights) - set(names))
     missing = sorted(set(names) - set(weights))
     if unknown or missing:
-        raise ValueError(f"photo_weights for split {split!r}: "
-                         + "; ".join(([f"not photos of this split: {unknown}"] if unknown else [])
-                                     + ([f"photos without a weight: {missing}"] if missing else [])))
+        raise ValueError(
+            f"photo_weights for split {split!r}: "
+            + "; ".join(
+                ([f"not photos of this split: {unknown}"] if unknown else [])
+                + ([f"photos without a weight: {missing}"] if missing else [])
+            )
+        )
     w = np.array([float(weights[n]) for n in names], np.float64)
     bad = [n for n, v in zip(names, w) if not np.isfinite(v) or v < 0]
     if bad or w.sum() <= 0:
-        raise ValueError(f"photo_weights for split {split!r} must be finite, >= 0 and not all 0"
-                         + (f"; bad: {bad}" if bad else ""))
+        raise ValueError(
+            f"photo_weights for split {split!r} must be finite, >= 0 and not all 0" + (f"; bad: {bad}" if bad else "")
+        )
     return w / w.sum()
 
 
@@ -215,9 +241,16 @@ class DigitsInClutter:
     weight for every photo of the split (by name), to draw hard scenes more often than easy ones
     (default: each photo equally often; with weights the images differ from the default's)."""
 
-    def __init__(self, split: str = "train", seed: int = 0, composition: Composition = Composition(),
-                 augment: Optional[bool] = None, photo_weights: Optional[Mapping[str, float]] = None):
+    def __init__(
+        self,
+        split: str = "train",
+        seed: int = 0,
+        composition: Composition = Composition(),
+        augment: Optional[bool] = None,
+        photo_weights: Optional[Mapping[str, float]] = None,
+    ):
         import cv2
+
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.seed, self.comp = split, int(seed), composition
@@ -225,13 +258,15 @@ class DigitsInClutter:
         digits = _load_digits()
         cols = list(SPLIT_COLUMNS[split])
         self.digits = digits[:, :, cols].reshape(10, -1, 20, 20)  # [10, 5 * len(cols), 20, 20]
-        self.backgrounds = [_imread(os.path.join(ASSETS, "backgrounds", n + ".jpg"), cv2.IMREAD_COLOR)
-                            for n in _background_names(split)]
+        self.backgrounds = [
+            _imread(os.path.join(ASSETS, "backgrounds", n + ".jpg"), cv2.IMREAD_COLOR) for n in _background_names(split)
+        ]
         self.background_names = _background_names(split)
         if not self.backgrounds:
             raise FileNotFoundError(f"no background photos for split {split!r} under {ASSETS}")
-        self.photo_p = None if photo_weights is None else _photo_probabilities(
-            split, self.background_names, photo_weights)
+        self.photo_p = (
+            None if photo_weights is None else _photo_probabilities(split, self.background_names, photo_weights)
+        )
 
     def __len__(self) -> int:
         """Distinct digits in this split (images are unlimited: index any non-negative integer)."""
@@ -251,11 +286,12 @@ class DigitsInClutter:
 
     def _background(self, rng: np.random.Generator, size: int, index: int, photo: int) -> np.ndarray:
         import cv2
+
         bg = self.backgrounds[photo]
         h, w = bg.shape[:2]
         side = int(self._crop_share(rng) * min(h, w))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = cv2.resize(bg[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(bg[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA)
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if self.augment:
@@ -282,6 +318,7 @@ class DigitsInClutter:
     def sample(self, index: int, clutter: float = 1.0) -> Tuple[np.ndarray, int, Tuple[int, int, int, int]]:
         """Image `index`: (RGB uint8 [size, size, 3], label, box (x0, y0, x1, y1) of the ink)."""
         import cv2
+
         if not 0.0 <= clutter <= 1.0:
             raise ValueError(f"clutter must be in [0, 1], got {clutter}")
         c, rng = self.comp, self._rng(index)
@@ -311,10 +348,12 @@ class DigitsInClutter:
         img = np.clip(img, 0, 255).astype(np.uint8)
         return img, label, box
 
-    def batch(self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0,
-              size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(
+        self, indices: Sequence[int], clutter: float | Sequence[float] = 1.0, size: Optional[int] = None
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(uint8 [B, size, size, 3], labels [B] int64, boxes [B, 4]) for `indices`, optionally resized."""
         import cv2
+
         clutters = [clutter] * len(indices) if np.isscalar(clutter) else list(clutter)
         imgs, labels, boxes = [], [], []
         for i, cl in zip(indices, clutters):
@@ -329,11 +368,13 @@ class DigitsInClutter:
         return np.stack(imgs), np.asarray(labels, np.int64), np.asarray(boxes, np.int64)
 
 
-def write_dataset(root: str, sizes: Dict[str, int] = None, seed: int = 0, clutter: float = 1.0,
-                  progress: bool = True) -> Dict[str, int]:
+def write_dataset(
+    root: str, sizes: Dict[str, int] = None, seed: int = 0, clutter: float = 1.0, progress: bool = True
+) -> Dict[str, int]:
     """Write ImageFolder splits `root/{split}/{digit}/{index:06d}.png` and `root/boxes.json`
     ({"split/digit/index.png": [x0, y0, x1, y1]}). Returns the image count per split."""
     import cv2
+
     sizes = dict(sizes or {"train": 5000, "val": 500, "test": 1000})
     unknown = set(sizes) - set(SPLITS)
     if unknown:
@@ -349,6 +390,7 @@ def write_dataset(root: str, sizes: Dict[str, int] = None, seed: int = 0, clutte
         it = range(n)
         if progress:
             from tqdm import tqdm
+
             it = tqdm(it, desc=split, dynamic_ncols=True)
         for i in it:
             img, label, box = gen.sample(i, clutter)

@@ -12,6 +12,7 @@ trained without them load and compute the same function: more local capacity to 
 from busy backgrounds, at about 47 MFLOP a block either way, and 31 K parameters at 1/8 against
 7.5 K at 1/4 (the shipped file's size limit leaves room for the small ones).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -33,9 +34,15 @@ class StemBlock(nn.Module):
         super().__init__()
         mid = channels // 2
         self.body = nn.Sequential(
-            nn.Conv2d(channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, 1, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, channels, 1, bias=False), nn.BatchNorm2d(channels))
+            nn.Conv2d(channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
         nn.init.zeros_(self.body[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +59,7 @@ class ConvStem(nn.Sequential):
     `fine_blocks` after the second conv-BN-ReLU (1/4 resolution); they live under `.blocks` and
     `.fine_blocks`, so the other layers keep their state-dict names (0..9) with or without them."""
 
-    def __init__(self, in_chans: int, embed_dim: int, widths=(24, 48, 96), blocks: int = 0,
-                 fine_blocks: int = 0):
+    def __init__(self, in_chans: int, embed_dim: int, widths=(24, 48, 96), blocks: int = 0, fine_blocks: int = 0):
         layers, c = [], in_chans
         for w in widths:
             layers += [nn.Conv2d(c, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
@@ -74,7 +80,7 @@ class ConvStem(nn.Sequential):
             # (docs/benchmarks.md, "The demo model's convolutional stem on channels-last input"). The
             # output's layout is then already the tokens' (B, H*W, C): flattening copies nothing
             x = x.contiguous(memory_format=torch.channels_last)
-        layers = list(self.children())[:self._layers]
+        layers = list(self.children())[: self._layers]
         for i, m in enumerate(layers[:-1]):
             x = m(x)
             if i == 3 * FINE_AFTER - 1 and hasattr(self, "fine_blocks"):  # after that conv-BN-ReLU
@@ -86,12 +92,15 @@ class ConvStem(nn.Sequential):
     def flops(self, height: int, width: int) -> float:
         """Multiply-adds x 2 for one image."""
         total, h, w = 0.0, height, width
-        convs = [m for m in list(self.children())[:self._layers] if isinstance(m, nn.Conv2d)]
+        convs = [m for m in list(self.children())[: self._layers] if isinstance(m, nn.Conv2d)]
         for i, m in enumerate(convs):
             name = "blocks" if i == len(convs) - 1 else "fine_blocks" if i == FINE_AFTER else None
             if name and hasattr(self, name):  # at that conv's input resolution
-                total += sum(2.0 * h * w * c.out_channels * c.in_channels * c.kernel_size[0] * c.kernel_size[1]
-                             for c in getattr(self, name).modules() if isinstance(c, nn.Conv2d))
+                total += sum(
+                    2.0 * h * w * c.out_channels * c.in_channels * c.kernel_size[0] * c.kernel_size[1]
+                    for c in getattr(self, name).modules()
+                    if isinstance(c, nn.Conv2d)
+                )
             h, w = (h + 1) // 2, (w + 1) // 2
             total += 2.0 * h * w * m.out_channels * m.in_channels * 9
         return total
@@ -104,27 +113,45 @@ class ConvStemPatchEmbed(PatchEmbed):
         super().__init__(*args, **kwargs)
         if tuple(self.patch_size) != (16, 16):
             raise ValueError(f"ConvStemPatchEmbed downsamples by 16; patch_size {self.patch_size} given")
-        self.proj = ConvStem(self.proj.in_channels, self.proj.out_channels, blocks=stem_blocks,
-                             fine_blocks=stem_fine_blocks)
+        self.proj = ConvStem(
+            self.proj.in_channels, self.proj.out_channels, blocks=stem_blocks, fine_blocks=stem_fine_blocks
+        )
 
 
 @register_model
-def iared_digits_tiny(pretrained: bool = False, stem_blocks: int = 0, stem_fine_blocks: int = 0,
-                      **kwargs) -> VisionTransformer:
+def iared_digits_tiny(
+    pretrained: bool = False, stem_blocks: int = 0, stem_fine_blocks: int = 0, **kwargs
+) -> VisionTransformer:
     if pretrained:
-        raise ValueError("iared_digits_tiny has no downloadable weights: load the bundled demo model "
-                         "with iared_edge.load_model('demo')")
+        raise ValueError(
+            "iared_digits_tiny has no downloadable weights: load the bundled demo model "
+            "with iared_edge.load_model('demo')"
+        )
     for name, n in (("stem_blocks", stem_blocks), ("stem_fine_blocks", stem_fine_blocks)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"iared_digits_tiny: {name} must be an int >= 0, got {n!r}")
-    args = dict(img_size=224, patch_size=16, embed_dim=EMBED_DIM, depth=12, num_heads=NUM_HEADS, num_classes=10,
-                embed_layer=partial(ConvStemPatchEmbed, stem_blocks=stem_blocks, stem_fine_blocks=stem_fine_blocks)
-                if stem_blocks or stem_fine_blocks else ConvStemPatchEmbed)
+    args = dict(
+        img_size=224,
+        patch_size=16,
+        embed_dim=EMBED_DIM,
+        depth=12,
+        num_heads=NUM_HEADS,
+        num_classes=10,
+        embed_layer=partial(ConvStemPatchEmbed, stem_blocks=stem_blocks, stem_fine_blocks=stem_fine_blocks)
+        if stem_blocks or stem_fine_blocks
+        else ConvStemPatchEmbed,
+    )
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's factory passes these
         kwargs.pop(key, None)
     args.update(kwargs)
     model = VisionTransformer(**args)
     # The eval transform the demo model is trained with: whole frame (no crop margin), [-1, 1].
-    model.pretrained_cfg = dict(architecture="iared_digits_tiny", input_size=(3, *model.patch_embed.img_size),
-                                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0, num_classes=args["num_classes"])
+    model.pretrained_cfg = dict(
+        architecture="iared_digits_tiny",
+        input_size=(3, *model.patch_embed.img_size),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        crop_pct=1.0,
+        num_classes=args["num_classes"],
+    )
     return model

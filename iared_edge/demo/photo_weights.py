@@ -9,6 +9,7 @@ training's seed 0), the first `--per-photo` images of each photo, policy "all". 
 photo keeps at least `uniform / P` of the draws. Prints a markdown table; writes
 {"model", "per_photo", "uniform", "loss", "error", "weights"}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
     loss, error = {}, {}
     for name in gen.background_names:
         imgs, labels, _ = gen.batch(chosen[name])
-        logits = torch.cat([model(to_input(imgs[k:k + 40]), policy="all").logits for k in range(0, len(imgs), 40)])
+        logits = torch.cat([model(to_input(imgs[k : k + 40]), policy="all").logits for k in range(0, len(imgs), 40)])
         y = torch.from_numpy(labels)
         loss[name] = float(F.cross_entropy(logits.float(), y))
         error[name] = float((logits.argmax(-1) != y).float().mean())
@@ -60,8 +61,18 @@ def main(argv=None) -> None:
         print(f"| {n} | {loss[n]:.3f} | {error[n]:.1%} | {weights[n] * p:.2f} |")
     print(f"| all | {np.mean(list(loss.values())):.3f} | {np.mean(list(error.values())):.1%} | 1 |")
     with open(args.out, "w") as f:
-        json.dump({"model": args.model, "per_photo": args.per_photo, "uniform": args.uniform,
-                   "loss": loss, "error": error, "weights": weights}, f, indent=1)
+        json.dump(
+            {
+                "model": args.model,
+                "per_photo": args.per_photo,
+                "uniform": args.uniform,
+                "loss": loss,
+                "error": error,
+                "weights": weights,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

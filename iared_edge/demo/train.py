@@ -17,6 +17,7 @@ Phases (each resumes from its own checkpoint in --out; the log is --out/log.json
      same mean keep), and the training curve as a PNG (--out/reinforce.png).
 Every image is drawn fresh from the generator (seeded by step), so a resumed run sees the same data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,40 +46,40 @@ MEAN = STD = 0.5  # iared_digits_tiny's normalisation (its pretrained_cfg)
 class Schedule:
     batch: int = 64
     small_steps: int = 3000
-    small_black: int = 500         # steps on black backgrounds only
-    small_fade: int = 1000         # then the photos fade in over this many steps
+    small_black: int = 500  # steps on black backgrounds only
+    small_fade: int = 1000  # then the photos fade in over this many steps
     full_steps: int = 600
     lr: float = 1e-3
     full_lr: float = 3e-4
     warmup: int = 100
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    drop_path: float = 0.05        # stochastic depth of the backbone phases (runs/demo32 tried 0: with
-                                   # fresh images every step there is nothing to overfit)
+    drop_path: float = 0.05  # stochastic depth of the backbone phases (runs/demo32 tried 0: with
+    # fresh images every step there is nothing to overfit)
     interp_steps_per_stage: int = 150
     interp_lr: float = 1e-3
     interp_penalty: float = 1.0
-    calibrate_keep: float = 0.0    # > 0: after REINFORCE, per-stage thresholds set on unlabelled val
-                                   # images so that this share of patch tokens is kept (0: 0.5 each)
+    calibrate_keep: float = 0.0  # > 0: after REINFORCE, per-stage thresholds set on unlabelled val
+    # images so that this share of patch tokens is kept (0: 0.5 each)
     finetune_steps: int = 0
     finetune_lr: float = 3e-5
     seed: int = 0
-    data_offset: int = 0           # backbone phases: step k trains on batch k + data_offset of the split,
-                                   # so a run continuing another's backbone sees images it has not seen
-    amp: str = "auto"              # "bf16", "none" (float32) or "auto": bf16 where the CPU has bf16
-                                   # instructions (runs/demo to demo13r), float32 where torch emulates it
-    stem_blocks: int = 0           # residual blocks in the convolutional stem (iared_digits_tiny's
-                                   # stem_blocks); added ones start as the identity on --init-backbone
-    ema_decay: float = 0.0         # > 0: backbone phases also keep an exponential moving average of the
-                                   # weights (and BatchNorm statistics), updated every step; it is what
-                                   # the phase hands on (0: the last weights)
-    photo_weights: str = ""        # a JSON file of sampling weights for the training photos
-                                   # ({"weights": {photo: weight}}, python -m iared_edge.demo.photo_weights),
-                                   # used by every phase that draws training images ("": uniform)
-    device: str = "cpu"            # where the backbone phases train: "cpu", "cuda[:N]" or "auto" (the
-                                   # interpreter and fine-tune phases run on the CPU)
-    workers: int = 0               # > 0: backbone batches drawn by this many processes (a GPU outruns one
-                                   # CPU thread of the generator); the same images either way
+    data_offset: int = 0  # backbone phases: step k trains on batch k + data_offset of the split,
+    # so a run continuing another's backbone sees images it has not seen
+    amp: str = "auto"  # "bf16", "none" (float32) or "auto": bf16 where the CPU has bf16
+    # instructions (runs/demo to demo13r), float32 where torch emulates it
+    stem_blocks: int = 0  # residual blocks in the convolutional stem (iared_digits_tiny's
+    # stem_blocks); added ones start as the identity on --init-backbone
+    ema_decay: float = 0.0  # > 0: backbone phases also keep an exponential moving average of the
+    # weights (and BatchNorm statistics), updated every step; it is what
+    # the phase hands on (0: the last weights)
+    photo_weights: str = ""  # a JSON file of sampling weights for the training photos
+    # ({"weights": {photo: weight}}, python -m iared_edge.demo.photo_weights),
+    # used by every phase that draws training images ("": uniform)
+    device: str = "cpu"  # where the backbone phases train: "cpu", "cuda[:N]" or "auto" (the
+    # interpreter and fine-tune phases run on the CPU)
+    workers: int = 0  # > 0: backbone batches drawn by this many processes (a GPU outruns one
+    # CPU thread of the generator); the same images either way
 
 
 def amp_dtype(s: Schedule, device: str = "cpu") -> Optional[torch.dtype]:
@@ -147,8 +148,18 @@ def _as_tensors(step: int, drawn) -> Tuple:
     return step, to_input(imgs), torch.from_numpy(labels)
 
 
-def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int,
-            prefetch: int = 3, offset: int = 0, workers: int = 0, **generator) -> Iterator[Tuple]:
+def batches(
+    split: str,
+    start: int,
+    batch: int,
+    size: int,
+    clutter_fn,
+    seed: int,
+    prefetch: int = 3,
+    offset: int = 0,
+    workers: int = 0,
+    **generator,
+) -> Iterator[Tuple]:
     """(step, images, labels) from `start` on, generated on a background thread (`workers` > 0:
     in that many processes, the same batches). Batch `step` holds images k*batch .. (k+1)*batch-1
     of the split, k = step + offset, so a resumed run sees the same data (`draw_batch`).
@@ -156,11 +167,10 @@ def batches(split: str, start: int, batch: int, size: int, clutter_fn, seed: int
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers:
-        yield from _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers,
-                                    generator)
+        yield from _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offset, workers, generator)
         return
     gen = DigitsInClutter(split, seed=seed, **generator)
-    q: "queue.Queue" = queue.Queue(prefetch)
+    q: queue.Queue = queue.Queue(prefetch)
     stop = threading.Event()
 
     def work():
@@ -194,13 +204,18 @@ def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offs
     """`batches` drawn by a pool of processes, in step order, `workers + prefetch` in flight."""
     import collections
     import multiprocessing
+
     ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold CUDA and torch's threads
     with ctx.Pool(workers, initializer=_start_batch_worker, initargs=(split, seed, generator)) as pool:
-        pending: "collections.deque" = collections.deque()
+        pending: collections.deque = collections.deque()
         next_step = start
         for _ in range(workers + prefetch):
-            pending.append((next_step, pool.apply_async(
-                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
+            pending.append(
+                (
+                    next_step,
+                    pool.apply_async(_worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed)),
+                )
+            )
             next_step += 1
         while True:
             step, result = pending.popleft()
@@ -208,8 +223,12 @@ def _process_batches(split, start, batch, size, clutter_fn, seed, prefetch, offs
                 drawn = result.get()
             except Exception as exc:
                 raise RuntimeError(f"data generation failed: {exc}") from exc
-            pending.append((next_step, pool.apply_async(
-                _worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed))))
+            pending.append(
+                (
+                    next_step,
+                    pool.apply_async(_worker_batch, (next_step + offset, batch, size, clutter_fn(next_step), seed)),
+                )
+            )
             next_step += 1
             yield _as_tensors(step, drawn)
 
@@ -225,7 +244,7 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, bs: int = 128, amp: Option
     correct = 0
     for i in range(0, len(x), bs):
         with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            correct += (model(x[i:i + bs]).argmax(-1) == y[i:i + bs]).sum().item()
+            correct += (model(x[i : i + bs]).argmax(-1) == y[i : i + bs]).sum().item()
     return correct / len(x)
 
 
@@ -248,21 +267,26 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     """Supervised training of the plain backbone for one phase ("small" or "full"); resumable."""
     import timm
     from timm.utils import ModelEmaV3
+
     from ..devices import resolve_device
+
     device = resolve_device(s.device)
     size, steps, lr = (112, s.small_steps, s.lr) if phase == "small" else (224, s.full_steps, s.full_lr)
     clutter_fn = (lambda step: clutter_at(step, s)) if phase == "small" else (lambda step: 1.0)
     ckpt = os.path.join(out, f"{phase}.pt")
     torch.manual_seed(s.seed)
     if not (0.0 <= s.drop_path < 1.0) or not (0.0 <= s.label_smoothing < 1.0):
-        raise ValueError(f"--drop-path and --label-smoothing must be in [0, 1), got {s.drop_path} and "
-                         f"{s.label_smoothing}")
-    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=s.drop_path,
-                              stem_blocks=s.stem_blocks)
+        raise ValueError(
+            f"--drop-path and --label-smoothing must be in [0, 1), got {s.drop_path} and {s.label_smoothing}"
+        )
+    model = timm.create_model("iared_digits_tiny", img_size=size, drop_path_rate=s.drop_path, stem_blocks=s.stem_blocks)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
     start, state = 0, None
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -291,8 +315,17 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
     amp = amp_dtype(s, device)
     t0 = time.time()
     losses = []
-    for step, x, y in batches("train", start, s.batch, size, clutter_fn, s.seed, offset=s.data_offset,
-                              workers=s.workers, **generator_kwargs(s)):
+    for step, x, y in batches(
+        "train",
+        start,
+        s.batch,
+        size,
+        clutter_fn,
+        s.seed,
+        offset=s.data_offset,
+        workers=s.workers,
+        **generator_kwargs(s),
+    ):
         if step >= steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -312,8 +345,14 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
         losses.append(loss.item())
         done = step + 1
         if done % 50 == 0 or done == steps:
-            rec = {"phase": phase, "step": done, "loss": float(np.mean(losses)), "lr": cur,
-                   "clutter": clutter_fn(step), "s_per_step": (time.time() - t0) / len(losses)}
+            rec = {
+                "phase": phase,
+                "step": done,
+                "loss": float(np.mean(losses)),
+                "lr": cur,
+                "clutter": clutter_fn(step),
+                "s_per_step": (time.time() - t0) / len(losses),
+            }
             if done % 250 == 0 or done == steps:
                 rec["val_acc"] = accuracy(model, val_x, val_y, amp=amp)
                 if ema is not None:
@@ -321,9 +360,16 @@ def train_backbone(out: str, phase: str, s: Schedule, init: Optional[Dict[str, t
             _log(out, rec)
             losses, t0 = [], time.time()
         if done % 100 == 0 or done == steps:
-            atomic_save(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                               "schedule": asdict(s),
-                               **({"ema": ema.module.state_dict()} if ema is not None else {})})
+            atomic_save(
+                ckpt,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": done,
+                    "schedule": asdict(s),
+                    **({"ema": ema.module.state_dict()} if ema is not None else {}),
+                },
+            )
     return handed_on
 
 
@@ -331,6 +377,7 @@ def resize_pos_embed(state: Dict[str, torch.Tensor], grid: int) -> Dict[str, tor
     """`state` with its position embeddings resampled to a `grid` x `grid` patch grid (112 px: 7,
     224 px: 14), so weights move between the two resolutions."""
     from timm.layers import resample_abs_pos_embed
+
     state = dict(state)
     if state["pos_embed"].shape[1] != grid * grid + 1:
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=(grid, grid), num_prefix_tokens=1)
@@ -357,9 +404,11 @@ def load_backbone_init(model: nn.Module, state: Dict[str, torch.Tensor]) -> None
     result = model.load_state_dict(state, strict=False)
     grown = [k for k in result.missing_keys if k.startswith(STEM_BLOCKS)]
     if result.unexpected_keys or len(grown) != len(result.missing_keys):
-        raise ValueError(f"--init-backbone does not fit iared_digits_tiny({stem_kwargs(model.state_dict())}): "
-                         f"it has {stem_kwargs(state) or 'no'} stem blocks; missing "
-                         f"{[k for k in result.missing_keys if k not in grown][:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise ValueError(
+            f"--init-backbone does not fit iared_digits_tiny({stem_kwargs(model.state_dict())}): "
+            f"it has {stem_kwargs(state) or 'no'} stem blocks; missing "
+            f"{[k for k in result.missing_keys if k not in grown][:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
 
 
 def interpreter_batches(split: str, batch: int, seed: int, start: int = 10_000_000, **generator):
@@ -375,18 +424,19 @@ class _Cycle:
 
     def __iter__(self):
         for i in range(0, len(self.x), self.bs):
-            yield self.x[i:i + self.bs], self.y[i:i + self.bs]
+            yield self.x[i : i + self.bs], self.y[i : i + self.bs]
 
 
 def demo_model(backbone: Dict[str, torch.Tensor]):
     """The IA-RED² demo model on a trained backbone, interpreters at their training-free start."""
-    from ..model import IARedViT
     import timm
+
+    from ..model import IARedViT
+
     kwargs = {"num_classes": 10, **stem_kwargs(backbone)}
     vit = timm.create_model("iared_digits_tiny", **kwargs)
     vit.load_state_dict(backbone)
-    return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny",
-                    timm_kwargs=kwargs).eval()
+    return IARedViT(vit, groups=(4, 4, 4), labels=CLASSES, timm_name="iared_digits_tiny", timm_kwargs=kwargs).eval()
 
 
 def _steps_done(checkpoint: str) -> int:
@@ -400,20 +450,37 @@ def _steps_done(checkpoint: str) -> int:
 
 def train_interpreters_phase(out: str, s: Schedule, backbone: Dict[str, torch.Tensor]):
     from ..train import ReinforceConfig, evaluate, train_interpreters
+
     torch.manual_seed(s.seed)
     model = demo_model(backbone)
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
     val = _Cycle(val_x, val_y, 64)
     if _steps_done(os.path.join(out, "interpreters.pt")) == 0:  # the reference REINFORCE starts from
         start = evaluate(model, val, policy="threshold")
-        _log(out, {"phase": "interpreters", "step": 0, "training_free": True,
-                   **{f"val_{k}": v for k, v in start.items()},
-                   "val_acc_all": evaluate(model, val, policy="all")["accuracy"]})
-    history = train_interpreters(model, interpreter_batches("train", s.batch, s.seed, **generator_kwargs(s)), val,
-                                 steps_per_stage=s.interp_steps_per_stage, lr=s.interp_lr,
-                                 config=ReinforceConfig(penalty=s.interp_penalty),
-                                 checkpoint=os.path.join(out, "interpreters.pt"), save_every=25, val_every=50,
-                                 amp=amp_dtype(s), seed=s.seed, progress=False)
+        _log(
+            out,
+            {
+                "phase": "interpreters",
+                "step": 0,
+                "training_free": True,
+                **{f"val_{k}": v for k, v in start.items()},
+                "val_acc_all": evaluate(model, val, policy="all")["accuracy"],
+            },
+        )
+    history = train_interpreters(
+        model,
+        interpreter_batches("train", s.batch, s.seed, **generator_kwargs(s)),
+        val,
+        steps_per_stage=s.interp_steps_per_stage,
+        lr=s.interp_lr,
+        config=ReinforceConfig(penalty=s.interp_penalty),
+        checkpoint=os.path.join(out, "interpreters.pt"),
+        save_every=25,
+        val_every=50,
+        amp=amp_dtype(s),
+        seed=s.seed,
+        progress=False,
+    )
     with open(os.path.join(out, "interpreters_history.json"), "w") as f:
         json.dump(history, f)
     calibrate_phase(out, "interpreters", s, model, val)
@@ -428,13 +495,16 @@ def seed_interpreters(out: str, source: str) -> str:
     from ..checkpoint import resolve_model
     from ..train.loop import save_checkpoint
     from ..train.reinforce import freeze_backbone
+
     path = os.path.join(out, "interpreters.pt")
     if os.path.exists(path):
         return path
     model = resolve_model(source).float()
     if model.num_stages != 3 or any(abs(t - 0.5) > 1e-6 for t in model.thresholds):
-        raise ValueError(f"--init-interpreters {source}: expected 3 stages at threshold 0.5 (as this script "
-                         f"trains them), got thresholds {model.thresholds}")
+        raise ValueError(
+            f"--init-interpreters {source}: expected 3 stages at threshold 0.5 (as this script "
+            f"trains them), got thresholds {model.thresholds}"
+        )
     optimizer = torch.optim.Adam(freeze_backbone(model))
     save_checkpoint(path, "interpreters", model.interpreters, optimizer, _SEED_STEP, [])
     return path
@@ -450,9 +520,17 @@ def calibrate_phase(out: str, phase: str, s: Schedule, model, val) -> None:
     if not s.calibrate_keep:
         return
     from ..train import calibrate_thresholds, evaluate
+
     thresholds = calibrate_thresholds(model, [x for x, _ in val], s.calibrate_keep)
-    _log(out, {"phase": phase, "calibrated_thresholds": thresholds, "keep": s.calibrate_keep,
-               **{f"val_{k}": v for k, v in evaluate(model, val, policy="threshold").items()}})
+    _log(
+        out,
+        {
+            "phase": phase,
+            "calibrated_thresholds": thresholds,
+            "keep": s.calibrate_keep,
+            **{f"val_{k}": v for k, v in evaluate(model, val, policy="threshold").items()},
+        },
+    )
 
 
 def export_keep_profile(model, seed: int = 0):
@@ -460,18 +538,28 @@ def export_keep_profile(model, seed: int = 0):
     thresholds (the Runtime's keep levels follow it), on the 256 validation images every export
     measures it on."""
     from ..train import measure_keep_profile
+
     return measure_keep_profile(model, fixed_set("val", 256, 224, seed)[0].split(64))
 
 
 def finetune_phase(out: str, s: Schedule, model):
     from ..train import finetune_backbone
+
     val_x, val_y = fixed_set("val", 256, 224, s.seed)
     done = _steps_done(os.path.join(out, "finetune.pt"))
-    history = finetune_backbone(model, interpreter_batches("train", s.batch, s.seed, start=20_000_000,
-                                                           **generator_kwargs(s)),
-                                _Cycle(val_x, val_y, 64), steps=s.finetune_steps, lr=s.finetune_lr,
-                                checkpoint=os.path.join(out, "finetune.pt"), save_every=25, val_every=50,
-                                amp=amp_dtype(s), seed=s.seed, progress=False)
+    history = finetune_backbone(
+        model,
+        interpreter_batches("train", s.batch, s.seed, start=20_000_000, **generator_kwargs(s)),
+        _Cycle(val_x, val_y, 64),
+        steps=s.finetune_steps,
+        lr=s.finetune_lr,
+        checkpoint=os.path.join(out, "finetune.pt"),
+        save_every=25,
+        val_every=50,
+        amp=amp_dtype(s),
+        seed=s.seed,
+        progress=False,
+    )
     for h in history:
         if "val_accuracy" in h and h["step"] > done:
             _log(out, {"phase": "finetune", **h})
@@ -484,6 +572,7 @@ def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optiona
     """REINFORCE vs the training-free start at the same keep per stage, on `images` held-out test
     images, compared image by image (paired difference, 95% interval, McNemar's exact test)."""
     from ..train import calibrate_thresholds, paired_comparison, predict, summarize
+
     test = _Cycle(*fixed_set("test", images, 224, s.seed + 1), 100)
 
     def run(m, policy):  # (per-image correctness, summary)
@@ -499,9 +588,15 @@ def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optiona
     # tokens on exactly these images: the comparison is of which tokens each keeps.
     thresholds = calibrate_thresholds(free, [x for x, _ in test], keep)
     free_correct, untrained = run(free, "threshold")
-    result = {"images": images, "all": full, "reinforce": trained, "training_free_calibrated": untrained,
-              "training_free_thresholds": thresholds, "target_keep": keep,
-              "reinforce_minus_training_free": paired_comparison(trained_correct, free_correct)}
+    result = {
+        "images": images,
+        "all": full,
+        "reinforce": trained,
+        "training_free_calibrated": untrained,
+        "training_free_thresholds": thresholds,
+        "target_keep": keep,
+        "reinforce_minus_training_free": paired_comparison(trained_correct, free_correct),
+    }
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(result, f, indent=1)
     _log(out, {"phase": "report", **{k: v for k, v in result.items() if k != "images"}})
@@ -515,8 +610,10 @@ def report_phase(out: str, s: Schedule, model, images: int = 1000, plot: Optiona
 def plot_reinforce(history, path: str, stages: int) -> None:
     """Reward, accuracy and keep per stage against steps (train batches smoothed; val points)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     steps = np.array([h["step"] for h in history])
 
     def smooth(key, w=15):
@@ -550,16 +647,26 @@ def plot_reinforce(history, path: str, stages: int) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--phase", choices=["all", "small", "full", "interpreters", "finetune", "export", "report"], default="all")
-    ap.add_argument("--plot", default=None, help="report: where to draw the REINFORCE curve (default --out/reinforce.png; \"\": none)")
+    ap.add_argument(
+        "--phase", choices=["all", "small", "full", "interpreters", "finetune", "export", "report"], default="all"
+    )
+    ap.add_argument(
+        "--plot", default=None, help='report: where to draw the REINFORCE curve (default --out/reinforce.png; "": none)'
+    )
     ap.add_argument("--report-images", type=int, default=1000)
-    ap.add_argument("--init-backbone", default=None,
-                    help="phase small or full: start from this saved model's backbone (e.g. the shipped demo "
-                         "model; position embeddings resampled) instead of from scratch / the small "
-                         "phase: how a later session continues training")
-    ap.add_argument("--init-interpreters", default=None,
-                    help="keep this saved model's interpreters (e.g. the shipped demo model's) instead of "
-                         "training new ones: written as a finished interpreters checkpoint in --out")
+    ap.add_argument(
+        "--init-backbone",
+        default=None,
+        help="phase small or full: start from this saved model's backbone (e.g. the shipped demo "
+        "model; position embeddings resampled) instead of from scratch / the small "
+        "phase: how a later session continues training",
+    )
+    ap.add_argument(
+        "--init-interpreters",
+        default=None,
+        help="keep this saved model's interpreters (e.g. the shipped demo model's) instead of "
+        "training new ones: written as a finished interpreters checkpoint in --out",
+    )
     ap.add_argument("--export-to", default=None, help="where to write the fp16 model (default: the package's asset)")
     for k, v in asdict(Schedule()).items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
@@ -567,8 +674,11 @@ def main(argv=None) -> None:
     s = Schedule(**{k: getattr(args, k) for k in asdict(Schedule())})
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    phases = (["small", "full", "interpreters"] + (["finetune"] if s.finetune_steps else []) + ["export", "report"]
-              if args.phase == "all" else [args.phase])
+    phases = (
+        ["small", "full", "interpreters"] + (["finetune"] if s.finetune_steps else []) + ["export", "report"]
+        if args.phase == "all"
+        else [args.phase]
+    )
 
     def load(name):
         path = os.path.join(args.out, f"{name}.pt")
@@ -578,8 +688,12 @@ def main(argv=None) -> None:
 
     def init_backbone():
         from ..checkpoint import resolve_model
-        return {k[len("vit."):]: v for k, v in resolve_model(args.init_backbone).state_dict().items()
-                if k.startswith("vit.")}
+
+        return {
+            k[len("vit.") :]: v
+            for k, v in resolve_model(args.init_backbone).state_dict().items()
+            if k.startswith("vit.")
+        }
 
     if args.init_interpreters:
         print(f"interpreters: {seed_interpreters(args.out, args.init_interpreters)}", flush=True)
@@ -601,10 +715,17 @@ def main(argv=None) -> None:
             if s.finetune_steps:
                 model = finetune_phase(args.out, s, model)
         if phase == "report":
-            report_phase(args.out, s, model, images=args.report_images, plot=os.path.join(args.out, "reinforce.png") if args.plot is None else args.plot)
+            report_phase(
+                args.out,
+                s,
+                model,
+                images=args.report_images,
+                plot=os.path.join(args.out, "reinforce.png") if args.plot is None else args.plot,
+            )
         elif phase == "export":
             from ..checkpoint import save_model
             from . import DEMO_MODEL
+
             dest = args.export_to or DEMO_MODEL
             profile = export_keep_profile(model, s.seed)
             print("keep profile (256 validation images): " + " / ".join(f"{p:.3f}" for p in profile), flush=True)

@@ -9,6 +9,7 @@ levels map to per-stage levels by `model.stage_levels`. Providers: CUDA and Tens
 providers first when this onnxruntime build has them, else the CPU. `int8`: graphs with int8
 weights (`iared_edge.export.quantize`), run on the CPU provider only.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,26 +22,37 @@ import torch
 from ..runtime.backends import BackendOutput
 from .onnx import export_onnx, export_onnx_counts, export_onnx_threshold, keep_counts_for
 
-
 FORMS = ("levels", "counts", "threshold")
 
 
 class OnnxRuntimeBackend:
     """A Runtime backend (runtime/backends.py) on ONNX Runtime sessions."""
+
     name = "onnxruntime"
     fixed_batch = None
 
-    def __init__(self, model, levels: Sequence[float], cache_dir: Optional[str] = None, threads: Optional[int] = None,
-                 form: str = "levels", int8: bool = False):
+    def __init__(
+        self,
+        model,
+        levels: Sequence[float],
+        cache_dir: Optional[str] = None,
+        threads: Optional[int] = None,
+        form: str = "levels",
+        int8: bool = False,
+    ):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise ImportError('backend "onnxruntime" needs: pip install onnxruntime') from exc
         if form not in FORMS:
-            raise ValueError(f'form must be "levels" (one graph per keep level), "counts" (keep counts as an input) '
-                             f'or "threshold" (policy "threshold", one image per run), got {form!r}')
+            raise ValueError(
+                f'form must be "levels" (one graph per keep level), "counts" (keep counts as an input) '
+                f'or "threshold" (policy "threshold", one image per run), got {form!r}'
+            )
         if form == "threshold" and levels:
-            raise ValueError(f'form "threshold" has no keep levels (each image keeps its own count), got {list(levels)}')
+            raise ValueError(
+                f'form "threshold" has no keep levels (each image keeps its own count), got {list(levels)}'
+            )
         self.num_patches, self.num_stages, self.form = model.num_patches, model.num_stages, form
         self.levels = sorted({float(r) for r in levels}, reverse=True)
         self.counts = {r: np.asarray(keep_counts_for(model, model.stage_levels(r)), np.int64) for r in self.levels}
@@ -48,8 +60,9 @@ class OnnxRuntimeBackend:
         os.makedirs(self.cache_dir, exist_ok=True)
         available = ort.get_available_providers()
         # int8 graphs are for CPUs (dynamic quantization: MatMulInteger); on a GPU, fp16 engines are the way
-        self.providers = [] if int8 else [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-                                          if p in available]
+        self.providers = (
+            [] if int8 else [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        )
         self.providers.append("CPUExecutionProvider")
         options = ort.SessionOptions()
         if threads:
@@ -86,7 +99,7 @@ class OnnxRuntimeBackend:
         """Image by image: each keeps its own counts, so a batch's kept indices are not one array."""
         parts = []
         for i in range(len(images)):
-            outs = self.session.run(None, {"images": images[i:i + 1].detach().cpu().numpy()})
+            outs = self.session.run(None, {"images": images[i : i + 1].detach().cpu().numpy()})
             parts.append(self._output(outs[0], outs[1:-1], outs[-1]))
         return BackendOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in BackendOutput.__dataclass_fields__))
 

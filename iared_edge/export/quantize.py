@@ -10,6 +10,7 @@ instructions where the CPU has them). What stays float32:
 - convolutions (a convolutional stem): ONNX Runtime's `ConvInteger` ran slower than the float32
   convolution on the CPU measured (docs/benchmarks.md), so quantizing it would cost time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,5 +58,10 @@ def quantize_int8(src: Union[str, onnx.ModelProto], dst: str) -> None:
         except Exception as exc:  # onnx's own errors name neither the file nor the problem plainly
             raise ValueError(f"quantize_int8: {src} is not a readable ONNX graph ({exc})") from None
     with _quiet_quantizer():
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
-                         nodes_to_exclude=interpreter_nodes(src))
+        quantize_dynamic(
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=interpreter_nodes(src),
+        )

@@ -12,6 +12,7 @@ tracing, torch.compile, tensor subclasses). The dispatcher's argument boxing cos
 batch-1 compaction costs (same section). The ops have no backward: they are for inference
 (the model's "packed" execution runs under no_grad; training uses "masked").
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,12 +40,42 @@ except ImportError as exc:  # the package works without it, slower
     _CUDA_BUILT = False
     _scores_op = _topk_op = _compact_op = _scores_direct = _topk_direct = _compact_direct = None
 
+
+if _C is not None:
+    # Fake (meta) kernels: what each op returns, by shape and dtype alone, so FakeTensorMode,
+    # torch.compile and torch.export trace through the compiled ops. The compaction's row count
+    # depends on the data: a size only the kernel knows (an unbacked symbol in a trace).
+
+    @torch.library.register_fake("iared::interpreter_scores")
+    def _scores_fake(tokens, offsets, positions, vecs, biases, threshold, num_prefix, eps, emit_keep):
+        T = tokens.shape[0]
+        return tokens.new_empty(T, dtype=torch.float32), tokens.new_empty(T if emit_keep else 0, dtype=torch.bool)
+
+    @torch.library.register_fake("iared::topk_keep")
+    def _topk_fake(scores, offsets, positions, level, num_prefix):
+        return scores.new_empty(scores.shape[0], dtype=torch.bool)
+
+    @torch.library.register_fake("iared::compact")
+    def _compact_fake(tokens, offsets, positions, keep, num_prefix, out=None):
+        T = tokens.shape[0]
+        kept = torch.library.get_ctx().new_dynamic_size(max=T if isinstance(T, int) else None)
+        return (tokens.new_empty(kept, tokens.shape[1]), torch.empty_like(offsets), positions.new_empty(kept))
+
+
 _warned = False
 _forced_reference = False
 TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-__all__ = ["backend", "interpreter_scores", "topk_keep", "compact", "use_reference",
-           "level_keep_count", "sequence_ids", "reference"]
+__all__ = [
+    "backend",
+    "interpreter_scores",
+    "topk_keep",
+    "compact",
+    "use_reference",
+    "level_keep_count",
+    "sequence_ids",
+    "reference",
+]
 
 
 def _warn_missing() -> None:
@@ -52,9 +83,12 @@ def _warn_missing() -> None:
     global _warned
     if _C is None and not _warned:
         _warned = True
-        warnings.warn(f"iared_edge._C is not built ({_IMPORT_ERROR}); using the pure-PyTorch "
-                      "reference ops (slower). Reinstall with `pip install --no-build-isolation .`",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"iared_edge._C is not built ({_IMPORT_ERROR}); using the pure-PyTorch "
+            "reference ops (slower). Reinstall with `pip install --no-build-isolation .`",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def use_reference(flag: bool = True) -> None:
@@ -84,27 +118,35 @@ def _compiled(t: torch.Tensor, direct, boxed):
     else `boxed` (torch.ops.iared.*, which traces and torch.compile record)."""
     if _C is None or _forced_reference or not (t.is_cpu or (t.is_cuda and _CUDA_BUILT)):
         return None
-    return direct if type(t) is torch.Tensor and not _is_tracing() and not _is_compiling() else boxed
+    if _is_compiling():  # first: torch.compile must not trace into the pybind check below
+        return boxed
+    return direct if type(t) is torch.Tensor and not _is_tracing() else boxed
 
 
-def _check_packed(name: str, tokens: torch.Tensor, offsets: torch.Tensor,
-                  positions: Optional[torch.Tensor] = None) -> None:
+def _check_packed(
+    name: str, tokens: torch.Tensor, offsets: torch.Tensor, positions: Optional[torch.Tensor] = None
+) -> None:
     if tokens.dim() != 2:
         raise ValueError(f"{name}: tokens must be [T, C], got shape {tuple(tokens.shape)}")
     if tokens.dtype not in TOKEN_DTYPES:
         raise TypeError(f"{name}: tokens dtype {tokens.dtype} not supported (float32, float16, bfloat16)")
     if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int32:
-        raise ValueError(f"{name}: offsets must be a 1-D int32 tensor [B+1], got "
-                         f"{offsets.dtype} {tuple(offsets.shape)}")
-    if offsets.device.type == "cpu" and (int(offsets[0]) != 0 or int(offsets[-1]) != tokens.shape[0]
-                                         or bool((offsets[1:] < offsets[:-1]).any())):
-        raise ValueError(f"{name}: offsets must start at 0, never decrease and end at T={tokens.shape[0]}, got "
-                         f"{offsets.numel()} values from {int(offsets[0])} to {int(offsets[-1])}")
+        raise ValueError(
+            f"{name}: offsets must be a 1-D int32 tensor [B+1], got {offsets.dtype} {tuple(offsets.shape)}"
+        )
+    if offsets.device.type == "cpu" and (
+        int(offsets[0]) != 0 or int(offsets[-1]) != tokens.shape[0] or bool((offsets[1:] < offsets[:-1]).any())
+    ):
+        raise ValueError(
+            f"{name}: offsets must start at 0, never decrease and end at T={tokens.shape[0]}, got "
+            f"{offsets.numel()} values from {int(offsets[0])} to {int(offsets[-1])}"
+        )
     tensors = [("tokens", tokens), ("offsets", offsets)]
     if positions is not None:
         if positions.shape != (tokens.shape[0],) or positions.dtype != torch.int32:
-            raise ValueError(f"{name}: positions must be int32 [T={tokens.shape[0]}], got "
-                             f"{positions.dtype} {tuple(positions.shape)}")
+            raise ValueError(
+                f"{name}: positions must be int32 [T={tokens.shape[0]}], got {positions.dtype} {tuple(positions.shape)}"
+            )
         tensors.append(("positions", positions))
     for label, t in tensors:
         if t.device != tokens.device:
@@ -113,10 +155,16 @@ def _check_packed(name: str, tokens: torch.Tensor, offsets: torch.Tensor,
             raise ValueError(f"{name}: {label} must be contiguous (call .contiguous() once, outside the hot path)")
 
 
-def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.Tensor,
-                       biases: torch.Tensor, threshold: Optional[float] = None,
-                       positions: Optional[torch.Tensor] = None, num_prefix: int = 1,
-                       eps: float = 1e-6) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def interpreter_scores(
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    vecs: torch.Tensor,
+    biases: torch.Tensor,
+    threshold: Optional[float] = None,
+    positions: Optional[torch.Tensor] = None,
+    num_prefix: int = 1,
+    eps: float = 1e-6,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Fused interpreter scoring. Returns (keep probability [T] float32, keep flags [T] bool or None).
 
     vecs [B, H, C] and biases [B, H] (float32) are each image's folded per-head query (see
@@ -127,8 +175,17 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
     if op is not None:
         try:
             pos = positions if positions is not None else torch.empty(0, dtype=torch.int32, device=tokens.device)
-            probs, keep = op(tokens, offsets, pos, vecs, biases, float(threshold) if threshold is not None else 0.0,
-                             num_prefix, eps, threshold is not None)
+            probs, keep = op(
+                tokens,
+                offsets,
+                pos,
+                vecs,
+                biases,
+                float(threshold) if threshold is not None else 0.0,
+                num_prefix,
+                eps,
+                threshold is not None,
+            )
             return probs, (keep if threshold is not None else None)
         except RuntimeError:
             _check_scores_args(tokens, offsets, vecs, biases, threshold, positions)
@@ -144,17 +201,22 @@ def _check_scores_args(tokens, offsets, vecs, biases, threshold, positions) -> N
     if vecs.dim() != 3 or vecs.shape[0] != B or vecs.shape[2] != tokens.shape[1]:
         raise ValueError(f"interpreter_scores: vecs must be [B={B}, H, C={tokens.shape[1]}], got {tuple(vecs.shape)}")
     if biases.shape != vecs.shape[:2]:
-        raise ValueError(f"interpreter_scores: biases must be [B, H]={tuple(vecs.shape[:2])}, got {tuple(biases.shape)}")
+        raise ValueError(
+            f"interpreter_scores: biases must be [B, H]={tuple(vecs.shape[:2])}, got {tuple(biases.shape)}"
+        )
     for label, t in (("vecs", vecs), ("biases", biases)):
         if t.dtype != torch.float32 or t.device != tokens.device or not t.is_contiguous():
-            raise ValueError(f"interpreter_scores: {label} must be contiguous float32 on {tokens.device}, "
-                             f"got {t.dtype} on {t.device}")
+            raise ValueError(
+                f"interpreter_scores: {label} must be contiguous float32 on {tokens.device}, "
+                f"got {t.dtype} on {t.device}"
+            )
     if threshold is not None and positions is None:
         raise ValueError("interpreter_scores: a threshold needs positions (prefix tokens are forced kept)")
 
 
-def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, level: float,
-              num_prefix: int = 1) -> torch.Tensor:
+def topk_keep(
+    scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, level: float, num_prefix: int = 1
+) -> torch.Tensor:
     """Keep flags [T] bool: per image the top ceil(level * n) of its n patch tokens (ties: earlier
     token wins); prefix tokens always kept."""
     op = _compiled(scores, _topk_direct, _topk_op)
@@ -177,9 +239,14 @@ def _check_topk_args(scores, offsets, positions, level) -> None:
         raise ValueError(f"topk_keep: level must be in [0, 1], got {level}")
 
 
-def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor,
-            keep: torch.Tensor, num_prefix: int = 1, out: Optional[torch.Tensor] = None
-            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compact(
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    positions: torch.Tensor,
+    keep: torch.Tensor,
+    num_prefix: int = 1,
+    out: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop the tokens whose flag is False into one contiguous buffer, order kept, prefix tokens
     forced kept. Returns (tokens [T', C], offsets [B+1] int32, positions [T'] int32).
 
@@ -208,9 +275,18 @@ def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor
 def _check_compact_args(tokens, offsets, positions, keep, out) -> None:
     _check_packed("compact", tokens, offsets, positions)
     if keep.shape != (tokens.shape[0],) or keep.dtype != torch.bool or keep.device != tokens.device:
-        raise ValueError(f"compact: keep must be bool [T={tokens.shape[0]}] on {tokens.device}, got "
-                         f"{keep.dtype} {tuple(keep.shape)} on {keep.device}")
-    if out is not None and (out.dim() != 2 or out.shape[1] != tokens.shape[1] or out.dtype != tokens.dtype
-                            or out.device != tokens.device or not out.is_contiguous()):
-        raise ValueError(f"compact: out must be a contiguous [>= T', {tokens.shape[1]}] {tokens.dtype} tensor "
-                         f"on {tokens.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+        raise ValueError(
+            f"compact: keep must be bool [T={tokens.shape[0]}] on {tokens.device}, got "
+            f"{keep.dtype} {tuple(keep.shape)} on {keep.device}"
+        )
+    if out is not None and (
+        out.dim() != 2
+        or out.shape[1] != tokens.shape[1]
+        or out.dtype != tokens.dtype
+        or out.device != tokens.device
+        or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"compact: out must be a contiguous [>= T', {tokens.shape[1]}] {tokens.dtype} tensor "
+            f"on {tokens.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )

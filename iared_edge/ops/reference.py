@@ -5,6 +5,7 @@ when the extension is missing. Layout everywhere: tokens [T, C] (every kept toke
 back to back), offsets [B+1] int32 (cumulative counts), positions [T] int32 (0 = class token,
 then any other prefix tokens, then the patch grid row-major).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,7 @@ import torch.nn.functional as F
 def sequence_ids(offsets: torch.Tensor, total: int) -> torch.Tensor:
     """Image index of every packed row, [T] int64."""
     lengths = (offsets[1:] - offsets[:-1]).long()
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths,
-                                   output_size=total)
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths, output_size=total)
 
 
 def level_keep_count(n: int, level: float) -> int:
@@ -26,10 +26,16 @@ def level_keep_count(n: int, level: float) -> int:
     return min(n, max(0, math.ceil(level * n - 1e-6)))
 
 
-def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.Tensor,
-                       biases: torch.Tensor, threshold: Optional[float] = None,
-                       positions: Optional[torch.Tensor] = None, num_prefix: int = 1,
-                       eps: float = 1e-6) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def interpreter_scores(
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    vecs: torch.Tensor,
+    biases: torch.Tensor,
+    threshold: Optional[float] = None,
+    positions: Optional[torch.Tensor] = None,
+    num_prefix: int = 1,
+    eps: float = 1e-6,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Keep probability of every token: mean over heads of sigmoid(vecs[b,h] . LN(x) + biases[b,h]).
 
     The unfused composition (layer_norm, matmul, sigmoid, mean), one matmul per image. Returns
@@ -53,8 +59,9 @@ def interpreter_scores(tokens: torch.Tensor, offsets: torch.Tensor, vecs: torch.
     return probs, keep
 
 
-def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, level: float,
-              num_prefix: int = 1) -> torch.Tensor:
+def topk_keep(
+    scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, level: float, num_prefix: int = 1
+) -> torch.Tensor:
     """Keep flags [T] for policy "level": per image the top ceil(level * n) patch tokens by score
     (ties: the earlier token wins), prefix tokens always kept."""
     keep = positions < num_prefix
@@ -70,9 +77,9 @@ def topk_keep(scores: torch.Tensor, offsets: torch.Tensor, positions: torch.Tens
     return keep
 
 
-def compact(tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor,
-            keep: torch.Tensor, num_prefix: int = 1
-            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compact(
+    tokens: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, num_prefix: int = 1
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Remove the tokens whose keep flag is False (prefix tokens are forced kept), preserving order.
 
     Returns the new (tokens [T', C], offsets [B+1] int32, positions [T'] int32), contiguous.

@@ -9,6 +9,7 @@ the backends that have one). `levels` lists the keep levels it was prepared for 
 - `CudaGraphLevels` (runtime/cuda_graphs.py): one CUDA graph per keep level, batch 1.
 - `OnnxRuntimeBackend`, `TensorRTBackend` (export/): exported graphs.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -20,10 +21,10 @@ import torch
 
 @dataclass
 class BackendOutput:
-    logits: torch.Tensor       # [B, classes]
-    heatmap: torch.Tensor      # [B, gh, gw] in [0, 1]
-    keep_masks: torch.Tensor   # [B, S, N] bool: patches kept by each stage
-    keep_ratio: torch.Tensor   # [B, S]: the share of patches each stage kept
+    logits: torch.Tensor  # [B, classes]
+    heatmap: torch.Tensor  # [B, gh, gw] in [0, 1]
+    keep_masks: torch.Tensor  # [B, S, N] bool: patches kept by each stage
+    keep_ratio: torch.Tensor  # [B, S]: the share of patches each stage kept
 
 
 class Backend(Protocol):
@@ -37,11 +38,17 @@ class Backend(Protocol):
 class TorchBackend:
     """The model itself. `policy` ("threshold", "all" or "level" at `level`) runs when no level is
     given; on a GPU the forward runs on `stream` and is waited for, so the Runtime times all of it."""
+
     name = "torch"
     fixed_batch = None
 
-    def __init__(self, model, policy: str = "threshold", level: Optional[float] = None,
-                 stream: Optional[torch.cuda.Stream] = None):
+    def __init__(
+        self,
+        model,
+        policy: str = "threshold",
+        level: Optional[float] = None,
+        stream: Optional[torch.cuda.Stream] = None,
+    ):
         self.model, self.policy, self.level, self.stream = model, policy, level, stream
         self.levels: List[float] = []
         self._stage_levels: Dict[tuple, List[float]] = {}
@@ -56,33 +63,44 @@ class TorchBackend:
     def __call__(self, images: torch.Tensor, level: Optional[float] = None) -> BackendOutput:
         if level is None and self.policy == "level":
             level = self.level
-        with torch.inference_mode(), (torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()):
+        with torch.inference_mode(), torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            # frames come from uint8 pixels: finite, so no host read to check them
             if level is not None:
-                out = self.model(images, policy="level", level=self.stage_levels(level))
+                out = self.model(images, policy="level", level=self.stage_levels(level), check_finite=False)
             else:
-                out = self.model(images, policy=self.policy)
+                out = self.model(images, policy=self.policy, check_finite=False)
             if self.stream is not None:
                 self.stream.synchronize()
         return BackendOutput(out.logits, out.heatmap, out.keep_masks, out.keep_ratio)
 
 
-def make_backend(model, config, device: torch.device, stream: Optional[torch.cuda.Stream] = None,
-                 threads: Optional[int] = None, precision: str = "fp32") -> Backend:
+def make_backend(
+    model,
+    config,
+    device: torch.device,
+    stream: Optional[torch.cuda.Stream] = None,
+    threads: Optional[int] = None,
+    precision: str = "fp32",
+) -> Backend:
     """The backend `config` (a RuntimeConfig) asks for, for `model` on `device`."""
     levels: Sequence[float] = config.graph_levels
     if config.backend == "onnxruntime":
         from ..export.onnxruntime_backend import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(model, levels, config.onnx_cache, threads=threads, form=config.form,
-                                  int8=precision == "int8")
+
+        return OnnxRuntimeBackend(
+            model, levels, config.onnx_cache, threads=threads, form=config.form, int8=precision == "int8"
+        )
     if config.backend == "tensorrt":
         if device.type != "cuda":
             raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {device}')
         from ..export.tensorrt_backend import TensorRTBackend
-        return TensorRTBackend(model, levels, config.onnx_cache, form=config.form, device=device,
-                               fp16=precision == "fp16")
-    if (config.cuda_graphs and device.type == "cuda"
-            and (config.policy == "level" or config.budget_ms is not None)):
+
+        return TensorRTBackend(
+            model, levels, config.onnx_cache, form=config.form, device=device, fp16=precision == "fp16"
+        )
+    if config.cuda_graphs and device.type == "cuda" and (config.policy == "level" or config.budget_ms is not None):
         # static token counts per keep level: capture each level once, replay per frame
         from .cuda_graphs import CudaGraphLevels
+
         return CudaGraphLevels(model, levels, device)
     return TorchBackend(model, config.policy, config.level, stream)

@@ -6,6 +6,7 @@ a dispatch mode that fails on every such op, so a CPU test catches what would fa
 GPU. `fake_cuda(module)` gives the module's parameters and buffers as fake CUDA tensors (no GPU
 needed: shapes, dtypes and devices are tracked, no data), for `torch.func.functional_call`.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -83,16 +84,19 @@ def fake_cuda_mode() -> Iterator:
     made on "cuda" are fake CUDA tensors, on a machine with no GPU."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
     mode = FakeTensorMode(shape_env=ShapeEnv())
     with mode:
         yield mode
 
 
-def fake_cuda(module: torch.nn.Module, mode, dtype: Optional[torch.dtype] = None,
-              device: str = "cuda") -> Dict[str, torch.Tensor]:
+def fake_cuda(
+    module: torch.nn.Module, mode, dtype: Optional[torch.dtype] = None, device: str = "cuda"
+) -> Dict[str, torch.Tensor]:
     """The module's parameters and buffers as fake tensors on `device` (floating ones cast to
     `dtype` when given), for `torch.func.functional_call(module, state, args)` inside `mode`."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
+
     with unset_fake_temporarily():  # the real tensors, detached outside the fake mode
         state = {k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}
     out = {}

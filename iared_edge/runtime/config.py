@@ -1,11 +1,12 @@
 """RuntimeConfig: every setting of a `Runtime`, validated in one place and shared with the CLI.
 
-    cfg = RuntimeConfig(budget_ms=30, precision="auto")
-    rt = Runtime("demo", cfg)                      # or Runtime("demo", budget_ms=30, precision="auto")
+cfg = RuntimeConfig(budget_ms=30, precision="auto")
+rt = Runtime("demo", cfg)                      # or Runtime("demo", budget_ms=30, precision="auto")
 
-    ap = argparse.ArgumentParser(); RuntimeConfig.add_arguments(ap)
-    rt = Runtime("demo", RuntimeConfig.from_args(ap.parse_args()))
+ap = argparse.ArgumentParser(); RuntimeConfig.add_arguments(ap)
+rt = Runtime("demo", RuntimeConfig.from_args(ap.parse_args()))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ class RuntimeConfig:
     precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); "int8" with backend
         "onnxruntime" (int8 weights, for CPUs).
     """
+
     device: str = "auto"
     budget_ms: Optional[float] = None
     policy: str = "threshold"
@@ -73,8 +75,10 @@ class RuntimeConfig:
         if self.policy == "level" and self.level is None:
             raise ValueError('policy "level" needs level= (a keep level in (0, 1])')
         if self.level is not None and self.policy != "level":
-            raise ValueError(f'level= is the keep level of policy "level"; with policy {self.policy!r} it would be '
-                             'ignored (a budget picks its own levels)')
+            raise ValueError(
+                f'level= is the keep level of policy "level"; with policy {self.policy!r} it would be '
+                "ignored (a budget picks its own levels)"
+            )
         if self.level is not None and not (_is_number(self.level) and 0 < self.level <= 1):
             raise ValueError(f"level is a keep level in (0, 1], got {self.level!r}")
         if self.budget_ms is not None and not (_is_number(self.budget_ms) and self.budget_ms > 0):
@@ -96,17 +100,24 @@ class RuntimeConfig:
             raise ValueError(f"onnx_form must be one of {ONNX_FORMS} or None, got {self.onnx_form!r}")
         if self.backend != "torch" and self.budget_ms is None and self.policy != "level" and not self.threshold_graph:
             runs = 'policy "threshold" or "level" graphs' if self.backend == "onnxruntime" else 'policy "level" graphs'
-            raise ValueError(f'backend "{self.backend}" runs {runs}: give policy="level" with level=, or budget_ms=, '
-                             f'not policy {self.policy!r}')
+            raise ValueError(
+                f'backend "{self.backend}" runs {runs}: give policy="level" with level=, or budget_ms=, '
+                f"not policy {self.policy!r}"
+            )
         if self.precision is not None and self.precision not in RUNTIME_PRECISIONS:
-            raise ValueError(f"precision must be one of {RUNTIME_PRECISIONS} or None (the model's own), "
-                             f"got {self.precision!r}")
+            raise ValueError(
+                f"precision must be one of {RUNTIME_PRECISIONS} or None (the model's own), got {self.precision!r}"
+            )
         if self.precision == "int8" and self.backend != "onnxruntime":
-            raise ValueError(f'precision "int8" runs int8 ONNX Runtime graphs: give backend="onnxruntime", '
-                             f'not backend={self.backend!r}')
+            raise ValueError(
+                f'precision "int8" runs int8 ONNX Runtime graphs: give backend="onnxruntime", '
+                f"not backend={self.backend!r}"
+            )
         if self.backend == "onnxruntime" and self.precision not in (None, "fp32", "auto", "int8"):
-            raise ValueError('backend "onnxruntime" runs float32 graphs, or int8 ones for CPUs: precision '
-                             f'"fp32", "auto" or "int8", not {self.precision!r}')
+            raise ValueError(
+                'backend "onnxruntime" runs float32 graphs, or int8 ones for CPUs: precision '
+                f'"fp32", "auto" or "int8", not {self.precision!r}'
+            )
         if self.backend == "tensorrt" and self.precision == "bf16":
             raise ValueError('backend "tensorrt": precision "fp16" (its default) or "fp32", not "bf16"')
         modes = self.thread_choices(1)  # validates the form; "auto" is resolved by the Runtime
@@ -149,23 +160,43 @@ class RuntimeConfig:
         g = parser.add_argument_group("runtime")
         g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
         g.add_argument("--budget-ms", type=float, default=None, help="latency budget per frame (ms)")
-        g.add_argument("--policy", choices=POLICIES, default="threshold",
-                       help="without a budget: threshold (each frame its own tokens), all, or level (with --level)")
+        g.add_argument(
+            "--policy",
+            choices=POLICIES,
+            default="threshold",
+            help="without a budget: threshold (each frame its own tokens), all, or level (with --level)",
+        )
         g.add_argument("--level", type=float, default=None, help="keep level in (0, 1] for --policy level")
-        g.add_argument("--precision", choices=RUNTIME_PRECISIONS, default=None,
-                       help="fp32, fp16, bf16, or auto (fp16 on a GPU, bf16 on a CPU with bf16 instructions, else "
-                            "fp32); int8 with --backend onnxruntime; default: the model's own (fp32 when saved)")
-        g.add_argument("--backend", choices=BACKENDS, default="torch",
-                       help="torch, onnxruntime (exported graphs; faster at batch 1 on a CPU) or tensorrt (GPU)")
-        g.add_argument("--fit", choices=FITS, default="squash",
-                       help="how a frame becomes the model's input: squash (whole frame, aspect ratio changed), "
-                            "crop (centre, aspect kept) or letterbox (whole frame, aspect kept, padded)")
+        g.add_argument(
+            "--precision",
+            choices=RUNTIME_PRECISIONS,
+            default=None,
+            help="fp32, fp16, bf16, or auto (fp16 on a GPU, bf16 on a CPU with bf16 instructions, else "
+            "fp32); int8 with --backend onnxruntime; default: the model's own (fp32 when saved)",
+        )
+        g.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default="torch",
+            help="torch, onnxruntime (exported graphs; faster at batch 1 on a CPU) or tensorrt (GPU)",
+        )
+        g.add_argument(
+            "--fit",
+            choices=FITS,
+            default="squash",
+            help="how a frame becomes the model's input: squash (whole frame, aspect ratio changed), "
+            "crop (centre, aspect kept) or letterbox (whole frame, aspect kept, padded)",
+        )
         g.add_argument("--topk", type=int, default=5, help="labels per result")
-        g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                       help="on a GPU, run eagerly instead of replaying a CUDA graph per keep level")
+        g.add_argument(
+            "--no-cuda-graphs",
+            dest="cuda_graphs",
+            action="store_false",
+            help="on a GPU, run eagerly instead of replaying a CUDA graph per keep level",
+        )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "RuntimeConfig":
+    def from_args(cls, args: argparse.Namespace) -> RuntimeConfig:
         """A config from parsed options (those `add_arguments` adds; the rest keep their defaults)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in vars(args).items() if k in names})

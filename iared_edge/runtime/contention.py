@@ -10,6 +10,7 @@ exactly, so the difference is what everything else used, measured without riskin
     monitor = CpuContention()
     monitor.sample()          # once per frame; None where /proc/stat does not exist
 """
+
 from __future__ import annotations
 
 import os
@@ -43,9 +44,13 @@ class CpuContention:
     """Cores kept busy by other processes, averaged over the last `window_s` seconds (at least):
     /proc/stat counts in clock ticks (10 ms), too coarse for one frame."""
 
-    def __init__(self, window_s: float = 0.3, path: str = PROC_STAT,
-                 clock: Callable[[], float] = time.perf_counter,
-                 own_cpu: Callable[[], float] = time.process_time):
+    def __init__(
+        self,
+        window_s: float = 0.3,
+        path: str = PROC_STAT,
+        clock: Callable[[], float] = time.perf_counter,
+        own_cpu: Callable[[], float] = time.process_time,
+    ):
         self.window_s, self.path, self._clock, self._own = float(window_s), path, clock, own_cpu
         self.available = read_busy_seconds(path) is not None
         self._samples: deque = deque(maxlen=1000)  # (wall, busy, own) seconds

@@ -31,6 +31,7 @@ then up as the measured speed allows.
 A mode left after a slow frame while the reading stayed quiet (jitter, not a load) relaxes back
 with time, as when the load is unknown.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,33 +43,33 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 @dataclass
 class BudgetController:
-    levels: Sequence[float]           # keep levels, highest first (e.g. 1.0 ... 0.3)
-    costs: Sequence[float]            # relative cost of each level (FLOPs / full FLOPs)
+    levels: Sequence[float]  # keep levels, highest first (e.g. 1.0 ... 0.3)
+    costs: Sequence[float]  # relative cost of each level (FLOPs / full FLOPs)
     budget_ms: float
-    margin: float = 0.1               # plan for budget / (1 + margin) at least
-    max_margin: float = 0.6           # ... and at most, however jittery the recent frames
-    new_margin: float = 0.25          # ... and at least this in the stream's first 10 frames
-                                      # (the machine can stray far from its calibration within
-                                      # them: docs/benchmarks.md, 'Runs 9 and 10')
-    quantile: float = 0.99            # the share of frames the margin is sized to cover
-    window: int = 100                 # recent frames per condition the margin is sized from
-    load_quantile: float = 1.0        # ... while another process competes (`quiet=False`): its
-                                      # scheduler stalls come in rare, isolated spikes, which a 99th
-                                      # percentile of 100 frames never sees (docs/benchmarks.md,
-                                      # 'Three fixes from per-frame traces')
-    load_margin: float = 0.4          # ... and under a load at least this: its spikes come rarer
-                                      # than once in 100 frames too (docs/benchmarks.md,
-                                      # 'Runs 14 to 16')
-    alpha: float = 0.3                # weight of the newest frame when the load eases
-    alpha_up: float = 0.8             # ... and when it grows (react at once, relax slowly)
-    up_after: int = 3                 # frames with room to spare before stepping up
-    a: float = 0.0                    # fitted intercept, ms
-    b: float = 1.0                    # fitted slope, ms per unit cost
+    margin: float = 0.1  # plan for budget / (1 + margin) at least
+    max_margin: float = 0.6  # ... and at most, however jittery the recent frames
+    new_margin: float = 0.25  # ... and at least this in the stream's first 10 frames
+    # (the machine can stray far from its calibration within
+    # them: docs/benchmarks.md, 'Runs 9 and 10')
+    quantile: float = 0.99  # the share of frames the margin is sized to cover
+    window: int = 100  # recent frames per condition the margin is sized from
+    load_quantile: float = 1.0  # ... while another process competes (`quiet=False`): its
+    # scheduler stalls come in rare, isolated spikes, which a 99th
+    # percentile of 100 frames never sees (docs/benchmarks.md,
+    # 'Three fixes from per-frame traces')
+    load_margin: float = 0.4  # ... and under a load at least this: its spikes come rarer
+    # than once in 100 frames too (docs/benchmarks.md,
+    # 'Runs 14 to 16')
+    alpha: float = 0.3  # weight of the newest frame when the load eases
+    alpha_up: float = 0.8  # ... and when it grows (react at once, relax slowly)
+    up_after: int = 3  # frames with room to spare before stepping up
+    a: float = 0.0  # fitted intercept, ms
+    b: float = 1.0  # fitted slope, ms per unit cost
     modes: int = 1
-    relax: float = 0.05               # per frame, how far an unused mode's estimate relaxes back
-    after_load: float = 1.5           # the first frame back in a mode after a load plans for this
-                                      # much slower than before it (cores stay slow for a while after
-                                      # a load: docs/benchmarks.md, 'Three fixes from per-frame traces')
+    relax: float = 0.05  # per frame, how far an unused mode's estimate relaxes back
+    after_load: float = 1.5  # the first frame back in a mode after a load plans for this
+    # much slower than before it (cores stay slow for a while after
+    # a load: docs/benchmarks.md, 'Three fixes from per-frame traces')
     overhead_ms: float = 0.0
     level: int = 0
     mode: int = 0
@@ -81,10 +82,10 @@ class BudgetController:
     _base: List[float] = field(default_factory=list, repr=False)
     _seen: List[float] = field(default_factory=list, repr=False)  # each mode's last measured estimate
     _quiet_scales: List[float] = field(default_factory=list, repr=False)  # ... from its last quiet frame
-    _quiet_run: int = field(default=0, repr=False)     # consecutive quiet readings
+    _quiet_run: int = field(default=0, repr=False)  # consecutive quiet readings
     _busy_seen: bool = field(default=False, repr=False)  # a busy reading since the load was last over
     _load_frames: List[int] = field(default_factory=list, repr=False)  # frames per mode since then
-    _frames_seen: int = field(default=0, repr=False)   # frames measured (after one, the overhead is known)
+    _frames_seen: int = field(default=0, repr=False)  # frames measured (after one, the overhead is known)
 
     def __post_init__(self):
         if len(self.levels) != len(self.costs) or not self.levels:
@@ -116,14 +117,17 @@ class BudgetController:
             raise ValueError("calibrate: at least two (cost, latency) pairs")
         mc, ml = sum(costs) / n, sum(latencies_ms) / n
         var = sum((c - mc) ** 2 for c in costs)
-        self.b = max(1e-6, sum((c - mc) * (l - ml) for c, l in zip(costs, latencies_ms)) / var) if var > 0 else max(ml, 1e-6)
+        self.b = (
+            max(1e-6, sum((c - mc) * (t - ml) for c, t in zip(costs, latencies_ms)) / var) if var > 0 else max(ml, 1e-6)
+        )
         self.a = max(0.0, ml - self.b * mc)
         self._reset_modes()
 
     def calibrate_mode(self, mode: int, level: int, latency_ms: float) -> None:
         """A mode's starting load estimate, from one measured latency at `level`."""
-        self._base[mode] = self._scales[mode] = self._seen[mode] = self._quiet_scales[mode] = \
-            latency_ms / max(self.a + self.b * self.costs[level], 1e-6)
+        self._base[mode] = self._scales[mode] = self._seen[mode] = self._quiet_scales[mode] = latency_ms / max(
+            self.a + self.b * self.costs[level], 1e-6
+        )
 
     def predict(self, level: int, mode: Optional[int] = None, scale: Optional[float] = None) -> float:
         """Predicted latency at `level` in `mode` (default: the current one), with that mode's load
@@ -132,8 +136,14 @@ class BudgetController:
         scale = self._scales[mode] if scale is None else scale
         return scale * (self.a + self.b * self.costs[level]) + self.overhead_ms
 
-    def observe(self, level: int, model_ms: float, overhead_ms: float = 0.0, mode: Optional[int] = None,
-                quiet: Optional[bool] = None) -> None:
+    def observe(
+        self,
+        level: int,
+        model_ms: float,
+        overhead_ms: float = 0.0,
+        mode: Optional[int] = None,
+        quiet: Optional[bool] = None,
+    ) -> None:
         """Feed one frame's measured model latency (and pre/post-processing time). `quiet`: whether
         nothing else competes for the device now (None: unknown, estimates relax with time)."""
         mode = self.mode if mode is None else mode
@@ -151,7 +161,9 @@ class BudgetController:
         self._quiet = quiet
         base = self.a + self.b * self.costs[level]
         if base > 0 and model_ms > 0:
-            self._errors.setdefault((mode, quiet), deque(maxlen=self.window)).append(model_ms / (self._scales[mode] * base) - 1)
+            self._errors.setdefault((mode, quiet), deque(maxlen=self.window)).append(
+                model_ms / (self._scales[mode] * base) - 1
+            )
             ratio = model_ms / base
             alpha = self.alpha_up if ratio > self._scales[mode] else self.alpha
             self._scales[mode] += alpha * (ratio - self._scales[mode])
@@ -168,7 +180,9 @@ class BudgetController:
             else:  # unknown, or quiet all along (a slow frame was jitter): relax with time
                 self._scales[m] += self.relax * (self._base[m] - self._scales[m])
         # the first frame's pre/post-processing is the only estimate there is: take it whole
-        self.overhead_ms = (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms if self._frames_seen else overhead_ms
+        self.overhead_ms = (
+            (1 - self.alpha) * self.overhead_ms + self.alpha * overhead_ms if self._frames_seen else overhead_ms
+        )
         self._frames_seen += 1
 
     def _best(self, mode: int, target: float, scale: Optional[float] = None) -> Optional[int]:
@@ -195,16 +209,19 @@ class BudgetController:
             self.unmet_frames += 1
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"latency budget {self.budget_ms:.1f} ms cannot be met even at the lowest keep "
-                              f"level ({self.predict(lowest):.1f} ms predicted, plus a "
-                              f"{self.effective_margin:.0%} margin for the recent jitter); running at the minimum",
-                              RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"latency budget {self.budget_ms:.1f} ms cannot be met even at the lowest keep "
+                    f"level ({self.predict(lowest):.1f} ms predicted, plus a "
+                    f"{self.effective_margin:.0%} margin for the recent jitter); running at the minimum",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             self.level, self._room = lowest, 0
             return self.level
         fit = best[self.mode]
-        if fit > self.level:           # must drop: at once
+        if fit > self.level:  # must drop: at once
             self.level, self._room = fit, 0
-        elif fit < self.level:         # may rise: one step, after several frames of room
+        elif fit < self.level:  # may rise: one step, after several frames of room
             self._room += 1
             if self._room >= self.up_after:
                 self.level, self._room = self.level - 1, 0

@@ -6,6 +6,7 @@ instead of hundreds, which is what limits a small ViT at batch 1 on a GPU. Polic
 (data-dependent counts) runs eagerly. Same call as the exported backends: (images, level) ->
 BackendOutput. GPU only; not run where this was written (no GPU), tests skip without one.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Sequence
@@ -18,6 +19,7 @@ from .backends import BackendOutput
 
 class CudaGraphLevels:
     """A Runtime backend (runtime/backends.py): one CUDA graph per keep level, batch 1."""
+
     name = "cuda_graphs"
     fixed_batch = 1
 
@@ -27,21 +29,26 @@ class CudaGraphLevels:
         self.device = torch.device(device)
         self.levels = sorted({float(v) for v in levels}, reverse=True)
         self.num_stages, self.num_patches = model.num_stages, model.num_patches
-        self.static_in = torch.zeros(1, *model.input_size, device=self.device)
         self.graphs: Dict[float, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[float, tuple] = {}
-        for level in self.levels:
-            dense = LevelGraph(model, model.stage_levels(level)).eval()
+        # The model's device, not the current one (cuda:1 must not capture on cuda:0), and a side
+        # stream of that device to warm up and capture on: capture may not use the legacy default
+        # stream, and the warm-up's allocations must settle off the stream the graph records.
+        with torch.cuda.device(self.device):
+            self.static_in = torch.zeros(1, *model.input_size, device=self.device)
             side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(warmup):  # allocator and cuBLAS workspaces settle before capture
-                    dense(self.static_in)
+            for level in self.levels:
+                dense = LevelGraph(model, model.stage_levels(level)).eval()
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side), torch.inference_mode():
+                    for _ in range(warmup):  # allocator and cuBLAS workspaces settle before capture
+                        dense(self.static_in)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
+                    self.outputs[level] = dense(self.static_in)
+                self.graphs[level] = graph
             torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
-                self.outputs[level] = dense(self.static_in)
-            self.graphs[level] = graph
 
     def __call__(self, images: torch.Tensor, level: float) -> BackendOutput:
         level = float(level)
@@ -49,8 +56,10 @@ class CudaGraphLevels:
             raise ValueError(f"no CUDA graph for keep level {level}; levels: {self.levels}")
         if tuple(images.shape) != tuple(self.static_in.shape):
             raise ValueError(f"CUDA graphs are captured for {tuple(self.static_in.shape)}, got {tuple(images.shape)}")
-        self.static_in.copy_(images)
-        self.graphs[level].replay()
+        # on the caller's current stream of this device (the Runtime's, which copied the frame)
+        with torch.cuda.device(self.device):
+            self.static_in.copy_(images)
+            self.graphs[level].replay()
         logits, *kept, heat = self.outputs[level]
         masks = torch.zeros(1, self.num_stages, self.num_patches, dtype=torch.bool, device=self.device)
         for s, idx in enumerate(kept):

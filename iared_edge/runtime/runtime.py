@@ -1,10 +1,11 @@
 """Runtime: frames in, label + heatmap + timings out, within a latency budget if one is set.
 
-    from iared_edge.runtime import Runtime
-    with Runtime("model.safetensors", budget_ms=30) as rt:
-        for frame, res in rt.stream(0):
-            print(res.label, res.score, res.keep_ratio, res.latency_ms["total"])
+from iared_edge.runtime import Runtime
+with Runtime("model.safetensors", budget_ms=30) as rt:
+    for frame, res in rt.stream(0):
+        print(res.label, res.score, res.keep_ratio, res.latency_ms["total"])
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,13 +44,15 @@ def _three_channels(frame: np.ndarray) -> np.ndarray:
     if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] in (1, 4):
         frame = np.broadcast_to(frame, frame.shape[:2] + (3,)) if frame.shape[2] == 1 else frame[..., :3]
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), "
-                         f"got {frame.dtype} {frame.shape}")
+        raise ValueError(
+            f"frame must be H x W x 3 uint8 (or H x W grey, H x W x 4 with alpha), got {frame.dtype} {frame.shape}"
+        )
     return frame
 
 
 class Answer(NamedTuple):
     """What the model said about one frame: Result's fields that come from the forward."""
+
     labels: List[str]
     probs: List[float]
     indices: List[int]
@@ -62,19 +65,20 @@ class Answer(NamedTuple):
 @dataclass
 class Result:
     """One frame's answer."""
-    labels: List[str]              # top-k class names, best first
-    probs: List[float]             # their probabilities
-    indices: List[int]             # their class indices
-    heatmap: np.ndarray            # H x W float32 in [0, 1], the frame's size
-    stage_masks: np.ndarray        # [S, gh, gw] bool: patches kept by each stage
-    stage_keep: List[float]        # fraction of patch tokens kept by each stage
-    keep_ratio: float              # fraction of patch tokens kept, averaged over the stages
-    latency_ms: Dict[str, float]   # preprocess, model, postprocess, total
+
+    labels: List[str]  # top-k class names, best first
+    probs: List[float]  # their probabilities
+    indices: List[int]  # their class indices
+    heatmap: np.ndarray  # H x W float32 in [0, 1], the frame's size
+    stage_masks: np.ndarray  # [S, gh, gw] bool: patches kept by each stage
+    stage_keep: List[float]  # fraction of patch tokens kept by each stage
+    keep_ratio: float  # fraction of patch tokens kept, averaged over the stages
+    latency_ms: Dict[str, float]  # preprocess, model, postprocess, total
     frame_index: int
-    timestamp: float               # time.time() when the frame was taken in
+    timestamp: float  # time.time() when the frame was taken in
     keep_level: Optional[float] = None  # the budget controller's keep level, when a budget is set
-    threads: Optional[int] = None       # CPU threads the controller ran this frame with
-    fit: str = "squash"                 # how the frame became the model's input (Runtime's fit=)
+    threads: Optional[int] = None  # CPU threads the controller ran this frame with
+    fit: str = "squash"  # how the frame became the model's input (Runtime's fit=)
     input_size: Optional[Tuple[int, int]] = None  # the model's input (H, W)
 
     @property
@@ -88,13 +92,22 @@ class Result:
     def summary(self) -> Dict[str, Any]:
         """This Result without its arrays, ready for `json.dumps`: frame index, timestamp, label and
         confidence, the top-k, keep levels, latency, and the budget's keep level and threads."""
-        return {"frame": self.frame_index, "timestamp": self.timestamp, "label": self.label,
-                "confidence": self.score, "top": [{"label": l, "prob": p} for l, p in zip(self.labels, self.probs)],
-                "keep_ratio": self.keep_ratio, "stage_keep": list(self.stage_keep),
-                "latency_ms": dict(self.latency_ms), "keep_level": self.keep_level, "threads": self.threads}
+        return {
+            "frame": self.frame_index,
+            "timestamp": self.timestamp,
+            "label": self.label,
+            "confidence": self.score,
+            "top": [{"label": name, "prob": p} for name, p in zip(self.labels, self.probs)],
+            "keep_ratio": self.keep_ratio,
+            "stage_keep": list(self.stage_keep),
+            "latency_ms": dict(self.latency_ms),
+            "keep_level": self.keep_level,
+            "threads": self.threads,
+        }
 
-    def overlay(self, frame: np.ndarray, color: str = "bgr", heatmap: bool = True, mask: bool = True,
-                alpha: float = 0.45) -> np.ndarray:
+    def overlay(
+        self, frame: np.ndarray, color: str = "bgr", heatmap: bool = True, mask: bool = True, alpha: float = 0.45
+    ) -> np.ndarray:
         """`frame` (the one this Result answers; H x W x 3 uint8, BGR unless color="rgb"; H x W grey
         or H x W x 4 with alpha give 3 channels) with the heatmap blended in where it is warm (the
         frame shows through) and the patches dropped by the last stage greyed, in the frame's colour
@@ -103,8 +116,10 @@ class Result:
             raise ValueError(f'color must be "bgr" (OpenCV) or "rgb", got {color!r}')
         frame = _three_channels(np.asarray(frame))
         if frame.shape[:2] != self.heatmap.shape:
-            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, but this Result answers a "
-                             f"{self.heatmap.shape[1]}x{self.heatmap.shape[0]} frame")
+            raise ValueError(
+                f"frame is {frame.shape[1]}x{frame.shape[0]}, but this Result answers a "
+                f"{self.heatmap.shape[1]}x{self.heatmap.shape[0]} frame"
+            )
         rgb = np.ascontiguousarray(frame[..., ::-1] if color == "bgr" else frame)
         heat = self.heatmap if heatmap else np.zeros_like(self.heatmap)
         kept = self.stage_masks[-1]
@@ -145,11 +160,17 @@ class Runtime:
         self._init_threads(c)
         # GPU: a CUDA stream of its own, pinned host buffers and non-blocking copies
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._backend = make_backend(self.model, c, self.device, self._stream, threads=torch.get_num_threads(),
-                                     precision=self.precision)
+        self._backend = make_backend(
+            self.model, c, self.device, self._stream, threads=torch.get_num_threads(), precision=self.precision
+        )
         # batches of other sizes than a fixed-batch backend's (CUDA graphs) run eagerly
-        self._eager = (self._backend if isinstance(self._backend, TorchBackend)
-                       else TorchBackend(self.model, c.policy, c.level, self._stream) if c.backend == "torch" else None)
+        self._eager = (
+            self._backend
+            if isinstance(self._backend, TorchBackend)
+            else TorchBackend(self.model, c.policy, c.level, self._stream)
+            if c.backend == "torch"
+            else None
+        )
         self._warm_up()
         self.controller: Optional[BudgetController] = None
         if c.budget_ms is not None:
@@ -236,8 +257,9 @@ class Runtime:
         with torch.inference_mode():
             # relative cost of each level from the token counts it keeps (the FLOPs model, no timing)
             full = self.model.flops(torch.full((1, self.model.num_stages), self.model.num_patches))[0].item()
-            costs = [self.model(x, policy="level", level=self.model.stage_levels(v)).flops[0].item() / full
-                     for v in levels]
+            costs = [
+                self.model(x, policy="level", level=self.model.stage_levels(v)).flops[0].item() / full for v in levels
+            ]
             lat = []
             for v in levels:  # warm-up, then the median of `runs`
                 self._time_model(x, v)
@@ -307,7 +329,9 @@ class Runtime:
         if isinstance(frame, torch.Tensor):
             frame = frame.detach().cpu().numpy()
         if not isinstance(frame, np.ndarray):
-            raise ValueError(f"frame must be an H x W x 3 uint8 array, a PIL image or a tensor, got {type(frame).__name__}")
+            raise ValueError(
+                f"frame must be an H x W x 3 uint8 array, a PIL image or a tensor, got {type(frame).__name__}"
+            )
         frame = _three_channels(frame)
         if frame.shape[0] < 2 or frame.shape[1] < 2:
             raise ValueError(f"frame too small: {frame.shape[1]}x{frame.shape[0]}")
@@ -360,9 +384,16 @@ class Runtime:
                 self.controller.observe(index, model_ms, pre_ms + post_ms, mode, self._quiet())
             frame_index = self._record(answer, total)
         latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total}
-        return Result(**answer._asdict(), latency_ms=latency, frame_index=frame_index, timestamp=timestamp,
-                      keep_level=level, threads=self.thread_modes[mode] if self.controller else None,
-                      fit=self.fit, input_size=self.input_size)
+        return Result(
+            **answer._asdict(),
+            latency_ms=latency,
+            frame_index=frame_index,
+            timestamp=timestamp,
+            keep_level=level,
+            threads=self.thread_modes[mode] if self.controller else None,
+            fit=self.fit,
+            input_size=self.input_size,
+        )
 
     def _answer(self, out: BackendOutput, i: int, frame: np.ndarray) -> Answer:
         """Image `i` of a forward's output, at the frame's size."""
@@ -371,9 +402,15 @@ class Runtime:
         heat = grid_to_frame(out.heatmap[i].float().cpu().numpy(), (h, w), self.input_size, self.fit)
         masks = out.keep_masks[i].view(-1, *self.model.grid_size).cpu().numpy()
         stage_keep = out.keep_ratio[i].tolist()
-        return Answer(labels=[self.labels[j] for j in top.indices.tolist()], probs=top.values.tolist(),
-                      indices=top.indices.tolist(), heatmap=np.clip(heat, 0, 1).astype(np.float32),
-                      stage_masks=masks, stage_keep=stage_keep, keep_ratio=float(np.mean(stage_keep)))
+        return Answer(
+            labels=[self.labels[j] for j in top.indices.tolist()],
+            probs=top.values.tolist(),
+            indices=top.indices.tolist(),
+            heatmap=np.clip(heat, 0, 1).astype(np.float32),
+            stage_masks=masks,
+            stage_keep=stage_keep,
+            keep_ratio=float(np.mean(stage_keep)),
+        )
 
     def _record(self, answer: Answer, total_ms: float) -> int:
         """Count one answered frame in stats() (caller holds the lock); returns its frame index."""
@@ -406,8 +443,10 @@ class Runtime:
         frame, so a Runtime with budget_ms= refuses (use rt(frame) or rt.stream). The TensorRT
         backend takes at most its engines' max_batch (8) frames at once."""
         if self.controller is not None:
-            raise ValueError("batch() runs without a latency budget (the budget controller is calibrated per "
-                             "frame): create the Runtime without budget_ms=, or call it per frame")
+            raise ValueError(
+                "batch() runs without a latency budget (the budget controller is calibrated per "
+                "frame): create the Runtime without budget_ms=, or call it per frame"
+            )
         frames = list(frames)
         if not frames:
             raise ValueError("batch() needs at least one frame")
@@ -430,14 +469,28 @@ class Runtime:
             t0 = time.perf_counter()
             answers = [self._answer(out, i, a) for i, a in enumerate(arrays)]
             post_ms = (time.perf_counter() - t0) * 1e3
-            latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms,
-                       "total": pre_ms + model_ms + post_ms}
-            return [Result(**a._asdict(), latency_ms=dict(latency), frame_index=self._record(a, latency["total"]),
-                           timestamp=timestamp, fit=self.fit, input_size=self.input_size) for a in answers]
+            latency = {
+                "preprocess": pre_ms,
+                "model": model_ms,
+                "postprocess": post_ms,
+                "total": pre_ms + model_ms + post_ms,
+            }
+            return [
+                Result(
+                    **a._asdict(),
+                    latency_ms=dict(latency),
+                    frame_index=self._record(a, latency["total"]),
+                    timestamp=timestamp,
+                    fit=self.fit,
+                    input_size=self.input_size,
+                )
+                for a in answers
+            ]
 
     # -- streams ---------------------------------------------------------------------------------
-    def stream(self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None,
-               reconnect: int = 0) -> Iterator[Tuple[np.ndarray, Result]]:
+    def stream(
+        self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None, reconnect: int = 0
+    ) -> Iterator[Tuple[np.ndarray, Result]]:
         """Yield (frame, result) for a camera index, a video file, an RTSP/HTTP URL or an iterable
         of frames. Capture and preprocessing run on a background thread; the queue is bounded.
         Live sources drop the oldest frame under overload, files and iterables drop none unless
@@ -459,8 +512,9 @@ class Runtime:
         finally:
             capture.close()
 
-    def streams(self, sources: Sequence[Any], drop: Optional[bool] = None, color: Optional[str] = None,
-                reconnect: int = 0) -> Iterator[List[Tuple[int, np.ndarray, Result]]]:
+    def streams(
+        self, sources: Sequence[Any], drop: Optional[bool] = None, color: Optional[str] = None, reconnect: int = 0
+    ) -> Iterator[List[Tuple[int, np.ndarray, Result]]]:
         """Several sources (one per camera) at once: yield, per round, one (source index, frame,
         result) for each source still running, all answered in one forward (`batch`). Each source
         is captured as `stream` captures one (live ones drop their oldest frames under overload); a
@@ -469,8 +523,10 @@ class Runtime:
         `stats()["end_reason"]`, one per source, and the rounds go on while any source runs. No
         latency budget, as for `batch`."""
         if self.controller is not None:
-            raise ValueError("streams() runs without a latency budget (the budget controller is calibrated per "
-                             "frame): create the Runtime without budget_ms=, or stream each source on its own")
+            raise ValueError(
+                "streams() runs without a latency budget (the budget controller is calibrated per "
+                "frame): create the Runtime without budget_ms=, or stream each source on its own"
+            )
         sources = list(sources)
         if not sources:
             raise ValueError("streams() needs at least one source")
@@ -488,8 +544,15 @@ class Runtime:
                     continue
                 frames = [items[i][0] for i in ready]
                 pre_ms = sum(items[i][2] for i in ready)
-                yield list(zip(ready, frames, self._answer_batch(frames, [items[i][1] for i in ready],
-                                                                 pre_ms, min(items[i][3] for i in ready))))
+                yield list(
+                    zip(
+                        ready,
+                        frames,
+                        self._answer_batch(
+                            frames, [items[i][1] for i in ready], pre_ms, min(items[i][3] for i in ready)
+                        ),
+                    )
+                )
             self._end_reason = "; ".join(f"source {i}: {c.reason}" for i, c in enumerate(captures))
         finally:
             for c in captures:
@@ -521,7 +584,7 @@ class Runtime:
         for stop in list(self._streams):
             stop.set()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -534,8 +597,9 @@ class _Capture:
     timestamp) or None at the end, with the reason in `reason`. Bad frames are skipped and recorded
     in the Runtime's stats, named with `prefix`."""
 
-    def __init__(self, rt: "Runtime", source: Any, drop: Optional[bool], color: Optional[str], prefix: str,
-                 reconnect: int = 0):
+    def __init__(
+        self, rt: Runtime, source: Any, drop: Optional[bool], color: Optional[str], prefix: str, reconnect: int = 0
+    ):
         self.stop = threading.Event()
         self.src = open_source(source, reconnect, self.stop)
         self.rt, self.color, self.prefix = rt, color, prefix

@@ -1,26 +1,28 @@
 """Frame sources for `Runtime.stream`: camera index, video file, RTSP/HTTP URL, or any iterable."""
+
 from __future__ import annotations
 
 import os
 import threading
 from typing import Any, Iterator, Optional, Tuple
 
-LIVE = "live"   # camera or network stream: under overload, drop the oldest frames
-FILE = "file"   # a file or an iterable: drop nothing unless asked
+LIVE = "live"  # camera or network stream: under overload, drop the oldest frames
+FILE = "file"  # a file or an iterable: drop nothing unless asked
 
 
 def import_cv2():
     try:
         import cv2
     except ImportError as exc:
-        raise ImportError("video sources need OpenCV: pip install opencv-python-headless "
-                          "(or opencv-python for windows)") from exc
+        raise ImportError(
+            "video sources need OpenCV: pip install opencv-python-headless (or opencv-python for windows)"
+        ) from exc
     return cv2
 
 
 def reconnect_delay(attempt: int) -> float:
     """Seconds to wait before reconnect attempt `attempt` (0, 1, ...): 0.5, 1, 2, 4, then 8."""
-    return min(0.5 * 2 ** attempt, 8.0)
+    return min(0.5 * 2**attempt, 8.0)
 
 
 class CaptureSource:
@@ -51,8 +53,10 @@ class CaptureSource:
                 self._open_args = (source, cv2.CAP_GSTREAMER)
                 self.cap = cv2.VideoCapture(*self._open_args)
                 if not self.cap.isOpened():
-                    raise ValueError(f"GStreamer pipeline could not be opened (does this OpenCV have GStreamer? "
-                                     f"pip's wheels do not; JetPack's python3-opencv does): {source}")
+                    raise ValueError(
+                        f"GStreamer pipeline could not be opened (does this OpenCV have GStreamer? "
+                        f"pip's wheels do not; JetPack's python3-opencv does): {source}"
+                    )
                 return
             is_url = "://" in source
             if not is_url and not os.path.isfile(source):
@@ -133,9 +137,12 @@ def open_source(source: Any, reconnect: int = 0, stop: Optional[threading.Event]
         raise ValueError(f"reconnect must be an int >= 0 (attempts in a row), got {reconnect!r}")
     if isinstance(source, str) and source == "demo":
         from ..demo.clip import DEMO_CLIP
+
         return CaptureSource(DEMO_CLIP)
     if isinstance(source, (int, str, os.PathLike)) and not isinstance(source, bool):
         return CaptureSource(source, reconnect, stop)
     if hasattr(source, "__iter__"):
         return IterableSource(source)
-    raise TypeError(f"source must be a camera index, a path, a URL or an iterable of frames, got {type(source).__name__}")
+    raise TypeError(
+        f"source must be a camera index, a path, a URL or an iterable of frames, got {type(source).__name__}"
+    )

@@ -11,6 +11,7 @@ Stage by stage, with the earlier thresholds fixed, the threshold is the score qu
 that stage's share. Unless the spread is geometric, the per-stage shares also become the model's
 `keep_profile`, which the Runtime's keep levels then follow.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, List, Sequence, Union
@@ -35,8 +36,9 @@ def geometric_keep_targets(keep: float, stages: int) -> List[float]:
 
 
 @torch.no_grad()
-def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[float, Sequence[float]],
-                         shape: str = "geometric") -> List[float]:
+def calibrate_thresholds(
+    model, batches: Iterable[torch.Tensor], keep: Union[float, Sequence[float]], shape: str = "geometric"
+) -> List[float]:
     """Set and return `model.thresholds` so that policy "threshold" keeps on average `keep` of the
     patch tokens over the network on images like `batches` (normalised [B, 3, H, W] tensors),
     spread over the stages by `shape` ("geometric" or "learned", see the module docstring).
@@ -54,10 +56,15 @@ def calibrate_thresholds(model, batches: Iterable[torch.Tensor], keep: Union[flo
         targets = geometric_keep_targets(keep, S)
     else:
         targets = [float(k) for k in keep]
-        if len(targets) != S or not all(0.0 <= t <= 1.0 for t in targets) or any(
-                b > a + 1e-9 for a, b in zip(targets, targets[1:])):
-            raise ValueError(f"keep: one fraction in [0, 1] per stage ({S}), non-increasing "
-                             f"(a dropped token stays dropped), got {list(keep)}")
+        if (
+            len(targets) != S
+            or not all(0.0 <= t <= 1.0 for t in targets)
+            or any(b > a + 1e-9 for a, b in zip(targets, targets[1:]))
+        ):
+            raise ValueError(
+                f"keep: one fraction in [0, 1] per stage ({S}), non-increasing "
+                f"(a dropped token stays dropped), got {list(keep)}"
+            )
     thresholds = [0.0] * S  # a score is a sigmoid mean, > 0: stages not yet calibrated keep all
     images = sum(b.shape[0] for b in batches)
     for s in range(S):

@@ -6,6 +6,7 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; `setup` joins the process group (N
 on CPUs) and gives each process its device. Without torchrun everything here is a no-op, so the
 same training code runs in a notebook.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,8 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device | str = "cpu") -> tor
         return module
     device = torch.device(device)
     return torch.nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 def cleanup() -> None:

@@ -10,6 +10,7 @@ keeps every token) and the labels:
     from iared_edge.train import finetune_backbone
     history = finetune_backbone(model, train_loader, val_loader, steps=1000, checkpoint="run/ft.pt")
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,13 +19,20 @@ from typing import Dict, Iterable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .loop import _batches, evaluate, resume, save_checkpoint, seed_everything
 from .distributed import is_main, wrap_ddp
+from .loop import _batches, evaluate, resume, save_checkpoint, seed_everything
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
-    kd = F.kl_div(F.log_softmax(student / tau, -1), F.log_softmax(teacher / tau, -1), log_target=True,
-                  reduction="batchmean") * tau * tau
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, tau: float
+) -> torch.Tensor:
+    kd = (
+        F.kl_div(
+            F.log_softmax(student / tau, -1), F.log_softmax(teacher / tau, -1), log_target=True, reduction="batchmean"
+        )
+        * tau
+        * tau
+    )
     return alpha * kd + (1 - alpha) * F.cross_entropy(student, labels)
 
 
@@ -39,12 +47,25 @@ class _Student(torch.nn.Module):
         return self.model(images, policy=self.policy, execution="masked").logits
 
 
-def finetune_backbone(model, train_loader: Iterable, val_loader: Optional[Iterable] = None, steps: int = 1000,
-                      lr: float = 1e-5, weight_decay: float = 0.05, alpha: float = 0.5, tau: float = 1.0,
-                      teacher: Optional[torch.nn.Module] = None, policy: str = "threshold",
-                      checkpoint: Optional[str] = None, save_every: int = 100, val_every: int = 200,
-                      device: torch.device | str = "cpu", amp: Optional[torch.dtype] = None, seed: int = 0,
-                      progress: bool = True) -> List[Dict[str, float]]:
+def finetune_backbone(
+    model,
+    train_loader: Iterable,
+    val_loader: Optional[Iterable] = None,
+    steps: int = 1000,
+    lr: float = 1e-5,
+    weight_decay: float = 0.05,
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    teacher: Optional[torch.nn.Module] = None,
+    policy: str = "threshold",
+    checkpoint: Optional[str] = None,
+    save_every: int = 100,
+    val_every: int = 200,
+    device: torch.device | str = "cpu",
+    amp: Optional[torch.dtype] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> List[Dict[str, float]]:
     """Fine-tune `model.vit` with the interpreters frozen. `teacher`: a module mapping images to
     logits (default: a frozen copy of the backbone as it is now, every token kept). Resumable
     from `checkpoint`; under torchrun the student is wrapped in DistributedDataParallel."""
@@ -71,6 +92,7 @@ def finetune_backbone(model, train_loader: Iterable, val_loader: Optional[Iterab
     bar = None
     if progress and is_main():
         from tqdm import tqdm
+
         bar = tqdm(total=steps, initial=start, desc="fine-tune", dynamic_ncols=True)
     batches = _batches(train_loader)
     dev_type = torch.device(device).type
@@ -88,8 +110,7 @@ def finetune_backbone(model, train_loader: Iterable, val_loader: Optional[Iterab
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        log = {"step": step + 1, "loss": loss.item(),
-               "accuracy": (s_logits.argmax(-1) == y).float().mean().item()}
+        log = {"step": step + 1, "loss": loss.item(), "accuracy": (s_logits.argmax(-1) == y).float().mean().item()}
         if val_loader is not None and is_main() and ((step + 1) % val_every == 0 or step + 1 == steps):
             log.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
         history.append(log)

@@ -8,6 +8,7 @@
 in the curriculum, the history) and resumed from when it exists, so an interrupted run goes on
 where it stopped. Loading uses torch.load(weights_only=True).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,12 +49,26 @@ def resume(checkpoint: Optional[str], key: str, module: torch.nn.Module, optimiz
     return int(state["step"]), list(state["history"])
 
 
-def save_checkpoint(checkpoint: Optional[str], key: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    step: int, history: List) -> None:
+def save_checkpoint(
+    checkpoint: Optional[str],
+    key: str,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    history: List,
+) -> None:
     """What `resume` reads; written by the main process only (under torchrun all ranks hold the same)."""
     if checkpoint and is_main():
-        atomic_save(checkpoint, {key: module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                 "history": history, "rng": torch.get_rng_state()})
+        atomic_save(
+            checkpoint,
+            {
+                key: module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "history": history,
+                "rng": torch.get_rng_state(),
+            },
+        )
 
 
 def _batches(loader: Iterable) -> Iterator:
@@ -67,8 +82,13 @@ def _batches(loader: Iterable) -> Iterator:
 
 
 @torch.no_grad()
-def predict(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
-            max_batches: Optional[int] = None):
+def predict(
+    model,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+    policy: str = "threshold",
+    max_batches: Optional[int] = None,
+):
     """(predicted class [n], labels [n], patch tokens kept after each stage [n, S]) over `loader`
     ((images, labels) batches): per image, for paired comparisons of two models on the same images."""
     model.eval()
@@ -85,16 +105,23 @@ def predict(model, loader: Iterable, device: torch.device | str = "cpu", policy:
     return torch.cat(preds), torch.cat(labels), torch.cat(keep)
 
 
-def evaluate(model, loader: Iterable, device: torch.device | str = "cpu", policy: str = "threshold",
-             max_batches: Optional[int] = None) -> Dict[str, float]:
+def evaluate(
+    model,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+    policy: str = "threshold",
+    max_batches: Optional[int] = None,
+) -> Dict[str, float]:
     """Top-1 accuracy and mean keep ratio per stage over `loader` ((images, labels) batches)."""
     return summarize(*predict(model, loader, device, policy, max_batches))
 
 
 def summarize(pred: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> Dict[str, float]:
     """`predict`'s per-image output as top-1 accuracy and mean keep ratio per stage."""
-    return {"accuracy": (pred == labels).float().mean().item(),
-            **{f"keep{s + 1}": keep[:, s].mean().item() for s in range(keep.shape[1])}}
+    return {
+        "accuracy": (pred == labels).float().mean().item(),
+        **{f"keep{s + 1}": keep[:, s].mean().item() for s in range(keep.shape[1])},
+    }
 
 
 def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
@@ -108,21 +135,41 @@ def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
     n = a.size
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     diff = (only_a - only_b) / n
-    se = np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n  # sd of the per-image differences / sqrt(n)
+    se = (
+        np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n
+    )  # sd of the per-image differences / sqrt(n)
     k, m = min(only_a, only_b), only_a + only_b
     # two-sided exact binomial test of only_a ~ Bin(only_a + only_b, 1/2)
     # (integer arithmetic: 2.0 ** m overflows a float beyond 1,023 discordant images)
-    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
-    return {"images": n, "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "difference": diff,
-            "ci95_low": diff - 1.96 * se, "ci95_high": diff + 1.96 * se, "only_a_right": only_a,
-            "only_b_right": only_b, "mcnemar_p": p}
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+    return {
+        "images": n,
+        "accuracy_a": float(a.mean()),
+        "accuracy_b": float(b.mean()),
+        "difference": diff,
+        "ci95_low": diff - 1.96 * se,
+        "ci95_high": diff + 1.96 * se,
+        "only_a_right": only_a,
+        "only_b_right": only_b,
+        "mcnemar_p": p,
+    }
 
 
-def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Iterable] = None,
-                       steps_per_stage: int = 500, lr: float = 1e-3, config: ReinforceConfig = ReinforceConfig(),
-                       checkpoint: Optional[str] = None, save_every: int = 100, val_every: int = 200,
-                       device: torch.device | str = "cpu", amp: Optional[torch.dtype] = None, seed: int = 0,
-                       progress: bool = True) -> List[Dict[str, float]]:
+def train_interpreters(
+    model,
+    train_loader: Iterable,
+    val_loader: Optional[Iterable] = None,
+    steps_per_stage: int = 500,
+    lr: float = 1e-3,
+    config: ReinforceConfig = ReinforceConfig(),
+    checkpoint: Optional[str] = None,
+    save_every: int = 100,
+    val_every: int = 200,
+    device: torch.device | str = "cpu",
+    amp: Optional[torch.dtype] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> List[Dict[str, float]]:
     """REINFORCE on the interpreters with the backbone frozen: stage 1 for `steps_per_stage`
     steps, then stages 1-2, ... Returns the history (one dict per step, validations included)."""
     seed_everything(seed)
@@ -137,6 +184,7 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
     bar = None
     if progress and is_main():
         from tqdm import tqdm
+
         bar = tqdm(total=total, initial=start, desc="interpreters", dynamic_ncols=True)
     batches = _batches(train_loader)
     for step in range(start, total):
@@ -151,8 +199,12 @@ def train_interpreters(model, train_loader: Iterable, val_loader: Optional[Itera
         history.append(log)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(stages=stages, reward=f"{log['reward']:.3f}", acc=f"{log['accuracy']:.2f}",
-                            keep="/".join(f"{log[f'keep{s + 1}']:.2f}" for s in range(S)))
+            bar.set_postfix(
+                stages=stages,
+                reward=f"{log['reward']:.3f}",
+                acc=f"{log['accuracy']:.2f}",
+                keep="/".join(f"{log[f'keep{s + 1}']:.2f}" for s in range(S)),
+            )
         if (step + 1) % save_every == 0 or step + 1 == total:
             save_checkpoint(checkpoint, "interpreters", model.interpreters, optimizer, step + 1, history)
     if bar is not None:

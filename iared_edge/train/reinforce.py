@@ -7,6 +7,7 @@ by that stage's share of the blocks - and, when wrong, -penalty. The baseline is
 greedy threshold decisions on the same images (self-critical), which cuts the variance. The
 curriculum trains stage 1 first (later stages keep every token), then stages 1-2, and so on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 
 @dataclass
 class ReinforceConfig:
-    penalty: float = 1.0                            # reward of a wrong prediction: -penalty
+    penalty: float = 1.0  # reward of a wrong prediction: -penalty
     stage_weights: Optional[Sequence[float]] = None  # default: each stage's share of the blocks
 
 
@@ -28,8 +29,9 @@ def stage_weights(model, config: ReinforceConfig) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def rewards(logits: torch.Tensor, labels: torch.Tensor, keep_ratio: torch.Tensor, weights: torch.Tensor,
-            penalty: float) -> torch.Tensor:
+def rewards(
+    logits: torch.Tensor, labels: torch.Tensor, keep_ratio: torch.Tensor, weights: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """[B] reward: right -> sum_s w_s (1 - keep_s); wrong -> -penalty."""
     correct = logits.argmax(-1) == labels
     saved = ((1 - keep_ratio) * weights.to(keep_ratio.device)).sum(1)
@@ -62,9 +64,15 @@ class PolicySampler(torch.nn.Module):
         return out.logits.detach(), out.keep_ratio, out.log_probs[:, :stages]
 
 
-def reinforce_step(model, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   stages: int, config: ReinforceConfig = ReinforceConfig(),
-                   sampler: Optional[torch.nn.Module] = None) -> Dict[str, float]:
+def reinforce_step(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    stages: int,
+    config: ReinforceConfig = ReinforceConfig(),
+    sampler: Optional[torch.nn.Module] = None,
+) -> Dict[str, float]:
     """One policy-gradient step on the interpreters of the first `stages` stages. `sampler`: a
     PolicySampler of `model` (wrapped in DistributedDataParallel under torchrun); default: one."""
     S = model.num_stages
@@ -84,6 +92,10 @@ def reinforce_step(model, images: torch.Tensor, labels: torch.Tensor, optimizer:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"loss": loss.item(), "reward": r.mean().item(), "greedy_reward": baseline.mean().item(),
-            "accuracy": (greedy.logits.argmax(-1) == labels).float().mean().item(),
-            **{f"keep{s + 1}": greedy.keep_ratio[:, s].mean().item() for s in range(S)}}
+    return {
+        "loss": loss.item(),
+        "reward": r.mean().item(),
+        "greedy_reward": baseline.mean().item(),
+        "accuracy": (greedy.logits.argmax(-1) == labels).float().mean().item(),
+        **{f"keep{s + 1}": greedy.keep_ratio[:, s].mean().item() for s in range(S)},
+    }

@@ -1,5 +1,6 @@
 """Run by tests/test_train.py under `torchrun --nproc_per_node 2`: a few REINFORCE and fine-tuning
 steps on per-rank data, then each rank writes its weights so the test can compare them."""
+
 import os
 import sys
 
@@ -20,6 +21,8 @@ x = torch.randn(16, 3, 32, 32, generator=g)
 y = torch.randint(0, 4, (16,), generator=g)
 train_interpreters(model, [(x, y)], steps_per_stage=2, lr=1e-2, progress=False, device=device)
 finetune_backbone(model, [(x, y)], steps=2, lr=1e-3, progress=False, device=device)
-torch.save({"interpreters": model.interpreters.state_dict(), "backbone": model.vit.state_dict(),
-            "world": dist.world_size()}, os.path.join(out, f"rank{rank}.pt"))
+torch.save(
+    {"interpreters": model.interpreters.state_dict(), "backbone": model.vit.state_dict(), "world": dist.world_size()},
+    os.path.join(out, f"rank{rank}.pt"),
+)
 dist.cleanup()

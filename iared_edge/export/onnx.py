@@ -2,10 +2,11 @@
 operators only (TopK or NonZero, Gather).
 
 - One graph per keep level (`export_onnx`): the per-stage counts k_s = ceil(level * n_{s-1}) are
-  constants, so TensorRT versions that need a constant TopK K (before 10) can build it.
+  constants, so TensorRT versions whose ONNX parser needs a constant TopK K (8.5 and older) can
+  build it.
 - One graph with the counts as an input (`export_onnx_counts`): `keep_counts` int64 [S] feeds
-  TopK's K directly (TensorRT 10 accepts a K that is a shape input); `keep_counts_for(model, level)`
-  gives the counts of a keep level.
+  TopK's K directly (a shape input: TensorRT's ONNX parser takes a K tensor from 8.6, int64 from
+  10); `keep_counts_for(model, level)` gives the counts of a keep level.
 - Policy "threshold" (`export_onnx_threshold`): each image keeps its own number of tokens
   (NonZero of the keep probabilities above the thresholds), one image per run.
 - The plain backbone (`export_onnx_plain`): timm's forward, logits only: the baseline that
@@ -16,9 +17,14 @@ heatmap [B, gh, gw] (`iared_edge.model.heatmap_from_scores` of the per-stage kee
 Attention is permutation-equivariant, so kept tokens need not be re-sorted. Every graph can be
 written with int8 weights for CPUs (`int8=True`; what is quantized: `iared_edge.export.quantize`),
 and carries in its metadata what an app needs to use it without Python (`deployment_metadata`).
+The level graphs can also be written in float16 (`fp16=True`, `half_model`): float16 weights and
+`images` input, LayerNorm computed in float32, for TensorRT's strongly typed networks (TensorRT 11
+takes precision from the graph's types only).
 """
+
 from __future__ import annotations
 
+import copy
 import warnings
 from contextlib import contextmanager
 from typing import Dict, List, Sequence, Union
@@ -89,8 +95,9 @@ class ThresholdGraph(nn.Module):
             raise ValueError(f"thresholds: one value or one per stage ({model.num_stages}), got {thresholds!r}")
 
     def forward(self, images: torch.Tensor):
-        return dense_forward(self.model, images,
-                             lambda s, probs: torch.nonzero(probs[0] > self.thresholds[s]).transpose(0, 1))
+        return dense_forward(
+            self.model, images, lambda s, probs: torch.nonzero(probs[0] > self.thresholds[s]).transpose(0, 1)
+        )
 
 
 class _TopKIndices(torch.autograd.Function):
@@ -123,6 +130,48 @@ class CountsGraph(nn.Module):
         return dense_forward(self.model, images, lambda s, probs: _TopKIndices.apply(probs, keep_counts[s]))
 
 
+class _Float32LayerNorm(nn.Module):
+    """A LayerNorm computed in float32 inside a float16 graph: Cast, LayerNormalization with float32
+    scale and bias, Cast back. Normalization sums squares, which overflow float16 past ~256; ATen
+    and TensorRT's weakly typed builds accumulate it in float32 too, and a strongly typed network
+    computes it in its input's type, so the cast has to be in the graph."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+def half_model(model):
+    """A float16 copy of `model` for a float16 graph: every weight float16 except the LayerNorms',
+    which stay float32 and run in float32 (`_Float32LayerNorm`). `model` is not changed. The
+    interpreters' keep probabilities are float32 in `dense_forward` (so TopK, the kept indices and
+    the heatmap are as in float32 graphs); the logits come out float16."""
+    fp32 = dict(model.named_modules())
+    half = copy.deepcopy(model).to(torch.float16).eval()
+    for name, module in list(half.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                full = f"{name}.{child_name}" if name else child_name
+                setattr(module, child_name, _Float32LayerNorm(copy.deepcopy(fp32[full]).float()))
+    return half
+
+
+def _dtype_metadata(fp16: bool) -> Dict[str, str]:
+    """A float16 graph says so in its metadata (its `images` input is float16); float32 graphs'
+    metadata is as it always was."""
+    return {"input_dtype": "float16"} if fp16 else {}
+
+
+def _precision(model, fp16: bool, int8: bool):
+    """(the model to trace, the dtype of its `images` input) for `fp16`."""
+    if fp16 and int8:
+        raise ValueError("fp16 and int8: choose one (int8 graphs are for CPUs, fp16 graphs for TensorRT)")
+    return (half_model(model), torch.float16) if fp16 else (model, torch.float32)
+
+
 @contextmanager
 def _exporting():
     """No autograd, and only warnings worth a user's attention: tracer warnings are expected (the
@@ -131,8 +180,9 @@ def _exporting():
     notices, its own and its internals', would only alarm."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
         yield
 
@@ -155,10 +205,20 @@ def deployment_metadata(model, **extra) -> Dict[str, str]:
 
     from .. import __version__
     from ..preprocess import model_normalization
+
     mean, std, crop_pct = model_normalization(model)
-    meta = {"producer": f"iared-edge {__version__}", "input_size": list(model.input_size), "color": "RGB",
-            "mean": list(mean), "std": list(std), "crop_pct": crop_pct, "labels": model.class_names(),
-            "grid": list(model.grid_size), "num_stages": model.num_stages, **extra}
+    meta = {
+        "producer": f"iared-edge {__version__}",
+        "input_size": list(model.input_size),
+        "color": "RGB",
+        "mean": list(mean),
+        "std": list(std),
+        "crop_pct": crop_pct,
+        "labels": model.class_names(),
+        "grid": list(model.grid_size),
+        "num_stages": model.num_stages,
+        **extra,
+    }
     return {k: json.dumps(v) for k, v in meta.items()}
 
 
@@ -168,6 +228,7 @@ def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, metadata: Dic
     import io
 
     import onnx
+
     buffer = io.BytesIO()
     with _exporting():
         torch.onnx.export(graph, inputs, buffer, dynamo=False, **export_kwargs)
@@ -175,44 +236,72 @@ def _write(graph: nn.Module, inputs: tuple, path: str, int8: bool, metadata: Dic
     onnx.helper.set_model_props(exported, metadata)
     if int8:
         from .quantize import quantize_int8
+
         quantize_int8(exported, path)
     else:
         onnx.save(exported, path)
 
 
-def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False) -> List[str]:
+def export_onnx_counts(model, path: str, opset: int = 17, int8: bool = False, fp16: bool = False) -> List[str]:
     """Write `path` (.onnx): one graph for every keep level, inputs `images` and `keep_counts`
     (int64 [S], each in 1..the previous stage's count); returns the output names. `int8`: the
-    blocks' and head's weights in int8 (`quantize.quantize_int8`), for CPUs."""
+    blocks' and head's weights in int8 (`quantize.quantize_int8`), for CPUs. `fp16`: float16
+    weights and `images` (`half_model`), for TensorRT's strongly typed networks."""
     check_opset(opset)
-    graph = CountsGraph(model).eval()
+    traced, dtype = _precision(model, fp16, int8)
+    graph = CountsGraph(traced).eval()
     S = model.num_stages
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(S)] + ["heatmap"]
-    x = torch.zeros(2, *model.input_size)
+    x = torch.zeros(2, *model.input_size, dtype=dtype)
     counts = torch.tensor(keep_counts_for(model, 0.7), dtype=torch.int64)
-    dyn = {"images": {0: "batch"}, "logits": {0: "batch"}, "heatmap": {0: "batch"},
-           **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)}}
-    _write(graph, (x, counts), path, int8, deployment_metadata(model, policy="level", keep_counts_input=True),
-           input_names=["images", "keep_counts"], output_names=names, opset_version=opset, dynamic_axes=dyn)
+    dyn = {
+        "images": {0: "batch"},
+        "logits": {0: "batch"},
+        "heatmap": {0: "batch"},
+        **{f"kept_stage{s + 1}": {0: "batch", 1: f"k{s + 1}"} for s in range(S)},
+    }
+    _write(
+        graph,
+        (x, counts),
+        path,
+        int8,
+        deployment_metadata(model, policy="level", keep_counts_input=True, **_dtype_metadata(fp16)),
+        input_names=["images", "keep_counts"],
+        output_names=names,
+        opset_version=opset,
+        dynamic_axes=dyn,
+    )
     return names
 
 
-def export_onnx(model, path: str, level: Union[float, Sequence[float]], opset: int = 17,
-                int8: bool = False) -> List[str]:
+def export_onnx(
+    model, path: str, level: Union[float, Sequence[float]], opset: int = 17, int8: bool = False, fp16: bool = False
+) -> List[str]:
     """Write `path` (.onnx) for one keep level; returns the output names. `int8`: the blocks' and
-    head's weights in int8 (`quantize.quantize_int8`), for CPUs."""
+    head's weights in int8 (`quantize.quantize_int8`), for CPUs. `fp16`: float16 weights and
+    `images` (`half_model`), for TensorRT's strongly typed networks."""
     check_opset(opset)
-    graph = LevelGraph(model, level).eval()
+    traced, dtype = _precision(model, fp16, int8)
+    graph = LevelGraph(traced, level).eval()
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(model.num_stages)] + ["heatmap"]
-    x = torch.zeros(2, *model.input_size)
-    _write(graph, (x,), path, int8, deployment_metadata(model, policy="level", keep_counts=graph.counts),
-           input_names=["images"], output_names=names, opset_version=opset,
-           dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+    x = torch.zeros(2, *model.input_size, dtype=dtype)
+    _write(
+        graph,
+        (x,),
+        path,
+        int8,
+        deployment_metadata(model, policy="level", keep_counts=graph.counts, **_dtype_metadata(fp16)),
+        input_names=["images"],
+        output_names=names,
+        opset_version=opset,
+        dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+    )
     return names
 
 
-def export_onnx_threshold(model, path: str, thresholds: Union[None, float, Sequence[float]] = None,
-                          opset: int = 17, int8: bool = False) -> List[str]:
+def export_onnx_threshold(
+    model, path: str, thresholds: Union[None, float, Sequence[float]] = None, opset: int = 17, int8: bool = False
+) -> List[str]:
     """Write `path` (.onnx): policy "threshold" for one image (`ThresholdGraph`; `thresholds`
     default the model's own), input `images` [1, C, H, W]; outputs as the level graphs', each
     stage's kept indices [1, k_s] with k_s the image's own count. Returns the output names."""
@@ -221,9 +310,17 @@ def export_onnx_threshold(model, path: str, thresholds: Union[None, float, Seque
     S = model.num_stages
     names = ["logits"] + [f"kept_stage{s + 1}" for s in range(S)] + ["heatmap"]
     x = torch.zeros(1, *model.input_size)
-    _write(graph, (x,), path, int8, deployment_metadata(model, policy="threshold", thresholds=graph.thresholds),
-           input_names=["images"], output_names=names, opset_version=opset,
-           dynamic_axes={f"kept_stage{s + 1}": {1: f"k{s + 1}"} for s in range(S)})
+    _write(
+        graph,
+        (x,),
+        path,
+        int8,
+        deployment_metadata(model, policy="threshold", thresholds=graph.thresholds),
+        input_names=["images"],
+        output_names=names,
+        opset_version=opset,
+        dynamic_axes={f"kept_stage{s + 1}": {1: f"k{s + 1}"} for s in range(S)},
+    )
     return names
 
 
@@ -233,6 +330,15 @@ def export_onnx_plain(model, path: str, opset: int = 17, int8: bool = False) -> 
     against (`iared-edge bench --backend onnxruntime`)."""
     check_opset(opset)
     x = torch.zeros(2, *model.input_size)
-    _write(model.vit.eval(), (x,), path, int8, deployment_metadata(model, policy="all"), input_names=["images"],
-           output_names=["logits"], opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    _write(
+        model.vit.eval(),
+        (x,),
+        path,
+        int8,
+        deployment_metadata(model, policy="all"),
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return ["logits"]

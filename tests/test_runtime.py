@@ -106,10 +106,13 @@ def test_result_overlay_shows_heatmap_and_dropped_patches(rt):
     assert shown.shape == frame.shape and np.array_equal(shown, ref)
     assert np.array_equal(res.overlay(frame[..., ::-1].copy(), color="rgb"), ref[..., ::-1])
     assert np.array_equal(res.overlay(frame, heatmap=False, mask=False), frame)  # both off: the frame itself
-    # dimmed where the last stage dropped the patch, not where it kept it
-    no_heat = res.overlay(frame, heatmap=False).astype(int)
-    kept = cv2.resize(res.stage_masks[-1].astype(np.uint8), frame.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-    assert (no_heat[~kept] <= frame[~kept]).all() and np.array_equal(no_heat[kept], frame[kept].astype(int))
+    # greyed (half-way to each pixel's grey) where the last stage dropped the patch, untouched where it kept it
+    no_heat = res.overlay(frame, heatmap=False).astype(np.float32)
+    grid = torch.from_numpy(res.stage_masks[-1].astype(np.float32))[None, None]
+    kept = torch.nn.functional.interpolate(grid, size=frame.shape[:2], mode="nearest")[0, 0].numpy() > 0.5
+    f = frame.astype(np.float32)
+    greyed = 0.5 * f + 0.5 * f.mean(-1, keepdims=True)
+    assert np.abs(no_heat[~kept] - greyed[~kept]).max() <= 1 and np.array_equal(no_heat[kept], f[kept])
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     assert rt(grey).overlay(grey).shape == frame.shape
     with pytest.raises(ValueError, match="this Result answers a 384x288 frame"):
@@ -979,15 +982,16 @@ def test_fit_crop_and_letterbox_against_hand_made_frames(rt):
         Runtime(rt.model, fit="stretch")
 
 
-def test_overlay_dims_what_a_crop_does_not_see(rt):
+def test_overlay_greys_what_a_crop_does_not_see(rt):
     frame = clip_frames(1)[0]  # 288 x 384: the crop is columns 48-335
     res = Runtime(rt.model, fit="crop")(frame)
     pic = res.overlay(frame, heatmap=False).astype(np.float32)
     f = frame.astype(np.float32)
-    assert np.abs(pic[:, :48] - f[:, :48] * 0.35).max() <= 1 and np.abs(pic[:, 336:] - f[:, 336:] * 0.35).max() <= 1
-    cell = 288 / 14  # each patch's centre pixel in the frame: itself if kept, dimmed if dropped
+    greyed = 0.5 * f + 0.5 * f.mean(-1, keepdims=True)  # what the model did not see, or dropped
+    assert np.abs(pic[:, :48] - greyed[:, :48]).max() <= 1 and np.abs(pic[:, 336:] - greyed[:, 336:]).max() <= 1
+    cell = 288 / 14  # each patch's centre pixel in the frame: itself if kept, greyed if dropped
     for r in range(14):
         for c in range(14):
             y, x = int((r + 0.5) * cell), 48 + int((c + 0.5) * cell)
-            expect = f[y, x] if res.stage_masks[-1][r, c] else f[y, x] * 0.35
+            expect = f[y, x] if res.stage_masks[-1][r, c] else greyed[y, x]
             assert np.abs(pic[y, x] - expect).max() <= 1, (r, c)

@@ -283,3 +283,16 @@ def test_cuda_graphs_capture_on_the_models_device():
     assert graphs._backend.name == "cuda_graphs" and graphs._backend.static_in.device == torch.device("cuda:1")
     a, b = graphs(frame), eager(frame)
     assert a.labels == b.labels and (a.stage_masks == b.stage_masks).all()
+
+
+def test_the_gpu_check_script_parses_and_its_report_reads_summaries(tmp_path):
+    import importlib.util
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", "benchmarks/gpu_check.sh"]).returncode == 0
+    spec = importlib.util.spec_from_file_location("gpu_report", "benchmarks/gpu_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    (tmp_path / "p.txt").write_text("....\n12 passed, 3 skipped in 4.0s\n")
+    assert report.summary_line(str(tmp_path / "p.txt")) == "12 passed, 3 skipped in 4.0s"
+    assert report.summary_line(str(tmp_path / "none.txt")) == "missing"

@@ -50,7 +50,9 @@ def autocast_dtype(device: str | torch.device = "cpu", amp: str = "auto") -> tor
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); elsewhere torch emulates bf16."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # the probes exist from torch 2.5; NVIDIA's JetPack 6.0 wheels are 2.4 (ARM CPUs: no such units)
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 # CPU flags (/proc/cpuinfo) of the int8 dot-product instructions ONNX Runtime's int8 GEMMs use

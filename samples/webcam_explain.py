@@ -5,6 +5,7 @@
     python samples/webcam_explain.py --source demo --headless --output out.mp4
     python samples/webcam_explain.py --model deit_small_patch16_224 --checkpoint deit_small.pth --source 0
     python samples/webcam_explain.py --backend onnxruntime --precision int8   # on a CPU: faster at batch 1
+    python samples/webcam_explain.py --csi 0 --precision fp16   # Jetson CSI camera 0 (GStreamer OpenCV)
 
 Keys: + / - change the latency budget (start with --budget-ms), h heatmap on/off, m kept-patch mask
 on/off, q quit. Headless (--headless, or when there is no display) it writes the annotated video and
@@ -45,6 +46,43 @@ def pick_source(arg: str):
             print("no camera found: playing the bundled demo clip (street footage with digits)")
         return 0 if ok else "demo"
     return int(arg) if arg.isdigit() else arg
+
+
+def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+    """The GStreamer pipeline of Jetson CSI camera `sensor_id` (nvarguscamerasrc, the Argus camera
+    service), ending in the BGR frames OpenCV reads. `Runtime.stream` opens a string containing
+    " ! " as a GStreamer pipeline, which needs an OpenCV built with GStreamer (JetPack's own).
+    appsink keeps one frame and drops older ones (drop=1 acts only with max-buffers set), so a slow
+    model sees the newest frame, not a backlog."""
+    limits = (("sensor_id", sensor_id, 0), ("width", width, 1), ("height", height, 1), ("fps", fps, 1))
+    bad = [f"{n}={v!r}" for n, v, low in limits if isinstance(v, bool) or not isinstance(v, int) or v < low]
+    if bad:
+        raise ValueError(f"csi_pipeline: integers expected, sensor_id >= 0 and the rest >= 1; got {', '.join(bad)}")
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! "
+        f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1 ! "
+        "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+        "appsink drop=1 max-buffers=1"
+    )
+
+
+def parse_size(text: str):
+    """ "1280x720" -> (1280, 720)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be >= 1, got {text!r}")
+    return w, h
+
+
+def source_of(args):
+    """What to stream: the CSI pipeline for --csi N, else --source (see pick_source)."""
+    if args.csi is not None:
+        w, h = args.csi_size or (1280, 720)
+        return csi_pipeline(args.csi, w, h, args.csi_fps or 30)
+    return pick_source(args.source)
 
 
 def _text(img, text, org, scale, color=(255, 255, 255)):
@@ -124,7 +162,17 @@ def load_truth(source):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", default="auto", help='camera index, video file, URL, "demo" (bundled clip) or "auto"')
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--source", default="auto", help='camera index, video file, URL, "demo" (bundled clip) or "auto"')
+    src.add_argument(
+        "--csi",
+        type=int,
+        metavar="N",
+        default=None,
+        help="Jetson CSI camera N (nvarguscamerasrc sensor-id=N) through GStreamer; needs an OpenCV built with it",
+    )
+    ap.add_argument("--csi-size", type=parse_size, default=None, metavar="WxH", help="--csi capture size (1280x720)")
+    ap.add_argument("--csi-fps", type=int, default=None, metavar="FPS", help="--csi frame rate (30)")
     ap.add_argument("--model", default="demo", help='"demo" (bundled), a saved .safetensors, or a timm name')
     ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
     RuntimeConfig.add_arguments(ap)  # --device, --budget-ms, --policy, --level, --precision, --backend, --fit, ...
@@ -146,6 +194,12 @@ def main(argv=None) -> int:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.reconnect < 0:
         ap.error(f"--reconnect must be >= 0, got {args.reconnect}")
+    if args.csi is None and (args.csi_size is not None or args.csi_fps is not None):
+        ap.error("--csi-size and --csi-fps apply to --csi only")
+    if args.csi is not None and args.csi < 0:
+        ap.error(f"--csi must be a sensor id >= 0, got {args.csi}")
+    if args.csi_fps is not None and args.csi_fps < 1:
+        ap.error(f"--csi-fps must be >= 1, got {args.csi_fps}")
     try:
         return run(args)
     except (ValueError, OSError, TypeError, RuntimeError) as exc:  # bad model, source, budget, output
@@ -160,7 +214,7 @@ def run(args) -> int:
     output = args.output or ("webcam_explain.mp4" if headless else None)
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise FileNotFoundError(f"--output {output}: no such folder")
-    source = pick_source(args.source)
+    source = source_of(args)
     model = resolve_model(args.model, args.checkpoint)
     truth = load_truth(source)
     show_heat = show_mask = True

@@ -89,3 +89,13 @@ def test_inference_precision_auto_picks_what_the_hardware_runs_natively(
     ]
     with pytest.raises(ValueError, match="precision must be one of"):
         inference_dtype(device, "half")
+
+
+def test_cpu_bf16_probe_works_on_a_torch_without_the_probes(monkeypatch):
+    """NVIDIA's JetPack 6.0 torch (2.4) has no torch.cpu._is_avx512_bf16_supported (torch 2.5):
+    `iared-edge info` and precision "auto" must not raise there."""
+    from iared_edge.devices import cpu_has_bf16
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert cpu_has_bf16() is False

@@ -7,7 +7,7 @@ into per-head vectors so scoring a token costs O(C·H), not O(C²) (see `fold`).
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,21 +37,47 @@ class Interpreter(nn.Module):
         # [B, H, L, D] @ [B, H, D, 1]: plain MatMul (exports to ONNX/TensorRT without Einsum)
         return (k.transpose(1, 2) @ (q[:, 0] * self.scale).unsqueeze(-1)).squeeze(-1)
 
-    def fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def fold(
+        self, cls: torch.Tensor, weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32),
-        so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h]."""
+        so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h]. `weights`: the (weight, bias) of
+        `qk` to fold with (default: the current ones), for scores computed after the forward."""
         with torch.autocast(cls.device.type, enabled=False):  # float32 even inside a caller's autocast
-            return self._fold(cls)
+            return self._fold(cls, weights or (self.qk.weight, self.qk.bias))
 
-    def _fold(self, cls: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        C, H, D = cls.shape[-1], self.num_heads, self.head_dim
-        w, b = self.qk.weight.float(), self.qk.bias.float()
-        q = F.linear(self.norm(cls.float()), w[:C], b[:C]).view(-1, H, 1, D) * self.scale
+    def _fold(self, cls: torch.Tensor, weights: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        H, D = self.num_heads, self.head_dim
+        wq, bq, wk, bk = self._fold_constants(*weights)
+        x = cls if cls.dtype == torch.float32 else cls.float()
+        q = F.linear(self.norm(x), wq, bq).view(-1, H, 1, D)  # the scale is in wq, bq
         # Per head q_h W_k,h and q_h . b_k,h as two batched matmuls, outputs contiguous as made:
         # the fewest small ops, since at batch 1 each costs more than its arithmetic
-        vecs = torch.matmul(q, w[C:].view(H, D, C)).view(-1, H, C)
-        biases = torch.matmul(q, b[C:].view(H, D, 1)).view(-1, H)
+        vecs = torch.matmul(q, wk).view(-1, H, wk.shape[-1])
+        biases = torch.matmul(q, bk).view(-1, H)
         return vecs, biases
+
+    def _fold_constants(self, w: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The float32 weight slices `fold` multiplies by, made once per weights (their identity
+        and version: an optimiser step or load_state_dict makes new ones), not per forward."""
+        try:
+            key = (id(w), w._version, id(b), b._version, w.device, w.dtype)
+        except RuntimeError:  # tensors that keep no version (inference tensors): no cache
+            key = None
+        cached = getattr(self, "_folded", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        C, H, D = w.shape[1], self.num_heads, self.head_dim
+        w32, b32 = w.float(), b.float()
+        consts = (
+            w32[:C] * self.scale,
+            b32[:C] * self.scale,
+            w32[C:].reshape(H, D, C),
+            b32[C:].reshape(H, D, 1),
+        )
+        if key is not None:
+            self._folded = (key, consts)
+        return consts
 
     @torch.no_grad()
     def init_from_attention(self, norm: nn.LayerNorm, qkv: nn.Linear) -> None:

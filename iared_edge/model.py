@@ -14,8 +14,8 @@ For the same decisions both give the same logits (tested).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from functools import cached_property
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -71,17 +71,52 @@ def heatmap_from_scores(scores: torch.Tensor, grid: Tuple[int, int]) -> torch.Te
     return (heat / weight).view(B, gh, gw)
 
 
-@dataclass
 class IARedOutput:
-    """What one forward gives. S = number of stages (groups), N = patch tokens, grid gh x gw = N."""
+    """What one forward gives. S = number of stages (groups), N = patch tokens, grid gh x gw = N.
 
-    logits: torch.Tensor  # [B, num_classes]
-    keep_masks: torch.Tensor  # [B, S, N] bool: patch still present after stage s's decision
-    scores: torch.Tensor  # [B, S, N] float32: stage s's keep probability (0 if already dropped)
-    kept_counts: torch.Tensor  # [B, S] int64: patch tokens kept by stage s
-    heatmap: torch.Tensor  # [B, gh, gw] float32 in [0, 1]: `heatmap_from_scores(scores, grid)`
-    flops: torch.Tensor  # [B] float64: estimated FLOPs of this forward, from real token counts
-    log_probs: Optional[torch.Tensor] = None  # [B, S]: log-probability of sampled decisions (policy "sample")
+    logits [B, num_classes] and log_probs [B, S] (policy "sample"; else None) are computed by the
+    forward; the per-patch outputs are built on first access, from what each stage kept, so a
+    forward that only needs logits launches none of their ops:
+    keep_masks [B, S, N] bool (patch still present after stage s's decision), scores [B, S, N]
+    float32 (stage s's keep probability, 0 if already dropped), kept_counts [B, S] int64, heatmap
+    [B, gh, gw] float32 in [0, 1] (`heatmap_from_scores(scores, grid)`), flops [B] float64
+    (estimated from the real token counts), keep_ratio [B, S]."""
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        maps: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
+        grid: Tuple[int, int],
+        flops_of: Callable[[torch.Tensor], torch.Tensor],
+        log_probs: Optional[torch.Tensor] = None,
+    ):
+        self.logits = logits
+        self.log_probs = log_probs
+        self._build_maps, self._grid, self._flops_of = maps, grid, flops_of
+
+    @cached_property
+    def _maps(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self._build_maps()
+
+    @property
+    def keep_masks(self) -> torch.Tensor:
+        return self._maps[0]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self._maps[1]
+
+    @cached_property
+    def kept_counts(self) -> torch.Tensor:
+        return self.keep_masks.sum(-1)
+
+    @cached_property
+    def heatmap(self) -> torch.Tensor:
+        return heatmap_from_scores(self.scores, self._grid)
+
+    @cached_property
+    def flops(self) -> torch.Tensor:
+        return self._flops_of(self.kept_counts)
 
     @property
     def keep_ratio(self) -> torch.Tensor:
@@ -380,17 +415,12 @@ class IARedViT(nn.Module):
         return self._forward_masked(self._embed(images), policies, params, decisions)
 
     def _finish(self, logits, keep_masks, scores, log_probs) -> IARedOutput:
-        keep_masks = torch.stack(keep_masks, 1)
-        scores = torch.stack(scores, 1)
-        counts = keep_masks.sum(-1)
-        heatmap = heatmap_from_scores(scores, self.grid_size)
+        masks, probs = torch.stack(keep_masks, 1), torch.stack(scores, 1)
         return IARedOutput(
             logits,
-            keep_masks,
-            scores,
-            counts,
-            heatmap,
-            self.flops(counts),
+            lambda: (masks, probs),
+            self.grid_size,
+            self.flops,
             torch.stack(log_probs, 1) if log_probs is not None else None,
         )
 
@@ -429,55 +459,108 @@ class IARedViT(nn.Module):
         return self._finish(self._head(x[:, :P]), keep_masks, scores, log_probs)
 
     def _forward_packed(self, x, policies, params, decisions) -> IARedOutput:
-        B, L, _ = x.shape
+        B, L, C = x.shape
         P = self.num_prefix
         pk = Packed.from_dense(x)
-        keep_masks, scores, log_probs = [], [], ([] if "sample" in policies else None)
+        n: Optional[int] = L  # tokens per image while every image has as many (None once they differ)
+        h = x  # the tokens as [B, n, C] while n is known
+        records = []  # per stage: (scored, kept): what the lazy per-patch outputs are built from
+        log_probs = [] if "sample" in policies else None
         for s, interp in enumerate(self.interpreters):
             policy = policies[s]
-            starts = pk.offsets[:-1].long()
-            vecs, biases = interp.fold(pk.tokens[starts])
-            probs, keep = ops.interpreter_scores(
-                pk.tokens,
-                pk.offsets,
-                vecs,
-                biases,
-                params[s] if policy == "threshold" else None,
-                pk.positions,
-                P,
-                interp.norm.eps,
-            )
-            seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
-            # Each row's cell in a [B, L] map: the maps are filled by one scatter each, prefix
-            # cells included and sliced off (no boolean indexing: on a GPU each would sync).
-            cell = seq * L + pk.positions.long()
             keep_all = policy == "all" or (policy == "level" and params[s] >= 1.0)
-            if keep_all:
-                keep = torch.ones_like(pk.positions, dtype=torch.bool)
-            elif policy == "level":
-                keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
-            elif policy == "given":
-                patch = pk.positions >= P
-                keep = ~patch
-                keep[patch] = decisions[s].to(x.device)[seq[patch], pk.positions[patch].long() - P]
-            elif policy == "sample":
-                patch = pk.positions >= P
-                keep = torch.bernoulli(probs.detach()).bool() | ~patch
-                lp = _bernoulli_log_prob(keep, probs)
-                log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
+            if keep_all:  # no decision to take: the scores wait until an output needs them
+                # the tokens and weights of now (pk.tokens moves on below; a caller's weights may change)
+                now, weights = Packed(pk.tokens, pk.offsets, pk.positions), (interp.qk.weight, interp.qk.bias)
+                scored = (
+                    pk.offsets,
+                    pk.positions,
+                    lambda now=now, i=interp, w=weights: self._score(now, i, None, w=w)[0],
+                )
+            else:
+                threshold = params[s] if policy == "threshold" else None
+                probs, keep = self._score(pk, interp, threshold, h[:, 0] if n is not None else None)
+                scored = (pk.offsets, pk.positions, probs)
+                if policy == "level":
+                    keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
+                elif policy in ("given", "sample"):
+                    seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
+                    patch = pk.positions >= P
+                    if policy == "given":
+                        keep = ~patch
+                        keep[patch] = decisions[s].to(x.device)[seq[patch], pk.positions[patch].long() - P]
+                    else:
+                        keep = torch.bernoulli(probs.detach()).bool() | ~patch
+                        lp = _bernoulli_log_prob(keep, probs)
+                        log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
+                pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
+                n = self._common_length(pk, B, n, policy, params[s])
+                h = pk.tokens.view(B, n, C) if n is not None else None
             if log_probs is not None and policy != "sample":
                 log_probs.append(torch.zeros(B, device=x.device))
-            scores.append(torch.zeros(B * L, device=x.device).index_put((cell,), probs.float()).view(B, L)[:, P:])
-            if not keep_all:
-                pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
-                cell = ops.sequence_ids(pk.offsets, pk.tokens.shape[0]) * L + pk.positions.long()
-            kept = torch.zeros(B * L, dtype=torch.bool, device=x.device).index_fill_(0, cell, True)
-            keep_masks.append(kept.view(B, L)[:, P:])
-            seqs = pk.sequences(max_len=L)  # L bounds every image's length: nothing read back on a GPU
-            for blk in self.stage_blocks(s):
-                pk.tokens = packed_block(blk, pk.tokens, seqs)
-        prefix_rows = pk.offsets[:-1].long()[:, None] + torch.arange(P, device=x.device)
-        return self._finish(self._head(pk.tokens[prefix_rows]), keep_masks, scores, log_probs)
+            records.append((scored, (pk.offsets, pk.positions)))
+            if n is not None:  # every image as long: timm's own blocks on [B, n, C], nothing added
+                for blk in self.stage_blocks(s):
+                    h = blk(h)
+                pk.tokens = h.reshape(B * n, C)
+            else:
+                seqs = pk.sequences(max_len=L)  # L bounds every image's length: nothing read back on a GPU
+                for blk in self.stage_blocks(s):
+                    pk.tokens = packed_block(blk, pk.tokens, seqs)
+        if n is not None:
+            prefix = h[:, :P]
+        else:
+            prefix = pk.tokens[pk.offsets[:-1].long()[:, None] + torch.arange(P, device=x.device)]
+        return IARedOutput(
+            self._head(prefix),
+            lambda: self._packed_maps(records, B, L),
+            self.grid_size,
+            self.flops,
+            torch.stack(log_probs, 1) if log_probs is not None else None,
+        )
+
+    def _score(self, pk: Packed, interp, threshold: Optional[float], cls: Optional[torch.Tensor] = None, w=None):
+        """Stage scores of the packed tokens (keep probability [T], and keep flags [T] with a
+        threshold); `cls`: the class tokens [B, C] when at hand, else found by the offsets; `w`:
+        the interpreter's (weight, bias) to score with, when not its current ones."""
+        if cls is None:
+            cls = pk.tokens[pk.offsets[:-1].long()]
+        vecs, biases = interp.fold(cls, w)
+        return ops.interpreter_scores(
+            pk.tokens, pk.offsets, vecs, biases, threshold, pk.positions, self.num_prefix, interp.norm.eps
+        )
+
+    def _common_length(
+        self, pk: Packed, B: int, n: Optional[int], policy: str, level: Optional[float]
+    ) -> Optional[int]:
+        """Tokens per image after a compaction if every image has as many, else None; read from the
+        host where it is free (a CPU, one image) or known (policy "level" keeps the same count of
+        equally long images), never read back from a GPU."""
+        T = pk.tokens.shape[0]
+        if B == 1:
+            return T
+        if policy == "level" and n is not None:
+            m = self.num_prefix + ops.level_keep_count(n - self.num_prefix, level)
+            torch._check(T == B * m)  # known, not read: tells a trace the packed size
+            return m
+        if pk.tokens.is_cuda:
+            return None
+        lengths = pk.lengths()
+        return lengths[0] if len(set(lengths)) == 1 else None
+
+    def _packed_maps(self, records, B: int, L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(keep_masks, scores) [B, S, N] from what each stage scored and kept: each row's cell in
+        a [B, L] map, filled by one scatter (no boolean indexing: on a GPU each would sync)."""
+        P = self.num_prefix
+        masks, scores = [], []
+        for (offsets, positions, probs), (kept_offsets, kept_positions) in records:
+            probs = probs() if callable(probs) else probs
+            cell = ops.sequence_ids(offsets, positions.shape[0]) * L + positions.long()
+            scores.append(torch.zeros(B * L, device=probs.device).index_put((cell,), probs.float()).view(B, L)[:, P:])
+            cell = ops.sequence_ids(kept_offsets, kept_positions.shape[0]) * L + kept_positions.long()
+            kept = torch.zeros(B * L, dtype=torch.bool, device=probs.device).index_fill_(0, cell, True)
+            masks.append(kept.view(B, L)[:, P:])
+        return torch.stack(masks, 1), torch.stack(scores, 1)
 
     # -- cost ----------------------------------------------------------------------------------
     def flops(self, kept_counts: Optional[torch.Tensor] = None, interpreters: bool = True) -> torch.Tensor:

@@ -77,18 +77,20 @@ def test_the_forward_runs_on_fake_cuda(small, policy, kwargs, execution, dtype):
     tensors have no data), so this also shows the GPU forward reads nothing back but the packed
     size (a data-dependent size, a symbol here)."""
     x = torch.randn(2, 3, 224, 224)
+    names = ("logits", "keep_masks", "scores", "kept_counts", "heatmap", "flops")
     with torch.no_grad():
-        ref = small(x, policy=policy, execution=execution, **kwargs)
+        out = small(x, policy=policy, execution=execution, **kwargs)
+        ref = {name: getattr(out, name) for name in names}  # built here, outside the fake mode
     with fake_cuda_mode() as mode:
         state = fake_cuda(small, mode, dtype=dtype)
         xf = mode.from_tensor(x).to("cuda", dtype)
         out = functional_call(small, state, (xf,), dict(policy=policy, execution=execution, **kwargs))
-    for name in ("logits", "keep_masks", "scores", "kept_counts", "heatmap", "flops"):
-        got, want = getattr(out, name), getattr(ref, name)
-        assert got.device.type == "cuda", name
-        assert tuple(got.shape) == tuple(want.shape), name
-    assert out.keep_masks.dtype == torch.bool and out.heatmap.dtype == torch.float32
-    assert out.logits.dtype == dtype
+        for name in names:  # built lazily, so inside the mode
+            got, want = getattr(out, name), ref[name]
+            assert got.device.type == "cuda", name
+            assert tuple(got.shape) == tuple(want.shape), name
+        assert out.keep_masks.dtype == torch.bool and out.heatmap.dtype == torch.float32
+        assert out.logits.dtype == dtype
 
 
 def _stage(tokens, offsets, positions, vecs, biases):

@@ -68,13 +68,14 @@ class Interpreter(nn.Module):
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         C, H, D = w.shape[1], self.num_heads, self.head_dim
-        w32, b32 = w.float(), b.float()
-        consts = (
-            w32[:C] * self.scale,
-            b32[:C] * self.scale,
-            w32[C:].reshape(H, D, C),
-            b32[C:].reshape(H, D, 1),
-        )
+        with torch.no_grad():  # inference constants: no graph kept (a copy.deepcopy of the model works)
+            w32, b32 = w.detach().float(), b.detach().float()
+            consts = (
+                w32[:C] * self.scale,
+                b32[:C] * self.scale,
+                w32[C:].reshape(H, D, C),
+                b32[C:].reshape(H, D, 1),
+            )
         if key is not None:
             self._folded = (key, consts)
         return consts

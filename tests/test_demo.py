@@ -905,6 +905,7 @@ def test_stem_blocks_grow_a_trained_backbone_without_changing_it(tmp_path):
     assert again.flops().item() == pytest.approx(model.flops().item())
 
 
+@pytest.mark.slow
 def test_backbone_phase_keeps_a_moving_average_of_its_weights(tmp_path, monkeypatch):
     """--ema-decay: a backbone phase averages its weights step by step (checked against the
     recurrence run in float64 on the weights after each step), checkpoints the average, resumes

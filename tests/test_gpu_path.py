@@ -68,6 +68,7 @@ def test_what_the_runtime_captures_is_capture_safe(small, level):
             assert out[0].shape == (1, 1000) and out[-1].shape == (1, 14, 14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("execution", ["masked", "packed"])
 @pytest.mark.parametrize("policy, kwargs", [("all", {}), ("level", {"level": 0.5}), ("threshold", {})])

@@ -226,6 +226,7 @@ def test_reinforce_with_a_penalty_learns_which_tokens_matter():
     assert logs[-1]["accuracy"] >= logs[0]["accuracy"] + 0.08
 
 
+@pytest.mark.slow
 def test_training_loop_resumes_exactly(tmp_path):
     from iared_edge.train import train_interpreters
 
@@ -347,6 +348,7 @@ def test_finetune_recovers_accuracy_under_dropping_and_leaves_interpreters_alone
         finetune_backbone(model, [(x, y)], steps=1, policy="all")
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_keeps_ranks_in_step(tmp_path):
     """Two CPU processes under torchrun (Gloo): different data per rank, identical weights after
     DDP's gradient averaging, and different from one process alone on rank 0's data."""

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from ..runtime.backends import BackendOutput
+from ..runtime.backends import BackendOutput, from_kept
 from .onnx import export_onnx, export_onnx_counts, export_onnx_threshold, keep_counts_for
 
 FORMS = ("levels", "counts", "threshold")
@@ -104,8 +104,5 @@ class OnnxRuntimeBackend:
         return BackendOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in BackendOutput.__dataclass_fields__))
 
     def _output(self, logits, kept, heat) -> BackendOutput:
-        masks = np.zeros((logits.shape[0], self.num_stages, self.num_patches), bool)
-        for s, idx in enumerate(kept):
-            np.put_along_axis(masks[:, s], idx, True, 1)
-        masks = torch.from_numpy(masks)
-        return BackendOutput(torch.from_numpy(logits), torch.from_numpy(heat), masks, masks.float().mean(-1))
+        kept = [torch.from_numpy(idx) for idx in kept]
+        return from_kept(torch.from_numpy(logits), kept, torch.from_numpy(heat), self.num_patches)

@@ -45,7 +45,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..runtime.backends import BackendOutput
+from ..runtime.backends import BackendOutput, from_kept
 from .onnx import export_onnx, export_onnx_counts, keep_counts_for
 
 SUPPORTED_MAJORS = (10, 11)
@@ -409,7 +409,5 @@ class TensorRTBackend:
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
             stream.synchronize()  # as the torch backend: the Runtime times all of it
-            masks = torch.zeros(B, self.num_stages, self.num_patches, dtype=torch.bool, device=self.device)
-            for s in range(self.num_stages):
-                masks[:, s].scatter_(1, outputs[f"kept_stage{s + 1}"].long(), True)
-        return BackendOutput(outputs["logits"].float(), outputs["heatmap"].float(), masks, masks.float().mean(-1))
+            kept = [outputs[f"kept_stage{s + 1}"] for s in range(self.num_stages)]
+        return from_kept(outputs["logits"].float(), kept, outputs["heatmap"].float(), self.num_patches)

@@ -27,6 +27,21 @@ class BackendOutput:
     keep_ratio: torch.Tensor  # [B, S]: the share of patches each stage kept
 
 
+def kept_masks(kept: Sequence[torch.Tensor], num_patches: int) -> torch.Tensor:
+    """Per stage the patch indices kept [B, k_s] (what the exported graphs give) -> keep masks
+    [B, S, N] bool: the one place kept indices become masks."""
+    masks = torch.zeros(kept[0].shape[0], len(kept), num_patches, dtype=torch.bool, device=kept[0].device)
+    for s, idx in enumerate(kept):
+        masks[:, s].scatter_(1, idx.long(), True)
+    return masks
+
+
+def from_kept(logits: torch.Tensor, kept: Sequence[torch.Tensor], heatmap: torch.Tensor, num_patches: int):
+    """A BackendOutput from a graph's logits, kept indices per stage and heatmap."""
+    masks = kept_masks(kept, num_patches)
+    return BackendOutput(logits, heatmap, masks, masks.float().mean(-1))
+
+
 class Backend(Protocol):
     name: str
     levels: List[float]

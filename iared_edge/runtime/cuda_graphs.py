@@ -14,7 +14,7 @@ from typing import Dict, Sequence
 import torch
 
 from ..export.onnx import LevelGraph
-from .backends import BackendOutput
+from .backends import BackendOutput, from_kept
 
 
 class CudaGraphLevels:
@@ -61,9 +61,6 @@ class CudaGraphLevels:
             self.static_in.copy_(images)
             self.graphs[level].replay()
         logits, *kept, heat = self.outputs[level]
-        masks = torch.zeros(1, self.num_stages, self.num_patches, dtype=torch.bool, device=self.device)
-        for s, idx in enumerate(kept):
-            masks[:, s].scatter_(1, idx, True)
-        out = BackendOutput(logits.clone(), heat.clone(), masks, masks.float().mean(-1))
+        out = from_kept(logits.clone(), kept, heat.clone(), self.num_patches)
         torch.cuda.current_stream(self.device).synchronize()  # the Runtime times the frame to here
         return out

@@ -1,6 +1,7 @@
 """The GPU path, checked on a CPU: what a CUDA graph captures may not touch the host, and the
 forward runs on fake CUDA tensors (devices, shapes and dtypes tracked, no GPU needed)."""
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -299,3 +300,32 @@ def test_the_gpu_check_script_parses_and_its_report_reads_summaries(tmp_path):
     (tmp_path / "p.txt").write_text("....\n12 passed, 3 skipped in 4.0s\n")
     assert report.summary_line(str(tmp_path / "p.txt")) == "12 passed, 3 skipped in 4.0s"
     assert report.summary_line(str(tmp_path / "none.txt")) == "missing"
+
+
+@pytest.mark.gpu
+def test_runtime_eager_cuda_graphs_and_tensorrt_agree():
+    """The same frames through the torch backend eagerly, through CUDA graphs and (where TensorRT
+    imports) through TensorRT: fp32 with TF32 off gives the same kept patches and labels, fp16 the
+    same labels within rounding."""
+    import importlib.util
+
+    from iared_edge import Runtime
+
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1)).eval()
+    frames = [torch.randint(0, 255, (120, 160, 3), dtype=torch.uint8).numpy() for _ in range(3)]
+    kinds = {"eager": dict(cuda_graphs=False), "graphs": dict()}
+    if importlib.util.find_spec("tensorrt") is not None:
+        kinds["tensorrt"] = dict(backend="tensorrt", precision="fp32")
+    answers = {}
+    for name, kwargs in kinds.items():
+        with Runtime(model, device="cuda", policy="level", level=0.5, **kwargs) as rt:
+            answers[name] = [rt(f) for f in frames]
+    for name, results in answers.items():
+        for a, b in zip(results, answers["eager"]):
+            assert a.labels[0] == b.labels[0], name
+            assert (a.stage_masks == b.stage_masks).all(), name
+            assert np.allclose(a.probs, b.probs, atol=1e-4), name
+    with Runtime(model, device="cuda", policy="level", level=0.5, precision="fp16") as rt:
+        for f, b in zip(frames, answers["eager"]):
+            assert abs(rt(f).probs[0] - b.probs[0]) < 2e-2

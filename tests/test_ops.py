@@ -331,3 +331,74 @@ def test_cuda_model_packed_equals_masked():
         p, m = model(x), model(x, execution="masked")
     assert torch.equal(p.keep_masks, m.keep_masks)
     assert torch.allclose(p.logits, m.logits, atol=1e-4)
+
+
+def _any_batch(lengths, C, H, dtype, seed, device):
+    """make_batch, but images may have no rows at all (length 0)."""
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    parts = [torch.cat([torch.zeros(1, dtype=torch.int64), torch.randperm(196, generator=g) + 1])[:n] for n in lengths]
+    positions = torch.cat([p.sort().values for p in parts]).int()
+    T = int(offsets[-1])
+    tokens = (torch.randn(T, C, generator=g) * 3 + torch.randn(T, 1, generator=g) * 2).to(dtype)
+    vecs = torch.randn(len(lengths), H, C, generator=g) * C**-0.5
+    biases = torch.randn(len(lengths), H, generator=g)
+    cpu = (tokens, offsets, positions, vecs, biases)
+    return cpu, [t.to(device) for t in cpu]
+
+
+def _three_ops(tokens, offsets, positions, vecs, biases, threshold, level, out=None):
+    probs, keep = ops.interpreter_scores(tokens, offsets, vecs, biases, threshold, positions)
+    top = ops.topk_keep(probs, offsets, positions, level)
+    return (probs, keep, top, *ops.compact(tokens, offsets, positions, keep, out=out))
+
+
+def _assert_same(cuda_out, cpu_out):
+    probs, keep, top, t, o, p = (x.cpu() for x in cuda_out)
+    rprobs, rkeep, rtop, rt, ro, rp = cpu_out
+    assert torch.allclose(probs, rprobs, atol=1e-5)
+    near = (rprobs - 0.5).abs() < 1e-5  # a decision on the threshold's edge may flip
+    assert torch.equal(keep[~near], rkeep[~near])
+    if not near.any():
+        assert torch.equal(top, rtop) and torch.equal(o, ro) and torch.equal(p, rp) and torch.equal(t, rt)
+
+
+@cuda
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, 197), min_size=1, max_size=9),
+    st.integers(1, 80),
+    st.integers(1, 16),
+    st.sampled_from(DTYPES),
+    st.integers(0, 2**16),
+    st.floats(0.0, 1.0),
+)
+def test_cuda_ops_match_the_cpu_ops_on_any_batch(lengths, C, H, dtype, seed, level):
+    """Every op on CUDA against the CPU kernels (themselves tested against the reference): images
+    of 0 to 197 rows, row sizes 1 to 80 (odd sizes reach copy_row's narrow paths), 3 dtypes."""
+    cpu, dev = _any_batch(lengths, C, H, dtype, seed, "cuda")
+    _assert_same(_three_ops(*dev, 0.5, level), _three_ops(*cpu, 0.5, level))
+
+
+@cuda
+def test_cuda_compaction_scans_many_tiles_and_writes_a_misaligned_view():
+    """T >= 50,000 rows (CUB's scan over many tiles), into an `out` view one element off the
+    allocation's alignment, on a non-default stream; and on cuda:1 where there is one."""
+    cpu, dev = _any_batch([197] * 300, 40, 3, torch.float16, 7, "cuda")
+    T, C = cpu[0].shape
+    assert T >= 50_000
+    want = _three_ops(*cpu, 0.5, 0.5)
+    flat = torch.empty(T * C + 1, dtype=torch.float16, device="cuda")
+    out = flat[1:].view(T, C)  # contiguous, but 2 bytes past the allocation's alignment
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = _three_ops(*dev, 0.5, 0.5, out=out)
+    side.synchronize()
+    _assert_same(got, want)
+    if torch.cuda.device_count() > 1:
+        _, dev1 = _any_batch([197] * 30, 40, 3, torch.float32, 8, "cuda:1")
+        cpu1, _ = _any_batch([197] * 30, 40, 3, torch.float32, 8, "cpu")
+        got1 = _three_ops(*dev1, 0.5, 0.5)
+        assert all(t.device == torch.device("cuda:1") for t in got1)
+        _assert_same(got1, _three_ops(*cpu1, 0.5, 0.5))

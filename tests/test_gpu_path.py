@@ -329,3 +329,23 @@ def test_runtime_eager_cuda_graphs_and_tensorrt_agree():
     with Runtime(model, device="cuda", policy="level", level=0.5, precision="fp16") as rt:
         for f, b in zip(frames, answers["eager"]):
             assert abs(rt(f).probs[0] - b.probs[0]) < 2e-2
+
+
+@pytest.mark.gpu
+def test_tensorrt_builds_and_runs_on_the_runtimes_device():
+    """Fault: the TensorRT backend built and ran on the current device, not the Runtime's."""
+    pytest.importorskip("tensorrt")
+    from iared_edge import Runtime
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    torch.manual_seed(0)
+    model = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1)).eval()
+    frame = torch.randint(0, 255, (120, 160, 3), dtype=torch.uint8).numpy()
+    with (
+        torch.cuda.device(0),
+        Runtime(model, device="cuda:1", backend="tensorrt", policy="level", level=0.5, precision="fp32") as rt,
+        Runtime(model, device="cpu", policy="level", level=0.5) as cpu,
+    ):
+        a, b = rt(frame), cpu(frame)
+    assert a.labels[0] == b.labels[0] and (a.stage_masks == b.stage_masks).all()

@@ -628,8 +628,14 @@ class IARedViT(nn.Module):
         S = self.num_stages
         if self._keep_profile is None or level == 0.0:  # 0: the fewest tokens policy "level" keeps
             return [level] * S
-        cum = scaled_keep_targets(sum(level ** (s + 1) for s in range(S)) / S, self._keep_profile)
-        return [min(1.0, c / p) for c, p in zip(cum, [1.0] + cum[:-1])]
+        # solved once per level and profile (a bisection in Python: per forward it would cost more
+        # than a stage's scoring at batch 1)
+        key = (level, tuple(self._keep_profile))
+        cache = self.__dict__.setdefault("_stage_levels", {})
+        if key not in cache:
+            cum = scaled_keep_targets(sum(level ** (s + 1) for s in range(S)) / S, self._keep_profile)
+            cache[key] = [min(1.0, c / p) for c, p in zip(cum, [1.0] + cum[:-1])]
+        return list(cache[key])
 
     def config(self) -> Dict[str, Any]:
         """What `save_model` stores beside the weights to rebuild this model."""

@@ -173,3 +173,8 @@ def test_overlay_keeps_what_the_model_reads_legible():
     assert abs(out[32:, 32:].mean() - rgb[32:, 32:].mean()) < 8
     # a cold kept patch is the image itself
     assert np.array_equal(overlay(rgb, np.zeros((2, 2), np.float32), np.ones((2, 2), bool)), rgb)
+
+
+def test_tensorrt_on_a_cpu_is_refused_by_the_backend_factory(tiny):
+    with pytest.raises(ValueError, match='backend "tensorrt" runs on a CUDA device, not cpu'):
+        Runtime(tiny, device="cpu", backend="tensorrt", policy="level", level=0.5)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence
 
 import torch
 
@@ -66,14 +66,6 @@ class TorchBackend:
     ):
         self.model, self.policy, self.level, self.stream = model, policy, level, stream
         self.levels: List[float] = []
-        self._stage_levels: Dict[tuple, List[float]] = {}
-
-    def stage_levels(self, level: float) -> List[float]:
-        """`model.stage_levels(level)`, solved once per level and keep profile: it runs every frame."""
-        key = (float(level), tuple(self.model.keep_profile or ()))
-        if key not in self._stage_levels:
-            self._stage_levels[key] = self.model.stage_levels(level)
-        return self._stage_levels[key]
 
     def __call__(self, images: torch.Tensor, level: Optional[float] = None) -> BackendOutput:
         if level is None and self.policy == "level":
@@ -81,7 +73,7 @@ class TorchBackend:
         with torch.inference_mode(), torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             # frames come from uint8 pixels: finite, so no host read to check them
             if level is not None:
-                out = self.model(images, policy="level", level=self.stage_levels(level), check_finite=False)
+                out = self.model(images, policy="level", level=level, check_finite=False)
             else:
                 out = self.model(images, policy=self.policy, check_finite=False)
             if self.stream is not None:

@@ -87,8 +87,6 @@ class Runtime:
     # -- set-up ----------------------------------------------------------------------------------
     def _check_model(self, c: RuntimeConfig) -> None:
         """The settings that depend on the model: input size, labels, top-k."""
-        if c.backend == "tensorrt" and self.device.type != "cuda":
-            raise ValueError(f'backend "tensorrt" runs on a CUDA device, not {self.device}')
         classes = self.model.vit.num_classes
         self.topk = min(int(c.topk), classes)  # all classes at most
         expected = tuple(self.model.input_size[1:])
@@ -165,9 +163,7 @@ class Runtime:
         with torch.inference_mode():
             # relative cost of each level from the token counts it keeps (the FLOPs model, no timing)
             full = self.model.flops(torch.full((1, self.model.num_stages), self.model.num_patches))[0].item()
-            costs = [
-                self.model(x, policy="level", level=self.model.stage_levels(v)).flops[0].item() / full for v in levels
-            ]
+            costs = [self.model(x, policy="level", level=v).flops[0].item() / full for v in levels]
             lat = []
             for v in levels:  # warm-up, then the median of `runs`
                 self._time_model(x, v)

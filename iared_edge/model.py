@@ -25,7 +25,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from . import ops
 from .interpreter import Interpreter
-from .packed import Packed, packed_block
+from .packed import Packed, Sequences, packed_block
 
 POLICIES = ("all", "threshold", "level", "sample", "given")
 EXECUTIONS = ("packed", "masked")
@@ -464,6 +464,7 @@ class IARedViT(nn.Module):
         pk = Packed.from_dense(x)
         n: Optional[int] = L  # tokens per image while every image has as many (None once they differ)
         h = x  # the tokens as [B, n, C] while n is known
+        seqs, lengths = None, None  # once n is None: the images' rows for attention, and their lengths if read
         records = []  # per stage: (scored, kept): what the lazy per-patch outputs are built from
         log_probs = [] if "sample" in policies else None
         for s, interp in enumerate(self.interpreters):
@@ -494,8 +495,9 @@ class IARedViT(nn.Module):
                         lp = _bernoulli_log_prob(keep, probs)
                         log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
                 pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
-                n = self._common_length(pk, B, n, policy, params[s])
+                n, lengths = self._common_length(pk, B, n, policy, params[s])
                 h = pk.tokens.view(B, n, C) if n is not None else None
+                seqs = None  # new rows: where each image's are, worked out once, when needed
             if log_probs is not None and policy != "sample":
                 log_probs.append(torch.zeros(B, device=x.device))
             records.append((scored, (pk.offsets, pk.positions)))
@@ -504,7 +506,8 @@ class IARedViT(nn.Module):
                     h = blk(h)
                 pk.tokens = h.reshape(B * n, C)
             else:
-                seqs = pk.sequences(max_len=L)  # L bounds every image's length: nothing read back on a GPU
+                if seqs is None:  # L bounds every image's length: nothing read back on a GPU
+                    seqs = Sequences(pk.offsets, L, lengths) if lengths is not None else pk.sequences(max_len=L)
                 for blk in self.stage_blocks(s):
                     pk.tokens = packed_block(blk, pk.tokens, seqs)
         if n is not None:
@@ -532,21 +535,21 @@ class IARedViT(nn.Module):
 
     def _common_length(
         self, pk: Packed, B: int, n: Optional[int], policy: str, level: Optional[float]
-    ) -> Optional[int]:
-        """Tokens per image after a compaction if every image has as many, else None; read from the
-        host where it is free (a CPU, one image) or known (policy "level" keeps the same count of
-        equally long images), never read back from a GPU."""
+    ) -> Tuple[Optional[int], Optional[List[int]]]:
+        """(tokens per image after a compaction if every image has as many, else None; the lengths
+        when they were read). Read on the host where it is free (a CPU, one image) or known (policy
+        "level" keeps the same count of equally long images), never read back from a GPU."""
         T = pk.tokens.shape[0]
         if B == 1:
-            return T
+            return T, None
         if policy == "level" and n is not None:
             m = self.num_prefix + ops.level_keep_count(n - self.num_prefix, level)
             torch._check(T == B * m)  # known, not read: tells a trace the packed size
-            return m
+            return m, None
         if pk.tokens.is_cuda:
-            return None
+            return None, None
         lengths = pk.lengths()
-        return lengths[0] if len(set(lengths)) == 1 else None
+        return (lengths[0] if len(set(lengths)) == 1 else None), lengths
 
     def _packed_maps(self, records, B: int, L: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(keep_masks, scores) [B, S, N] from what each stage scored and kept: each row's cell in

@@ -10,14 +10,18 @@ Rows per model, keep level and batch size (median ms of interleaved repeats, spe
 - EViT at equal FLOPs: EViT's reorganisation (benchmarks/bench_peers.py) at the rate whose FLOPs
   are closest to ours. Judged: ours >= it.
 - ours: the packed forward, policy "level" (the same counts as the two above).
+--prepack runs every row with the blocks' linears on oneDNN-prepacked weights (iared_edge.prepack,
+what the Runtime does on a CPU); without it, torch's default GEMM.
 The weight-traffic floor (--floor-level, DeiT-S): at the lowest level a batch-1 forward reads
 every weight for a handful of rows, so its floor is the weights' bytes over the memcpy
-bandwidth measured in the same run; printed beside our forward at that level.
+bandwidth measured in the same run; printed beside our forward at that level with the default
+GEMM and with prepacked weights.
 
-    .venv/bin/python benchmarks/bench_batch1.py [--repeats 15] [--threads 2] [--models deit_small_patch16_224,demo]
+    .venv/bin/python benchmarks/bench_batch1.py [--repeats 15] [--threads 2] [--models deit_small_patch16_224,demo] [--prepack]
 """
 
 import argparse
+import copy
 import math
 import os
 import platform
@@ -32,6 +36,7 @@ from bench_peers import evit_forward, peer_flops  # noqa: E402
 
 from iared_edge import IARedViT, load_model  # noqa: E402
 from iared_edge.bench import timed_ms  # noqa: E402
+from iared_edge.prepack import prepack_linears  # noqa: E402
 
 
 def topk_gather(model, x, counts):
@@ -77,11 +82,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--floor-level", type=float, default=0.1)
+    ap.add_argument("--prepack", action="store_true", help="every row on oneDNN-prepacked linear weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     where = f"{args.threads} threads, {platform.processor() or platform.machine()}"
-    print(f"# torch {torch.__version__}, {where}, median of {args.repeats} interleaved repeats")
+    gemm = "oneDNN-prepacked linears" if args.prepack else "the default GEMM"
+    print(f"# torch {torch.__version__}, {where}, median of {args.repeats} interleaved repeats, {gemm}")
     print(
         "| model | batch | keep level | kept/stage | timm ms | floor ms | top-k ms | EViT ms (rate) | ours ms "
         "| speed-up: top-k / EViT / ours | ours / floor (<= 1.03) | ours >= top-k, EViT |"
@@ -90,6 +97,8 @@ def main():
     for name in args.models.split(","):
         model = load_model("demo") if name == "demo" else IARedViT.from_timm(name)
         model.eval()
+        if args.prepack:
+            prepack_linears(model.vit)
         H, W = model.input_size[1:]
         for B in [int(b) for b in args.batches.split(",")]:
             x = torch.randn(B, 3, H, W)
@@ -122,24 +131,38 @@ def main():
                     f"| {m['ours'] / m['floor']:.2f} | {ok} |",
                     flush=True,
                 )
-    # weight traffic at the lowest level, batch 1, DeiT-S
+    # weight traffic at the lowest level, batch 1, DeiT-S: the default GEMM and prepacked weights
     model = IARedViT.from_timm("deit_small_patch16_224").eval()
     x = torch.randn(1, 3, 224, 224)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.vit.parameters())
     gbps = memcpy_gbps()
+    level = args.floor_level
+    packed = copy.deepcopy(model)
+    prepack_linears(packed.vit)
+    runs = {
+        "timm": lambda: model.vit(x),
+        "plain": lambda: model(x, policy="level", level=level),
+        "prepacked": lambda: packed(x, policy="level", level=level),
+    }
+    times = {k: [] for k in runs}
     with torch.inference_mode():
-        counts = model(x, policy="level", level=args.floor_level).kept_counts[0].tolist()
-        full = statistics.median([timed_ms(lambda: model.vit(x)) for _ in range(args.repeats)])
-        ours = statistics.median(
-            [timed_ms(lambda: model(x, policy="level", level=args.floor_level)) for _ in range(args.repeats)]
-        )
+        counts = runs["plain"]().kept_counts[0].tolist()
+        runs["prepacked"]()
+        for _ in range(args.repeats):
+            for k, fn in runs.items():
+                times[k].append(timed_ms(fn))
+    m = {k: statistics.median(v) for k, v in times.items()}
     floor = weight_bytes / (gbps * 1e9) * 1e3
     print(
-        f"\n# weight traffic, deit_small_patch16_224, batch 1, level {args.floor_level} (kept {counts}): "
-        f"ours {ours:.1f} ms ({ours / full:.0%} of timm's {full:.1f} ms); floor {floor:.1f} ms = "
-        f"{weight_bytes / 1e6:.0f} MB of weights / {gbps:.1f} GB/s memcpy (this run); ours / floor {ours / floor:.1f}x"
-        f"; {math.ceil(weight_bytes / 1e6)} MB read at {weight_bytes / (ours / 1e3) / 1e9:.1f} GB/s"
+        f"\n# weight traffic, deit_small_patch16_224, batch 1, level {level} (kept {counts}): floor {floor:.1f} ms = "
+        f"{weight_bytes / 1e6:.0f} MB of weights / {gbps:.1f} GB/s memcpy (this run); timm {m['timm']:.1f} ms"
     )
+    for k in ("plain", "prepacked"):
+        name = "default GEMM" if k == "plain" else "prepacked linears"
+        print(
+            f"#   ours, {name}: {m[k]:.1f} ms ({m[k] / m['timm']:.0%} of timm), {m[k] / floor:.1f}x the floor, "
+            f"{math.ceil(weight_bytes / 1e6)} MB read at {weight_bytes / (m[k] / 1e3) / 1e9:.1f} GB/s"
+        )
 
 
 if __name__ == "__main__":

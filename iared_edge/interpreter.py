@@ -43,8 +43,11 @@ class Interpreter(nn.Module):
         """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32),
         so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h]. `weights`: the (weight, bias) of
         `qk` to fold with (default: the current ones), for scores computed after the forward."""
+        weights = weights or (self.qk.weight, self.qk.bias)
+        if not torch.is_autocast_enabled(cls.device.type):  # no context to enter: a fixed cost per stage at batch 1
+            return self._fold(cls, weights)
         with torch.autocast(cls.device.type, enabled=False):  # float32 even inside a caller's autocast
-            return self._fold(cls, weights or (self.qk.weight, self.qk.bias))
+            return self._fold(cls, weights)
 
     def _fold(self, cls: torch.Tensor, weights: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         H, D = self.num_heads, self.head_dim

@@ -93,8 +93,9 @@ def test_torch_backend_answers_with_named_fields_as_the_model(tiny, images):
     assert isinstance(out, BackendOutput)
     with torch.no_grad():
         ref = tiny(images, policy="level", level=tiny.stage_levels(0.6))
-    assert torch.equal(out.logits, ref.logits) and torch.equal(out.keep_masks, ref.keep_masks)
-    assert torch.allclose(out.keep_ratio, ref.keep_ratio) and torch.equal(out.heatmap, ref.heatmap)
+    # on a CPU the backend's linears run on prepacked weights: the same sums, rounded differently
+    assert torch.allclose(out.logits, ref.logits, atol=1e-5) and torch.equal(out.keep_masks, ref.keep_masks)
+    assert torch.allclose(out.keep_ratio, ref.keep_ratio) and torch.allclose(out.heatmap, ref.heatmap, atol=1e-5)
     at_03 = backend(images, 0.3)  # a level given per call wins
     assert at_03.keep_masks[:, 0].sum() < out.keep_masks[:, 0].sum()
 

@@ -52,7 +52,8 @@ class Backend(Protocol):
 
 class TorchBackend:
     """The model itself. `policy` ("threshold", "all" or "level" at `level`) runs when no level is
-    given; on a GPU the forward runs on `stream` and is waited for, so the Runtime times all of it."""
+    given; on a GPU the forward runs on `stream` and is waited for, so the Runtime times all of it.
+    `prepacked`: a CPU's PrepackedLinears for the model, in use only during each call."""
 
     name = "torch"
     fixed_batch = None
@@ -63,14 +64,17 @@ class TorchBackend:
         policy: str = "threshold",
         level: Optional[float] = None,
         stream: Optional[torch.cuda.Stream] = None,
+        prepacked=None,
     ):
         self.model, self.policy, self.level, self.stream = model, policy, level, stream
+        self.prepacked = prepacked  # a CPU's PrepackedLinears, in use during each call
         self.levels: List[float] = []
 
     def __call__(self, images: torch.Tensor, level: Optional[float] = None) -> BackendOutput:
         if level is None and self.policy == "level":
             level = self.level
-        with torch.inference_mode(), torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+        stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+        with torch.inference_mode(), stream, self.prepacked if self.prepacked is not None else nullcontext():
             # frames come from uint8 pixels: finite, so no host read to check them
             if level is not None:
                 out = self.model(images, policy="level", level=level, check_finite=False)
@@ -110,4 +114,9 @@ def make_backend(
         from .cuda_graphs import CudaGraphLevels
 
         return CudaGraphLevels(model, levels, device)
-    return TorchBackend(model, config.policy, config.level, stream)
+    prepacked = None
+    if config.prepack and device.type == "cpu" and precision == "fp32":
+        from ..prepack import PrepackedLinears
+
+        prepacked = PrepackedLinears(model.vit)
+    return TorchBackend(model, config.policy, config.level, stream, prepacked)

@@ -46,6 +46,9 @@ class RuntimeConfig:
     cuda_graphs: on a GPU, replay a CUDA graph per keep level (policy "level" or a budget).
     precision: "fp32", "fp16", "bf16", "auto", or None (the model as it is); "int8" with backend
         "onnxruntime" (int8 weights, for CPUs).
+    prepack: on a CPU in float32, the torch backend runs its linears with oneDNN-prepacked weights
+        where they see few rows (`iared_edge.prepack`: faster at batch 1 and low keep levels; the
+        weights held twice).
     """
 
     device: str = "auto"
@@ -66,6 +69,7 @@ class RuntimeConfig:
     onnx_form: Optional[str] = None
     cuda_graphs: bool = True
     precision: Optional[str] = None
+    prepack: bool = True
 
     def __post_init__(self) -> None:
         if self.policy == "ratio":
@@ -193,6 +197,12 @@ class RuntimeConfig:
             dest="cuda_graphs",
             action="store_false",
             help="on a GPU, run eagerly instead of replaying a CUDA graph per keep level",
+        )
+        g.add_argument(
+            "--no-prepack",
+            dest="prepack",
+            action="store_false",
+            help="on a CPU, run linears with the default GEMM instead of oneDNN-prepacked weights",
         )
 
     @classmethod

@@ -220,6 +220,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--keep-levels: expected comma-separated numbers in [0, 1], got {args.keep_levels!r}"
         ) from None
+    if args.format == "triton":
+        from .serve.repository import export_triton_repository
+
+        if args.policy != "level" or args.keep_counts_input or args.precision != "fp32":
+            raise ValueError(
+                "--format triton writes float32 level graphs (dynamic batch): no --policy threshold, "
+                "--keep-counts-input or --precision int8"
+            )
+        names = export_triton_repository(model, args.out_dir, levels, max_batch=args.max_batch, opset=args.opset)
+        print(
+            f"wrote a Triton model repository in {args.out_dir}: {', '.join(names)} (ONNX Runtime backend, "
+            f"dynamic batching up to {args.max_batch}, TensorRT fp16 on GPUs; each config.pbtxt parsed)"
+        )
+        return 0
     os.makedirs(args.out_dir, exist_ok=True)
     int8 = args.precision == "int8"
     suffix, weights = (".int8", "; int8 weights") if int8 else ("", "")
@@ -250,6 +264,37 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"wrote {path} (keep level {level}: {', '.join(f'{r:.3f}' for r in per_stage)} per stage, "
             f"dynamic batch{weights})"
         )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .runtime import RuntimeConfig
+    from .serve.server import ServerConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.budget_ms is not None:
+        raise ValueError("serve runs without --budget-ms (Triton batches the frames)")
+    server = ServerConfig(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        address=args.address,
+        max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
+        topk=args.topk,
+    )
+    model = resolve_model(args.model)
+    if args.thresholds is not None:
+        from .model import _per_stage
+
+        try:
+            values = [float(v) for v in args.thresholds.split(",")]
+        except ValueError:
+            raise ValueError(f"--thresholds: comma-separated numbers in [0, 1], got {args.thresholds!r}") from None
+        model.thresholds = _per_stage(values if len(values) > 1 else values[0], model.num_stages, "thresholds")
+    serve(model, RuntimeConfig.from_args(args), server)
     return 0
 
 
@@ -444,6 +489,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         version=f"iared-edge {__version__}",
         help="print the version and exit (`iared-edge info`: also the build and backend)",
     )
+    from .runtime.config import RuntimeConfig
+
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images, print top-5, write heatmap PNGs")
     p.add_argument("images", nargs="*", help="image files or folders of them (default: a bundled photo)")
@@ -521,7 +568,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--checkpoint", help="timm/DeiT weights for a timm name")
-    e.add_argument("--format", choices=["onnx"], default="onnx")
+    e.add_argument(
+        "--format",
+        choices=["onnx", "triton"],
+        default="onnx",
+        help="onnx: the graphs; triton: a Triton model repository (one model per keep level, config.pbtxt)",
+    )
+    e.add_argument("--max-batch", type=int, default=8, help="--format triton: the models' max_batch_size")
     e.add_argument(
         "--policy",
         choices=["level", "threshold"],
@@ -609,6 +662,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--json", help="also write the results here")
     b.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint")
     b.set_defaults(func=cmd_bench)
+    s = sub.add_parser(
+        "serve",
+        help="serve the model through Triton Inference Server (gRPC, HTTP, Prometheus metrics) for many cameras",
+    )
+    s.add_argument("--model", default="demo", help=MODEL_HELP + " (default: demo)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--address", default="0.0.0.0", help="the address the three ports listen on")
+    s.add_argument("--max-batch", type=int, default=8, help="frames per forward at most (Triton's dynamic batcher)")
+    s.add_argument(
+        "--max-queue-delay-us", type=int, default=2000, help="how long Triton may hold a frame to fill a batch"
+    )
+    s.add_argument("--thresholds", default=None, help="policy threshold: one value or one per stage, comma-separated")
+    RuntimeConfig.add_arguments(s)
+    s.set_defaults(func=cmd_serve)
     i = sub.add_parser("info", help="version, build and active ops backend")
     i.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)

@@ -365,6 +365,32 @@ class Runtime:
         pre_ms = (time.perf_counter() - t0) * 1e3
         return self._answer_batch(frames, xs, pre_ms, timestamp)
 
+    def forward_frames(self, frames: Sequence[Any], color: Optional[str] = None) -> Tuple[BackendOutput, float]:
+        """One forward for several frames, as `batch` runs it, with the output left on the patch
+        grid (what a server sends on; the client maps it onto its frame): (BackendOutput on the
+        CPU, milliseconds the forward and preprocessing took). The frames count in stats()."""
+        if self.controller is not None:
+            raise ValueError("forward_frames() runs without a latency budget: create the Runtime without budget_ms=")
+        if not frames:
+            raise ValueError("forward_frames() needs at least one frame")
+        t0 = time.perf_counter()
+        xs = []
+        for i, frame in enumerate(frames):
+            try:
+                xs.append(self.preprocess(frame, color))
+            except ValueError as exc:
+                raise ValueError(f"frame {i}: {exc}") from None
+        with self._lock:
+            out, _ = self._time_model(self._to_device(torch.cat(xs)), None, graphs=False)
+            out = BackendOutput(out.logits.cpu(), out.heatmap.cpu(), out.keep_masks.cpu(), out.keep_ratio.cpu())
+            total = (time.perf_counter() - t0) * 1e3
+            for ratio in out.keep_ratio.mean(1).tolist():
+                self._frames += 1
+                self._t_first = self._t_first or time.perf_counter()
+                self._t_last = time.perf_counter()
+                self._records.append((total, ratio, None))
+        return out, total
+
     def _answer_batch(self, frames: List[Any], xs: List[torch.Tensor], pre_ms: float, timestamp: float) -> List[Result]:
         """One forward for preprocessed frames; their Results, each with the whole batch's latency."""
         arrays = [np.asarray(f) for f in frames]

@@ -6,6 +6,7 @@
     python samples/webcam_explain.py --model deit_small_patch16_224 --checkpoint deit_small.pth --source 0
     python samples/webcam_explain.py --backend onnxruntime --precision int8   # on a CPU: faster at batch 1
     python samples/webcam_explain.py --csi 0 --precision fp16   # Jetson CSI camera 0 (GStreamer OpenCV)
+    python samples/webcam_explain.py --server 10.0.0.5:8001     # the model on an `iared-edge serve` server
 
 Keys: + / - change the latency budget (start with --budget-ms), h heatmap on/off, m kept-patch mask
 on/off, q quit. Headless (--headless, or when there is no display) it writes the annotated video and
@@ -173,6 +174,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--csi-size", type=parse_size, default=None, metavar="WxH", help="--csi capture size (1280x720)")
     ap.add_argument("--csi-fps", type=int, default=None, metavar="FPS", help="--csi frame rate (30)")
+    ap.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST:PORT",
+        default=None,
+        help="send the frames to `iared-edge serve` at this gRPC address instead of running the model here "
+        "(repeat for several servers: frames spread over them, with failover)",
+    )
     ap.add_argument("--model", default="demo", help='"demo" (bundled), a saved .safetensors, or a timm name')
     ap.add_argument("--checkpoint", help="weights for a timm name (.pth / .safetensors)")
     RuntimeConfig.add_arguments(ap)  # --device, --budget-ms, --policy, --level, --precision, --backend, --fit, ...
@@ -194,6 +203,8 @@ def main(argv=None) -> int:
         ap.error(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.reconnect < 0:
         ap.error(f"--reconnect must be >= 0, got {args.reconnect}")
+    if args.server and args.budget_ms is not None:
+        ap.error("--budget-ms is for a local model; a server runs its own policy (iared-edge serve --policy ...)")
     if args.csi is None and (args.csi_size is not None or args.csi_fps is not None):
         ap.error("--csi-size and --csi-fps apply to --csi only")
     if args.csi is not None and args.csi < 0:
@@ -215,11 +226,18 @@ def run(args) -> int:
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise FileNotFoundError(f"--output {output}: no such folder")
     source = source_of(args)
-    model = resolve_model(args.model, args.checkpoint)
     truth = load_truth(source)
     show_heat = show_mask = True
     writer, frames, t_prev, fps = None, [], None, 0.0
-    with Runtime(model, RuntimeConfig.from_args(args)) as rt:
+    if args.server:
+        from iared_edge.serve import RemoteRuntime
+
+        rt = RemoteRuntime(args.server)
+        engine = f"server {', '.join(args.server)}"
+    else:
+        rt = Runtime(resolve_model(args.model, args.checkpoint), RuntimeConfig.from_args(args))
+        engine = f"{rt.backend} {rt.precision}"
+    with rt:
         for frame, res in rt.stream(source, reconnect=args.reconnect):
             now = time.perf_counter()
             if t_prev is not None:
@@ -229,11 +247,11 @@ def run(args) -> int:
                 frame,
                 res,
                 fps,
-                rt.budget_ms,
+                None if args.server else rt.budget_ms,
                 show_heat,
                 show_mask,
                 keys=not headless,
-                engine=f"{rt.backend} {rt.precision}",
+                engine=engine,
             )
             frames.append(res.summary())
             if output:
@@ -248,7 +266,7 @@ def run(args) -> int:
                 if key == ord("q"):
                     break
                 if key in (ord("+"), ord("="), ord("-")):
-                    if rt.budget_ms is None:
+                    if args.server or rt.budget_ms is None:
                         print("start with --budget-ms to change the budget")
                     else:
                         rt.budget_ms = max(1.0, rt.budget_ms * (1.25 if key != ord("-") else 0.8))

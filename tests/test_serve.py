@@ -82,6 +82,22 @@ def test_two_clients_get_the_local_runtimes_answers(server, clip, local):
             assert remote.heatmap.shape == sent.shape[:2]
 
 
+def test_webcam_sample_with_a_server(server, tmp_path, capsys):
+    import importlib.util
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "samples", "webcam_explain.py")
+    spec = importlib.util.spec_from_file_location("webcam_explain_server", path)
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)
+    out = str(tmp_path / "remote.mp4")
+    argv = ["--server", server.url, "--source", "demo", "--headless", "--max-frames", "6", "--output", out]
+    assert sample.main(argv) == 0
+    summary = json.load(open(str(tmp_path / "remote.json")))
+    assert len(summary["frames"]) == 6 and summary["stats"]["failed"] == []
+    assert os.path.getsize(out) > 0 and "accuracy on the clip" in capsys.readouterr().out
+
+
 def _png(w, h):
     ok, buf = cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))
     return buf.tobytes()
@@ -260,3 +276,15 @@ def test_triton_repository_export_writes_parsed_configs(tmp_path):
         check_model_config('name: "x"\nmax_batch_size: "eight"\n')
     with torch.no_grad():
         assert model(torch.zeros(1, *model.input_size), policy="level", level=0.7).logits.shape[1] == len(labels)
+
+
+def test_export_format_triton_on_the_command_line(tmp_path, capsys):
+    from iared_edge.cli import main
+    from iared_edge.serve.repository import check_model_config
+
+    out = str(tmp_path / "repo")
+    assert main(["export", "--model", "demo", "--format", "triton", "--keep-levels", "0.5", "--out-dir", out]) == 0
+    assert "iared_keep0.50" in capsys.readouterr().out
+    check_model_config(open(os.path.join(out, "iared_keep0.50", "config.pbtxt")).read())
+    assert main(["export", "--model", "demo", "--format", "triton", "--policy", "threshold", "--out-dir", out]) == 2
+    assert "--format triton writes float32 level graphs" in capsys.readouterr().err

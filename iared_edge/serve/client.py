@@ -110,6 +110,7 @@ class RemoteRuntime:
         self._lock = threading.Lock()
         self._frames = 0
         self._latency: deque = deque(maxlen=10000)
+        self._keep: deque = deque(maxlen=10000)
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
         self._retries = 0  # sends that failed and were tried again
@@ -215,6 +216,7 @@ class RemoteRuntime:
             self._per_server[url] += 1
             self._gap_s += lost
             self._latency.append(result.latency_ms["total"])
+            self._keep.append(result.keep_ratio)
             now = time.perf_counter()
             self._t_first = self._t_first or now
             self._t_last = now
@@ -278,7 +280,9 @@ class RemoteRuntime:
                 yield from drain(block=False)
             yield from drain(block=True)
             self._end_reason = "end of source"
-        finally:
+        finally:  # a consumer that stops early: frames not yet sent are not sent
+            for _, _, fut in pending:
+                fut.cancel()
             src.release()
 
     def stats(self) -> Dict[str, Any]:
@@ -292,6 +296,7 @@ class RemoteRuntime:
                 "frames": self._frames,
                 "fps": (self._frames - 1) / span if span > 0 else 0.0,
                 "latency_ms": {f"p{p}": float(np.percentile(lat, p)) if lat.size else None for p in (50, 95, 99)},
+                "mean_keep_ratio": float(np.mean(self._keep)) if self._keep else None,
                 "per_server": dict(self._per_server),
                 "retries": self._retries,
                 "reconnects": self._reconnects,

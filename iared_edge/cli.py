@@ -271,7 +271,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from .runtime import RuntimeConfig
-    from .serve.server import ServerConfig, serve
+    from .serve.server import ServerConfig, bound_memory, serve
+
+    bound_memory()  # before the model is loaded: oneDNN reads its cache size once
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.budget_ms is not None:

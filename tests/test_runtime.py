@@ -143,6 +143,27 @@ def test_batch_matches_one_frame_at_a_time():
         assert b.latency_ms == batched[0].latency_ms  # the batch's, shared
 
 
+def test_forward_frames_gives_the_batch_on_the_patch_grid(rt):
+    """What a server sends on: one forward for several frames, outputs on the grid, on the CPU;
+    the same answers as batch() (which maps them onto the frames), counted in stats()."""
+    frames = clip_frames(3)
+    frames[1] = cv2.resize(frames[1], (200, 120))
+    before = rt.stats()["frames"]
+    out, ms = rt.forward_frames(frames)
+    results = rt.batch(frames)
+    assert rt.stats()["frames"] == before + 2 * len(frames) and ms > 0
+    gh, gw = rt.model.grid_size
+    assert out.heatmap.shape == (3, gh, gw) and out.logits.device.type == "cpu"
+    for i, r in enumerate(results):
+        top = out.logits[i].softmax(-1).topk(3)
+        assert top.indices.tolist() == r.indices and np.allclose(top.values.numpy(), r.probs, atol=1e-5)
+        assert (out.keep_masks[i].view(-1, gh, gw).numpy() == r.stage_masks).all()
+    with pytest.raises(ValueError, match="at least one frame"):
+        rt.forward_frames([])
+    with pytest.raises(ValueError, match="frame 0: frame must be"):
+        rt.forward_frames([np.zeros((8, 8), np.float32)])
+
+
 def test_batch_refuses_what_it_cannot_do(rt):
     with pytest.raises(ValueError, match="at least one frame"):
         rt.batch([])

@@ -98,6 +98,26 @@ def test_webcam_sample_with_a_server(server, tmp_path, capsys):
     assert os.path.getsize(out) > 0 and "accuracy on the clip" in capsys.readouterr().out
 
 
+def _gif():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "GIF")
+    return buf.getvalue()
+
+
+def _png_header(w, h):
+    """A PNG whose header claims w x h pixels (no pixel data follows)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def _png(w, h):
     ok, buf = cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))
     return buf.tobytes()
@@ -108,8 +128,10 @@ def test_bad_frames_get_their_errors_while_another_client_is_served(server, clip
     bad = {
         "empty payload": b"",
         "truncated or corrupt JPEG": jpeg[: len(jpeg) // 2],
-        "not a JPEG or PNG": b"GIF89a" + os.urandom(100),
+        "not a JPEG or PNG": b"this is not an image, it is text" * 4,
+        "send JPEG or PNG": _gif(),
         "over the limits": _png(MAX_SIDE + 8, 2),
+        "frame is over the limits": _png_header(20000, 20000),  # past PIL's own decompression-bomb guard
     }
     stop, good = threading.Event(), []
 
@@ -178,14 +200,17 @@ def test_failover_to_the_server_that_answers(server, clip):
     assert stats["retries"] >= 1  # the dead one was tried, then left out
 
 
-def test_a_server_killed_and_restarted_mid_stream_loses_no_frame(tmp_path, clip):
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_server_killed_and_restarted_mid_stream_loses_no_frame(tmp_path, clip, how):
+    """SIGKILL (a crash) or SIGTERM (a graceful restart) at frame 8 of 24, then a new server on
+    the same ports: every frame answered, in order, the gap counted."""
     srv = ServerProcess(["--model", "demo"], log_path=str(tmp_path / "server.log")).start()
     restarted = threading.Event()
 
     def frames():
         for i, f in enumerate(clip[:24]):
             if i == 8:  # mid-stream: killed, then a new server on the same ports
-                srv.kill()
+                getattr(srv, how)()
 
                 def restart():
                     srv.start()
@@ -208,7 +233,7 @@ def test_a_server_killed_and_restarted_mid_stream_loses_no_frame(tmp_path, clip)
 
 def test_a_stream_counts_the_frames_no_server_answered(clip):
     (dead,) = free_ports(1)
-    with RemoteRuntime(f"127.0.0.1:{dead}", retry_s=0.5, retry_wait_s=0.1, timeout_s=1.0) as rt:
+    with RemoteRuntime(f"127.0.0.1:{dead}", retry_s=0.5, down_s=0.1, timeout_s=1.0) as rt:
         got = list(rt.stream(clip[:3]))
         stats = rt.stats()
     assert got == [] and [i for i, _ in stats["failed"]] == [0, 1, 2]
@@ -228,6 +253,14 @@ def test_settings_are_checked():
         RemoteRuntime("localhost")
     with pytest.raises(ValueError, match="in_flight"):
         RemoteRuntime("localhost:1", in_flight=0)
+    with pytest.raises(ValueError, match="down_s"):
+        RemoteRuntime("localhost:1", down_s=0)
+    with pytest.raises(ValueError, match="plain gRPC"):
+        RemoteRuntime("http://localhost:8000")
+    with pytest.raises(ValueError, match="1..65535"):
+        RemoteRuntime("localhost:70000")
+    with RemoteRuntime("grpc://localhost:8001/") as rt:
+        assert rt.servers[0].url == "localhost:8001"
     check_environment()  # this environment serves
 
 
@@ -272,6 +305,8 @@ def test_triton_repository_export_writes_parsed_configs(tmp_path):
     assert list(parsed.input[0].dims) == list(model.input_size)
     labels = (folder / "labels.txt").read_text().splitlines()
     assert len(labels) == model.vit.num_classes
+    with pytest.raises(ValueError, match="same model name twice"):
+        export_triton_repository(model, str(tmp_path / "dup"), levels=[0.7, 0.701])
     with pytest.raises(ValueError, match="ModelConfig"):
         check_model_config('name: "x"\nmax_batch_size: "eight"\n')
     with torch.no_grad():

@@ -371,6 +371,7 @@ class Runtime:
         CPU, milliseconds the forward and preprocessing took). The frames count in stats()."""
         if self.controller is not None:
             raise ValueError("forward_frames() runs without a latency budget: create the Runtime without budget_ms=")
+        frames = list(frames)
         if not frames:
             raise ValueError("forward_frames() needs at least one frame")
         t0 = time.perf_counter()

@@ -13,7 +13,6 @@ gets its Result or is counted in `stats()["failed"]` with the reason.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -24,7 +23,7 @@ import numpy as np
 
 from ..preprocess import grid_to_frame
 from ..runtime.result import Result, three_channels
-from ..runtime.sources import open_source
+from ..runtime.sources import LIVE, open_source
 from . import protocol
 from .protocol import FrameError, encode_frame, split_url
 
@@ -33,16 +32,20 @@ class ServerUnavailable(ConnectionError):
     """No server answered within the retries: the frame got no answer."""
 
 
+class ServerError(RuntimeError):
+    """A server answered this frame with an error that is not about the frame (its batch failed,
+    or it is not an iared-edge server): the frame got no answer."""
+
+
 class _Server:
     def __init__(self, url: str, timeout_s: float):
         from tritonclient.grpc import InferenceServerClient
 
-        split_url(url)  # a clear error for a malformed address
-        self.url = url.split("://", 1)[-1]
+        host, port = split_url(url)  # a clear error for a malformed address, here
+        self.url = f"{host}:{port}"
         self.client = InferenceServerClient(self.url)
         self.timeout_s = timeout_s
         self.down_until = 0.0  # monotonic time before which this server is not tried
-        self.lock = threading.Lock()
 
     def close(self) -> None:
         try:
@@ -58,6 +61,7 @@ def _unavailable(exc: Exception) -> bool:
     text = str(exc)
     gone = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
     starting = ("not ready", "unknown model", "Stub process", "failed to connect", "Failed to connect")
+    starting += ("Cancelled responses handler", "inference handler is stopped")  # pytriton shutting down
     return any(s in status for s in gone) or any(s in text for s in starting)
 
 
@@ -68,9 +72,9 @@ class RemoteRuntime:
     urls: "host:port" of the servers' gRPC ports (one string or several).
     color: "bgr" (OpenCV frames) or "rgb". encoding: "jpeg" (quality `quality`) or "png" (lossless).
     in_flight: frames a stream keeps sent and not yet answered (a camera does not wait a round trip).
-    timeout_s: per request. retry_s: how long a frame is retried over all servers before it is
-    counted failed; retry_wait_s: the first wait between tries (doubling, up to 2 s); down_s: how
-    long a server that did not answer is left out.
+    timeout_s: per request. retry_s: how long a frame is tried, over all servers, before it is
+    counted failed (no request outlives it). down_s: how long a server that did not answer is
+    left out (with one server: the wait between tries).
     """
 
     def __init__(
@@ -82,8 +86,7 @@ class RemoteRuntime:
         in_flight: int = 4,
         timeout_s: float = 10.0,
         retry_s: float = 30.0,
-        retry_wait_s: float = 0.2,
-        down_s: float = 2.0,
+        down_s: float = 1.0,
     ):
         try:
             import tritonclient.grpc  # noqa: F401
@@ -98,14 +101,14 @@ class RemoteRuntime:
             raise ValueError(f"encoding must be one of {protocol.ENCODINGS}, got {encoding!r}")
         if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
             raise ValueError(f"in_flight must be an int >= 1, got {in_flight!r}")
-        for name, v in (("timeout_s", timeout_s), ("retry_s", retry_s), ("retry_wait_s", retry_wait_s)):
+        for name, v in (("timeout_s", timeout_s), ("retry_s", retry_s), ("down_s", down_s)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
         self.color, self.encoding, self.quality = color, encoding, quality
         self.in_flight, self.timeout_s = in_flight, timeout_s
-        self.retry_s, self.retry_wait_s, self.down_s = retry_s, retry_wait_s, down_s
+        self.retry_s, self.down_s = retry_s, down_s
         self.servers = [_Server(u, timeout_s) for u in urls]
-        self._next = itertools.cycle(range(len(self.servers)))
+        self._turn = 0  # the next server, round-robin
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="iared-remote")
         self._lock = threading.Lock()
         self._frames = 0
@@ -125,50 +128,57 @@ class RemoteRuntime:
 
     # -- one frame ---------------------------------------------------------------------------------
     def _pick(self) -> Optional[_Server]:
-        now = time.monotonic()
-        for _ in range(len(self.servers)):
-            server = self.servers[next(self._next)]
-            if server.down_until <= now:
-                return server
+        """The next server not left out, round-robin (the workers share the turn)."""
+        with self._lock:
+            now = time.monotonic()
+            for _ in range(len(self.servers)):
+                server = self.servers[self._turn]
+                self._turn = (self._turn + 1) % len(self.servers)
+                if server.down_until <= now:
+                    return server
         return None
 
     def _send(self, payload: bytes) -> Tuple[Dict[str, np.ndarray], str, float]:
-        """One frame to a server that answers, retried (other servers first) for up to retry_s.
-        Returns (outputs, server url, seconds lost waiting for a server)."""
+        """One frame to a server that answers: a server that fails is left out for down_s and the
+        next one tried at once; with all left out, the first to come back; all within retry_s.
+        Returns (outputs, server url, seconds from the first failure to the answer)."""
         from tritonclient.grpc import InferInput
         from tritonclient.utils import InferenceServerException
 
-        started = time.monotonic()
-        wait, lost, tries = self.retry_wait_s, 0.0, 0
-        last = "no server tried"
+        deadline = time.monotonic() + self.retry_s
+        tries, first_failure, last = 0, None, "no server tried"
         while True:
-            server = self._pick()
-            if server is not None:
-                inp = InferInput(protocol.INPUT, [1, 1], "BYTES")
-                inp.set_data_from_numpy(np.array([[payload]], dtype=np.object_))
-                try:
-                    res = server.client.infer(protocol.MODEL, [inp], client_timeout=self.timeout_s)
-                    outs = {name: res.as_numpy(name) for name in protocol.OUTPUTS}
-                    if tries:
-                        with self._lock:
-                            self._reconnects += 1
-                    return outs, server.url, lost
-                except InferenceServerException as exc:
-                    if not _unavailable(exc):
-                        raise
-                    last = f"{server.url}: {exc.message() if hasattr(exc, 'message') else exc}"
-                    server.down_until = time.monotonic() + self.down_s
-                    tries += 1
-                    with self._lock:
-                        self._retries += 1
-                    continue  # another server, if one is up, at once
-            if time.monotonic() - started >= self.retry_s:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise ServerUnavailable(f"no server answered in {self.retry_s:g} s ({tries} tries; last: {last})")
-            time.sleep(wait)
-            lost += wait
-            wait = min(2 * wait, 2.0)
-            for s in self.servers:  # after a wait every server may be tried again
-                s.down_until = 0.0
+            server = self._pick()
+            if server is None:  # every server left out: wait for the first to be tried again
+                back = min(s.down_until for s in self.servers) - time.monotonic()
+                time.sleep(max(0.0, min(back, left)))
+                continue
+            inp = InferInput(protocol.INPUT, [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[payload]], dtype=np.object_))
+            try:
+                res = server.client.infer(protocol.MODEL, [inp], client_timeout=max(min(self.timeout_s, left), 0.001))
+            except InferenceServerException as exc:
+                message = exc.message() if hasattr(exc, "message") else str(exc)
+                if not _unavailable(exc):
+                    raise ServerError(f"{server.url}: {message}") from None
+                last = f"{server.url}: {message}"
+                first_failure = first_failure or time.monotonic()
+                tries += 1
+                with self._lock:
+                    server.down_until = time.monotonic() + self.down_s
+                    self._retries += 1
+                continue
+            outs = {name: res.as_numpy(name) for name in protocol.OUTPUTS}
+            missing = [name for name, v in outs.items() if v is None]
+            if missing:
+                raise ServerError(f"{server.url}: model {protocol.MODEL!r} gave no {missing} (not iared-edge serve?)")
+            if tries:
+                with self._lock:
+                    self._reconnects += 1
+            return outs, server.url, (time.monotonic() - first_failure) if first_failure else 0.0
 
     def _result(self, frame: np.ndarray, outs: Dict[str, np.ndarray], index: int, t0: float, ts: float) -> Result:
         error = outs["error"][0, 0]
@@ -206,7 +216,7 @@ class RemoteRuntime:
         t0 = time.perf_counter()
         try:
             outs, url, lost = self._send(payload)
-        except ServerUnavailable as exc:
+        except (ServerUnavailable, ServerError) as exc:
             with self._lock:
                 self._failed.append((index, str(exc)))
             raise
@@ -229,7 +239,8 @@ class RemoteRuntime:
 
     def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
         """One frame, one round trip. A frame the server refused raises FrameError (its reason);
-        no server within the retries raises ServerUnavailable."""
+        no server within the retries raises ServerUnavailable; a server's error about something
+        else (its batch failed) raises ServerError."""
         self._check_open()
         frame, payload = self._frame(frame, color)
         index = self._index()
@@ -261,8 +272,8 @@ class RemoteRuntime:
                 except FrameError as exc:
                     with self._lock:
                         self._skipped.append((index, str(exc)))
-                except ServerUnavailable:
-                    pass  # counted in stats()["failed"] by _run
+                except (ServerUnavailable, ServerError):
+                    pass  # listed in stats()["failed"] by _run
 
         try:
             for ok, frame in src.frames():
@@ -279,7 +290,7 @@ class RemoteRuntime:
                 pending.append((frame, index, fut))
                 yield from drain(block=False)
             yield from drain(block=True)
-            self._end_reason = "end of source"
+            self._end_reason = "source lost" if getattr(src, "kind", None) == LIVE else "end of source"
         finally:  # a consumer that stops early: frames not yet sent are not sent
             for _, _, fut in pending:
                 fut.cancel()

@@ -48,7 +48,11 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if log is not subprocess.DEVNULL:
             log.close()
-        self.wait_ready(timeout_s)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.kill()  # not left holding the ports
+            raise
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -62,7 +66,7 @@ class ServerProcess:
                     code = self.proc.returncode
                     raise RuntimeError(f"iared-edge serve exited with {code} before it was ready{self._log()}")
                 try:
-                    if client.is_model_ready(protocol.MODEL):
+                    if client.is_model_ready(protocol.MODEL, client_timeout=2.0):
                         return
                 except Exception:  # not listening yet
                     pass

@@ -69,22 +69,27 @@ def decode_frame(payload) -> np.ndarray:
         raise FrameError("empty payload: no encoded frame")
     if n > MAX_PAYLOAD_BYTES:
         raise FrameError(f"payload of {n} bytes is over the limit of {MAX_PAYLOAD_BYTES} bytes per frame")
+    over = f"over the limits ({MAX_SIDE} pixels a side, {MAX_PIXELS} pixels in all)"
     try:
         img = Image.open(io.BytesIO(bytes(payload)))
     except UnidentifiedImageError:
         raise FrameError(f"payload of {n} bytes is not a JPEG or PNG image") from None
-    if img.format not in ("JPEG", "PNG"):
+    except Image.DecompressionBombError:  # PIL's own size guard, on headers far over ours
+        raise FrameError(f"frame is {over}") from None
+    except Exception as exc:  # any other decoder fault is this payload's, never the server's
+        raise FrameError(f"payload of {n} bytes is not a readable JPEG or PNG image: {exc}") from None
+    if img.format not in ("JPEG", "MPO", "PNG"):  # MPO: the JPEG of many phones and cameras
         raise FrameError(f"payload is a {img.format} image; send JPEG or PNG")
     w, h = img.size
     if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
-        raise FrameError(f"frame of {w}x{h} is over the limits ({MAX_SIDE} pixels a side, {MAX_PIXELS} pixels in all)")
+        raise FrameError(f"frame of {w}x{h} is {over}")
     if w < 2 or h < 2:
         raise FrameError(f"frame too small: {w}x{h}")
     try:
         img.load()  # a truncated file raises here (PIL does not fill in missing data by default)
-    except (OSError, SyntaxError, ValueError) as exc:
+        return np.asarray(img.convert("RGB"))
+    except Exception as exc:
         raise FrameError(f"truncated or corrupt {img.format} ({n} bytes): {exc}") from None
-    return np.asarray(img.convert("RGB"))
 
 
 def encode_frame(frame: np.ndarray, color: str = "bgr", encoding: str = "jpeg", quality: int = 90) -> bytes:
@@ -99,21 +104,30 @@ def encode_frame(frame: np.ndarray, color: str = "bgr", encoding: str = "jpeg", 
 
     frame = three_channels(np.asarray(frame))
     bgr = np.ascontiguousarray(frame[..., ::-1]) if color == "rgb" else frame
-    if encoding == "jpeg":
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    else:
-        ok, buf = cv2.imencode(".png", bgr)
+    if frame.shape[0] < 2 or frame.shape[1] < 2:
+        raise ValueError(f"frame too small: {frame.shape[1]}x{frame.shape[0]}")
+    try:
+        if encoding == "jpeg":
+            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        else:
+            ok, buf = cv2.imencode(".png", bgr)
+    except cv2.error as exc:
+        raise ValueError(f"OpenCV could not encode a {frame.shape} frame as {encoding}: {exc}") from None
     if not ok:
         raise ValueError(f"OpenCV could not encode a {frame.shape} frame as {encoding}")
     return buf.tobytes()
 
 
 def split_url(url: str) -> Tuple[str, int]:
-    """ "host:port" (a gRPC address; a scheme such as grpc:// is dropped) -> (host, port)."""
+    """ "host:port" or "grpc://host:port" (a server's gRPC port) -> (host, port)."""
     if not isinstance(url, str) or not url:
         raise ValueError(f"a server URL is host:port, got {url!r}")
-    rest = url.split("://", 1)[-1].rstrip("/")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"a server URL is host:port (the gRPC port), got {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        rest = url
+    elif scheme != "grpc":
+        raise ValueError(f"a server URL is host:port or grpc://host:port (plain gRPC), not {scheme}://: {url!r}")
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"a server URL is host:port (the gRPC port, 1..65535), got {url!r}")
     return host, int(port)

@@ -88,6 +88,11 @@ def export_triton_repository(
 
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+    if isinstance(max_queue_delay_us, bool) or not isinstance(max_queue_delay_us, int) or max_queue_delay_us < 0:
+        raise ValueError(f"max_queue_delay_us must be an int >= 0 (microseconds), got {max_queue_delay_us!r}")
+    named = [f"{prefix}_keep{float(v):.2f}" for v in levels]
+    if len(set(named)) != len(named):
+        raise ValueError(f"keep levels {list(levels)} give the same model name twice ({named}): levels 0.01 apart")
     names = []
     labels = model.class_names()
     for level in levels:

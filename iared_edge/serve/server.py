@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from . import protocol
-from .protocol import FrameError, decode_frame
+from .protocol import decode_frame
 
 LOG = logging.getLogger("iared_edge.serve")
 
@@ -77,7 +77,41 @@ def stub_library_path() -> str:
     conda) fails at model load ('_thread.RLock' object has no attribute '_recursion_count')."""
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     rest = os.environ.get("LD_LIBRARY_PATH", "")
+    has_libpython = os.path.isdir(libdir) and any(f.startswith("libpython") for f in os.listdir(libdir))
+    if not has_libpython or libdir in rest.split(":") or libdir.startswith(("/usr/lib", "/lib")):
+        return rest  # a system Python's: the stub finds it anyway, and it must not shadow CUDA's paths
     return ":".join(p for p in (libdir, rest) if p)
+
+
+def bound_memory() -> None:
+    """A long-running server's memory, bounded: glibc's mmap threshold fixed (freed large buffers
+    go back to the OS instead of fragmenting the heap; the default raises the threshold after each
+    free), two malloc arenas, and a small oneDNN primitive cache (every distinct packed size makes
+    primitives; the default keeps 1024). Call before the first forward. docs/serving.md, "Memory"."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc (musl, macOS): their own allocators
+        pass
+
+
+def warm_up(runtime, max_batch: int) -> None:
+    """Every batch size the server will form at keep levels 0.1 to 1.0: the allocator and the
+    kernels' caches see the packed sizes frames bring before the first client does, so the
+    server's memory is at its plateau from the start rather than after a few thousand frames."""
+    import torch
+
+    if runtime.backend != "torch":
+        return
+    x = torch.zeros(max_batch, 3, *runtime.input_size, device=runtime.device)
+    with torch.inference_mode():
+        for b in range(1, max_batch + 1):
+            for level in [i / 10 for i in range(1, 11)]:
+                runtime._backend(x[:b], level)
 
 
 def make_infer(runtime, topk: int) -> Callable[[List[Any]], List[Dict[str, np.ndarray]]]:
@@ -117,8 +151,8 @@ def make_infer(runtime, topk: int) -> Callable[[List[Any]], List[Dict[str, np.nd
                 try:
                     frames.append(decode_frame(payload))
                     where.append((r, j))
-                except FrameError as exc:
-                    out["error"][j, 0] = str(exc).encode()
+                except Exception as exc:  # one frame's fault: answered to its client, never the batch's
+                    out["error"][j, 0] = str(exc).encode() or type(exc).__name__.encode()
             outs.append(out)
         if frames:
             res, _ = runtime.forward_frames(frames, color="rgb")
@@ -183,8 +217,18 @@ def serve(
     runtime_config = runtime_config or RuntimeConfig()
     if runtime_config.budget_ms is not None:
         raise ValueError("serve runs without a latency budget (Triton batches the frames): leave budget_ms unset")
+    bound_memory()
     runtime = Runtime(model, runtime_config)
-    os.environ["LD_LIBRARY_PATH"] = stub_library_path()  # the server inherits it; the stub loads libpython
+    engine_batch = getattr(runtime._backend, "max_batch", None)  # TensorRT engines: built for batches up to it
+    if engine_batch is not None and config.max_batch > engine_batch:
+        runtime.close()
+        raise ValueError(
+            f"max_batch {config.max_batch} is over the {runtime.backend} backend's {engine_batch}: "
+            f"serve with --max-batch {engine_batch} or less"
+        )
+    # the server inherits the environment when it starts; the stub then loads this libpython
+    old_path = os.environ.get("LD_LIBRARY_PATH")
+    os.environ["LD_LIBRARY_PATH"] = stub_library_path()
 
     from pytriton.model_config import DynamicBatcher, ModelConfig
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -205,6 +249,8 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             restore[sig] = signal.signal(sig, lambda *_: stop.set())
+    LOG.info("warming up: batches of 1 to %d frames at keep levels 0.1 to 1.0", config.max_batch)
+    warm_up(runtime, config.max_batch)
     inputs, outputs = tensors(runtime.model, config.topk)
     try:
         # Triton's admin endpoints stay behind pytriton's access token; its statistics (batch sizes,
@@ -239,4 +285,8 @@ def serve(
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)
+        if old_path is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = old_path
         runtime.close()

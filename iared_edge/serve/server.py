@@ -84,17 +84,15 @@ def stub_library_path() -> str:
 
 
 def bound_memory() -> None:
-    """A long-running server's memory, bounded: glibc's mmap threshold fixed (freed large buffers
-    go back to the OS instead of fragmenting the heap; the default raises the threshold after each
-    free), two malloc arenas, and a small oneDNN primitive cache (every distinct packed size makes
-    primitives; the default keeps 1024). Call before the first forward. docs/serving.md, "Memory"."""
+    """A long-running server's memory, bounded: two glibc malloc arenas (not one per thread that
+    ever allocated) and a small oneDNN primitive cache (every distinct packed size makes
+    primitives; the default keeps 1024). Call before the first forward. A fixed mmap threshold
+    would bound it further but costs throughput (docs/serving.md, "Memory")."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc (musl, macOS): their own allocators
         pass
 

@@ -356,14 +356,18 @@ class Runtime:
             raise ValueError("batch() needs at least one frame")
         timestamp = time.time()
         t0 = time.perf_counter()
+        xs = self._preprocess_frames(frames, color)
+        pre_ms = (time.perf_counter() - t0) * 1e3
+        return self._answer_batch(frames, xs, pre_ms, timestamp)
+
+    def _preprocess_frames(self, frames: List[Any], color: Optional[str]) -> List[torch.Tensor]:
         xs = []
         for i, frame in enumerate(frames):
             try:
                 xs.append(self.preprocess(frame, color))
             except ValueError as exc:
                 raise ValueError(f"frame {i}: {exc}") from None
-        pre_ms = (time.perf_counter() - t0) * 1e3
-        return self._answer_batch(frames, xs, pre_ms, timestamp)
+        return xs
 
     def forward_frames(self, frames: Sequence[Any], color: Optional[str] = None) -> Tuple[BackendOutput, float]:
         """One forward for several frames, as `batch` runs it, with the output left on the patch
@@ -375,12 +379,7 @@ class Runtime:
         if not frames:
             raise ValueError("forward_frames() needs at least one frame")
         t0 = time.perf_counter()
-        xs = []
-        for i, frame in enumerate(frames):
-            try:
-                xs.append(self.preprocess(frame, color))
-            except ValueError as exc:
-                raise ValueError(f"frame {i}: {exc}") from None
+        xs = self._preprocess_frames(frames, color)
         with self._lock:
             out, _ = self._time_model(self._to_device(torch.cat(xs)), None, graphs=False)
             out = BackendOutput(out.logits.cpu(), out.heatmap.cpu(), out.keep_masks.cpu(), out.keep_ratio.cpu())

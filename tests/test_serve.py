@@ -190,6 +190,29 @@ def test_a_client_that_disconnects_mid_batch_does_not_stop_the_server(server, cl
         assert [r.frame_index for _, r in rt.stream(clip[:6])] == list(range(6))
 
 
+def test_a_source_faster_than_the_answers_drops_its_oldest_frames(server, clip):
+    """drop=True (a live source's default): the source is read on its own thread and only the
+    newest frames wait; every frame is answered in order or counted as dropped."""
+    import time
+
+    def camera():  # 30 frames a second
+        for f in clip:
+            time.sleep(1 / 30)
+            yield f
+
+    seen = []
+    with RemoteRuntime(server.url, in_flight=1) as rt:
+        for frame, res in rt.stream(camera(), drop=True):
+            seen.append((frame, res))
+            time.sleep(0.1)  # a slow consumer (a display)
+        stats = rt.stats()
+    assert stats["dropped"] > 0 and len(seen) + stats["dropped"] == len(clip)
+    assert [r.frame_index for _, r in seen] == list(range(len(seen)))
+    order = [next(i for i, c in enumerate(clip) if c is f) for f, _ in seen]
+    assert order == sorted(order) and order[0] == 0  # newest kept, never reordered
+    assert stats["failed"] == [] and stats["end_reason"] == "end of source"
+
+
 def test_failover_to_the_server_that_answers(server, clip):
     (dead,) = free_ports(1)
     with RemoteRuntime([f"127.0.0.1:{dead}", server.url], down_s=60.0, timeout_s=5.0) as rt:

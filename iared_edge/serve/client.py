@@ -124,6 +124,7 @@ class RemoteRuntime:
         self._skipped: List[Tuple[int, str]] = []  # (frame index, the server's error): a bad frame
         self._end_reason: Optional[str] = None
         self._issued = 0  # frame indices handed out
+        self._dropped = 0  # live frames dropped because the answers fell behind
         self._closed = False
 
     # -- one frame ---------------------------------------------------------------------------------
@@ -252,15 +253,56 @@ class RemoteRuntime:
             raise
 
     # -- streams ---------------------------------------------------------------------------------
+    def _newest(self, src, stop: threading.Event) -> Iterator[Tuple[bool, Any]]:
+        """`src` read on a thread of its own, keeping only the newest `in_flight` frames: a live
+        camera is not held back by the round trips (older frames are dropped and counted)."""
+        buf: deque = deque()
+        cond = threading.Condition()
+        ended = []
+
+        def read():
+            try:
+                for ok, frame in src.frames():
+                    if not ok or stop.is_set():
+                        break
+                    with cond:
+                        if len(buf) >= self.in_flight:
+                            buf.popleft()
+                            with self._lock:
+                                self._dropped += 1
+                        buf.append(frame)
+                        cond.notify()
+            finally:
+                with cond:
+                    ended.append(True)
+                    cond.notify()
+                src.release()
+
+        threading.Thread(target=read, name="iared-remote-capture", daemon=True).start()
+        while True:
+            with cond:
+                while not buf and not ended:
+                    cond.wait()
+                if not buf:
+                    return
+                frame = buf.popleft()
+            yield True, frame
+
     def stream(
-        self, source: Any, color: Optional[str] = None, reconnect: int = 0
+        self, source: Any, drop: Optional[bool] = None, color: Optional[str] = None, reconnect: int = 0
     ) -> Iterator[Tuple[np.ndarray, Result]]:
-        """Yield (frame, result) in order for a camera index, a video file, a URL or an iterable of
-        frames, with up to `in_flight` frames sent ahead. A frame the server refused is skipped and
-        recorded (stats()["skipped"]); one no server answered is recorded in stats()["failed"];
-        the stream goes on either way."""
+        """Yield (frame, result) in order for a camera index, a video file, a URL, a GStreamer
+        pipeline or an iterable of frames, with up to `in_flight` frames sent ahead. Live sources
+        are read on their own thread and drop their oldest frames when the answers fall behind
+        (stats()["dropped"]); files and iterables drop none unless `drop=True`. A frame the server
+        refused is skipped and recorded (stats()["skipped"]); one no server answered, in
+        stats()["failed"]; the stream goes on either way. `reconnect`: as Runtime.stream."""
         self._check_open()
-        src = open_source(source, reconnect)
+        stop = threading.Event()
+        src = open_source(source, reconnect, stop)
+        live = getattr(src, "kind", None) == LIVE
+        drop = live if drop is None else bool(drop)
+        frames = self._newest(src, stop) if drop else src.frames()
         pending: deque = deque()
         self._end_reason = None
 
@@ -276,7 +318,7 @@ class RemoteRuntime:
                     pass  # listed in stats()["failed"] by _run
 
         try:
-            for ok, frame in src.frames():
+            for ok, frame in frames:
                 if not ok:  # the source ended (or a live one was lost and did not come back)
                     break
                 index = self._index()
@@ -290,16 +332,19 @@ class RemoteRuntime:
                 pending.append((frame, index, fut))
                 yield from drain(block=False)
             yield from drain(block=True)
-            self._end_reason = "source lost" if getattr(src, "kind", None) == LIVE else "end of source"
+            self._end_reason = "source lost" if live else "end of source"
         finally:  # a consumer that stops early: frames not yet sent are not sent
             for _, _, fut in pending:
                 fut.cancel()
-            src.release()
+            stop.set()
+            if not drop:  # with drop, the reading thread releases the source when it ends
+                src.release()
 
     def stats(self) -> Dict[str, Any]:
-        """Frames answered, fps, round-trip latency percentiles, frames per server, and the gaps:
-        retries, frames answered after a server failed them (reconnects), seconds spent waiting
-        for a server (gap_s), frames no server answered (failed) and frames refused (skipped)."""
+        """Frames answered, fps, round-trip latency percentiles, frames per server, live frames
+        dropped while the answers fell behind, and the gaps: retries, frames answered after a
+        server failed them (reconnects), seconds from such a frame's first failure to its answer
+        (gap_s), frames no server answered (failed) and frames refused (skipped)."""
         with self._lock:
             lat = np.asarray(self._latency, np.float64)
             span = (self._t_last - self._t_first) if self._t_first and self._t_last else 0.0
@@ -309,6 +354,7 @@ class RemoteRuntime:
                 "latency_ms": {f"p{p}": float(np.percentile(lat, p)) if lat.size else None for p in (50, 95, 99)},
                 "mean_keep_ratio": float(np.mean(self._keep)) if self._keep else None,
                 "per_server": dict(self._per_server),
+                "dropped": self._dropped,
                 "retries": self._retries,
                 "reconnects": self._reconnects,
                 "gap_s": self._gap_s,

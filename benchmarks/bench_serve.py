@@ -77,7 +77,7 @@ def batch_stats(url: str):
         c.close()
 
 
-def cameras(url: str, frames, clients: int, per_client: int, in_flight: int, raw: bool = False):
+def cameras(url: str, frames, clients: int, per_client: int, in_flight: int):
     """Each client streams its frames; returns (per-client [(sent index, result)], stats, wall s)."""
     got, stats = [None] * clients, [None] * clients
 

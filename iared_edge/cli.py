@@ -285,7 +285,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         max_batch=args.max_batch,
         max_queue_delay_us=args.max_queue_delay_us,
-        topk=args.topk,
     )
     model = resolve_model(args.model)
     if args.thresholds is not None:

@@ -79,11 +79,15 @@ class PrepackedForward:
         return self._packed[1]
 
 
+def _check_max_rows(max_rows: int) -> None:
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+        raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+
+
 def prepack_linears(module: nn.Module, max_rows: int = MAX_ROWS) -> int:
     """Patch every nn.Linear in `module` to use a prepacked weight at up to `max_rows` rows on a
     CPU. Returns how many were patched (0 where oneDNN's packed linear is missing). Idempotent."""
-    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
-        raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+    _check_max_rows(max_rows)
     if not available():
         return 0
     n = 0
@@ -104,8 +108,7 @@ class PrepackedLinears:
     that already have a forward of their own (`prepack_linears`) are left as they are."""
 
     def __init__(self, module: nn.Module, max_rows: int = MAX_ROWS):
-        if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
-            raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+        _check_max_rows(max_rows)
         linears = [m for m in module.modules() if type(m) is nn.Linear and "forward" not in m.__dict__]
         self.forwards = {m: PrepackedForward(m, max_rows) for m in linears} if available() else {}
 

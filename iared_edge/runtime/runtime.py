@@ -286,7 +286,7 @@ class Runtime:
                 if model_ms > 1.5 * (self.controller.predict(index, mode) - self.controller.overhead_ms):
                     self._slow_at = started
                 self.controller.observe(index, model_ms, pre_ms + post_ms, mode, self._quiet())
-            frame_index = self._record(answer, total)
+            frame_index = self._record(answer.keep_ratio, total)
         latency = {"preprocess": pre_ms, "model": model_ms, "postprocess": post_ms, "total": total}
         return Result(
             **answer._asdict(),
@@ -316,14 +316,14 @@ class Runtime:
             keep_ratio=float(np.mean(stage_keep)),
         )
 
-    def _record(self, answer: Answer, total_ms: float) -> int:
+    def _record(self, keep_ratio: float, total_ms: float) -> int:
         """Count one answered frame in stats() (caller holds the lock); returns its frame index."""
         index = self._frames
         self._frames += 1
         now = time.perf_counter()
         self._t_first = self._t_first or now
         self._t_last = now
-        self._records.append((total_ms, answer.keep_ratio, self.budget_ms))
+        self._records.append((total_ms, keep_ratio, self.budget_ms))
         return index
 
     def __call__(self, frame: Any, color: Optional[str] = None) -> Result:
@@ -346,19 +346,25 @@ class Runtime:
         batch's (what every frame waited). No latency budget: the controller is calibrated per
         frame, so a Runtime with budget_ms= refuses (use rt(frame) or rt.stream). The TensorRT
         backend takes at most its engines' max_batch (8) frames at once."""
-        if self.controller is not None:
-            raise ValueError(
-                "batch() runs without a latency budget (the budget controller is calibrated per "
-                "frame): create the Runtime without budget_ms=, or call it per frame"
-            )
-        frames = list(frames)
-        if not frames:
-            raise ValueError("batch() needs at least one frame")
+        frames = self._batch_frames(frames, "batch()")
         timestamp = time.time()
         t0 = time.perf_counter()
         xs = self._preprocess_frames(frames, color)
         pre_ms = (time.perf_counter() - t0) * 1e3
         return self._answer_batch(frames, xs, pre_ms, timestamp)
+
+    def _batch_frames(self, frames: Sequence[Any], name: str) -> List[Any]:
+        """The frames of a batch call, refused where a batch can't run: under a latency budget,
+        or with no frame."""
+        if self.controller is not None:
+            raise ValueError(
+                f"{name} runs without a latency budget (the budget controller is calibrated per "
+                "frame): create the Runtime without budget_ms=, or call it per frame"
+            )
+        frames = list(frames)
+        if not frames:
+            raise ValueError(f"{name} needs at least one frame")
+        return frames
 
     def _preprocess_frames(self, frames: List[Any], color: Optional[str]) -> List[torch.Tensor]:
         xs = []
@@ -373,11 +379,7 @@ class Runtime:
         """One forward for several frames, as `batch` runs it, with the output left on the patch
         grid (what a server sends on; the client maps it onto its frame): (BackendOutput on the
         CPU, milliseconds the forward and preprocessing took). The frames count in stats()."""
-        if self.controller is not None:
-            raise ValueError("forward_frames() runs without a latency budget: create the Runtime without budget_ms=")
-        frames = list(frames)
-        if not frames:
-            raise ValueError("forward_frames() needs at least one frame")
+        frames = self._batch_frames(frames, "forward_frames()")
         t0 = time.perf_counter()
         xs = self._preprocess_frames(frames, color)
         with self._lock:
@@ -385,10 +387,7 @@ class Runtime:
             out = BackendOutput(out.logits.cpu(), out.heatmap.cpu(), out.keep_masks.cpu(), out.keep_ratio.cpu())
             total = (time.perf_counter() - t0) * 1e3
             for ratio in out.keep_ratio.mean(1).tolist():
-                self._frames += 1
-                self._t_first = self._t_first or time.perf_counter()
-                self._t_last = time.perf_counter()
-                self._records.append((total, ratio, None))
+                self._record(ratio, total)
         return out, total
 
     def _answer_batch(self, frames: List[Any], xs: List[torch.Tensor], pre_ms: float, timestamp: float) -> List[Result]:
@@ -409,7 +408,7 @@ class Runtime:
                 Result(
                     **a._asdict(),
                     latency_ms=dict(latency),
-                    frame_index=self._record(a, latency["total"]),
+                    frame_index=self._record(a.keep_ratio, latency["total"]),
                     timestamp=timestamp,
                     fit=self.fit,
                     input_size=self.input_size,

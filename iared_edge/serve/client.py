@@ -38,13 +38,12 @@ class ServerError(RuntimeError):
 
 
 class _Server:
-    def __init__(self, url: str, timeout_s: float):
+    def __init__(self, url: str):
         from tritonclient.grpc import InferenceServerClient
 
         host, port = split_url(url)  # a clear error for a malformed address, here
         self.url = f"{host}:{port}"
         self.client = InferenceServerClient(self.url)
-        self.timeout_s = timeout_s
         self.down_until = 0.0  # monotonic time before which this server is not tried
 
     def close(self) -> None:
@@ -107,7 +106,7 @@ class RemoteRuntime:
         self.color, self.encoding, self.quality = color, encoding, quality
         self.in_flight, self.timeout_s = in_flight, timeout_s
         self.retry_s, self.down_s = retry_s, down_s
-        self.servers = [_Server(u, timeout_s) for u in urls]
+        self.servers = [_Server(u) for u in urls]
         self._turn = 0  # the next server, round-robin
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="iared-remote")
         self._lock = threading.Lock()
@@ -221,7 +220,12 @@ class RemoteRuntime:
             with self._lock:
                 self._failed.append((index, str(exc)))
             raise
-        result = self._result(frame, outs, index, t0, ts)
+        try:
+            result = self._result(frame, outs, index, t0, ts)
+        except FrameError as exc:
+            with self._lock:
+                self._skipped.append((index, str(exc)))
+            raise
         with self._lock:
             self._frames += 1
             self._per_server[url] += 1
@@ -244,13 +248,7 @@ class RemoteRuntime:
         else (its batch failed) raises ServerError."""
         self._check_open()
         frame, payload = self._frame(frame, color)
-        index = self._index()
-        try:
-            return self._run(frame, payload, index, time.time())
-        except FrameError as exc:
-            with self._lock:
-                self._skipped.append((index, str(exc)))
-            raise
+        return self._run(frame, payload, self._index(), time.time())
 
     # -- streams ---------------------------------------------------------------------------------
     def _newest(self, src, stop: threading.Event) -> Iterator[Tuple[bool, Any]]:
@@ -311,11 +309,8 @@ class RemoteRuntime:
                 frame, index, fut = pending.popleft()
                 try:
                     yield frame, fut.result()
-                except FrameError as exc:
-                    with self._lock:
-                        self._skipped.append((index, str(exc)))
-                except (ServerUnavailable, ServerError):
-                    pass  # listed in stats()["failed"] by _run
+                except (FrameError, ServerUnavailable, ServerError):
+                    pass  # listed in stats()["skipped"] or ["failed"] by _run
 
         try:
             for ok, frame in frames:

@@ -28,7 +28,7 @@ LOG = logging.getLogger("iared_edge.serve")
 class ServerConfig:
     """Where the server listens and how it batches. Invalid values raise a ValueError naming the
     field. max_batch: frames per forward at most; max_queue_delay_us: how long Triton may hold a
-    frame to fill a batch; topk: class names per answer."""
+    frame to fill a batch (class names per answer: the Runtime's topk)."""
 
     http_port: int = 8000
     grpc_port: int = 8001
@@ -36,7 +36,6 @@ class ServerConfig:
     address: str = "0.0.0.0"
     max_batch: int = 8
     max_queue_delay_us: int = 2000
-    topk: int = 5
 
     def __post_init__(self) -> None:
         ports = {"http_port": self.http_port, "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
@@ -45,10 +44,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a TCP port in 1..65535, got {port!r}")
         if len(set(ports.values())) != 3:
             raise ValueError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
-        for name in ("max_batch", "topk"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        v = self.max_batch
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"max_batch must be an int >= 1, got {v!r}")
         v = self.max_queue_delay_us
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"max_queue_delay_us must be an int >= 0 (microseconds), got {v!r}")
@@ -112,14 +110,14 @@ def warm_up(runtime, max_batch: int) -> None:
                 runtime._backend(x[:b], level)
 
 
-def make_infer(runtime, topk: int) -> Callable[[List[Any]], List[Dict[str, np.ndarray]]]:
+def make_infer(runtime) -> Callable[[List[Any]], List[Dict[str, np.ndarray]]]:
     """Triton's infer function over a dynamic batch of requests: every good frame of every request
     in one forward; a bad frame answered with its error, in band (see protocol)."""
     model = runtime.model
     gh, gw = model.grid_size
     S, N = model.num_stages, model.num_patches
     classes = model.vit.num_classes
-    k = min(topk, classes)
+    k = runtime.topk
     names = runtime.labels
     size = np.asarray(runtime.input_size, np.int32)
     fit = runtime.fit.encode()
@@ -174,12 +172,13 @@ def make_infer(runtime, topk: int) -> Callable[[List[Any]], List[Dict[str, np.nd
     return infer
 
 
-def tensors(model, topk: int):
+def tensors(runtime):
     """pytriton's input and output declarations for model "iared"."""
     from pytriton.model_config import Tensor
 
+    model = runtime.model
     gh, gw = model.grid_size
-    S, k, classes = model.num_stages, min(topk, model.vit.num_classes), model.vit.num_classes
+    S, k, classes = model.num_stages, runtime.topk, model.vit.num_classes
     inputs = [Tensor(name=protocol.INPUT, dtype=np.bytes_, shape=(1,))]
     outputs = [
         Tensor(name="label", dtype=np.bytes_, shape=(1,)),
@@ -249,7 +248,7 @@ def serve(
             restore[sig] = signal.signal(sig, lambda *_: stop.set())
     LOG.info("warming up: batches of 1 to %d frames at keep levels 0.1 to 1.0", config.max_batch)
     warm_up(runtime, config.max_batch)
-    inputs, outputs = tensors(runtime.model, config.topk)
+    inputs, outputs = tensors(runtime)
     try:
         # Triton's admin endpoints stay behind pytriton's access token; its statistics (batch sizes,
         # queue times: what an operator watches) are open to read
@@ -257,7 +256,7 @@ def serve(
         with Triton(config=triton_config, security_config=security) as triton:
             triton.bind(
                 model_name=protocol.MODEL,
-                infer_func=make_infer(runtime, config.topk),
+                infer_func=make_infer(runtime),
                 inputs=inputs,
                 outputs=outputs,
                 config=ModelConfig(

@@ -10,6 +10,10 @@ Rows per model, keep level and batch size (median ms of interleaved repeats, spe
 - EViT at equal FLOPs: EViT's reorganisation (benchmarks/bench_peers.py) at the rate whose FLOPs
   are closest to ours. Judged: ours >= it.
 - ours: the packed forward, policy "level" (the same counts as the two above).
+Timing: each round runs every variant once, in a fresh random order (a fixed order lets one
+variant inherit another's cache and allocator state), and the judged figures are the medians
+of the per-round ratios, with a 95% bootstrap interval: a slow spell of a shared machine slows a
+whole round, and cancels in its ratios.
 --prepack runs every row with the blocks' linears on oneDNN-prepacked weights (iared_edge.prepack,
 what the Runtime does on a CPU); without it, torch's default GEMM.
 The weight-traffic floor (--floor-level, DeiT-S): at the lowest level a batch-1 forward reads
@@ -17,7 +21,7 @@ every weight for a handful of rows, so its floor is the weights' bytes over the 
 bandwidth measured in the same run; printed beside our forward at that level with the default
 GEMM and with prepacked weights.
 
-    .venv/bin/python benchmarks/bench_batch1.py [--repeats 15] [--threads 2] [--models deit_small_patch16_224,demo] [--prepack]
+    .venv/bin/python benchmarks/bench_batch1.py [--repeats 100] [--threads 2] [--models deit_small_patch16_224,demo] [--prepack]
 """
 
 import argparse
@@ -25,6 +29,7 @@ import copy
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 
@@ -74,12 +79,36 @@ def memcpy_gbps(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return 2 * nbytes / (t / 1e3) / 1e9  # read + write
 
 
+def timed_rounds(runs, rounds: int, rng: random.Random):
+    """ms of every variant in `runs` per round, each round in a fresh random order."""
+    times = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(rounds):
+        keys = list(runs)
+        rng.shuffle(keys)
+        for k in keys:
+            times[k].append(timed_ms(runs[k]))
+    return times
+
+
+def paired_ratio(a, b, rng: random.Random):
+    """Median over rounds of a/b, and its 95% bootstrap interval."""
+    r = [x / y for x, y in zip(a, b)]
+    boots = sorted(statistics.median(rng.choices(r, k=len(r))) for _ in range(2000))
+    return statistics.median(r), boots[49], boots[1949]
+
+
+def fmt(ratio) -> str:
+    return f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="deit_small_patch16_224,demo")
     ap.add_argument("--levels", default="0.7,0.5")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=100, help="rounds per row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--floor-level", type=float, default=0.1)
     ap.add_argument("--prepack", action="store_true", help="every row on oneDNN-prepacked linear weights")
@@ -88,12 +117,14 @@ def main():
     torch.manual_seed(0)
     where = f"{args.threads} threads, {platform.processor() or platform.machine()}"
     gemm = "oneDNN-prepacked linears" if args.prepack else "the default GEMM"
-    print(f"# torch {torch.__version__}, {where}, median of {args.repeats} interleaved repeats, {gemm}")
+    rng = random.Random(0)
+    print(f"# torch {torch.__version__}, {where}, {args.repeats} rounds in random order, {gemm}")
+    print("# ms: medians; ratios: median of the per-round ratios [95% bootstrap interval]")
     print(
         "| model | batch | keep level | kept/stage | timm ms | floor ms | top-k ms | EViT ms (rate) | ours ms "
-        "| speed-up: top-k / EViT / ours | ours / floor (<= 1.03) | ours >= top-k, EViT |"
+        "| speed-up: top-k / EViT / ours | ours / floor (<= 1.03) | ours / top-k (<= 1) | ours / EViT (<= 1) | met |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model = load_model("demo") if name == "demo" else IARedViT.from_timm(name)
         model.eval()
@@ -115,20 +146,16 @@ def main():
                     "evit": lambda: evit_forward(model, x, rate),
                     "ours": lambda: model(x, policy="level", level=level).logits,
                 }
-                times = {k: [] for k in runs}
                 with torch.inference_mode():
-                    for fn in runs.values():
-                        fn()
-                    for _ in range(args.repeats):
-                        for k, fn in runs.items():
-                            times[k].append(timed_ms(fn))
+                    times = timed_rounds(runs, args.repeats, rng)
                 m = {k: statistics.median(v) for k, v in times.items()}
-                ok = "yes" if m["ours"] <= m["topk"] and m["ours"] <= m["evit"] else "no"
+                floor, topk, evit = (paired_ratio(times["ours"], times[k], rng) for k in ("floor", "topk", "evit"))
+                met = "yes" if floor[0] <= 1.03 and topk[0] <= 1.0 and evit[0] <= 1.0 else "no"
                 print(
                     f"| {name} | {B} | {level} | {'/'.join(map(str, counts))} | {m['timm']:.1f} | {m['floor']:.1f} "
                     f"| {m['topk']:.1f} | {m['evit']:.1f} ({rate:.2f}) | {m['ours']:.1f} "
                     f"| {m['timm'] / m['topk']:.2f}x / {m['timm'] / m['evit']:.2f}x / {m['timm'] / m['ours']:.2f}x "
-                    f"| {m['ours'] / m['floor']:.2f} | {ok} |",
+                    f"| {fmt(floor)} | {fmt(topk)} | {fmt(evit)} | {met} |",
                     flush=True,
                 )
     # weight traffic at the lowest level, batch 1, DeiT-S: the default GEMM and prepacked weights
@@ -144,13 +171,9 @@ def main():
         "plain": lambda: model(x, policy="level", level=level),
         "prepacked": lambda: packed(x, policy="level", level=level),
     }
-    times = {k: [] for k in runs}
     with torch.inference_mode():
         counts = runs["plain"]().kept_counts[0].tolist()
-        runs["prepacked"]()
-        for _ in range(args.repeats):
-            for k, fn in runs.items():
-                times[k].append(timed_ms(fn))
+        times = timed_rounds(runs, args.repeats, rng)
     m = {k: statistics.median(v) for k, v in times.items()}
     floor = weight_bytes / (gbps * 1e9) * 1e3
     print(

@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from . import ops
 
 
 class Interpreter(nn.Module):
@@ -49,16 +50,18 @@ class Interpreter(nn.Module):
         with torch.autocast(cls.device.type, enabled=False):  # float32 even inside a caller's autocast
             return self._fold(cls, weights)
 
+    def fold_weights(
+        self, weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(wq, bq, wk, bk) float32, what `fold` multiplies by (`ops.interpreter_fold`'s weights):
+        the query half of `qk` times the scale, the key half; made once per weights."""
+        w = weights or (self.qk.weight, self.qk.bias)
+        return self._fold_constants(*w)
+
     def _fold(self, cls: torch.Tensor, weights: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        H, D = self.num_heads, self.head_dim
-        wq, bq, wk, bk = self._fold_constants(*weights)
+        wq, bq, wk, bk = self._fold_constants(*weights)  # the scale is in wq, bq
         x = cls if cls.dtype == torch.float32 else cls.float()
-        q = F.linear(self.norm(x), wq, bq).view(-1, H, 1, D)  # the scale is in wq, bq
-        # Per head q_h W_k,h and q_h . b_k,h as two batched matmuls, outputs contiguous as made:
-        # the fewest small ops, since at batch 1 each costs more than its arithmetic
-        vecs = torch.matmul(q, wk).view(-1, H, wk.shape[-1])
-        biases = torch.matmul(q, bk).view(-1, H)
-        return vecs, biases
+        return ops.interpreter_fold(x.contiguous(), wq, bq, wk, bk, self.num_heads, self.norm.eps)
 
     def _fold_constants(self, w: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The float32 weight slices `fold` multiplies by, made once per weights (their identity
@@ -70,14 +73,14 @@ class Interpreter(nn.Module):
         cached = getattr(self, "_folded", None)
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
-        C, H, D = w.shape[1], self.num_heads, self.head_dim
+        C = w.shape[1]
         with torch.no_grad():  # inference constants: no graph kept (a copy.deepcopy of the model works)
             w32, b32 = w.detach().float(), b.detach().float()
             consts = (
-                w32[:C] * self.scale,
-                b32[:C] * self.scale,
-                w32[C:].reshape(H, D, C),
-                b32[C:].reshape(H, D, 1),
+                (w32[:C] * self.scale).contiguous(),
+                (b32[:C] * self.scale).contiguous(),
+                w32[C:].contiguous(),
+                b32[C:].contiguous(),
             )
         if key is not None:
             self._folded = (key, consts)

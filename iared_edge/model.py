@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from . import ops
@@ -318,7 +318,7 @@ class IARedViT(nn.Module):
             interp.init_from_attention(blk.norm1, blk.attn.qkv)
 
     # -- forward -------------------------------------------------------------------------------
-    def _check_images(self, images: torch.Tensor, check_finite: bool = True) -> None:
+    def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor [B, C, H, W], got {type(images).__name__}")
         c, h, w = self.input_size
@@ -332,12 +332,25 @@ class IARedViT(nn.Module):
             raise ValueError(f"images: expected {h}x{w} pixels, got {images.shape[2]}x{images.shape[3]}")
         if not images.is_floating_point():
             raise ValueError(f"images: expected a floating dtype (normalised pixels), got {images.dtype}")
-        # A host read (on a GPU, a sync): skipped where no data can be read (fake tensors, tracing,
-        # CUDA-graph capture) and where the caller knows the input is finite (the Runtime: pixels).
-        # One cheap reduction first (NaN/Inf propagate into the sum); the exact check only if it trips.
-        if check_finite and type(images) is torch.Tensor and not torch.jit.is_tracing() and not _capturing(images):
-            if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
-                raise ValueError("images: contains NaN or Inf")
+
+    def _check_finite(self, images: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> None:
+        """Refuse NaN/Inf pixels. A host read (on a GPU, a sync): skipped where no data can be read
+        (fake tensors, tracing, CUDA-graph capture). One cheap reduction first, the exact check only
+        if it trips: over `tokens`, the embedded images, when given (they were just written, so
+        they are in cache where the pixels may not be); a NaN or Inf pixel makes its patch's
+        tokens non-finite only through a stem that is one convolution (no ReLU to clip an -Inf)."""
+        if type(images) is not torch.Tensor or torch.jit.is_tracing() or _capturing(images):
+            return
+        if not math.isfinite((images if tokens is None else tokens).sum()) and not torch.isfinite(images).all():
+            raise ValueError("images: contains NaN or Inf")
+
+    def _stem_propagates_nonfinite(self) -> bool:
+        """Whether any NaN/Inf pixel surely reaches the embedded tokens: timm's patch embedding as one
+        convolution (every output channel of a patch sums weight x pixel; Inf x 0 is NaN), then
+        the position embedding's add."""
+        pe = self.vit.patch_embed
+        one_conv = type(pe) is PatchEmbed and type(pe.proj) is nn.Conv2d
+        return one_conv and isinstance(pe.norm, (nn.Identity, nn.LayerNorm))
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit
@@ -380,7 +393,11 @@ class IARedViT(nn.Module):
             raise ValueError(f"policy must be one of {POLICIES}, or one of them per stage ({S}), got {policy!r}")
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-        self._check_images(images, check_finite)
+        self._check_images(images)
+        # the finite check on the embedded tokens where that is exact (see _check_finite)
+        late = check_finite and self._stem_propagates_nonfinite()
+        if check_finite and not late:
+            self._check_finite(images)
         B = images.shape[0]
         params: List[Optional[float]] = [None] * S
         if "threshold" in policies:
@@ -411,8 +428,14 @@ class IARedViT(nn.Module):
             raise ValueError(f'decisions are only used with policy "given", not {policy!r}')
         if execution == "packed":
             with torch.no_grad():
-                return self._forward_packed(self._embed(images), policies, params, decisions)
-        return self._forward_masked(self._embed(images), policies, params, decisions)
+                x = self._embed(images)
+                if late:
+                    self._check_finite(images, x)
+                return self._forward_packed(x, policies, params, decisions)
+        x = self._embed(images)
+        if late:
+            self._check_finite(images, x.detach())
+        return self._forward_masked(x, policies, params, decisions)
 
     def _finish(self, logits, keep_masks, scores, log_probs) -> IARedOutput:
         masks, probs = torch.stack(keep_masks, 1), torch.stack(scores, 1)
@@ -476,15 +499,25 @@ class IARedViT(nn.Module):
                 scored = (
                     pk.offsets,
                     pk.positions,
-                    lambda now=now, i=interp, w=weights: self._score(now, i, None, w=w)[0],
+                    lambda now=now, i=interp, w=weights: self._score(now, i, w=w),
                 )
             else:
-                threshold = params[s] if policy == "threshold" else None
-                probs, keep = self._score(pk, interp, threshold, h[:, 0] if n is not None else None)
-                scored = (pk.offsets, pk.positions, probs)
-                if policy == "level":
-                    keep = ops.topk_keep(probs, pk.offsets, pk.positions, params[s], P)
-                elif policy in ("given", "sample"):
+                if policy in ("level", "threshold"):  # fold, score, keep, compact: one call on a CPU
+                    level, threshold = (params[s], None) if policy == "level" else (None, params[s])
+                    probs, *kept = ops.select_stage(
+                        pk.tokens,
+                        pk.offsets,
+                        pk.positions,
+                        interp.fold_weights(),
+                        interp.num_heads,
+                        interp.norm.eps,
+                        level=level,
+                        threshold=threshold,
+                        num_prefix=P,
+                        cls=h[:, 0] if n is not None else None,
+                    )
+                else:  # "given", "sample"
+                    probs = self._score(pk, interp, h[:, 0] if n is not None else None)
                     seq = ops.sequence_ids(pk.offsets, pk.tokens.shape[0])
                     patch = pk.positions >= P
                     if policy == "given":
@@ -494,7 +527,9 @@ class IARedViT(nn.Module):
                         keep = torch.bernoulli(probs.detach()).bool() | ~patch
                         lp = _bernoulli_log_prob(keep, probs)
                         log_probs.append(torch.zeros(B, device=x.device).index_add_(0, seq[patch], lp[patch]))
-                pk = Packed(*ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P))
+                    kept = ops.compact(pk.tokens, pk.offsets, pk.positions, keep, P)
+                scored = (pk.offsets, pk.positions, probs)
+                pk = Packed(*kept)
                 n, lengths = self._common_length(pk, B, n, policy, params[s])
                 h = pk.tokens.view(B, n, C) if n is not None else None
                 seqs = None  # new rows: where each image's are, worked out once, when needed
@@ -522,16 +557,17 @@ class IARedViT(nn.Module):
             torch.stack(log_probs, 1) if log_probs is not None else None,
         )
 
-    def _score(self, pk: Packed, interp, threshold: Optional[float], cls: Optional[torch.Tensor] = None, w=None):
-        """Stage scores of the packed tokens (keep probability [T], and keep flags [T] with a
-        threshold); `cls`: the class tokens [B, C] when at hand, else found by the offsets; `w`:
-        the interpreter's (weight, bias) to score with, when not its current ones."""
+    def _score(self, pk: Packed, interp, cls: Optional[torch.Tensor] = None, w=None) -> torch.Tensor:
+        """Stage scores of the packed tokens (keep probability [T]); `cls`: the class tokens [B, C]
+        when at hand, else found by the offsets; `w`: the interpreter's (weight, bias) to score
+        with, when not its current ones."""
         if cls is None:
             cls = pk.tokens[pk.offsets[:-1].long()]
         vecs, biases = interp.fold(cls, w)
-        return ops.interpreter_scores(
-            pk.tokens, pk.offsets, vecs, biases, threshold, pk.positions, self.num_prefix, interp.norm.eps
+        probs, _ = ops.interpreter_scores(
+            pk.tokens, pk.offsets, vecs, biases, None, pk.positions, self.num_prefix, interp.norm.eps
         )
+        return probs
 
     def _common_length(
         self, pk: Packed, B: int, n: Optional[int], policy: str, level: Optional[float]

@@ -78,6 +78,21 @@ void check_packed(const at::Tensor& tokens, const at::Tensor& offsets, const at:
 void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 #endif
 
+// sums[i] = sum_c v[i, c]: the scoring's per-head vector sums, one order on every CPU path.
+void sum_rows(const float* v, int64_t rows, int64_t C, float* sums) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float sum = 0.f;
+    for (int64_t c = 0; c < C; ++c) sum += v[i * C + c];
+    sums[i] = sum;
+  }
+}
+
+at::Tensor head_sums(const at::Tensor& vecs) {  // vecs [B, H, C] float32 contiguous, on the CPU
+  auto sums = at::empty({vecs.size(0), vecs.size(1)}, vecs.options());
+  sum_rows(vecs.data_ptr<float>(), vecs.size(0) * vecs.size(1), vecs.size(2), sums.data_ptr<float>());
+  return sums;
+}
+
 std::tuple<at::Tensor, at::Tensor> interpreter_scores(const at::Tensor& tokens, const at::Tensor& offsets,
                                                       const at::Tensor& positions, const at::Tensor& vecs,
                                                       const at::Tensor& biases, double threshold,
@@ -95,7 +110,8 @@ std::tuple<at::Tensor, at::Tensor> interpreter_scores(const at::Tensor& tokens, 
   TORCH_CHECK(C > 0 || T == 0, "iared: C must be positive");
   auto probs = at::empty({T}, tokens.options().dtype(at::kFloat));
   auto keep = at::empty({emit_keep ? T : 0}, tokens.options().dtype(at::kBool));
-  auto vec_sums = vecs.sum(-1).contiguous();
+  // on the CPU the per-head sums are a host loop, not an ATen op (whose dispatch costs more at batch 1)
+  auto vec_sums = tokens.is_cuda() ? vecs.sum(-1).contiguous() : head_sums(vecs);
   const int32_t* pos = positions.numel() ? positions.data_ptr<int32_t>() : nullptr;
   uint8_t* keep_ptr = emit_keep ? reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()) : nullptr;
   if (tokens.is_cuda()) {
@@ -113,6 +129,41 @@ std::tuple<at::Tensor, at::Tensor> interpreter_scores(const at::Tensor& tokens, 
                                   keep_ptr);
   }
   return {probs, keep};
+}
+
+// The interpreter's folded-query weights (see interpreter_fold): wq, wk [H*D, C], bq, bk [H*D].
+void check_fold_weights(int64_t C, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
+                        const at::Tensor& bk, int64_t num_heads, const at::Device& device) {
+  TORCH_CHECK(num_heads >= 1 && num_heads <= iared::kMaxHeads && wq.dim() == 2 && wq.size(1) == C &&
+                  wq.size(0) % num_heads == 0,
+              "iared: wq must be [H*D, C=", C, "] with H=", num_heads, " (1..", iared::kMaxHeads, "), got ",
+              wq.sizes());
+  const int64_t Q = wq.size(0);
+  TORCH_CHECK(wk.sizes() == wq.sizes(), "iared: wk must be ", wq.sizes(), " as wq, got ", wk.sizes());
+  TORCH_CHECK(bq.dim() == 1 && bq.size(0) == Q && bk.dim() == 1 && bk.size(0) == Q, "iared: bq and bk must be [", Q,
+              "], got ", bq.sizes(), " and ", bk.sizes());
+  check(wq, "wq", at::kFloat, device);
+  check(bq, "bq", at::kFloat, device);
+  check(wk, "wk", at::kFloat, device);
+  check(bk, "bk", at::kFloat, device);
+}
+
+// CPU only: on a GPU the fold is two small GEMMs that cuBLAS runs well (iared_edge.ops routes it).
+std::tuple<at::Tensor, at::Tensor> interpreter_fold(const at::Tensor& cls, const at::Tensor& wq, const at::Tensor& bq,
+                                                    const at::Tensor& wk, const at::Tensor& bk, int64_t num_heads,
+                                                    double eps) {
+  TORCH_CHECK_VALUE(cls.is_cpu(), "iared: interpreter_fold runs on the CPU, got cls on ", cls.device());
+  TORCH_CHECK(cls.dim() == 2, "iared: cls must be [B, C], got ", cls.sizes());
+  const int64_t B = cls.size(0), C = cls.size(1);
+  check(cls, "cls", at::kFloat, cls.device());
+  check_fold_weights(C, wq, bq, wk, bk, num_heads, cls.device());
+  const int64_t Q = wq.size(0);
+  auto vecs = at::empty({B, num_heads, C}, cls.options());
+  auto biases = at::empty({B, num_heads}, cls.options());
+  iared::interpreter_fold_cpu(cls.data_ptr<float>(), B, C, wq.data_ptr<float>(), bq.data_ptr<float>(),
+                              wk.data_ptr<float>(), bk.data_ptr<float>(), int(num_heads), Q / num_heads, float(eps),
+                              vecs.data_ptr<float>(), biases.data_ptr<float>());
+  return {vecs, biases};
 }
 
 at::Tensor topk_keep(const at::Tensor& scores, const at::Tensor& offsets, const at::Tensor& positions,
@@ -191,11 +242,75 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
   return {out, new_offsets, out_pos};
 }
 
+// One stage's selection on the CPU in one call: each image's class token (its first row), the
+// folded query, the scores, the keep flags (top ceil(level * n) patches when level >= 0, else
+// probability > threshold), the compaction. Returns (probs [T], tokens [T', C], offsets [B+1],
+// positions [T']). At batch 1 the separate ops' calls and checks cost more than their work; on a
+// GPU they run separately (iared_edge.ops.select_stage).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_stage(
+    const at::Tensor& tokens, const at::Tensor& offsets, const at::Tensor& positions, const at::Tensor& wq,
+    const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk, int64_t num_heads, double eps, double level,
+    double threshold, int64_t num_prefix) {
+  TORCH_CHECK_VALUE(tokens.is_cpu(), "iared: select_stage runs on the CPU, got tokens on ", tokens.device());
+  check_packed(tokens, offsets, positions);
+  const int64_t T = tokens.size(0), C = tokens.size(1), B = offsets.numel() - 1;
+  TORCH_CHECK(positions.numel() == T, "iared: select_stage needs positions [T]");
+  TORCH_CHECK(level <= 1.0, "iared: level must be in [0, 1] (or negative for a threshold), got ", level);
+  check_fold_weights(C, wq, bq, wk, bk, num_heads, tokens.device());
+  const int H = int(num_heads);
+  const int64_t D = wq.size(0) / H;
+  const iared::DType dtype = token_dtype(tokens);
+  const int32_t* offs = offsets.data_ptr<int32_t>();
+  const int32_t* pos = positions.data_ptr<int32_t>();
+  // host scratch, per thread, grown not reallocated
+  thread_local std::vector<float> cls, vecs, biases, sums;
+  thread_local std::vector<uint8_t> keep;
+  thread_local std::vector<int32_t> scan;
+  cls.assign(size_t(B * C), 0.f);
+  vecs.resize(size_t(B * H * C));
+  biases.resize(size_t(B * H));
+  sums.resize(size_t(B * H));
+  keep.resize(size_t(T));
+  scan.resize(size_t(T));
+  const auto* raw = static_cast<const char*>(tokens.data_ptr());
+  for (int64_t b = 0; b < B; ++b) {
+    if (offs[b] == offs[b + 1]) continue;  // an empty image: nothing of it is scored
+    const char* row = raw + size_t(offs[b]) * size_t(C) * tokens.element_size();
+    float* dst = cls.data() + b * C;
+    for (int64_t c = 0; c < C; ++c) {
+      dst[c] = dtype == iared::DType::kFloat32   ? reinterpret_cast<const float*>(row)[c]
+               : dtype == iared::DType::kFloat16 ? iared::to_float(reinterpret_cast<const iared::half_bits*>(row)[c])
+                                                 : iared::to_float(reinterpret_cast<const iared::bf16_bits*>(row)[c]);
+    }
+  }
+  iared::interpreter_fold_cpu(cls.data(), B, C, wq.data_ptr<float>(), bq.data_ptr<float>(), wk.data_ptr<float>(),
+                              bk.data_ptr<float>(), H, D, float(eps), vecs.data(), biases.data());
+  sum_rows(vecs.data(), B * H, C, sums.data());
+  const bool by_level = level >= 0.0;
+  auto probs = at::empty({T}, tokens.options().dtype(at::kFloat));
+  iared::interpreter_scores_cpu(tokens.data_ptr(), dtype, T, C, offs, B, pos, vecs.data(), sums.data(), biases.data(), H,
+                                float(eps), float(threshold), int(num_prefix), probs.data_ptr<float>(),
+                                by_level ? nullptr : keep.data());
+  if (by_level) iared::topk_keep_cpu(probs.data_ptr<float>(), T, offs, B, pos, level, int(num_prefix), keep.data());
+  auto new_offsets = at::empty({B + 1}, offsets.options());
+  const int64_t kept = iared::compact_plan_cpu(keep.data(), pos, T, offs, B, int(num_prefix), scan.data(),
+                                               new_offsets.data_ptr<int32_t>());
+  auto out = at::empty({kept, C}, tokens.options());
+  auto out_pos = at::empty({kept}, positions.options());
+  iared::compact_gather_cpu(tokens.data_ptr(), size_t(C) * tokens.element_size(), pos, keep.data(), scan.data(), T,
+                            int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
+  return {probs, out, new_offsets, out_pos};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(iared, m) {
   m.def("interpreter_scores(Tensor tokens, Tensor offsets, Tensor positions, Tensor vecs, Tensor biases, "
         "float threshold, int num_prefix, float eps, bool emit_keep) -> (Tensor, Tensor)");
+  m.def("interpreter_fold(Tensor cls, Tensor wq, Tensor bq, Tensor wk, Tensor bk, int num_heads, float eps) "
+        "-> (Tensor, Tensor)");
+  m.def("select_stage(Tensor tokens, Tensor offsets, Tensor positions, Tensor wq, Tensor bq, Tensor wk, Tensor bk, "
+        "int num_heads, float eps, float level, float threshold, int num_prefix) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("topk_keep(Tensor scores, Tensor offsets, Tensor positions, float level, int num_prefix) -> Tensor");
   m.def("compact(Tensor tokens, Tensor offsets, Tensor positions, Tensor keep, int num_prefix, Tensor? out=None) "
         "-> (Tensor, Tensor, Tensor)");
@@ -203,6 +318,8 @@ TORCH_LIBRARY(iared, m) {
 
 TORCH_LIBRARY_IMPL(iared, CPU, m) {
   m.impl("interpreter_scores", &interpreter_scores);
+  m.impl("interpreter_fold", &interpreter_fold);
+  m.impl("select_stage", &select_stage);
   m.impl("topk_keep", &topk_keep);
   m.impl("compact", &compact);
 }
@@ -216,13 +333,15 @@ TORCH_LIBRARY_IMPL(iared, CUDA, m) {
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "iared-edge kernels: fused interpreter scoring, top-k selection, token compaction";
+  m.doc() = "iared-edge kernels: the interpreter's folded query, fused interpreter scoring, top-k selection, token compaction, and all of one stage's selection in one call";
   // The same functions, callable without the dispatcher: iared_edge.ops uses these in eager mode
   // (a torch.ops call's argument boxing costs as much as a batch-1 compaction: docs/benchmarks.md, 'Ops (issue 3)') and
   // torch.ops.iared.* wherever PyTorch must see the op (tracing, torch.compile, tensor subclasses).
   // The GIL is released as torch.ops does, so other Python threads run meanwhile.
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("interpreter_scores", &interpreter_scores, nogil);
+  m.def("interpreter_fold", &interpreter_fold, nogil);
+  m.def("select_stage", &select_stage, nogil);
   m.def("topk_keep", &topk_keep, nogil);
   m.def("compact", &compact, nogil);
 #ifdef WITH_CUDA

@@ -253,6 +253,41 @@ def test_bad_images_raise_clear_errors(tiny, bad, match):
         tiny(bad)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("execution", ["packed", "masked"])
+def test_one_nonfinite_pixel_is_refused(tiny, images, value, execution):
+    """The finite check runs on the embedded tokens for timm's one-convolution stem (where they
+    are in cache): one NaN or Inf pixel anywhere in any image of a batch still gets the error."""
+    assert tiny._stem_propagates_nonfinite()
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        bad = images.clone()
+        b, c, y, x = (int(torch.randint(n, (1,), generator=g)) for n in bad.shape)
+        bad[b, c, y, x] = value
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            tiny(bad, execution=execution)
+
+
+def test_nonfinite_pixel_refused_through_a_clipping_stem(images):
+    """A stem with a ReLU could clip an -Inf to 0 before the tokens: there the pixels are checked."""
+    from iared_edge import load_model
+
+    demo = load_model("demo").eval()
+    assert not demo._stem_propagates_nonfinite()
+    bad = torch.zeros(1, *demo.input_size)
+    bad[0, 1, 5, 9] = float("-inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        demo(bad)
+
+
+def test_finite_pixels_whose_tokens_overflow_are_not_refused(tiny):
+    """Huge finite pixels may overflow the embedding to Inf: the cheap check trips, the exact one
+    on the pixels clears them (the same answer as checking the pixels alone)."""
+    big = torch.full((1, 3, 224, 224), 3e38)
+    assert not torch.isfinite(tiny._embed(big).sum())
+    tiny(big, policy="all")  # no error
+
+
 def test_bad_arguments(tiny, images):
     with pytest.raises(ValueError, match="policy"):
         tiny(images, policy="nope")

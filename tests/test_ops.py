@@ -232,6 +232,135 @@ def test_eager_calls_skip_the_dispatcher_and_traces_still_record_the_ops(monkeyp
     assert torch.equal(ops.topk_keep(probs, offsets, positions, 0.5), ref.topk_keep(probs, offsets, positions, 0.5))
 
 
+def _fold_args(B, C, H, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cls = torch.randn(B, C, generator=g) * 2 + torch.randn(B, 1, generator=g)
+    wq, wk = (torch.randn(H * D, C, generator=g) * C**-0.5 for _ in range(2))
+    bq, bk = (torch.randn(H * D, generator=g) for _ in range(2))
+    return cls, wq, bq, wk, bk
+
+
+def _fold_float64_loop(cls, wq, bq, wk, bk, H, eps):
+    """The fold straight from its definition, one image and one head at a time, in float64."""
+    cls, wq, bq, wk, bk = (t.double() for t in (cls, wq, bq, wk, bk))
+    B, C = cls.shape
+    D = wq.shape[0] // H
+    vecs, biases = torch.zeros(B, H, C, dtype=torch.float64), torch.zeros(B, H, dtype=torch.float64)
+    for b in range(B):
+        x = cls[b]
+        ln = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + eps)
+        q = wq @ ln + bq
+        for h in range(H):
+            rows = slice(h * D, (h + 1) * D)
+            vecs[b, h] = q[rows] @ wk[rows]
+            biases[b, h] = q[rows] @ bk[rows]
+    return vecs, biases
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 130), st.integers(1, 16), st.integers(1, 24), st.integers(0, 2**16))
+def test_fold_matches_a_float64_loop(threads, B, C, H, D, seed):
+    """Any batch, width and head count: column splits that are not multiples of 16, more threads
+    than columns, one head; the compiled kernel (when built) and the reference alike."""
+    args = _fold_args(B, C, H, D, seed)
+    want = _fold_float64_loop(*args, H, 1e-6)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for force_reference in (False, True):
+            ops.use_reference(force_reference)
+            vecs, biases = ops.interpreter_fold(*args, H, 1e-6)
+            assert vecs.shape == (B, H, C) and biases.shape == (B, H)
+            assert vecs.dtype == biases.dtype == torch.float32
+            scale = 1 + want[0].abs().max().item()
+            assert (vecs.double() - want[0]).abs().max().item() <= 1e-5 * scale
+            assert (biases.double() - want[1]).abs().max().item() <= 1e-5 * (1 + want[1].abs().max().item())
+    finally:
+        ops.use_reference(False)
+        torch.set_num_threads(before)
+
+
+@compiled
+def test_fold_runs_compiled_on_the_cpu_and_traces_as_an_op(monkeypatch):
+    args = _fold_args(2, 48, 3, 16)
+    monkeypatch.setattr(ops.reference, "interpreter_fold", None)  # the CPU call must not fall back
+    vecs, _ = ops.interpreter_fold(*args, 3, 1e-6)
+    want = _fold_float64_loop(*args, 3, 1e-6)[0]
+    assert torch.allclose(vecs.double(), want, atol=1e-5)
+    traced = torch.jit.trace(lambda c: ops.interpreter_fold(c, *args[1:], 3, 1e-6)[0], (args[0],), check_trace=False)
+    assert "iared::interpreter_fold" in str(traced.graph)
+
+
+def test_fold_on_fake_cuda_tensors_takes_the_reference():
+    """On a GPU the fold is the reference's two matmuls (no CUDA kernel): shapes and placement under
+    FakeTensorMode with device cuda."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    shapes = [t.shape for t in _fold_args(2, 32, 4, 8)]
+    with FakeTensorMode():
+        args = [torch.empty(shape, device="cuda") for shape in shapes]
+        vecs, biases = ops.interpreter_fold(*args, 4, 1e-6)
+    assert vecs.shape == (2, 4, 32) and biases.shape == (2, 4)
+    assert vecs.device.type == biases.device.type == "cuda"
+
+
+@compiled
+@settings(max_examples=60, deadline=None)
+@given(batches, st.floats(0.0, 1.0), st.booleans())
+def test_select_stage_in_one_call_equals_the_four_ops(batch, value, by_level):
+    """The CPU's one-call stage (class tokens gathered, fold, score, keep, compact) gives exactly
+    what the four compiled ops give one after the other, for every dtype, level and threshold."""
+    lengths, C, H, dtype, seed = batch
+    tokens, offsets, positions, _, _ = make_batch(lengths, C, H, dtype, seed)
+    D = 1 + seed % 7
+    _, wq, bq, wk, bk = _fold_args(1, C, H, D, seed)
+    kw = dict(level=value) if by_level else dict(threshold=value)
+    got = ops.select_stage(tokens, offsets, positions, (wq, bq, wk, bk), H, 1e-6, **kw, num_prefix=1)
+    w = (wq, bq, wk, bk)
+    want = ops._select_stage_ops(tokens, offsets, positions, w, H, 1e-6, kw.get("level"), kw.get("threshold"), 1, None)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+    # and the keep decisions are the reference's, from the same probabilities
+    keep = ref.topk_keep(want[0], offsets, positions, value) if by_level else (want[0] > value) | (positions < 1)
+    for g, w in zip(got[1:], ref.compact(tokens, offsets, positions, keep)):
+        assert torch.equal(g, w)
+
+
+@compiled
+def test_select_stage_with_an_empty_image_and_its_errors():
+    tokens, offsets, positions, _, _ = make_batch([3, 4], 8, 2, torch.float32)
+    offsets = torch.tensor([0, 3, 3, 7], dtype=torch.int32)  # image 1 has no rows
+    _, wq, bq, wk, bk = _fold_args(1, 8, 2, 4)
+    w = (wq, bq, wk, bk)
+    probs, out, new_offsets, _ = ops.select_stage(tokens, offsets, positions, w, 2, level=0.5)
+    assert probs.shape == (7,) and new_offsets[1] == new_offsets[2]
+    with pytest.raises(ValueError, match="one of level= or threshold="):
+        ops.select_stage(tokens, offsets, positions, w, 2)
+    with pytest.raises(ValueError, match="level must be in"):
+        ops.select_stage(tokens, offsets, positions, w, 2, level=1.5)
+    with pytest.raises(ValueError, match="wq must be"):
+        ops.select_stage(tokens, offsets, positions, (wq[:, :4], bq, wk, bk), 2, level=0.5)
+    with pytest.raises(ValueError, match="positions must be int32"):
+        ops.select_stage(tokens, offsets, positions.long(), w, 2, threshold=0.5)
+
+
+def test_fold_bad_inputs_get_clear_errors():
+    cls, wq, bq, wk, bk = _fold_args(2, 12, 3, 4)
+    with pytest.raises(ValueError, match="cls must be"):
+        ops.interpreter_fold(cls[0], wq, bq, wk, bk, 3)
+    with pytest.raises(ValueError, match="wq must be"):
+        ops.interpreter_fold(cls, wq, bq, wk, bk, 5)
+    with pytest.raises(ValueError, match="wk must be"):
+        ops.interpreter_fold(cls, wq, bq, wk[:6], bk, 3)
+    with pytest.raises(ValueError, match="bq, bk"):
+        ops.interpreter_fold(cls, wq, bq[:3], wk, bk, 3)
+    with pytest.raises(ValueError, match="cls must be contiguous float32"):
+        ops.interpreter_fold(cls.half(), wq, bq, wk, bk, 3)
+    with pytest.raises(ValueError, match="wk must be contiguous float32"):
+        ops.interpreter_fold(cls, wq, bq, wk.t().contiguous().t(), bk, 3)
+
+
 def test_bad_inputs_get_clear_errors():
     tokens, offsets, positions, vecs, biases = make_batch([4, 3], 6, 2, torch.float32)
     keep = torch.ones(7, dtype=torch.bool)

@@ -1,5 +1,6 @@
 // CPU kernels: OpenMP over tokens, each calling the shared per-token functions.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #ifdef _OPENMP
@@ -89,6 +90,42 @@ void parallel_ranges(int64_t n, bool parallel, F&& fn) {
   fn(int64_t(0), n);
 }
 
+// q[b, o] = wq[o] . ln[b] + bq[o] for rows o in [o0, o1): each weight row read once for all B.
+IARED_CPU_CLONES void fold_query_rows(const float* ln, int64_t B, int64_t C, const float* wq, const float* bq,
+                                      int64_t Q, int64_t o0, int64_t o1, float* q) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const float* w = wq + o * C;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* x = ln + b * C;
+      float s = 0.f;
+      IARED_SIMD_SUM(s)
+      for (int64_t c = 0; c < C; ++c) s += w[c] * x[c];
+      q[b * Q + o] = s + bq[o];
+    }
+  }
+}
+
+// vecs[b, h, c] = sum_d q[b, h*D+d] wk[h*D+d, c] for columns c in [c0, c1): each thread streams its
+// columns of every weight row once for all B.
+IARED_CPU_CLONES void fold_key_columns(const float* q, int64_t B, int64_t C, const float* wk, int H, int64_t D,
+                                       int64_t c0, int64_t c1, float* vecs) {
+  const int64_t Q = int64_t(H) * D;
+  for (int64_t b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) std::fill(vecs + (b * H + h) * C + c0, vecs + (b * H + h) * C + c1, 0.f);
+  for (int h = 0; h < H; ++h) {
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t r = int64_t(h) * D + d;
+      const float* w = wk + r * C;
+      for (int64_t b = 0; b < B; ++b) {
+        const float a = q[b * Q + r];
+        float* v = vecs + (b * H + h) * C;
+        IARED_PRAGMA(omp simd)
+        for (int64_t c = c0; c < c1; ++c) v[c] += a * w[c];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t C,
@@ -99,6 +136,50 @@ void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t 
   const ScoreArgs args{C, B, offsets, positions, vecs, vec_sums, biases, H, eps, threshold, num_prefix, probs, keep};
   auto* rows = dtype == DType::kFloat32 ? score_rows_f32 : dtype == DType::kFloat16 ? score_rows_f16 : score_rows_bf16;
   parallel_ranges(T, T * C * H >= (int64_t(1) << 17), [&](int64_t t0, int64_t t1) { rows(tokens, args, t0, t1); });
+}
+
+void interpreter_fold_cpu(const float* cls, int64_t B, int64_t C, const float* wq, const float* bq,
+                          const float* wk, const float* bk, int H, int64_t D, float eps, float* vecs,
+                          float* biases) {
+  const int64_t Q = int64_t(H) * D;
+  thread_local std::vector<float> scratch;  // LN(cls) [B, C], then q [B, Q]
+  scratch.resize(size_t(B * (C + Q)));
+  float* ln = scratch.data();
+  float* q = ln + B * C;
+  for (int64_t b = 0; b < B; ++b) {  // LayerNorm without affine, two passes in double (B rows only)
+    const float* x = cls + b * C;
+    double mean = 0.0, var = 0.0;
+    for (int64_t c = 0; c < C; ++c) mean += x[c];
+    mean /= double(C);
+    for (int64_t c = 0; c < C; ++c) var += (x[c] - mean) * (x[c] - mean);
+    const double inv = 1.0 / std::sqrt(var / double(C) + double(eps));
+    for (int64_t c = 0; c < C; ++c) ln[b * C + c] = float((x[c] - mean) * inv);
+  }
+  // One parallel region, both products: rows of wq per thread, then (after the barrier: every q
+  // done) columns of wk, split at multiples of 16 floats so no two threads write one cache line.
+  const auto split = [C](int64_t i, int64_t nt) { return std::min(C, (C * i / nt + 15) / 16 * 16); };
+#ifdef _OPENMP
+  if (Q * C >= (int64_t(1) << 15) && omp_get_max_threads() > 1) {
+#pragma omp parallel
+    {
+      const int64_t nt = omp_get_num_threads(), i = omp_get_thread_num();
+      fold_query_rows(ln, B, C, wq, bq, Q, Q * i / nt, Q * (i + 1) / nt, q);
+#pragma omp barrier
+      fold_key_columns(q, B, C, wk, H, D, split(i, nt), split(i + 1, nt), vecs);
+    }
+  } else
+#endif
+  {
+    (void)split;
+    fold_query_rows(ln, B, C, wq, bq, Q, 0, Q, q);
+    fold_key_columns(q, B, C, wk, H, D, 0, C, vecs);
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      float s = 0.f;
+      for (int64_t d = 0; d < D; ++d) s += q[b * Q + h * D + d] * bk[h * D + d];
+      biases[b * H + h] = s;
+    }
 }
 
 void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,

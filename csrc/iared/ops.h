@@ -22,6 +22,16 @@ void interpreter_scores_cpu(const void* tokens, DType dtype, int64_t T, int64_t 
                             const float* vecs, const float* vec_sums, const float* biases, int H,
                             float eps, float threshold, int num_prefix, float* probs, uint8_t* keep);
 
+// The interpreter's class-token query, folded (iared_edge/interpreter.py): per image b,
+// q = wq LN(cls[b]) + bq (LN without affine), then per head h
+// vecs[b,h,:] = sum_d q[h*D+d] wk[h*D+d,:] and biases[b,h] = sum_d q[h*D+d] bk[h*D+d].
+// cls [B, C]; wq, wk [H*D, C] row-major; bq, bk [H*D]; out vecs [B, H, C], biases [B, H].
+// At batch 1 the cost is reading wq and wk (cold: the blocks' weights evicted them), so each
+// is streamed once for all B images, by all threads.
+void interpreter_fold_cpu(const float* cls, int64_t B, int64_t C, const float* wq, const float* bq,
+                          const float* wk, const float* bk, int H, int64_t D, float eps, float* vecs,
+                          float* biases);
+
 // keep[t] = 1 for the top ceil(level * n_b) patch tokens of each image by score (earlier wins ties)
 // and for prefix tokens, else 0.
 void topk_keep_cpu(const float* scores, int64_t T, const int32_t* offsets, int64_t B,

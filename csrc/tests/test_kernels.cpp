@@ -1,5 +1,6 @@
 // Unit tests of the shared per-element functions and the CPU kernels, against naive double loops.
 // Plain C++ (no framework): prints "N passed, N failed" and exits non-zero on failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -177,6 +178,43 @@ static void test_scores_kernel_all_dtypes() {
   }
 }
 
+// The folded query against its definition in double: LN(cls), q = wq LN + bq, then per head.
+static void test_interpreter_fold() {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (const int64_t B : {int64_t(1), int64_t(3)})
+    for (const int H : {1, 3, 6}) {
+      const int64_t D = 5, C = 37, Q = H * D;  // C not a multiple of 16: uneven column splits
+      std::vector<float> cls(B * C), wq(Q * C), bq(Q), wk(Q * C), bk(Q), vecs(B * H * C), biases(B * H);
+      for (auto* v : {&cls, &wq, &bq, &wk, &bk})
+        for (float& x : *v) x = nd(rng);
+      iared::interpreter_fold_cpu(cls.data(), B, C, wq.data(), bq.data(), wk.data(), bk.data(), H, D, 1e-6f,
+                                  vecs.data(), biases.data());
+      double worst = 0.0;
+      for (int64_t b = 0; b < B; ++b) {
+        double mean = 0.0, var = 0.0;
+        for (int64_t c = 0; c < C; ++c) mean += cls[b * C + c] / double(C);
+        for (int64_t c = 0; c < C; ++c) var += (cls[b * C + c] - mean) * (cls[b * C + c] - mean) / double(C);
+        std::vector<double> q(Q);
+        for (int64_t o = 0; o < Q; ++o) {
+          q[o] = bq[o];
+          for (int64_t c = 0; c < C; ++c) q[o] += wq[o * C + c] * (cls[b * C + c] - mean) / std::sqrt(var + 1e-6);
+        }
+        for (int h = 0; h < H; ++h) {
+          double bias = 0.0;
+          for (int64_t d = 0; d < D; ++d) bias += q[h * D + d] * bk[h * D + d];
+          worst = std::max(worst, std::fabs(bias - biases[b * H + h]));
+          for (int64_t c = 0; c < C; ++c) {
+            double v = 0.0;
+            for (int64_t d = 0; d < D; ++d) v += q[h * D + d] * wk[(h * D + d) * C + c];
+            worst = std::max(worst, std::fabs(v - vecs[(b * H + h) * C + c]));
+          }
+        }
+      }
+      CHECK(worst < 1e-3);
+    }
+}
+
 int main() {
   test_half_and_bf16();
   test_find_sequence();
@@ -185,6 +223,7 @@ int main() {
   test_scoring_row_and_split();
   test_cpu_kernels();
   test_scores_kernel_all_dtypes();
+  test_interpreter_fold();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
 }

@@ -29,9 +29,12 @@ try:  # importing registers torch.ops.iared.*
     _IMPORT_ERROR: Optional[BaseException] = None
     # resolved once: looking an op up through torch.ops costs microseconds per call
     _scores_op = torch.ops.iared.interpreter_scores.default
+    _fold_op = torch.ops.iared.interpreter_fold.default
+    _stage_op = torch.ops.iared.select_stage.default
     _topk_op = torch.ops.iared.topk_keep.default
     _compact_op = torch.ops.iared.compact.default
     _scores_direct, _topk_direct, _compact_direct = _C.interpreter_scores, _C.topk_keep, _C.compact
+    _fold_direct, _stage_direct = _C.interpreter_fold, _C.select_stage
     _CUDA_BUILT = bool(_C.built_with_cuda())
     _is_tracing, _is_compiling = torch._C._is_tracing, torch.compiler.is_compiling  # bound once: µs count here
 except ImportError as exc:  # the package works without it, slower
@@ -39,6 +42,7 @@ except ImportError as exc:  # the package works without it, slower
     _IMPORT_ERROR = exc
     _CUDA_BUILT = False
     _scores_op = _topk_op = _compact_op = _scores_direct = _topk_direct = _compact_direct = None
+    _fold_op = _fold_direct = _stage_op = _stage_direct = None
 
 
 if _C is not None:
@@ -50,6 +54,22 @@ if _C is not None:
     def _scores_fake(tokens, offsets, positions, vecs, biases, threshold, num_prefix, eps, emit_keep):
         T = tokens.shape[0]
         return tokens.new_empty(T, dtype=torch.float32), tokens.new_empty(T if emit_keep else 0, dtype=torch.bool)
+
+    @torch.library.register_fake("iared::interpreter_fold")
+    def _fold_fake(cls, wq, bq, wk, bk, num_heads, eps):
+        B, C = cls.shape
+        return cls.new_empty(B, num_heads, C), cls.new_empty(B, num_heads)
+
+    @torch.library.register_fake("iared::select_stage")
+    def _stage_fake(tokens, offsets, positions, wq, bq, wk, bk, num_heads, eps, level, threshold, num_prefix):
+        T = tokens.shape[0]
+        kept = torch.library.get_ctx().new_dynamic_size(max=T if isinstance(T, int) else None)
+        return (
+            tokens.new_empty(T, dtype=torch.float32),
+            tokens.new_empty(kept, tokens.shape[1]),
+            torch.empty_like(offsets),
+            positions.new_empty(kept),
+        )
 
     @torch.library.register_fake("iared::topk_keep")
     def _topk_fake(scores, offsets, positions, level, num_prefix):
@@ -68,7 +88,9 @@ TOKEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 __all__ = [
     "backend",
+    "interpreter_fold",
     "interpreter_scores",
+    "select_stage",
     "topk_keep",
     "compact",
     "use_reference",
@@ -153,6 +175,96 @@ def _check_packed(
             raise ValueError(f"{name}: {label} is on {t.device} but tokens are on {tokens.device}")
         if not t.is_contiguous():
             raise ValueError(f"{name}: {label} must be contiguous (call .contiguous() once, outside the hot path)")
+
+
+def interpreter_fold(
+    cls: torch.Tensor,
+    wq: torch.Tensor,
+    bq: torch.Tensor,
+    wk: torch.Tensor,
+    bk: torch.Tensor,
+    num_heads: int,
+    eps: float = 1e-6,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The interpreter's folded class-token query (float32): vecs [B, H, C], biases [B, H] from
+    the class tokens cls [B, C], see `reference.interpreter_fold`. On a CPU one compiled call that
+    streams each weight once for every image (at batch 1 the weights are all it reads); elsewhere
+    two batched matmuls."""
+    op = _compiled(cls, _fold_direct, _fold_op) if cls.is_cpu else None
+    if op is not None:
+        try:
+            return tuple(op(cls, wq, bq, wk, bk, num_heads, eps))
+        except RuntimeError:
+            _check_fold_args(cls, wq, bq, wk, bk, num_heads)
+            raise
+    _check_fold_args(cls, wq, bq, wk, bk, num_heads)
+    return reference.interpreter_fold(cls, wq, bq, wk, bk, num_heads, eps)
+
+
+def select_stage(
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    positions: torch.Tensor,
+    fold_weights: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    num_heads: int,
+    eps: float = 1e-6,
+    level: Optional[float] = None,
+    threshold: Optional[float] = None,
+    num_prefix: int = 1,
+    cls: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stage's selection: fold each image's class token (its first row, or `cls` [B, C] when
+    at hand) with the interpreter's `fold_weights` (wq, bq, wk, bk), score every row, keep the top
+    ceil(level * n) patches of each image (`level`) or those scoring over `threshold`, compact.
+    Returns (probs [T] float32, tokens [T', C], offsets [B+1], positions [T']). On a CPU one
+    compiled call; elsewhere the four ops."""
+    if (level is None) == (threshold is None):
+        raise ValueError("select_stage: give one of level= or threshold=")
+    wq, bq, wk, bk = fold_weights
+    op = _compiled(tokens, _stage_direct, _stage_op) if tokens.is_cpu else None
+    if op is not None:
+        try:
+            lv, th = (float(level), 0.0) if level is not None else (-1.0, float(threshold))
+            return tuple(op(tokens, offsets, positions, wq, bq, wk, bk, num_heads, eps, lv, th, num_prefix))
+        except RuntimeError:
+            _check_packed("select_stage", tokens, offsets, positions)
+            if level is not None:
+                _check_topk_args(tokens.new_empty(tokens.shape[0], dtype=torch.float32), offsets, positions, level)
+            _check_fold_args(tokens.new_empty(1, tokens.shape[1], dtype=torch.float32), wq, bq, wk, bk, num_heads)
+            raise
+    return _select_stage_ops(
+        tokens, offsets, positions, fold_weights, num_heads, eps, level, threshold, num_prefix, cls
+    )
+
+
+def _select_stage_ops(tokens, offsets, positions, fold_weights, num_heads, eps, level, threshold, num_prefix, cls):
+    """`select_stage` as the four ops (where there is no one-call kernel: a GPU, no extension)."""
+    if cls is None:
+        cls = tokens[offsets[:-1].long()]
+    vecs, biases = interpreter_fold(cls.float().contiguous(), *fold_weights, num_heads, eps)
+    probs, keep = interpreter_scores(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
+    if level is not None:
+        keep = topk_keep(probs, offsets, positions, level, num_prefix)
+    return (probs, *compact(tokens, offsets, positions, keep, num_prefix))
+
+
+def _check_fold_args(cls, wq, bq, wk, bk, num_heads) -> None:
+    if cls.dim() != 2:
+        raise ValueError(f"interpreter_fold: cls must be [B, C], got shape {tuple(cls.shape)}")
+    C = cls.shape[1]
+    if num_heads < 1 or wq.dim() != 2 or wq.shape[1] != C or wq.shape[0] % num_heads:
+        raise ValueError(f"interpreter_fold: wq must be [H*D, C={C}] with H={num_heads}, got shape {tuple(wq.shape)}")
+    Q = wq.shape[0]
+    if wk.shape != wq.shape or bq.shape != (Q,) or bk.shape != (Q,):
+        raise ValueError(
+            f"interpreter_fold: wk must be {tuple(wq.shape)} and bq, bk [{Q}], got {tuple(wk.shape)}, "
+            f"{tuple(bq.shape)}, {tuple(bk.shape)}"
+        )
+    for label, t in (("cls", cls), ("wq", wq), ("bq", bq), ("wk", wk), ("bk", bk)):
+        if t.dtype != torch.float32 or t.device != cls.device or not t.is_contiguous():
+            raise ValueError(
+                f"interpreter_fold: {label} must be contiguous float32 on {cls.device}, got {t.dtype} on {t.device}"
+            )
 
 
 def interpreter_scores(

@@ -26,6 +26,28 @@ def level_keep_count(n: int, level: float) -> int:
     return min(n, max(0, math.ceil(level * n - 1e-6)))
 
 
+def interpreter_fold(
+    cls: torch.Tensor,
+    wq: torch.Tensor,
+    bq: torch.Tensor,
+    wk: torch.Tensor,
+    bk: torch.Tensor,
+    num_heads: int,
+    eps: float = 1e-6,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each image's folded class-token query: q = wq LN(cls) + bq (LN without affine), then per
+    head h vecs[b, h] = q_h wk_h and biases[b, h] = q_h . bk_h, with wq, wk [H*D, C] and bq, bk
+    [H*D]. Returns (vecs [B, H, C], biases [B, H]). Two batched matmuls: on a GPU each op is a
+    launch, so the fewest."""
+    B, C = cls.shape
+    H = num_heads
+    D = wq.shape[0] // H
+    q = F.linear(F.layer_norm(cls, (C,), eps=eps), wq, bq).view(B, H, 1, D)
+    vecs = torch.matmul(q, wk.view(H, D, C)).view(B, H, C)
+    biases = torch.matmul(q, bk.view(H, D, 1)).view(B, H)
+    return vecs, biases
+
+
 def interpreter_scores(
     tokens: torch.Tensor,
     offsets: torch.Tensor,

@@ -41,14 +41,13 @@ class Interpreter(nn.Module):
     def fold(
         self, cls: torch.Tensor, weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32),
-        so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h]. `weights`: the (weight, bias) of
-        `qk` to fold with (default: the current ones), for scores computed after the forward."""
-        weights = weights or (self.qk.weight, self.qk.bias)
-        if not torch.is_autocast_enabled(cls.device.type):  # no context to enter: a fixed cost per stage at batch 1
-            return self._fold(cls, weights)
-        with torch.autocast(cls.device.type, enabled=False):  # float32 even inside a caller's autocast
-            return self._fold(cls, weights)
+        """Per-image folded query from class tokens [B, C]: vecs [B, H, C], biases [B, H] (float32,
+        even inside a caller's autocast), so that logit_h(x) = vecs[b, h] . LN(x) + biases[b, h].
+        `weights`: the (weight, bias) of `qk` to fold with (default: the current ones), for scores
+        computed after the forward."""
+        wq, bq, wk, bk = self.fold_weights(weights)  # the scale is in wq, bq
+        x = cls if cls.dtype == torch.float32 else cls.float()
+        return ops.interpreter_fold(x.contiguous(), wq, bq, wk, bk, self.num_heads, self.norm.eps)
 
     def fold_weights(
         self, weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -57,11 +56,6 @@ class Interpreter(nn.Module):
         the query half of `qk` times the scale, the key half; made once per weights."""
         w = weights or (self.qk.weight, self.qk.bias)
         return self._fold_constants(*w)
-
-    def _fold(self, cls: torch.Tensor, weights: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        wq, bq, wk, bk = self._fold_constants(*weights)  # the scale is in wq, bq
-        x = cls if cls.dtype == torch.float32 else cls.float()
-        return ops.interpreter_fold(x.contiguous(), wq, bq, wk, bk, self.num_heads, self.norm.eps)
 
     def _fold_constants(self, w: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The float32 weight slices `fold` multiplies by, made once per weights (their identity

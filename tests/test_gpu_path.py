@@ -142,6 +142,47 @@ def test_the_ops_compile_in_one_graph():
         assert torch.equal(got, want)
 
 
+def test_select_stage_traces_through_torch_export_and_compiles():
+    """The CPU's one-call stage has a fake kernel too: torch.export records it (its kept row count
+    a data-dependent size) and torch.compile takes it in one graph; both answer as eager does."""
+    from iared_edge import ops
+
+    if ops.backend("cpu") != "cpu":
+        pytest.skip("iared_edge._C not built")
+    tokens, offsets, positions, _, _ = _batch()
+    g = torch.Generator().manual_seed(4)
+    weights = tuple(torch.randn(*shape, generator=g) for shape in ((24, 24), (24,), (24, 24), (24,)))
+
+    class Stage(torch.nn.Module):
+        def forward(self, tokens, offsets, positions):
+            return ops.select_stage(tokens, offsets, positions, weights, 3, level=0.5)
+
+    args = (tokens, offsets, positions)
+    want = Stage()(*args)
+    program = torch.export.export(Stage(), args)
+    assert "iared.select_stage.default" in {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    torch._dynamo.reset()
+    compiled = torch.compile(Stage(), backend="aot_eager", fullgraph=True)
+    for got in (program.module()(*args), compiled(*args)):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+def test_the_gpu_route_folds_in_float32_under_autocast(small, monkeypatch):
+    """On a GPU a stage's selection is the fold as the reference's matmuls, then the CUDA ops: a
+    caller's autocast must not reach the fold (the scoring kernel takes float32 vectors only).
+    The same route on the CPU: the reference fold, the compiled ops after it."""
+    from iared_edge import ops
+
+    for name in ("_stage_direct", "_stage_op", "_fold_direct", "_fold_op"):
+        monkeypatch.setattr(ops, name, None)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for policy, kwargs in (("level", {"level": 0.5}), ("threshold", {})):
+            out = small(x, policy=policy, **kwargs)
+            assert out.scores.dtype == torch.float32 and out.logits.shape == (2, 1000)
+
+
 def test_the_gpu_attention_without_host_lengths_matches_the_per_image_path():
     """The fp32 path a GPU takes (no lengths read back: one SDPA with a block-diagonal mask), run
     on the CPU, against the per-image path on the same packed buffer."""

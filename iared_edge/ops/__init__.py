@@ -198,6 +198,9 @@ def interpreter_fold(
             _check_fold_args(cls, wq, bq, wk, bk, num_heads)
             raise
     _check_fold_args(cls, wq, bq, wk, bk, num_heads)
+    if torch.is_autocast_enabled(cls.device.type):  # float32 even inside a caller's autocast
+        with torch.autocast(cls.device.type, enabled=False):
+            return reference.interpreter_fold(cls, wq, bq, wk, bk, num_heads, eps)
     return reference.interpreter_fold(cls, wq, bq, wk, bk, num_heads, eps)
 
 

@@ -346,11 +346,20 @@ class IARedViT(nn.Module):
 
     def _stem_propagates_nonfinite(self) -> bool:
         """Whether any NaN/Inf pixel surely reaches the embedded tokens: timm's patch embedding as one
-        convolution (every output channel of a patch sums weight x pixel; Inf x 0 is NaN), then
-        the position embedding's add."""
-        pe = self.vit.patch_embed
-        one_conv = type(pe) is PatchEmbed and type(pe.proj) is nn.Conv2d
-        return one_conv and isinstance(pe.norm, (nn.Identity, nn.LayerNorm))
+        convolution whose patches tile the whole image (every output channel of a patch sums
+        weight x pixel; Inf x 0 is NaN), no patch dropout at work, then the position embedding's
+        add."""
+        vit = self.vit
+        pe = vit.patch_embed
+        if type(pe) is not PatchEmbed or type(pe.proj) is not nn.Conv2d:
+            return False
+        if not isinstance(pe.norm, (nn.Identity, nn.LayerNorm)):
+            return False
+        stride, kernel, padding = tuple(pe.proj.stride), tuple(pe.proj.kernel_size), pe.proj.padding
+        tiles = (
+            stride == kernel and padding in ((0, 0), "valid") and all(n % k == 0 for n, k in zip(pe.img_size, kernel))
+        )
+        return tiles and (isinstance(vit.patch_drop, nn.Identity) or not vit.patch_drop.training)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit

@@ -31,7 +31,7 @@ class Packed:
         B, L, C = x.shape
         offsets = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device=x.device)
         positions = torch.arange(L, dtype=torch.int32, device=x.device)
-        positions = positions.repeat(B) if B > 1 else positions  # a repeat is a copy, even of one
+        positions = positions.repeat(B) if B != 1 else positions  # a repeat is a copy, even of one
         return cls(x.reshape(B * L, C).contiguous(), offsets, positions)
 
     @property

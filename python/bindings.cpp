@@ -255,6 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_stage(
   check_packed(tokens, offsets, positions);
   const int64_t T = tokens.size(0), C = tokens.size(1), B = offsets.numel() - 1;
   TORCH_CHECK(positions.numel() == T, "iared: select_stage needs positions [T]");
+  TORCH_CHECK(C > 0 || T == 0, "iared: C must be positive");
   TORCH_CHECK(level <= 1.0, "iared: level must be in [0, 1] (or negative for a threshold), got ", level);
   check_fold_weights(C, wq, bq, wk, bk, num_heads, tokens.device());
   const int H = int(num_heads);

@@ -280,6 +280,24 @@ def test_nonfinite_pixel_refused_through_a_clipping_stem(images):
         demo(bad)
 
 
+@pytest.mark.parametrize("case", ["pixels past the last patch", "patch dropout"])
+def test_nonfinite_pixel_refused_where_tokens_may_not_carry_it(case):
+    """Where some pixels never reach the tokens (an image not a whole number of patches wide) or a
+    token may be dropped before the check (patch dropout while training), the pixels are checked."""
+    torch.manual_seed(0)
+    if case == "patch dropout":
+        model = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1), patch_drop_rate=0.9)
+        assert model.eval()._stem_propagates_nonfinite()
+        model.train()
+    else:
+        model = IARedViT.from_timm("deit_tiny_patch16_224", depth=3, groups=(1, 1, 1), img_size=230).eval()
+    assert not model._stem_propagates_nonfinite()
+    bad = torch.zeros(1, *model.input_size)
+    bad[0, 0, -1, -1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(bad, execution="masked")
+
+
 def test_finite_pixels_whose_tokens_overflow_are_not_refused(tiny):
     """Huge finite pixels may overflow the embedding to Inf: the cheap check trips, the exact one
     on the pixels clears them (the same answer as checking the pixels alone)."""

@@ -343,6 +343,11 @@ def test_select_stage_with_an_empty_image_and_its_errors():
         ops.select_stage(tokens, offsets, positions, (wq[:, :4], bq, wk, bk), 2, level=0.5)
     with pytest.raises(ValueError, match="positions must be int32"):
         ops.select_stage(tokens, offsets, positions.long(), w, 2, threshold=0.5)
+    with pytest.raises(ValueError, match="level must be in"):  # not read as "a threshold"
+        ops.select_stage(tokens, offsets, positions, w, 2, level=-0.2)
+    empty = torch.empty(2, 0), torch.zeros(3), torch.empty(3, 0), torch.zeros(3)
+    with pytest.raises(ValueError, match="no channels"):
+        ops.select_stage(torch.empty(2, 0), torch.tensor([0, 2], dtype=torch.int32), positions[:2], empty, 3, level=0.5)
 
 
 def test_fold_bad_inputs_get_clear_errors():

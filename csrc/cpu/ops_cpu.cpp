@@ -156,7 +156,7 @@ void interpreter_fold_cpu(const float* cls, int64_t B, int64_t C, const float* w
     for (int64_t c = 0; c < C; ++c) ln[b * C + c] = float((x[c] - mean) * inv);
   }
   // One parallel region, both products: rows of wq per thread, then (after the barrier: every q
-  // done) columns of wk, split at multiples of 16 floats so no two threads write one cache line.
+  // done) columns of wk, split at multiples of 16 floats (a cache line where a row is aligned).
   const auto split = [C](int64_t i, int64_t nt) { return std::min(C, (C * i / nt + 15) / 16 * 16); };
 #ifdef _OPENMP
   if (Q * C >= (int64_t(1) << 15) && omp_get_max_threads() > 1) {

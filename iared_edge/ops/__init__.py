@@ -220,9 +220,12 @@ def select_stage(
     at hand) with the interpreter's `fold_weights` (wq, bq, wk, bk), score every row, keep the top
     ceil(level * n) patches of each image (`level`) or those scoring over `threshold`, compact.
     Returns (probs [T] float32, tokens [T', C], offsets [B+1], positions [T']). On a CPU one
-    compiled call; elsewhere the four ops."""
+    compiled call (which reads each image's first row, its class token, and ignores `cls`);
+    elsewhere the four ops."""
     if (level is None) == (threshold is None):
         raise ValueError("select_stage: give one of level= or threshold=")
+    if level is not None and not 0.0 <= level <= 1.0:  # the compiled op reads a negative level as "threshold"
+        raise ValueError(f"select_stage: level must be in [0, 1], got {level}")
     wq, bq, wk, bk = fold_weights
     op = _compiled(tokens, _stage_direct, _stage_op) if tokens.is_cpu else None
     if op is not None:
@@ -231,8 +234,8 @@ def select_stage(
             return tuple(op(tokens, offsets, positions, wq, bq, wk, bk, num_heads, eps, lv, th, num_prefix))
         except RuntimeError:
             _check_packed("select_stage", tokens, offsets, positions)
-            if level is not None:
-                _check_topk_args(tokens.new_empty(tokens.shape[0], dtype=torch.float32), offsets, positions, level)
+            if tokens.shape[1] == 0 and tokens.shape[0] > 0:
+                raise ValueError("select_stage: tokens have no channels (C = 0)") from None
             _check_fold_args(tokens.new_empty(1, tokens.shape[1], dtype=torch.float32), wq, bq, wk, bk, num_heads)
             raise
     return _select_stage_ops(

@@ -168,6 +168,23 @@ def test_select_stage_traces_through_torch_export_and_compiles():
             assert torch.equal(a, b)
 
 
+def test_select_stage_on_fake_cuda_runs_the_four_ops_and_names_bad_weights():
+    """On (fake) CUDA ops.select_stage is the fold's matmuls and the CUDA ops: outputs on the device
+    in the shapes the CPU gives; weights of the wrong shape get the fold's own error."""
+    from iared_edge import ops
+
+    tokens, offsets, positions, _, _ = _batch()
+    weights = (torch.randn(24, 24), torch.randn(24), torch.randn(24, 24), torch.randn(24))
+    want = ops.select_stage(tokens, offsets, positions, weights, 3, level=0.5)
+    with fake_cuda_mode() as mode:
+        cuda = [mode.from_tensor(t).to("cuda") for t in (tokens, offsets, positions, *weights)]
+        got = ops.select_stage(*cuda[:3], tuple(cuda[3:]), 3, level=0.5)
+        assert [t.device.type for t in got] == ["cuda"] * 4
+        assert got[0].shape == want[0].shape and got[1].shape[1] == want[1].shape[1]
+        with pytest.raises(ValueError, match="wk must be"):
+            ops.select_stage(*cuda[:3], (cuda[3], cuda[4], cuda[5][:12], cuda[6]), 3, level=0.5)
+
+
 def test_the_gpu_route_folds_in_float32_under_autocast(small, monkeypatch):
     """On a GPU a stage's selection is the fold as the reference's matmuls, then the CUDA ops: a
     caller's autocast must not reach the fold (the scoring kernel takes float32 vectors only).

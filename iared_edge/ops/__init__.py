@@ -198,7 +198,12 @@ def interpreter_fold(
             _check_fold_args(cls, wq, bq, wk, bk, num_heads)
             raise
     _check_fold_args(cls, wq, bq, wk, bk, num_heads)
-    if torch.is_autocast_enabled(cls.device.type):  # float32 even inside a caller's autocast
+    return _fold_matmuls(cls, wq, bq, wk, bk, num_heads, eps)
+
+
+def _fold_matmuls(cls, wq, bq, wk, bk, num_heads, eps):
+    """The reference fold, float32 even inside a caller's autocast."""
+    if torch.is_autocast_enabled(cls.device.type):
         with torch.autocast(cls.device.type, enabled=False):
             return reference.interpreter_fold(cls, wq, bq, wk, bk, num_heads, eps)
     return reference.interpreter_fold(cls, wq, bq, wk, bk, num_heads, eps)
@@ -247,7 +252,15 @@ def _select_stage_ops(tokens, offsets, positions, fold_weights, num_heads, eps, 
     """`select_stage` as the four ops (where there is no one-call kernel: a GPU, no extension)."""
     if cls is None:
         cls = tokens[offsets[:-1].long()]
-    vecs, biases = interpreter_fold(cls.float().contiguous(), *fold_weights, num_heads, eps)
+    cls = cls.float().contiguous()
+    if cls.is_cpu:
+        vecs, biases = interpreter_fold(cls, *fold_weights, num_heads, eps)
+    else:  # the matmuls straight away, checked only if they refuse (Python checks per stage cost launches' time)
+        try:
+            vecs, biases = _fold_matmuls(cls, *fold_weights, num_heads, eps)
+        except RuntimeError:
+            _check_fold_args(cls, *fold_weights, num_heads)
+            raise
     probs, keep = interpreter_scores(tokens, offsets, vecs, biases, threshold, positions, num_prefix, eps)
     if level is not None:
         keep = topk_keep(probs, offsets, positions, level, num_prefix)

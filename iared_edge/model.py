@@ -14,6 +14,7 @@ For the same decisions both give the same logits (tested).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -435,16 +436,12 @@ class IARedViT(nn.Module):
                     )
         elif decisions is not None:
             raise ValueError(f'decisions are only used with policy "given", not {policy!r}')
-        if execution == "packed":
-            with torch.no_grad():
-                x = self._embed(images)
-                if late:
-                    self._check_finite(images, x)
-                return self._forward_packed(x, policies, params, decisions)
-        x = self._embed(images)
-        if late:
-            self._check_finite(images, x.detach())
-        return self._forward_masked(x, policies, params, decisions)
+        packed = execution == "packed"
+        with torch.no_grad() if packed else nullcontext():
+            x = self._embed(images)
+            if late:
+                self._check_finite(images, x.detach())
+            return (self._forward_packed if packed else self._forward_masked)(x, policies, params, decisions)
 
     def _finish(self, logits, keep_masks, scores, log_probs) -> IARedOutput:
         masks, probs = torch.stack(keep_masks, 1), torch.stack(scores, 1)

@@ -200,6 +200,25 @@ at::Tensor output_rows(const at::Tensor& tokens, const std::optional<at::Tensor>
   return o.narrow(0, 0, kept);
 }
 
+// The CPU compaction (plan, then the output allocated, then the gather), for compact and select_stage.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at::Tensor& tokens, const at::Tensor& offsets,
+                                                           const at::Tensor& positions, const uint8_t* keep,
+                                                           int64_t num_prefix, const std::optional<at::Tensor>& out_buffer) {
+  const int64_t T = tokens.size(0), B = offsets.numel() - 1;
+  auto new_offsets = at::empty({B + 1}, offsets.options());
+  // The scan is host scratch: a per-thread buffer that grows, not an allocation per call.
+  thread_local std::vector<int32_t> scan;
+  scan.resize(size_t(T));
+  const int64_t kept = iared::compact_plan_cpu(keep, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(), B,
+                                               int(num_prefix), scan.data(), new_offsets.data_ptr<int32_t>());
+  auto out = output_rows(tokens, out_buffer, kept);
+  auto out_pos = at::empty({kept}, positions.options());
+  iared::compact_gather_cpu(tokens.data_ptr(), size_t(tokens.size(1)) * tokens.element_size(),
+                            positions.data_ptr<int32_t>(), keep, scan.data(), T, int(num_prefix), out.data_ptr(),
+                            out_pos.data_ptr<int32_t>());
+  return {out, new_offsets, out_pos};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens, const at::Tensor& offsets,
                                                        const at::Tensor& positions, const at::Tensor& keep,
                                                        int64_t num_prefix, const std::optional<at::Tensor>& out_buffer) {
@@ -207,13 +226,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
   TORCH_CHECK(positions.numel() == tokens.size(0), "iared: compact needs positions [T]");
   check(keep, "keep", at::kBool, tokens.device());
   TORCH_CHECK(keep.dim() == 1 && keep.size(0) == tokens.size(0), "iared: keep must be [T]");
-  const int64_t T = tokens.size(0), C = tokens.size(1), B = offsets.numel() - 1;
-  const size_t row_bytes = size_t(C) * tokens.element_size();
   const auto* keep_ptr = reinterpret_cast<const uint8_t*>(keep.data_ptr<bool>());
-  auto new_offsets = at::empty({B + 1}, offsets.options());
   if (tokens.is_cuda()) {
-    auto scan = at::empty({T}, offsets.options());
 #ifdef WITH_CUDA
+    const int64_t T = tokens.size(0), B = offsets.numel() - 1;
+    const size_t row_bytes = size_t(tokens.size(1)) * tokens.element_size();
+    auto new_offsets = at::empty({B + 1}, offsets.options());
+    auto scan = at::empty({T}, offsets.options());
     c10::cuda::CUDAGuard guard(tokens.device());
     void* stream = stream_of(tokens);
     const size_t ws_bytes = iared::compact_plan_workspace_cuda(T);
@@ -230,16 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(const at::Tensor& tokens,
     return {out, new_offsets, out_pos};
 #endif
   }
-  // The scan is host scratch: a per-thread buffer that grows, not an allocation per call.
-  thread_local std::vector<int32_t> scan;
-  scan.resize(size_t(T));
-  const int64_t kept = iared::compact_plan_cpu(keep_ptr, positions.data_ptr<int32_t>(), T, offsets.data_ptr<int32_t>(),
-                                               B, int(num_prefix), scan.data(), new_offsets.data_ptr<int32_t>());
-  auto out = output_rows(tokens, out_buffer, kept);
-  auto out_pos = at::empty({kept}, positions.options());
-  iared::compact_gather_cpu(tokens.data_ptr(), row_bytes, positions.data_ptr<int32_t>(), keep_ptr,
-                            scan.data(), T, int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
-  return {out, new_offsets, out_pos};
+  return compact_cpu(tokens, offsets, positions, keep_ptr, num_prefix, out_buffer);
 }
 
 // One stage's selection on the CPU in one call: each image's class token (its first row), the
@@ -266,13 +276,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_stage(
   // host scratch, per thread, grown not reallocated
   thread_local std::vector<float> cls, vecs, biases, sums;
   thread_local std::vector<uint8_t> keep;
-  thread_local std::vector<int32_t> scan;
   cls.assign(size_t(B * C), 0.f);
   vecs.resize(size_t(B * H * C));
   biases.resize(size_t(B * H));
   sums.resize(size_t(B * H));
   keep.resize(size_t(T));
-  scan.resize(size_t(T));
   const auto* raw = static_cast<const char*>(tokens.data_ptr());
   for (int64_t b = 0; b < B; ++b) {
     if (offs[b] == offs[b + 1]) continue;  // an empty image: nothing of it is scored
@@ -293,13 +301,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_stage(
                                 float(eps), float(threshold), int(num_prefix), probs.data_ptr<float>(),
                                 by_level ? nullptr : keep.data());
   if (by_level) iared::topk_keep_cpu(probs.data_ptr<float>(), T, offs, B, pos, level, int(num_prefix), keep.data());
-  auto new_offsets = at::empty({B + 1}, offsets.options());
-  const int64_t kept = iared::compact_plan_cpu(keep.data(), pos, T, offs, B, int(num_prefix), scan.data(),
-                                               new_offsets.data_ptr<int32_t>());
-  auto out = at::empty({kept, C}, tokens.options());
-  auto out_pos = at::empty({kept}, positions.options());
-  iared::compact_gather_cpu(tokens.data_ptr(), size_t(C) * tokens.element_size(), pos, keep.data(), scan.data(), T,
-                            int(num_prefix), out.data_ptr(), out_pos.data_ptr<int32_t>());
+  auto [out, new_offsets, out_pos] = compact_cpu(tokens, offsets, positions, keep.data(), num_prefix, std::nullopt);
   return {probs, out, new_offsets, out_pos};
 }
 

@@ -241,7 +241,7 @@ def select_stage(
             _check_packed("select_stage", tokens, offsets, positions)
             if tokens.shape[1] == 0 and tokens.shape[0] > 0:
                 raise ValueError("select_stage: tokens have no channels (C = 0)") from None
-            _check_fold_args(tokens.new_empty(1, tokens.shape[1], dtype=torch.float32), wq, bq, wk, bk, num_heads)
+            _check_fold_weights("select_stage", tokens.shape[1], tokens.device, wq, bq, wk, bk, num_heads)
             raise
     return _select_stage_ops(
         tokens, offsets, positions, fold_weights, num_heads, eps, level, threshold, num_prefix, cls
@@ -270,20 +270,23 @@ def _select_stage_ops(tokens, offsets, positions, fold_weights, num_heads, eps, 
 def _check_fold_args(cls, wq, bq, wk, bk, num_heads) -> None:
     if cls.dim() != 2:
         raise ValueError(f"interpreter_fold: cls must be [B, C], got shape {tuple(cls.shape)}")
-    C = cls.shape[1]
+    if cls.dtype != torch.float32 or not cls.is_contiguous():
+        raise ValueError(f"interpreter_fold: cls must be contiguous float32 on {cls.device}, got {cls.dtype}")
+    _check_fold_weights("interpreter_fold", cls.shape[1], cls.device, wq, bq, wk, bk, num_heads)
+
+
+def _check_fold_weights(name, C, device, wq, bq, wk, bk, num_heads) -> None:
     if num_heads < 1 or wq.dim() != 2 or wq.shape[1] != C or wq.shape[0] % num_heads:
-        raise ValueError(f"interpreter_fold: wq must be [H*D, C={C}] with H={num_heads}, got shape {tuple(wq.shape)}")
+        raise ValueError(f"{name}: wq must be [H*D, C={C}] with H={num_heads}, got shape {tuple(wq.shape)}")
     Q = wq.shape[0]
     if wk.shape != wq.shape or bq.shape != (Q,) or bk.shape != (Q,):
         raise ValueError(
-            f"interpreter_fold: wk must be {tuple(wq.shape)} and bq, bk [{Q}], got {tuple(wk.shape)}, "
+            f"{name}: wk must be {tuple(wq.shape)} and bq, bk [{Q}], got {tuple(wk.shape)}, "
             f"{tuple(bq.shape)}, {tuple(bk.shape)}"
         )
-    for label, t in (("cls", cls), ("wq", wq), ("bq", bq), ("wk", wk), ("bk", bk)):
-        if t.dtype != torch.float32 or t.device != cls.device or not t.is_contiguous():
-            raise ValueError(
-                f"interpreter_fold: {label} must be contiguous float32 on {cls.device}, got {t.dtype} on {t.device}"
-            )
+    for label, t in (("wq", wq), ("bq", bq), ("wk", wk), ("bk", bk)):
+        if t.dtype != torch.float32 or t.device != device or not t.is_contiguous():
+            raise ValueError(f"{name}: {label} must be contiguous float32 on {device}, got {t.dtype} on {t.device}")
 
 
 def interpreter_scores(
